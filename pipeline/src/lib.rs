@@ -1,0 +1,18 @@
+#![doc = include_str!("../README.md")]
+
+pub mod baseline;
+pub mod csvcheck;
+pub mod error;
+pub mod generate;
+pub mod guard;
+pub mod job;
+pub mod manifest;
+pub mod prepare;
+pub mod run;
+pub mod store;
+pub mod udf;
+
+pub use error::{Error, Result};
+pub use job::Job;
+pub use manifest::Manifest;
+pub use run::{NoProgress, Progress, RunOptions, RunSummary, embedded_context, run_job};

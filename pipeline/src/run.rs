@@ -1,0 +1,1147 @@
+//! Runs a job: reads the inputs, joins them, applies the PII policy, drops incomplete and
+//! out-of-range rows, fits and applies normalization and encodings, guards the output against
+//! PII, and publishes Parquet plus a manifest atomically. Every stage is a DataFusion plan (SQL
+//! over registered tables and emrflow's functions), so the same plans run on any engine the
+//! caller's `SessionContext` points at.
+//!
+//! Two passes over the inputs: the first counts rows per drop reason and fits the statistics and
+//! encodings on the rows that survive; the second writes those rows transformed, scanning them
+//! for PII on the way. Nothing is held in memory beyond one batch per partition.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::prelude::{CsvReadOptions, DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::async_writer::ParquetObjectWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+use regex::Regex;
+use serde::Serialize;
+
+use crate::csvcheck;
+use crate::error::{Error, Result};
+use crate::guard::PiiScanner;
+use crate::job::{InputFormat, Job};
+use crate::manifest::{
+    ColumnSpec, Encoding, FeatureKind, FeatureSpec, InputFile, InputSpec, MANIFEST_FILE,
+    MANIFEST_VERSION, Manifest, Normalizer, PiiReport,
+};
+use crate::store::{Location, Staging};
+use crate::udf::{self, AGE_FN, EmrflowOptions, PSEUDONYM_FN};
+
+/// How a job is run, beyond what the job file says.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Replace input locations by name (`--input visits=PATH`).
+    pub input_overrides: BTreeMap<String, String>,
+    /// Replace the output location (`--out PATH`).
+    pub output_override: Option<String>,
+    /// Replace an existing output.
+    pub overwrite: bool,
+    /// Read the pseudonymization key from this file instead of the job's key source.
+    pub key_file_override: Option<String>,
+}
+
+/// Receives progress; the binary draws it, tests ignore it. Library code never prints.
+pub trait Progress: Send + Sync {
+    /// A new stage began.
+    fn stage(&self, name: &str);
+    /// `n` more rows were written.
+    fn rows(&self, n: u64);
+}
+
+/// Progress that goes nowhere.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn stage(&self, _name: &str) {}
+    fn rows(&self, _n: u64) {}
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    /// The job name.
+    pub job: String,
+    /// Rows read per input.
+    pub rows_in: BTreeMap<String, u64>,
+    /// Rows written.
+    pub rows_out: u64,
+    /// Rows dropped per reason.
+    pub rows_dropped: BTreeMap<String, u64>,
+    /// Where the dataset was published.
+    pub output: String,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+    /// The manifest that was published.
+    #[serde(skip)]
+    pub manifest: Manifest,
+}
+
+/// A local DataFusion context with emrflow's functions and session options, using all cores
+/// (or `target_partitions` of them).
+pub fn embedded_context(target_partitions: Option<usize>) -> Result<SessionContext> {
+    let mut config = SessionConfig::new().with_option_extension(EmrflowOptions::default());
+    if let Some(n) = target_partitions {
+        config = config.with_target_partitions(n.max(1));
+    }
+    let ctx = SessionContext::new_with_config(config);
+    for f in udf::functions() {
+        ctx.register_udf(f.as_ref().clone());
+    }
+    Ok(ctx)
+}
+
+/// Reads the pseudonymization key from the job's source (or the override file). The key is the
+/// file's bytes without a trailing newline, or the variable's value.
+pub fn resolve_key(job: &Job, key_file_override: Option<&str>) -> Result<Option<Vec<u8>>> {
+    if job.pii.pseudonymize.is_empty() {
+        return Ok(None);
+    }
+    let from_file = |path: &str| -> Result<Vec<u8>> {
+        let mut bytes = std::fs::read(path).map_err(|e| {
+            Error::KeyMissing(format!("cannot read key file {path}: {e}"))
+        })?;
+        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            bytes.pop();
+        }
+        Ok(bytes)
+    };
+    let key = if let Some(path) = key_file_override {
+        from_file(path)?
+    } else if let Some(var) = &job.pii.key_env {
+        match std::env::var(var) {
+            Ok(v) => v.into_bytes(),
+            Err(_) => match &job.pii.key_file {
+                Some(path) => from_file(path)?,
+                None => {
+                    return Err(Error::KeyMissing(format!(
+                        "environment variable {var} (pii.key_env) is not set"
+                    )));
+                }
+            },
+        }
+    } else if let Some(path) = &job.pii.key_file {
+        from_file(path)?
+    } else {
+        return Err(Error::KeyMissing("the job names no key source".into()));
+    };
+    if key.len() < 16 {
+        return Err(Error::KeyMissing(format!(
+            "the key has {} bytes; at least 16 are required",
+            key.len()
+        )));
+    }
+    Ok(Some(key))
+}
+
+/// Runs `job` on `ctx` and publishes its dataset.
+pub async fn run_job(
+    job: &Job,
+    options: &RunOptions,
+    ctx: &SessionContext,
+    progress: &dyn Progress,
+) -> Result<RunSummary> {
+    let started = Instant::now();
+    for name in options.input_overrides.keys() {
+        if !job.inputs.contains_key(name) {
+            return Err(Error::invalid(format!("--input {name}"), "the job has no input of that name"));
+        }
+    }
+    let key = resolve_key(job, options.key_file_override.as_deref())?;
+    let key_id = key.as_ref().map(|k| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(k))
+    });
+    if let Some(key) = &key {
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .set("emrflow.pseudonym_key", &hex::encode(key))?;
+    }
+
+    let target_raw = options.output_override.clone().unwrap_or_else(|| job.output.path.clone());
+    let target = Location::resolve(ctx, &target_raw)?;
+    // Refuse early, before any work, if the output exists.
+    if !options.overwrite && target.exists().await? {
+        return Err(Error::OutputExists(target_raw));
+    }
+
+    progress.stage("reading inputs");
+    let inputs = register_inputs(job, options, ctx).await?;
+    let plan = Plan::build(job, &inputs)?;
+    for (sql, name) in [(&plan.src_sql, "__emr_src"), (&plan.tagged_sql, "__emr_tagged")] {
+        let df = ctx.sql(sql).await?;
+        ctx.register_table(name, df.into_view())?;
+    }
+
+    // Pass 1: drop reasons, fitted statistics, encodings, and the right-hand inputs' counts.
+    progress.stage("fitting statistics");
+    let fit = diagnose_on_error(fit(ctx, &plan).await, &inputs).await?;
+    let mut rows_in = BTreeMap::new();
+    rows_in.insert(job.base_input().to_string(), fit.total);
+    for (j, join) in job.join.iter().enumerate() {
+        let table = &inputs[&join.right].table;
+        let sql = format!(
+            "SELECT count(*) AS n, count(DISTINCT {k}) AS d FROM {table}",
+            k = ident(&join.on)
+        );
+        let batches = diagnose_on_error(collect(ctx, &sql).await, &inputs).await?;
+        let (n, d) = (int_at(&batches, 0), int_at(&batches, 1));
+        if n != d {
+            return Err(Error::invalid(
+                format!("join[{j}].on"),
+                format!("{} is not unique in input {} ({} duplicate keys)", join.on, join.right, n - d),
+            ));
+        }
+        rows_in.insert(join.right.clone(), n);
+    }
+    for (name, n) in &rows_in {
+        if *n == 0 {
+            return Err(Error::InputEmpty {
+                input: name.clone(),
+                path: inputs[name].location.raw.clone(),
+            });
+        }
+    }
+    if fit.kept == 0 {
+        return Err(Error::invalid(
+            "dropna",
+            format!("every row was dropped ({})", describe_drops(&fit.dropped)),
+        ));
+    }
+    if let Some(label) = &job.label {
+        check_label(label, &fit)?;
+    }
+
+    // Pass 2: write the kept rows, transformed, into staging, scanning for PII.
+    progress.stage("writing dataset");
+    let final_sql = plan.final_sql(&fit);
+    let df = ctx.sql(&final_sql).await?;
+    let out_schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let scanned: Vec<String> = out_schema
+        .fields()
+        .iter()
+        .filter(|f| matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View))
+        .map(|f| f.name().clone())
+        .filter(|n| !plan.pseudonymized_out.contains(n))
+        .collect();
+    guard_schema(job, &out_schema)?;
+    let mut staging = Staging::begin(target, options.overwrite).await?;
+    let written = match write_partitions(df, &mut staging, &scanned, progress).await {
+        Ok(w) => w,
+        Err(e) => {
+            staging.abort().await;
+            return Err(diagnose_on_error(Err(e), &inputs).await.err().unwrap_or_else(|| {
+                Error::invalid("output", "writing failed")
+            }));
+        }
+    };
+    if let Err(e) = written.scanner.verdict() {
+        staging.abort().await;
+        return Err(e);
+    }
+    if written.rows != fit.kept {
+        staging.abort().await;
+        return Err(Error::invalid(
+            "output",
+            format!("wrote {} rows but {} were kept; the inputs changed during the run", written.rows, fit.kept),
+        ));
+    }
+
+    let manifest = Manifest {
+        format_version: MANIFEST_VERSION,
+        job: job.name.clone(),
+        created_by: format!("emrflow {}", env!("CARGO_PKG_VERSION")),
+        schema: out_schema
+            .fields()
+            .iter()
+            .map(|f| ColumnSpec {
+                name: f.name().clone(),
+                data_type: f.data_type().to_string(),
+                nullable: f.is_nullable(),
+            })
+            .collect(),
+        rows_read: rows_in.clone(),
+        rows_out: written.rows,
+        rows_dropped: fit.dropped.clone(),
+        label: job.label.clone(),
+        row_key: job.row_key.clone(),
+        features: plan.features(job, &out_schema, &fit)?,
+        normalization: fit.normalizers.clone(),
+        encodings: fit.encodings.clone(),
+        pii: PiiReport {
+            dropped: job.pii.drop.clone(),
+            pseudonymized: job.pii.pseudonymize.clone(),
+            generalized: job
+                .pii
+                .age
+                .iter()
+                .map(|a| (a.dob.clone(), a.name.clone()))
+                .collect(),
+            key_id,
+            scanned,
+        },
+        inputs: inputs
+            .iter()
+            .map(|(name, i)| InputSpec {
+                name: name.clone(),
+                location: i.location.raw.clone(),
+                format: i.format.as_str().to_string(),
+                files: i
+                    .files
+                    .iter()
+                    .map(|(p, size)| InputFile {
+                        path: i.location.url_of(p),
+                        size: *size,
+                    })
+                    .collect(),
+            })
+            .collect(),
+        files: written.files.clone(),
+    };
+    let bytes = manifest.to_json()?;
+    let output = match staging.put(MANIFEST_FILE, bytes).await {
+        Ok(()) => staging.publish(MANIFEST_FILE).await?,
+        Err(e) => {
+            staging.abort().await;
+            return Err(e);
+        }
+    };
+    Ok(RunSummary {
+        job: job.name.clone(),
+        rows_in,
+        rows_out: written.rows,
+        rows_dropped: fit.dropped,
+        output,
+        seconds: started.elapsed().as_secs_f64(),
+        manifest,
+    })
+}
+
+/// A registered input.
+#[derive(Debug)]
+struct Input {
+    table: String,
+    location: Location,
+    format: InputFormat,
+    files: Vec<(object_store::path::Path, u64)>,
+    schema: SchemaRef,
+    delimiter: u8,
+    nulls: Option<Regex>,
+}
+
+async fn register_inputs(
+    job: &Job,
+    options: &RunOptions,
+    ctx: &SessionContext,
+) -> Result<BTreeMap<String, Input>> {
+    let mut out = BTreeMap::new();
+    for (i, (name, cfg)) in job.inputs.iter().enumerate() {
+        let raw = options.input_overrides.get(name).unwrap_or(&cfg.path);
+        let location = Location::resolve(ctx, raw)?;
+        let files = location.files().await?;
+        if files.is_empty() {
+            return Err(Error::InputMissing {
+                input: name.clone(),
+                location: raw.clone(),
+            });
+        }
+        let format = match cfg.format {
+            Some(f) => f,
+            None if raw.ends_with(".parquet") || raw.ends_with(".parq") => InputFormat::Parquet,
+            None => job.format_of(name),
+        };
+        for (path, size) in &files {
+            if *size == 0 {
+                return Err(Error::InputEmpty {
+                    input: name.clone(),
+                    path: location.url_of(path),
+                });
+            }
+        }
+        let table = format!("__emr_in_{i}");
+        let url = location.table_url();
+        let delimiter = cfg.delimiter.map_or(b',', |c| c as u8);
+        let nulls = null_regex(&cfg.null_values);
+        let df = match format {
+            InputFormat::Csv => {
+                let read = |schema: Option<&Schema>| {
+                    let mut opts = CsvReadOptions::new()
+                        .has_header(true)
+                        .delimiter(delimiter)
+                        .file_extension("")
+                        .schema_infer_max_records(10_000)
+                        .null_regex(Some(nulls.as_str().to_string()));
+                    if let Some(s) = schema {
+                        opts = opts.schema(s);
+                    }
+                    let ctx = ctx.clone();
+                    let url = url.clone();
+                    async move { ctx.read_csv(url, opts).await }
+                };
+                let inferred = match read(None).await {
+                    Ok(df) => df,
+                    Err(e) => {
+                        let probe = Input {
+                            table: table.clone(),
+                            location: location.clone(),
+                            format,
+                            files: files.clone(),
+                            schema: Arc::new(Schema::empty()),
+                            delimiter,
+                            nulls: Regex::new(nulls.as_str()).ok(),
+                        };
+                        return Err(diagnose(e.into(), &[&probe]).await);
+                    }
+                };
+                let schema = override_types(name, inferred.schema().as_arrow(), &cfg.types)?;
+                read(Some(&schema)).await?
+            }
+            InputFormat::Parquet => {
+                if !cfg.types.is_empty() {
+                    return Err(Error::invalid(
+                        format!("inputs.{name}.types"),
+                        "Parquet inputs carry their own types",
+                    ));
+                }
+                ctx.read_parquet(url, ParquetReadOptions::default().file_extension("")).await?
+            }
+        };
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        if schema.fields().is_empty() {
+            return Err(Error::InputEmpty {
+                input: name.clone(),
+                path: raw.clone(),
+            });
+        }
+        ctx.register_table(table.as_str(), df.into_view())?;
+        out.insert(
+            name.clone(),
+            Input {
+                table,
+                location,
+                format,
+                files,
+                schema,
+                delimiter,
+                nulls: Regex::new(nulls.as_str()).ok(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn null_regex(values: &[String]) -> Regex {
+    let alts: Vec<String> = std::iter::once(String::new())
+        .chain(values.iter().map(|v| regex::escape(v)))
+        .collect();
+    // Escaped alternatives always form a valid pattern.
+    Regex::new(&format!("^(?:{})$", alts.join("|"))).unwrap_or_else(|_| Regex::new("^$").unwrap_or_else(|_| unreachable!()))
+}
+
+fn override_types(
+    input: &str,
+    inferred: &Schema,
+    types: &BTreeMap<String, crate::job::ColumnType>,
+) -> Result<Schema> {
+    for col in types.keys() {
+        if inferred.field_with_name(col).is_err() {
+            return Err(Error::MissingColumn {
+                column: col.clone(),
+                field: format!("inputs.{input}.types"),
+                available: names(inferred),
+            });
+        }
+    }
+    Ok(Schema::new(
+        inferred
+            .fields()
+            .iter()
+            .map(|f| {
+                let t = types.get(f.name()).map_or_else(|| f.data_type().clone(), |t| t.arrow());
+                Field::new(f.name(), t, true)
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+fn names(schema: &Schema) -> String {
+    schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Quotes an identifier for SQL.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal for SQL.
+fn literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// A float literal that round-trips exactly.
+fn float(x: f64) -> String {
+    format!("CAST({x:?} AS DOUBLE)")
+}
+
+/// The SQL of a job, built once its inputs' schemas are known.
+#[derive(Debug)]
+struct Plan {
+    src_sql: String,
+    tagged_sql: String,
+    /// Output columns in order with their base expression over `__emr_tagged`'s columns.
+    outputs: Vec<OutputColumn>,
+    pseudonymized_out: Vec<String>,
+    minmax: Vec<String>,
+    zscore: Vec<String>,
+    encode: Vec<String>,
+    label: Option<String>,
+    label_type: Option<DataType>,
+}
+
+#[derive(Debug, Clone)]
+struct OutputColumn {
+    name: String,
+    data_type: DataType,
+}
+
+impl Plan {
+    fn build(job: &Job, inputs: &BTreeMap<String, Input>) -> Result<Self> {
+        // Columns of the joined rows, each owned by the input alias it comes from.
+        let base = job.base_input();
+        let mut columns: Vec<(String, String, DataType)> = Vec::new(); // (alias, name, type)
+        let mut aliases: BTreeMap<&str, String> = BTreeMap::new();
+        aliases.insert(base, "t0".into());
+        for f in inputs[base].schema.fields() {
+            columns.push(("t0".into(), f.name().clone(), f.data_type().clone()));
+        }
+        let mut from = format!("{} t0", inputs[base].table);
+        let mut join_markers = Vec::new();
+        for (j, join) in job.join.iter().enumerate() {
+            let alias = format!("t{}", j + 1);
+            let right = &inputs[&join.right];
+            let Some(left_col) = columns.iter().find(|c| c.1 == join.on).cloned() else {
+                return Err(Error::MissingColumn {
+                    column: join.on.clone(),
+                    field: format!("join[{j}].on"),
+                    available: columns.iter().map(|c| c.1.as_str()).collect::<Vec<_>>().join(", "),
+                });
+            };
+            if right.schema.field_with_name(&join.on).is_err() {
+                return Err(Error::MissingColumn {
+                    column: join.on.clone(),
+                    field: format!("join[{j}].on (input {})", join.right),
+                    available: names(&right.schema),
+                });
+            }
+            from.push_str(&format!(
+                " LEFT JOIN {} {alias} ON {}.{} = {alias}.{}",
+                right.table,
+                left_col.0,
+                ident(&join.on),
+                ident(&join.on)
+            ));
+            let marker = format!("__emr_join_{j}");
+            join_markers.push((marker.clone(), format!("join: no matching {} row", join.right)));
+            columns.push((alias.clone(), join.on.clone(), DataType::Null));
+            let last = columns.len() - 1;
+            columns[last].1 = marker;
+            for f in right.schema.fields() {
+                if f.name() == &join.on {
+                    continue;
+                }
+                if columns.iter().any(|c| &c.1 == f.name()) {
+                    return Err(Error::invalid(
+                        format!("join[{j}]"),
+                        format!("column {} exists in {} and in an earlier input", f.name(), join.right),
+                    ));
+                }
+                columns.push((alias.clone(), f.name().clone(), f.data_type().clone()));
+            }
+            aliases.insert(&join.right, alias);
+        }
+        let src_select: Vec<String> = columns
+            .iter()
+            .map(|(alias, name, _)| match name.strip_prefix("__emr_join_") {
+                Some(j) => {
+                    let on = &job.join[j.parse::<usize>().unwrap_or(0)].on;
+                    format!("{alias}.{} AS {}", ident(on), ident(name))
+                }
+                None => format!("{alias}.{}", ident(name)),
+            })
+            .collect();
+        let src_sql = format!("SELECT {} FROM {from}", src_select.join(", "));
+        let data_cols: Vec<(String, DataType)> = columns
+            .iter()
+            .filter(|c| !c.1.starts_with("__emr_join_"))
+            .map(|c| (c.1.clone(), c.2.clone()))
+            .collect();
+        let available = data_cols.iter().map(|c| c.0.as_str()).collect::<Vec<_>>().join(", ");
+        let require = |col: &str, field: &str| -> Result<DataType> {
+            data_cols
+                .iter()
+                .find(|c| c.0 == col)
+                .map(|c| c.1.clone())
+                .ok_or_else(|| Error::MissingColumn {
+                    column: col.to_string(),
+                    field: field.to_string(),
+                    available: available.clone(),
+                })
+        };
+        for c in &job.pii.drop {
+            require(c, "pii.drop")?;
+        }
+        for c in &job.pii.pseudonymize {
+            require(c, "pii.pseudonymize")?;
+        }
+        if let Some(age) = &job.pii.age {
+            for (c, f) in [(&age.dob, "pii.age.dob"), (&age.at, "pii.age.at")] {
+                let t = require(c, f)?;
+                if t != DataType::Date32 {
+                    return Err(Error::invalid(f, format!("column {c} is {t}, not a date (YYYY-MM-DD)")));
+                }
+            }
+            if data_cols.iter().any(|c| c.0 == age.name) {
+                return Err(Error::invalid("pii.age.as", format!("column {} already exists", age.name)));
+            }
+        }
+
+        // Output columns (base expressions, before normalization and encoding).
+        let dropped = |c: &str| {
+            job.pii.drop.iter().any(|d| d == c) || job.pii.age.as_ref().is_some_and(|a| a.dob == c)
+        };
+        let mut tagged_select: Vec<String> = Vec::new();
+        let mut outputs = Vec::new();
+        let mut pseudonymized_out = Vec::new();
+        for (name, t) in &data_cols {
+            if let Some(age) = &job.pii.age
+                && &age.dob == name
+            {
+                tagged_select.push(format!(
+                    "{AGE_FN}({}, {}) AS {}",
+                    ident(&age.dob),
+                    ident(&age.at),
+                    ident(&age.name)
+                ));
+                outputs.push(OutputColumn {
+                    name: age.name.clone(),
+                    data_type: DataType::Int64,
+                });
+                continue;
+            }
+            if dropped(name) {
+                continue;
+            }
+            if job.pii.pseudonymize.contains(name) {
+                tagged_select.push(format!(
+                    "{PSEUDONYM_FN}(CAST({c} AS VARCHAR)) AS {c}",
+                    c = ident(name)
+                ));
+                pseudonymized_out.push(name.clone());
+                outputs.push(OutputColumn {
+                    name: name.clone(),
+                    data_type: DataType::Utf8,
+                });
+            } else {
+                tagged_select.push(ident(name));
+                outputs.push(OutputColumn {
+                    name: name.clone(),
+                    data_type: t.clone(),
+                });
+            }
+        }
+        let out_type = |col: &str, field: &str| -> Result<DataType> {
+            outputs
+                .iter()
+                .find(|c| c.name == col)
+                .map(|c| c.data_type.clone())
+                .ok_or_else(|| Error::MissingColumn {
+                    column: col.to_string(),
+                    field: field.to_string(),
+                    available: outputs.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "),
+                })
+        };
+        for c in job.normalize.minmax.iter().chain(&job.normalize.zscore) {
+            let t = out_type(c, "normalize")?;
+            if !t.is_numeric() {
+                return Err(Error::invalid("normalize", format!("column {c} is {t}, not numeric")));
+            }
+        }
+        for c in &job.encode.columns {
+            let t = out_type(c, "encode.columns")?;
+            if job.pii.pseudonymize.contains(c) {
+                return Err(Error::invalid("encode.columns", format!("column {c} is pseudonymized")));
+            }
+            if t == DataType::Date32 {
+                return Err(Error::invalid("encode.columns", format!("column {c} is a date")));
+            }
+        }
+        for c in job.ranges.keys() {
+            let t = out_type(c, "ranges")?;
+            if !t.is_numeric() {
+                return Err(Error::invalid(format!("ranges.{c}"), format!("column {c} is {t}, not numeric")));
+            }
+        }
+        for c in &job.dropna.columns {
+            out_type(c, "dropna.columns")?;
+        }
+        if let Some(label) = &job.label {
+            out_type(label, "label")?;
+        }
+        if let Some(key) = &job.row_key {
+            out_type(key, "row_key")?;
+        }
+        if let Some(features) = &job.features {
+            for c in features {
+                out_type(c, "features")?;
+            }
+        }
+
+        // Drop reasons, in order: unmatched joins, nulls, out-of-range values.
+        let mut cases: Vec<(String, String)> = join_markers
+            .iter()
+            .map(|(m, reason)| (format!("{} IS NULL", ident(m)), reason.clone()))
+            .collect();
+        let mut null_cols: Vec<String> = if job.dropna.all {
+            outputs.iter().map(|c| c.name.clone()).collect()
+        } else {
+            job.dropna.columns.clone()
+        };
+        if let Some(label) = &job.label
+            && !null_cols.contains(label)
+        {
+            null_cols.push(label.clone());
+        }
+        for c in &null_cols {
+            cases.push((format!("{} IS NULL", ident(c)), format!("null: {c}")));
+        }
+        for (c, [lo, hi]) in &job.ranges {
+            cases.push((
+                format!("CAST({c} AS DOUBLE) < {} OR CAST({c} AS DOUBLE) > {}", float(*lo), float(*hi), c = ident(c)),
+                format!("out of range: {c}"),
+            ));
+        }
+        let reason_expr = if cases.is_empty() {
+            "CAST(NULL AS VARCHAR)".to_string()
+        } else {
+            let whens: Vec<String> = cases
+                .iter()
+                .map(|(cond, reason)| format!("WHEN {cond} THEN {}", literal(reason)))
+                .collect();
+            format!("CASE {} END", whens.join(" "))
+        };
+        let label_type = match &job.label {
+            Some(l) => Some(out_type(l, "label")?),
+            None => None,
+        };
+        let inner_cols: Vec<String> = tagged_select
+            .iter()
+            .cloned()
+            .chain(join_markers.iter().map(|(m, _)| ident(m)))
+            .collect();
+        let tagged_sql = format!(
+            "SELECT *, {reason_expr} AS __emr_reason FROM (SELECT {} FROM __emr_src)",
+            inner_cols.join(", ")
+        );
+        Ok(Self {
+            src_sql,
+            tagged_sql,
+            outputs,
+            pseudonymized_out,
+            minmax: job.normalize.minmax.clone(),
+            zscore: job.normalize.zscore.clone(),
+            encode: job.encode.columns.clone(),
+            label: job.label.clone(),
+            label_type,
+        })
+    }
+
+    fn final_sql(&self, fit: &Fit) -> String {
+        let cols: Vec<String> = self
+            .outputs
+            .iter()
+            .map(|c| {
+                let id = ident(&c.name);
+                if let Some(n) = fit.normalizers.get(&c.name) {
+                    let x = format!("CAST({id} AS DOUBLE)");
+                    let expr = match *n {
+                        Normalizer::MinMax { min, max } if max > min => {
+                            format!("({x} - {}) / {}", float(min), float(max - min))
+                        }
+                        Normalizer::ZScore { mean, std } if std > 0.0 => {
+                            format!("({x} - {}) / {}", float(mean), float(std))
+                        }
+                        // A constant column carries no information; it maps to 0 (nulls stay).
+                        _ => format!("CASE WHEN {id} IS NULL THEN NULL ELSE CAST(0 AS DOUBLE) END"),
+                    };
+                    format!("{expr} AS {id}")
+                } else if let Some(enc) = fit.encodings.get(&c.name) {
+                    let whens: Vec<String> = enc
+                        .values
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| format!("WHEN {} THEN CAST({i} AS INT)", literal(v)))
+                        .collect();
+                    format!("CASE CAST({id} AS VARCHAR) {} END AS {id}", whens.join(" "))
+                } else {
+                    id
+                }
+            })
+            .collect();
+        format!("SELECT {} FROM __emr_tagged WHERE __emr_reason IS NULL", cols.join(", "))
+    }
+
+    fn features(&self, job: &Job, schema: &Schema, fit: &Fit) -> Result<Vec<FeatureSpec>> {
+        let excluded = |name: &str| {
+            job.label.as_deref() == Some(name)
+                || job.row_key.as_deref() == Some(name)
+                || self.pseudonymized_out.iter().any(|p| p == name)
+        };
+        let spec = |name: &str| -> Option<FeatureSpec> {
+            if let Some(enc) = fit.encodings.get(name) {
+                return Some(FeatureSpec {
+                    name: name.to_string(),
+                    kind: FeatureKind::Categorical {
+                        categories: enc.values.len() as u32,
+                    },
+                });
+            }
+            let field = schema.field_with_name(name).ok()?;
+            (field.data_type().is_numeric() || field.data_type() == &DataType::Boolean).then(|| {
+                FeatureSpec {
+                    name: name.to_string(),
+                    kind: FeatureKind::Continuous,
+                }
+            })
+        };
+        match &job.features {
+            Some(list) => list
+                .iter()
+                .map(|name| {
+                    spec(name).ok_or_else(|| {
+                        Error::invalid("features", format!("column {name} is neither numeric nor encoded"))
+                    })
+                })
+                .collect(),
+            None => Ok(schema
+                .fields()
+                .iter()
+                .filter(|f| !excluded(f.name()))
+                .filter_map(|f| spec(f.name()))
+                .collect()),
+        }
+    }
+}
+
+/// What pass 1 learned.
+#[derive(Debug, Default)]
+struct Fit {
+    total: u64,
+    kept: u64,
+    dropped: BTreeMap<String, u64>,
+    normalizers: BTreeMap<String, Normalizer>,
+    encodings: BTreeMap<String, Encoding>,
+    label_min: Option<i64>,
+    label_max: Option<i64>,
+    label_type: Option<DataType>,
+}
+
+async fn collect(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
+    Ok(ctx.sql(sql).await?.collect().await?)
+}
+
+fn int_at(batches: &[RecordBatch], col: usize) -> u64 {
+    batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .and_then(|b| b.column(col).as_primitive_opt::<Int64Type>().map(|a| a.value(0)))
+        .unwrap_or(0) as u64
+}
+
+async fn fit(ctx: &SessionContext, plan: &Plan) -> Result<Fit> {
+    let mut aggs = vec!["__emr_reason".to_string(), "count(*)".to_string()];
+    let x = |c: &str| format!("CAST({} AS DOUBLE)", ident(c));
+    for c in &plan.minmax {
+        aggs.push(format!("min({})", x(c)));
+        aggs.push(format!("max({})", x(c)));
+    }
+    for c in &plan.zscore {
+        aggs.push(format!("avg({})", x(c)));
+        aggs.push(format!("stddev_pop({})", x(c)));
+    }
+    for c in &plan.encode {
+        aggs.push(format!("array_agg(DISTINCT CAST({} AS VARCHAR))", ident(c)));
+    }
+    if let Some(label) = &plan.label {
+        aggs.push(format!("min(CAST({} AS BIGINT))", ident(label)));
+        aggs.push(format!("max(CAST({} AS BIGINT))", ident(label)));
+    }
+    let sql = format!("SELECT {} FROM __emr_tagged GROUP BY __emr_reason", aggs.join(", "));
+    let batches = collect(ctx, &sql).await?;
+    let mut fit = Fit {
+        label_type: plan.label_type.clone(),
+        ..Fit::default()
+    };
+    for batch in &batches {
+        let reasons = batch.column(0).as_string_opt::<i32>();
+        let counts = batch.column(1).as_primitive::<Int64Type>();
+        for row in 0..batch.num_rows() {
+            let n = counts.value(row) as u64;
+            fit.total += n;
+            let reason = reasons.filter(|r| r.is_valid(row)).map(|r| r.value(row).to_string());
+            if let Some(reason) = reason {
+                fit.dropped.insert(reason, n);
+                continue;
+            }
+            fit.kept = n;
+            let mut col = 2;
+            let f64_at = |col: usize| -> Option<f64> {
+                let a = batch.column(col).as_primitive_opt::<Float64Type>()?;
+                a.is_valid(row).then(|| a.value(row))
+            };
+            for c in &plan.minmax {
+                let (min, max) = (f64_at(col), f64_at(col + 1));
+                col += 2;
+                let (Some(min), Some(max)) = (min, max) else {
+                    return Err(Error::invalid("normalize.minmax", format!("column {c} has no values to fit")));
+                };
+                fit.normalizers.insert(c.clone(), Normalizer::MinMax { min, max });
+            }
+            for c in &plan.zscore {
+                let (mean, std) = (f64_at(col), f64_at(col + 1));
+                col += 2;
+                let (Some(mean), Some(std)) = (mean, std) else {
+                    return Err(Error::invalid("normalize.zscore", format!("column {c} has no values to fit")));
+                };
+                fit.normalizers.insert(c.clone(), Normalizer::ZScore { mean, std });
+            }
+            for c in &plan.encode {
+                let list = batch.column(col).as_list_opt::<i32>();
+                col += 1;
+                let mut values: Vec<String> = match list.filter(|l| l.is_valid(row)) {
+                    Some(l) => {
+                        let item = l.value(row);
+                        let strings = item.as_string_opt::<i32>();
+                        match strings {
+                            Some(s) => s.iter().flatten().map(str::to_string).collect(),
+                            None => Vec::new(),
+                        }
+                    }
+                    None => Vec::new(),
+                };
+                values.sort();
+                values.dedup();
+                if values.is_empty() {
+                    return Err(Error::invalid("encode.columns", format!("column {c} has no values to encode")));
+                }
+                fit.encodings.insert(c.clone(), Encoding { values });
+            }
+            if plan.label.is_some() {
+                let int_at = |col: usize| -> Option<i64> {
+                    let a = batch.column(col).as_primitive_opt::<Int64Type>()?;
+                    a.is_valid(row).then(|| a.value(row))
+                };
+                fit.label_min = int_at(col);
+                fit.label_max = int_at(col + 1);
+            }
+        }
+    }
+    Ok(fit)
+}
+
+fn check_label(label: &str, fit: &Fit) -> Result<()> {
+    match &fit.label_type {
+        Some(t) if t.is_integer() || t == &DataType::Boolean => {}
+        Some(t) => {
+            return Err(Error::Label {
+                column: label.to_string(),
+                message: format!("is {t}; a label must be an integer class (0/1)"),
+            });
+        }
+        None => {}
+    }
+    if let (Some(lo), Some(_)) = (fit.label_min, fit.label_max)
+        && lo < 0
+    {
+        return Err(Error::Label {
+            column: label.to_string(),
+            message: "has negative values; classes are 0, 1, ...".into(),
+        });
+    }
+    Ok(())
+}
+
+fn describe_drops(dropped: &BTreeMap<String, u64>) -> String {
+    dropped.iter().map(|(r, n)| format!("{r}: {n}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The guard's schema half: nothing the policy drops may survive under its own name.
+fn guard_schema(job: &Job, schema: &Schema) -> Result<()> {
+    let mut survived: Vec<&str> = job
+        .pii
+        .drop
+        .iter()
+        .map(String::as_str)
+        .chain(job.pii.age.iter().map(|a| a.dob.as_str()))
+        .filter(|c| schema.field_with_name(c).is_ok())
+        .collect();
+    survived.sort();
+    if survived.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::PiiGuard(format!(
+            "dropped column(s) {} are still in the output; nothing was published",
+            survived.join(", ")
+        )))
+    }
+}
+
+struct Written {
+    rows: u64,
+    files: Vec<String>,
+    scanner: PiiScanner,
+}
+
+/// Streams each output partition into its own Parquet file in staging.
+async fn write_partitions(
+    df: DataFrame,
+    staging: &mut Staging,
+    scanned: &[String],
+    progress: &dyn Progress,
+) -> Result<Written> {
+    let streams = df.execute_stream_partitioned().await?;
+    let store = staging.store();
+    let mut tasks = Vec::new();
+    for (i, stream) in streams.into_iter().enumerate() {
+        let name = format!("part-{i:05}.parquet");
+        let path = staging.path_for(&name);
+        let store = Arc::clone(&store);
+        let scanned = scanned.to_vec();
+        tasks.push(tokio::spawn(async move {
+            write_one(stream, store, path, &scanned).await.map(|(rows, scanner)| (name, rows, scanner))
+        }));
+    }
+    let mut written = Written {
+        rows: 0,
+        files: Vec::new(),
+        scanner: PiiScanner::new(scanned),
+    };
+    for task in tasks {
+        let (name, rows, scanner) = task
+            .await
+            .map_err(|e| Error::invalid("output", format!("a writer task failed: {e}")))??;
+        progress.rows(rows);
+        written.rows += rows;
+        written.scanner.merge(scanner);
+        if rows > 0 {
+            written.files.push(name);
+        }
+    }
+    written.files.sort();
+    Ok(written)
+}
+
+async fn write_one(
+    mut stream: SendableRecordBatchStream,
+    store: Arc<dyn object_store::ObjectStore>,
+    path: object_store::path::Path,
+    scanned: &[String],
+) -> Result<(u64, PiiScanner)> {
+    let mut scanner = PiiScanner::new(scanned);
+    let mut writer: Option<AsyncArrowWriter<ParquetObjectWriter>> = None;
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        scanner.scan(&batch);
+        rows += batch.num_rows() as u64;
+        if writer.is_none() {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::SNAPPY)
+                .set_created_by(format!("emrflow {}", env!("CARGO_PKG_VERSION")))
+                .build();
+            writer = Some(AsyncArrowWriter::try_new(
+                ParquetObjectWriter::new(Arc::clone(&store), path.clone()),
+                batch.schema(),
+                Some(props),
+            )?);
+        }
+        if let Some(w) = writer.as_mut() {
+            w.write(&batch).await?;
+        }
+    }
+    match writer {
+        Some(w) => {
+            w.close().await?;
+        }
+        None => {
+            // An empty partition writes no file; make sure none is left half-created.
+            let _ = store.delete(&path).await;
+        }
+    }
+    Ok((rows, scanner))
+}
+
+/// When a scan fails, finds the exact file and line in the CSV inputs; otherwise passes the
+/// error on.
+async fn diagnose_on_error<T>(result: Result<T>, inputs: &BTreeMap<String, Input>) -> Result<T> {
+    match result {
+        Ok(v) => Ok(v),
+        Err(e @ (Error::DataFusion(_) | Error::Arrow(_))) => {
+            let all: Vec<&Input> = inputs.values().collect();
+            Err(diagnose(e, &all).await)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn diagnose(error: Error, inputs: &[&Input]) -> Error {
+    for input in inputs.iter().filter(|i| i.format == InputFormat::Csv) {
+        for (path, _) in &input.files {
+            let Ok(got) = input.location.store.get(path).await else {
+                continue;
+            };
+            let Ok(bytes) = got.bytes().await else {
+                continue;
+            };
+            let schema = if input.schema.fields().is_empty() {
+                // Inference failed: check structure and encoding only.
+                header_schema(&bytes, input.delimiter)
+            } else {
+                (*input.schema).clone()
+            };
+            if let Some(problem) = csvcheck::diagnose(&bytes, &schema, input.delimiter, input.nulls.as_ref()) {
+                return Error::Csv {
+                    path: input.location.url_of(path).trim_start_matches("file://").to_string(),
+                    line: problem.line,
+                    message: problem.message,
+                };
+            }
+        }
+    }
+    error
+}
+
+fn header_schema(bytes: &[u8], delimiter: u8) -> Schema {
+    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).from_reader(bytes);
+    let fields: Vec<Field> = match reader.byte_headers() {
+        Ok(h) => h
+            .iter()
+            .map(|n| Field::new(String::from_utf8_lossy(n), DataType::Utf8, true))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    Schema::new(fields)
+}

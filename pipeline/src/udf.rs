@@ -1,0 +1,217 @@
+//! emrflow's scalar functions, and the session option that carries the pseudonymization key.
+//! Functions travel by name in plans, so every engine that runs a pipeline plan (the embedded
+//! context, a Ballista scheduler and its executors) registers them through
+//! [`register_functions`]; the key travels in the session configuration, never inside a plan
+//! literal, so it does not appear in plan text or logs of the plan.
+
+use std::any::Any;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Date32Array, Int64Array, StringArray, StringBuilder};
+use arrow::datatypes::DataType;
+use datafusion::common::config::ConfigExtension;
+use datafusion::common::{exec_err, extensions_options};
+use datafusion::error::Result as DfResult;
+use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+extensions_options! {
+    /// Session options of emrflow's functions (`SET emrflow.pseudonym_key = ...`).
+    pub struct EmrflowOptions {
+        /// The pseudonymization key, hex-encoded. Empty means no key was configured.
+        pub pseudonym_key: String, default = String::new()
+    }
+}
+
+impl ConfigExtension for EmrflowOptions {
+    const PREFIX: &'static str = "emrflow";
+}
+
+/// Name of the pseudonymization function: `emr_pseudonym(utf8) -> utf8`.
+pub const PSEUDONYM_FN: &str = "emr_pseudonym";
+/// Name of the age function: `emr_age_years(date32 dob, date32 at) -> int64`.
+pub const AGE_FN: &str = "emr_age_years";
+
+/// Ages above this are reported as this value (HIPAA Safe Harbor's "90 or older").
+pub const AGE_CAP: i64 = 90;
+
+/// All of the pipeline's scalar functions.
+pub fn functions() -> Vec<Arc<ScalarUDF>> {
+    vec![
+        Arc::new(ScalarUDF::new_from_impl(Pseudonym::new())),
+        Arc::new(ScalarUDF::new_from_impl(AgeYears::new())),
+    ]
+}
+
+/// Registers the pipeline's functions with a context, a session state or an executor registry.
+pub fn register_functions(registry: &mut dyn FunctionRegistry) -> DfResult<()> {
+    for f in functions() {
+        registry.register_udf(f)?;
+    }
+    Ok(())
+}
+
+/// `hex(HMAC-SHA256(key, value))`; null stays null.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Pseudonym {
+    signature: Signature,
+}
+
+impl Pseudonym {
+    fn new() -> Self {
+        Self {
+            signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
+        }
+    }
+}
+
+/// The keyed pseudonym of one value, as lowercase hex.
+pub fn pseudonym(key: &[u8], value: &[u8]) -> String {
+    // HMAC accepts keys of any length, so construction cannot fail.
+    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => return String::new(),
+    };
+    mac.update(value);
+    hex::encode(mac.finalize().into_bytes())
+}
+
+impl ScalarUDFImpl for Pseudonym {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn name(&self) -> &str {
+        PSEUDONYM_FN
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let key_hex = args
+            .config_options
+            .extensions
+            .get::<EmrflowOptions>()
+            .map(|o| o.pseudonym_key.clone())
+            .unwrap_or_default();
+        if key_hex.is_empty() {
+            return exec_err!("{PSEUDONYM_FN}: no pseudonymization key is configured");
+        }
+        let Ok(key) = hex::decode(&key_hex) else {
+            return exec_err!("{PSEUDONYM_FN}: the configured key is not hex");
+        };
+        let [arg] = args.args.as_slice() else {
+            return exec_err!("{PSEUDONYM_FN} takes one argument");
+        };
+        let array = arg.to_array(args.number_rows)?;
+        let Some(strings) = array.as_any().downcast_ref::<StringArray>() else {
+            return exec_err!("{PSEUDONYM_FN} expects a Utf8 argument");
+        };
+        let mut out = StringBuilder::with_capacity(strings.len(), strings.len() * 64);
+        for v in strings.iter() {
+            match v {
+                Some(v) => out.append_value(pseudonym(&key, v.as_bytes())),
+                None => out.append_null(),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
+    }
+}
+
+/// Whole years between two dates, capped at [`AGE_CAP`]; null if either is null.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct AgeYears {
+    signature: Signature,
+}
+
+impl AgeYears {
+    fn new() -> Self {
+        Self {
+            signature: Signature::exact(
+                vec![DataType::Date32, DataType::Date32],
+                Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+/// Whole years from `dob` to `at` (days since the epoch), the way a birthday counts them.
+pub fn age_years(dob: i32, at: i32) -> Option<i64> {
+    let dob = chrono::NaiveDate::from_num_days_from_ce_opt(dob + EPOCH_CE_DAYS)?;
+    let at = chrono::NaiveDate::from_num_days_from_ce_opt(at + EPOCH_CE_DAYS)?;
+    let years = at.years_since(dob).map(i64::from).unwrap_or(0);
+    Some(years.min(AGE_CAP))
+}
+
+/// Days from 0001-01-01 (day 1 of the common era) to 1970-01-01.
+const EPOCH_CE_DAYS: i32 = 719_163;
+
+impl ScalarUDFImpl for AgeYears {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+    fn name(&self) -> &str {
+        AGE_FN
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Int64)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let [dob, at] = args.args.as_slice() else {
+            return exec_err!("{AGE_FN} takes two arguments");
+        };
+        let dob = dob.to_array(args.number_rows)?;
+        let at = at.to_array(args.number_rows)?;
+        let (Some(dob), Some(at)) = (
+            dob.as_any().downcast_ref::<Date32Array>(),
+            at.as_any().downcast_ref::<Date32Array>(),
+        ) else {
+            return exec_err!("{AGE_FN} expects two Date32 arguments");
+        };
+        let out: Int64Array = dob
+            .iter()
+            .zip(at.iter())
+            .map(|(d, a)| match (d, a) {
+                (Some(d), Some(a)) => age_years(d, a),
+                _ => None,
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pseudonym_matches_rfc4231_case_2() {
+        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+        assert_eq!(
+            pseudonym(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn age_counts_birthdays_and_caps_at_90() {
+        let day = |y, m, d| {
+            chrono::NaiveDate::from_ymd_opt(y, m, d)
+                .map(|x| x.num_days_from_ce() - EPOCH_CE_DAYS)
+                .unwrap_or_default()
+        };
+        use chrono::Datelike;
+        assert_eq!(age_years(day(1960, 6, 15), day(2020, 6, 14)), Some(59));
+        assert_eq!(age_years(day(1960, 6, 15), day(2020, 6, 15)), Some(60));
+        assert_eq!(age_years(day(1920, 1, 1), day(2020, 6, 15)), Some(AGE_CAP));
+    }
+}

@@ -1,0 +1,155 @@
+//! Subcommand definitions and dispatch. Each subcommand module owns its clap `Args` struct and a
+//! `run` function that converts flags into a library `Config` and calls the library; none of them
+//! holds pipeline, training or consensus logic.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+mod bench;
+mod demo;
+mod generate;
+mod ledger;
+mod predict;
+mod run;
+mod train;
+
+/// What the process reports to its caller. Scripts rely on these values, so they never change:
+/// 0 success, 1 a negative result (a verification mismatch), 2 an error (bad input, bad
+/// configuration, a failed job).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExitStatus {
+    Success,
+    #[allow(dead_code)] // `verify` and `prove --verify` report mismatches with it
+    Mismatch,
+    Error,
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(status: ExitStatus) -> Self {
+        match status {
+            ExitStatus::Success => ExitCode::from(0),
+            ExitStatus::Mismatch => ExitCode::from(1),
+            ExitStatus::Error => ExitCode::from(2),
+        }
+    }
+}
+
+/// emrflow: a provable batch pipeline for electronic medical records.
+#[derive(Debug, Parser)]
+#[command(name = "emrflow", version, about, long_about = None, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalArgs,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Flags every subcommand accepts.
+#[derive(Debug, Args)]
+pub(crate) struct GlobalArgs {
+    /// More log output on stderr (-v info, -vv debug); RUST_LOG overrides it
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Write synthetic EMRs (patients.csv and visits.csv) in the published shape
+    Generate(generate::GenerateArgs),
+    /// Run a preprocessing job file and publish a de-identified Parquet dataset
+    Run(run::RunArgs),
+    /// Train a decision tree on a dataset published by `emrflow run`
+    Train(train::TrainArgs),
+    /// Score raw rows with a trained model, with the decision path of each prediction
+    Predict(predict::PredictArgs),
+    /// Generate, preprocess and train end to end on one machine
+    Demo(demo::DemoArgs),
+    /// Run and inspect the four-peer PBFT ledger
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCommand),
+    /// Baselines for benchmark scripts
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
+    match cli.command {
+        Command::Generate(args) => generate::run(args).await,
+        Command::Run(args) => run::run(args).await,
+        Command::Train(args) => train::run(args).await,
+        Command::Predict(args) => predict::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Ledger(cmd) => ledger::run(cmd).await,
+        Command::Bench(cmd) => bench::run(cmd).await,
+    }
+}
+
+/// Logs go to stderr through `tracing`; `RUST_LOG` wins over `-v`.
+pub(crate) fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+/// One line on stderr: the error and its causes, outermost first.
+#[allow(clippy::print_stderr)]
+pub(crate) fn report_error(err: &anyhow::Error) {
+    let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
+    eprintln!("error: {}", dedup_chain(&chain).join(": "));
+}
+
+/// Library errors often repeat their source's text in their own message; printing both would
+/// say the same thing twice.
+fn dedup_chain(chain: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for msg in chain {
+        if out.last().is_some_and(|prev| prev.contains(msg.as_str())) {
+            continue;
+        }
+        out.push(msg.clone());
+    }
+    out
+}
+
+/// Prints a value as one line of JSON on stdout, for `--json`.
+#[allow(clippy::print_stdout)]
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+/// Prints human-readable lines on stdout.
+#[allow(clippy::print_stdout)]
+pub(crate) fn print_lines(lines: &[String]) {
+    for line in lines {
+        println!("{line}");
+    }
+}
+
+/// A spinner with a message on stderr, drawn only when stderr is a terminal, so pipes and CI logs
+/// stay clean.
+pub(crate) fn progress(message: &str) -> ProgressBar {
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg} {pos}") {
+        bar.set_style(style);
+    }
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar.set_message(message.to_string());
+    bar
+}

@@ -1,0 +1,31 @@
+//! The `emrflow` binary: parses the command line, sets up logging and progress output, and hands
+//! each subcommand to a library crate. It holds no pipeline, training or consensus logic; that
+//! lives in `pipeline`, `ml`, `ledger`, `scheduler` and `executors`.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use commands::{Cli, ExitStatus};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    commands::init_tracing(cli.global.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            commands::report_error(&anyhow::Error::new(e).context("cannot start the async runtime"));
+            return ExitStatus::Error.into();
+        }
+    };
+    let status = runtime.block_on(commands::dispatch(cli));
+    match status {
+        Ok(status) => status.into(),
+        Err(e) => {
+            commands::report_error(&e);
+            ExitStatus::Error.into()
+        }
+    }
+}

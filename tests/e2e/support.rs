@@ -1,0 +1,112 @@
+//! Helpers shared by the end-to-end tests: running the binary and reading what it published.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use arrow::array::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+
+/// The workspace root, where `examples/` lives.
+pub(crate) fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A command running the `emrflow` binary from the workspace root with a test key.
+pub(crate) fn emrflow(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emrflow"));
+    cmd.args(args)
+        .current_dir(root())
+        .env("EMRFLOW_PSEUDONYM_KEY", "test-key-0123456789abcdef")
+        .env_remove("EMRFLOW_KEY_FILE")
+        .env("RUST_LOG", "error");
+    cmd
+}
+
+/// Runs and captures.
+pub(crate) fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run emrflow: {e}"))
+}
+
+pub(crate) fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub(crate) fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Generates `visits` visits into `dir` with a fixed seed.
+pub(crate) fn generate(dir: &Path, visits: u64) {
+    let out = run(emrflow(&[
+        "generate",
+        "--visits",
+        &visits.to_string(),
+        "--seed",
+        "11",
+        "--out",
+        &dir.display().to_string(),
+    ]));
+    assert!(out.status.success(), "generate failed: {}", stderr(&out));
+}
+
+/// Every Parquet file under `dir`, read into batches.
+pub(crate) fn read_parquet_dir(dir: &Path) -> Vec<RecordBatch> {
+    let mut batches = Vec::new();
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    files.sort();
+    for f in files {
+        let file = std::fs::File::open(&f).unwrap_or_else(|e| panic!("{e}"));
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        for b in reader {
+            batches.push(b.unwrap_or_else(|e| panic!("{e}")));
+        }
+    }
+    batches
+}
+
+/// Every value of every column rendered as text, one string per cell.
+pub(crate) fn all_cells(batches: &[RecordBatch]) -> Vec<String> {
+    let opts = FormatOptions::default();
+    let mut cells = Vec::new();
+    for b in batches {
+        for c in b.columns() {
+            let f = ArrayFormatter::try_new(c.as_ref(), &opts).unwrap_or_else(|e| panic!("{e}"));
+            for i in 0..c.len() {
+                cells.push(f.value(i).to_string());
+            }
+        }
+    }
+    cells
+}
+
+/// Asserts that the error output is one line that mentions every needle.
+pub(crate) fn assert_one_line_error(out: &Output, needles: &[&str]) {
+    assert!(!out.status.success(), "expected failure, got success: {}", stdout(out));
+    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {}", stderr(out));
+    let err = stderr(out);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "error is not one line:\n{err}");
+    for n in needles {
+        assert!(err.contains(n), "error does not mention {n:?}: {err}");
+    }
+}
+
+/// Asserts nothing was published at `out` and no staging leftovers sit beside it.
+pub(crate) fn assert_nothing_published(out: &Path) {
+    assert!(!out.exists(), "{} exists after a failed job", out.display());
+    if let Some(parent) = out.parent().filter(|p| p.exists()) {
+        let leftovers: Vec<_> = std::fs::read_dir(parent)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".staging-"))
+            .collect();
+        assert!(leftovers.is_empty(), "staging leftovers: {leftovers:?}");
+    }
+}
