@@ -1,0 +1,612 @@
+//! Blocks, commit certificates, receipts and the genesis. A [`Chain`] applies committed batches
+//! in order through the contracts, builds hash-chained blocks with an RFC 6962 transaction root
+//! and a running RFC 6962 log root, attaches the `2f + 1` certificates, and answers queries and
+//! receipts. It is pure and in memory; persisting blocks is the host's job and ordering them is
+//! the PBFT core's. Everything here can be verified offline from the [`Genesis`] alone.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::contracts::{Outcome, Position, Query, State};
+use crate::crypto::{Digest, Enc, PublicKey, Signature};
+use crate::error::{Error, Result};
+use crate::ids::{ReplicaId, SeqNo, Time, quorum};
+use crate::merkle::{self, Frontier};
+use crate::pbft::{Batch, Checkpoint, Signed};
+use crate::tx::SignedTx;
+
+/// A peer as the genesis lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Replica index.
+    pub id: ReplicaId,
+    /// Its consensus key.
+    pub public_key: PublicKey,
+    /// Its gRPC address (`host:port`).
+    pub address: String,
+}
+
+/// The ledger's founding document: the peers' keys and the first admin. Its hash identifies
+/// the ledger; transactions name it, so they cannot be replayed on another ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Genesis {
+    /// A name for humans.
+    pub chain_id: String,
+    /// The peers, indexed by replica id.
+    pub peers: Vec<PeerInfo>,
+    /// The first admin identity.
+    pub admin: PublicKey,
+    /// Its name.
+    pub admin_name: String,
+}
+
+impl Genesis {
+    /// The genesis hash (the state digest at sequence number 0).
+    pub fn hash(&self) -> Digest {
+        let mut e = Enc::new(b"emrflow-ledger/genesis/v1");
+        e.bytes(self.chain_id.as_bytes())
+            .u64(self.peers.len() as u64);
+        for p in &self.peers {
+            e.u32(p.id.0)
+                .bytes(&p.public_key.0)
+                .bytes(p.address.as_bytes());
+        }
+        e.bytes(&self.admin.0).bytes(self.admin_name.as_bytes());
+        e.hash()
+    }
+
+    /// The peers' public keys, by replica id.
+    pub fn peer_keys(&self) -> Vec<PublicKey> {
+        self.peers.iter().map(|p| p.public_key).collect()
+    }
+
+    /// Checks the peer list.
+    pub fn validate(&self) -> Result<()> {
+        if self.peers.len() < 4 {
+            return Err(Error::Config(format!(
+                "genesis lists {} peers; pbft needs at least 4",
+                self.peers.len()
+            )));
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            if p.id.0 as usize != i {
+                return Err(Error::Config(format!("genesis peer {i} has id {}", p.id)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A block header. Its hash is what `2f + 1` peers sign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockHeader {
+    /// Height (= PBFT sequence number).
+    pub height: SeqNo,
+    /// Hash of the previous header (the genesis hash for height 1).
+    pub prev: Digest,
+    /// Block time: the primary's batch time, never earlier than the previous block's.
+    pub time: Time,
+    /// The PBFT batch digest that committed.
+    pub batch: Digest,
+    /// Number of transactions.
+    pub tx_count: u32,
+    /// RFC 6962 root over this block's transaction leaves.
+    pub tx_root: Digest,
+    /// Transactions in the whole log after this block.
+    pub log_size: u64,
+    /// RFC 6962 root over every transaction leaf of the log so far.
+    pub log_root: Digest,
+}
+
+impl BlockHeader {
+    /// The block hash.
+    pub fn hash(&self) -> Digest {
+        let mut e = Enc::new(b"emrflow-ledger/block/v1");
+        e.u64(self.height.0)
+            .digest(&self.prev)
+            .u64(self.time.0)
+            .digest(&self.batch)
+            .u32(self.tx_count)
+            .digest(&self.tx_root)
+            .u64(self.log_size)
+            .digest(&self.log_root);
+        e.hash()
+    }
+}
+
+/// A block: header, transactions and their outcomes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    /// Header.
+    pub header: BlockHeader,
+    /// The batch timestamp the primary proposed (the header's time is clamped to be monotone).
+    pub batch_time: Time,
+    /// Transactions in execution order.
+    pub txs: Vec<SignedTx>,
+    /// Outcome of each transaction.
+    pub outcomes: Vec<Outcome>,
+}
+
+/// The leaf of a transaction in the block tree and the log: its id bound to its outcome, so a
+/// receipt proves whether the call was accepted or denied.
+pub fn tx_leaf(tx_id: &Digest, outcome: &Outcome) -> Digest {
+    let mut e = Enc::new(b"emrflow-ledger/leaf/v1");
+    e.digest(tx_id);
+    match outcome {
+        Outcome::Accepted => e.u8(0),
+        Outcome::Denied { reason } => e.u8(1).bytes(reason.as_bytes()),
+    };
+    merkle::leaf_hash(e.finish())
+}
+
+impl Block {
+    /// The leaves of the transaction tree.
+    pub fn leaves(&self) -> Vec<Digest> {
+        self.txs
+            .iter()
+            .zip(&self.outcomes)
+            .map(|(tx, o)| tx_leaf(&tx.digest(), o))
+            .collect()
+    }
+
+    /// Checks that the header's transaction count and root match the body.
+    pub fn check_body(&self) -> Result<()> {
+        if self.txs.len() != self.outcomes.len() || self.txs.len() != self.header.tx_count as usize
+        {
+            return Err(Error::CorruptChain {
+                seq: self.header.height,
+                reason: "transaction count does not match the header".into(),
+            });
+        }
+        if merkle::root(&self.leaves()) != self.header.tx_root {
+            return Err(Error::CorruptChain {
+                seq: self.header.height,
+                reason: "transaction root does not match the header".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `2f + 1` peer signatures over a block hash: the PBFT checkpoint messages for that height.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitCertificate {
+    /// Height.
+    pub height: SeqNo,
+    /// Block hash.
+    pub block_hash: Digest,
+    /// `(peer, signature)` pairs.
+    pub signatures: Vec<(ReplicaId, Signature)>,
+}
+
+impl CommitCertificate {
+    /// Builds a certificate from checkpoint messages for one `(seq, digest)`.
+    pub fn from_proof(seq: SeqNo, digest: Digest, proof: &[Signed<Checkpoint>]) -> Self {
+        Self {
+            height: seq,
+            block_hash: digest,
+            signatures: proof.iter().map(|m| (m.from, m.sig)).collect(),
+        }
+    }
+
+    /// Checks `2f + 1` distinct valid peer signatures against the genesis keys.
+    pub fn verify(&self, peers: &[PublicKey]) -> Result<()> {
+        let keys: Vec<_> = peers.iter().filter_map(PublicKey::verifying_key).collect();
+        if keys.len() != peers.len() {
+            return Err(Error::Verification("a genesis peer key is invalid".into()));
+        }
+        let mut good = std::collections::BTreeSet::new();
+        for (from, sig) in &self.signatures {
+            let m = Signed {
+                from: *from,
+                body: Checkpoint {
+                    seq: self.height,
+                    digest: self.block_hash,
+                },
+                sig: *sig,
+            };
+            if m.verify(&keys) {
+                good.insert(*from);
+            }
+        }
+        let need = quorum(peers.len());
+        if good.len() < need {
+            return Err(Error::Verification(format!(
+                "certificate of block {} has {} valid peer signatures, {need} needed",
+                self.height.0,
+                good.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What a client keeps as proof that its transaction committed: verifiable offline against the
+/// genesis with [`Receipt::verify`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The transaction.
+    pub tx: SignedTx,
+    /// Its outcome.
+    pub outcome: Outcome,
+    /// Its index in the block.
+    pub index: u32,
+    /// RFC 6962 audit path from its leaf to the header's `tx_root`.
+    pub proof: Vec<Digest>,
+    /// The block header.
+    pub header: BlockHeader,
+    /// The commit certificate over the header's hash.
+    pub certificate: CommitCertificate,
+}
+
+impl Receipt {
+    /// The transaction id.
+    pub fn tx_id(&self) -> Digest {
+        self.tx.digest()
+    }
+
+    /// Checks everything offline: the client signature, the ledger id, the inclusion proof,
+    /// the header hash and the `2f + 1` certificate against the genesis peer keys.
+    pub fn verify(&self, genesis: &Genesis) -> Result<()> {
+        if !self.tx.verify() {
+            return Err(Error::Verification("bad client signature".into()));
+        }
+        let body = self.tx.body()?;
+        if body.ledger != genesis.hash() {
+            return Err(Error::Verification(
+                "the transaction names another ledger".into(),
+            ));
+        }
+        let leaf = tx_leaf(&self.tx.digest(), &self.outcome);
+        if !merkle::verify_inclusion(
+            u64::from(self.index),
+            u64::from(self.header.tx_count),
+            &leaf,
+            &self.proof,
+            &self.header.tx_root,
+        ) {
+            return Err(Error::Verification(
+                "inclusion proof does not lead to the block's transaction root".into(),
+            ));
+        }
+        let cert = &self.certificate;
+        if cert.height != self.header.height || cert.block_hash != self.header.hash() {
+            return Err(Error::Verification(
+                "certificate is not for this block header".into(),
+            ));
+        }
+        cert.verify(&genesis.peer_keys())
+    }
+}
+
+/// The head of a chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// Height.
+    pub height: SeqNo,
+    /// Hash of the last block (the genesis hash at height 0).
+    pub hash: Digest,
+    /// Transactions in the log.
+    pub log_size: u64,
+    /// RFC 6962 root of the log.
+    pub log_root: Digest,
+    /// Highest height with a certificate.
+    pub certified: SeqNo,
+}
+
+/// A block with its certificate, as state transfer and the store carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertifiedBlock {
+    /// The block.
+    pub block: Block,
+    /// Its certificate, once known.
+    pub certificate: Option<CommitCertificate>,
+}
+
+/// The answer to a [`Query`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueryResult {
+    /// An anchor.
+    Anchor(Option<Box<crate::contracts::AnchorRecord>>),
+    /// A lineage DAG.
+    Lineage(crate::contracts::Lineage),
+    /// Audit events.
+    Audit(Vec<crate::contracts::AuditEvent>),
+    /// An identity.
+    Identity(Option<crate::contracts::Identity>),
+    /// The head.
+    Head(Head),
+    /// A receipt, once the transaction's block is certified.
+    Receipt(Option<Box<Receipt>>),
+}
+
+/// The executed chain of one peer.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    genesis: Genesis,
+    genesis_hash: Digest,
+    state: State,
+    blocks: Vec<Block>,
+    certs: BTreeMap<SeqNo, CommitCertificate>,
+    log_leaves: Vec<Digest>,
+    frontier: Frontier,
+    tx_index: BTreeMap<Digest, Position>,
+}
+
+impl Chain {
+    /// An empty chain.
+    pub fn new(genesis: Genesis) -> Self {
+        let genesis_hash = genesis.hash();
+        Self {
+            state: State::new(genesis_hash, genesis.admin, &genesis.admin_name),
+            genesis,
+            genesis_hash,
+            blocks: Vec::new(),
+            certs: BTreeMap::new(),
+            log_leaves: Vec::new(),
+            frontier: Frontier::default(),
+            tx_index: BTreeMap::new(),
+        }
+    }
+
+    /// The genesis.
+    pub fn genesis(&self) -> &Genesis {
+        &self.genesis
+    }
+    /// The genesis hash.
+    pub fn genesis_hash(&self) -> Digest {
+        self.genesis_hash
+    }
+    /// The contract state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+    /// Height of the last block.
+    pub fn height(&self) -> SeqNo {
+        SeqNo(self.blocks.len() as u64)
+    }
+    /// Hash of the last block, or the genesis hash.
+    pub fn head_hash(&self) -> Digest {
+        self.blocks
+            .last()
+            .map_or(self.genesis_hash, |b| b.header.hash())
+    }
+    /// A block by height.
+    pub fn block(&self, height: SeqNo) -> Option<&Block> {
+        let i = usize::try_from(height.0).ok()?.checked_sub(1)?;
+        self.blocks.get(i)
+    }
+    /// A certificate by height.
+    pub fn certificate(&self, height: SeqNo) -> Option<&CommitCertificate> {
+        self.certs.get(&height)
+    }
+    /// Blocks `from..=to` with their certificates.
+    pub fn certified_blocks(&self, from: SeqNo, to: SeqNo) -> Vec<CertifiedBlock> {
+        (from.0.max(1)..=to.0.min(self.height().0))
+            .filter_map(|h| {
+                let h = SeqNo(h);
+                Some(CertifiedBlock {
+                    block: self.block(h)?.clone(),
+                    certificate: self.certs.get(&h).cloned(),
+                })
+            })
+            .collect()
+    }
+
+    /// The head.
+    pub fn head(&self) -> Head {
+        Head {
+            height: self.height(),
+            hash: self.head_hash(),
+            log_size: self.frontier.size(),
+            log_root: self.frontier.root(),
+            certified: self.certs.keys().next_back().copied().unwrap_or(SeqNo(0)),
+        }
+    }
+
+    /// Executes the batch committed at `seq` and appends its block.
+    pub fn apply(&mut self, seq: SeqNo, batch: &Batch) -> Result<&Block> {
+        if seq != self.height().next() {
+            return Err(Error::Invariant(format!(
+                "block {} applied at height {}",
+                seq.0,
+                self.height().0
+            )));
+        }
+        let prev_time = self.blocks.last().map_or(Time(0), |b| b.header.time);
+        let time = prev_time.max(batch.timestamp);
+        let mut outcomes = Vec::with_capacity(batch.txs.len());
+        let mut leaves = Vec::with_capacity(batch.txs.len());
+        for (i, tx) in batch.txs.iter().enumerate() {
+            let position = Position {
+                seq,
+                index: i as u32,
+            };
+            let outcome = self.state.execute(tx, position, time);
+            let id = tx.digest();
+            leaves.push(tx_leaf(&id, &outcome));
+            self.tx_index.entry(id).or_insert(position);
+            outcomes.push(outcome);
+        }
+        for l in &leaves {
+            self.frontier.push(*l);
+            self.log_leaves.push(*l);
+        }
+        let header = BlockHeader {
+            height: seq,
+            prev: self.head_hash(),
+            time,
+            batch: batch.digest(),
+            tx_count: batch.txs.len() as u32,
+            tx_root: merkle::root(&leaves),
+            log_size: self.frontier.size(),
+            log_root: self.frontier.root(),
+        };
+        self.blocks.push(Block {
+            header,
+            batch_time: batch.timestamp,
+            txs: batch.txs.clone(),
+            outcomes,
+        });
+        self.blocks
+            .last()
+            .ok_or_else(|| Error::Invariant("block vanished".into()))
+    }
+
+    /// Re-executes a block received from elsewhere (state transfer) and checks that it
+    /// reproduces exactly the same header.
+    pub fn apply_block(&mut self, block: &Block) -> Result<()> {
+        let batch = Batch {
+            timestamp: block.batch_time,
+            txs: block.txs.clone(),
+        };
+        let seq = block.header.height;
+        let got = self.apply(seq, &batch)?.header.hash();
+        if got != block.header.hash() {
+            // The contract state has moved on: this chain must be discarded and rebuilt.
+            return Err(Error::CorruptChain {
+                seq,
+                reason: "re-execution does not reproduce the block".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Attaches a certificate to a block that exists and matches.
+    pub fn attach_certificate(&mut self, cert: CommitCertificate) -> Result<()> {
+        let Some(block) = self.block(cert.height) else {
+            return Err(Error::Invariant(format!(
+                "certificate for missing block {}",
+                cert.height.0
+            )));
+        };
+        if block.header.hash() != cert.block_hash {
+            return Err(Error::CorruptChain {
+                seq: cert.height,
+                reason: "local block differs from the certified block".into(),
+            });
+        }
+        self.certs.insert(cert.height, cert);
+        Ok(())
+    }
+
+    /// The receipt of a transaction, once its block is certified.
+    pub fn receipt(&self, tx_id: &Digest) -> Option<Receipt> {
+        let pos = self.tx_index.get(tx_id)?;
+        let block = self.block(pos.seq)?;
+        let certificate = self.certs.get(&pos.seq)?.clone();
+        let i = pos.index as usize;
+        Some(Receipt {
+            tx: block.txs.get(i)?.clone(),
+            outcome: block.outcomes.get(i)?.clone(),
+            index: pos.index,
+            proof: merkle::inclusion_proof(i, &block.leaves()),
+            header: block.header.clone(),
+            certificate,
+        })
+    }
+
+    /// Where a transaction committed.
+    pub fn position(&self, tx_id: &Digest) -> Option<Position> {
+        self.tx_index.get(tx_id).copied()
+    }
+
+    /// RFC 6962 consistency proof between two log sizes.
+    pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Option<Vec<Digest>> {
+        let new = usize::try_from(new_size).ok()?;
+        let old = usize::try_from(old_size).ok()?;
+        (old <= new && new <= self.log_leaves.len())
+            .then(|| merkle::consistency_proof(old, &self.log_leaves[..new]))
+    }
+
+    /// RFC 6962 root of the first `size` log leaves.
+    pub fn log_root_at(&self, size: u64) -> Option<Digest> {
+        let size = usize::try_from(size).ok()?;
+        (size <= self.log_leaves.len()).then(|| merkle::root(&self.log_leaves[..size]))
+    }
+
+    /// Answers a query from this chain's state.
+    pub fn query(&self, q: &Query) -> QueryResult {
+        match q {
+            Query::Anchor(root) => {
+                QueryResult::Anchor(self.state.anchor(root).cloned().map(Box::new))
+            }
+            Query::Lineage { root, max_depth } => {
+                QueryResult::Lineage(self.state.lineage(root, *max_depth))
+            }
+            Query::Audit {
+                subject,
+                actor,
+                from,
+                to,
+            } => QueryResult::Audit(
+                self.state
+                    .audit(subject.as_ref(), actor.as_ref(), *from, *to),
+            ),
+            Query::Identity(k) => QueryResult::Identity(self.state.identity(k).cloned()),
+            Query::Head => QueryResult::Head(self.head()),
+            Query::Receipt(id) => QueryResult::Receipt(self.receipt(id).map(Box::new)),
+        }
+    }
+}
+
+/// Re-checks a sequence of stored blocks from genesis: hash chaining, transaction roots, the
+/// running log root, and each certificate against the genesis keys. Returns the first bad
+/// block.
+pub fn verify_chain(genesis: &Genesis, blocks: &[CertifiedBlock]) -> Result<Head> {
+    let keys = genesis.peer_keys();
+    let mut prev = genesis.hash();
+    let mut frontier = Frontier::default();
+    let mut prev_time = Time(0);
+    let mut certified = SeqNo(0);
+    for (i, cb) in blocks.iter().enumerate() {
+        let b = &cb.block;
+        let h = &b.header;
+        let bad = |reason: String| Error::CorruptChain {
+            seq: h.height,
+            reason,
+        };
+        if h.height != SeqNo(i as u64 + 1) {
+            return Err(bad(format!("expected height {}", i + 1)));
+        }
+        if h.prev != prev {
+            return Err(bad("does not link to the previous block".into()));
+        }
+        if h.time < prev_time {
+            return Err(bad("time goes backwards".into()));
+        }
+        b.check_body()?;
+        for tx in &b.txs {
+            if !tx.verify() {
+                return Err(bad(format!(
+                    "transaction {} has a bad signature",
+                    tx.digest()
+                )));
+            }
+        }
+        for leaf in b.leaves() {
+            frontier.push(leaf);
+        }
+        if frontier.size() != h.log_size || frontier.root() != h.log_root {
+            return Err(bad("log root does not match the transactions".into()));
+        }
+        let hash = h.hash();
+        if let Some(c) = &cb.certificate {
+            if c.block_hash != hash || c.height != h.height {
+                return Err(bad("certificate is for another block".into()));
+            }
+            c.verify(&keys).map_err(|e| bad(e.to_string()))?;
+            certified = h.height;
+        }
+        prev = hash;
+        prev_time = h.time;
+    }
+    Ok(Head {
+        height: SeqNo(blocks.len() as u64),
+        hash: prev,
+        log_size: frontier.size(),
+        log_root: frontier.root(),
+        certified,
+    })
+}

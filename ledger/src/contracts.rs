@@ -1,0 +1,710 @@
+//! The contracts: identities with roles, dataset and model anchors with their lineage, access
+//! grants, and the audit trail. Executed on commit, in block order, by every peer; execution is
+//! a pure function of the ordered transactions (no clock — the block time comes from the
+//! batch — no randomness, only ordered maps), so every correct peer reaches the same state.
+//! It owns authorization: a transaction its signer's role may not make is *recorded* as denied
+//! with its reason, never silently dropped. It must not know about consensus or storage.
+//!
+//! The role × action policy ([`policy`]):
+//!
+//! | role | register/revoke identity | anchor dataset | anchor model | grant/revoke access | read, query | update | export |
+//! |---|---|---|---|---|---|---|---|
+//! | admin | yes | no | no | yes | with grant | with grant | with grant |
+//! | data_engineer | no | yes | no | no | with grant | with grant | with grant |
+//! | ml_engineer | no | no | yes | no | with grant | with grant | with grant |
+//! | compliance | no | no | no | no | yes | no | no |
+//! | clinician | no | no | no | no | with grant | with grant | no |
+//!
+//! "With grant" means a grant for that subject and access, or being the identity that anchored
+//! the subject.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{Digest, PublicKey};
+use crate::error::Error;
+use crate::ids::{SeqNo, Time};
+use crate::tx::SignedTx;
+
+/// The roles of the published system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Manages identities and grants; reads data only with a grant.
+    Admin,
+    /// Publishes datasets.
+    DataEngineer,
+    /// Publishes models.
+    MlEngineer,
+    /// Audits: reads and queries everything, changes nothing.
+    Compliance,
+    /// Reads and updates records it was granted.
+    Clinician,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::DataEngineer,
+        Role::MlEngineer,
+        Role::Compliance,
+        Role::Clinician,
+    ];
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::DataEngineer => "data_engineer",
+            Role::MlEngineer => "ml_engineer",
+            Role::Compliance => "compliance",
+            Role::Clinician => "clinician",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| Error::Invalid {
+                what: "role",
+                reason: format!(
+                    "{s:?} is not one of admin, data_engineer, ml_engineer, compliance, clinician"
+                ),
+            })
+    }
+}
+
+/// Whether an anchor is a dataset or a model version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnchorKind {
+    /// A dataset version.
+    Dataset,
+    /// A model version.
+    Model,
+}
+
+/// Kinds of access to an anchored subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Reading the data.
+    Read,
+    /// Running a query over it.
+    Query,
+    /// Changing it.
+    Update,
+    /// Exporting (transferring) it.
+    Export,
+}
+
+impl Access {
+    /// Every access kind.
+    pub const ALL: [Access; 4] = [Access::Read, Access::Query, Access::Update, Access::Export];
+}
+
+impl FromStr for Access {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "read" => Ok(Self::Read),
+            "query" => Ok(Self::Query),
+            "update" => Ok(Self::Update),
+            "export" => Ok(Self::Export),
+            _ => Err(Error::Invalid {
+                what: "access",
+                reason: format!("{s:?} is not one of read, query, update, export"),
+            }),
+        }
+    }
+}
+
+/// What gets anchored for a dataset or model version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchorSpec {
+    /// Dataset or model.
+    pub kind: AnchorKind,
+    /// The Merkle root (dataset or model fingerprint).
+    pub root: Digest,
+    /// Rows (datasets) or nodes/parameters (models).
+    pub row_count: u64,
+    /// Hash of the schema (or of the model's feature schema).
+    pub schema_hash: Digest,
+    /// Where the artifact lives (a URL or path).
+    pub location: String,
+    /// Roots this version was derived from; each must already be anchored.
+    pub parents: Vec<Digest>,
+    /// The pipeline stage that produced it (e.g. `preprocess`, `train`).
+    pub stage: String,
+    /// Hash of the stage's parameters.
+    pub params_hash: Digest,
+    /// The code version (e.g. a git commit) that produced it.
+    pub code_version: String,
+}
+
+/// A contract call: the body of a client transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Call {
+    /// Registers an identity with a role (admin only).
+    RegisterIdentity {
+        /// The identity's public key.
+        key: PublicKey,
+        /// A human-readable name.
+        name: String,
+        /// Its role.
+        role: Role,
+    },
+    /// Revokes an identity (admin only); its later transactions are denied.
+    RevokeIdentity {
+        /// The identity.
+        key: PublicKey,
+    },
+    /// Anchors a dataset or model version.
+    Anchor(AnchorSpec),
+    /// Grants an identity an access to an anchored subject (admin only).
+    Grant {
+        /// The anchored root.
+        subject: Digest,
+        /// Who gets access.
+        grantee: PublicKey,
+        /// What access.
+        access: Access,
+    },
+    /// Revokes a grant (admin only).
+    Revoke {
+        /// The anchored root.
+        subject: Digest,
+        /// Who loses access.
+        grantee: PublicKey,
+        /// What access.
+        access: Access,
+    },
+    /// Records a read, query, update or export of an anchored subject.
+    RecordAccess {
+        /// The anchored root.
+        subject: Digest,
+        /// The access made.
+        access: Access,
+        /// Why (free text, no PHI).
+        purpose: String,
+    },
+}
+
+/// The action an audit event records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Identity registration.
+    RegisterIdentity,
+    /// Identity revocation.
+    RevokeIdentity,
+    /// Dataset anchor.
+    AnchorDataset,
+    /// Model anchor.
+    AnchorModel,
+    /// Access grant.
+    Grant,
+    /// Access revocation.
+    Revoke,
+    /// Read of a subject.
+    Read,
+    /// Query over a subject.
+    Query,
+    /// Update of a subject.
+    Update,
+    /// Export (transfer) of a subject.
+    Export,
+    /// A transaction that could not be decoded.
+    Malformed,
+}
+
+impl Action {
+    /// Every action a role can be asked to make.
+    pub const ALL: [Action; 10] = [
+        Action::RegisterIdentity,
+        Action::RevokeIdentity,
+        Action::AnchorDataset,
+        Action::AnchorModel,
+        Action::Grant,
+        Action::Revoke,
+        Action::Read,
+        Action::Query,
+        Action::Update,
+        Action::Export,
+    ];
+
+    fn of(call: &Call) -> Self {
+        match call {
+            Call::RegisterIdentity { .. } => Self::RegisterIdentity,
+            Call::RevokeIdentity { .. } => Self::RevokeIdentity,
+            Call::Anchor(a) if a.kind == AnchorKind::Dataset => Self::AnchorDataset,
+            Call::Anchor(_) => Self::AnchorModel,
+            Call::Grant { .. } => Self::Grant,
+            Call::Revoke { .. } => Self::Revoke,
+            Call::RecordAccess { access, .. } => Self::from(*access),
+        }
+    }
+}
+
+impl From<Access> for Action {
+    fn from(a: Access) -> Self {
+        match a {
+            Access::Read => Self::Read,
+            Access::Query => Self::Query,
+            Access::Update => Self::Update,
+            Access::Export => Self::Export,
+        }
+    }
+}
+
+/// Whether a role may make an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Always.
+    Allowed,
+    /// Only with a grant for the subject (or as the identity that anchored it).
+    WithGrant,
+    /// Never.
+    Denied,
+}
+
+/// The role × action policy (see the table in the module docs).
+pub fn policy(role: Role, action: Action) -> Permission {
+    use Action as A;
+    use Permission::{Allowed, Denied, WithGrant};
+    match (role, action) {
+        (_, A::Malformed) => Denied,
+        (Role::Admin, A::RegisterIdentity | A::RevokeIdentity | A::Grant | A::Revoke) => Allowed,
+        (Role::Admin, A::Read | A::Query | A::Update | A::Export) => WithGrant,
+        (Role::DataEngineer, A::AnchorDataset) => Allowed,
+        (Role::MlEngineer, A::AnchorModel) => Allowed,
+        (Role::DataEngineer | Role::MlEngineer, A::Read | A::Query | A::Update | A::Export) => {
+            WithGrant
+        }
+        (Role::Compliance, A::Read | A::Query) => Allowed,
+        (Role::Clinician, A::Read | A::Query | A::Update) => WithGrant,
+        _ => Denied,
+    }
+}
+
+/// Where a transaction sits: block height and index in the block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// Block height.
+    pub seq: SeqNo,
+    /// Index within the block.
+    pub index: u32,
+}
+
+/// The result of executing a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The call took effect.
+    Accepted,
+    /// The call was recorded but had no effect.
+    Denied {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    fn denied(reason: impl Into<String>) -> Self {
+        Self::Denied {
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether the call took effect.
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, Self::Accepted)
+    }
+}
+
+/// A registered identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Public key.
+    pub key: PublicKey,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Revoked identities can no longer act.
+    pub revoked: bool,
+    /// Where it was registered (height 0 for the genesis admin).
+    pub registered: Position,
+}
+
+/// An anchored dataset or model version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnchorRecord {
+    /// What was anchored.
+    pub spec: AnchorSpec,
+    /// The identity that signed the anchor.
+    pub signer: PublicKey,
+    /// Its name at the time.
+    pub signer_name: String,
+    /// The transaction id.
+    pub tx: Digest,
+    /// Where it was committed.
+    pub position: Position,
+    /// Block time.
+    pub time: Time,
+}
+
+/// One audit trail entry; every transaction produces exactly one, accepted or denied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// Where it was committed.
+    pub position: Position,
+    /// Block time.
+    pub time: Time,
+    /// Who.
+    pub actor: PublicKey,
+    /// What.
+    pub action: Action,
+    /// On which anchored root, if any.
+    pub subject: Option<Digest>,
+    /// The stated purpose of an access.
+    pub purpose: Option<String>,
+    /// The transaction id.
+    pub tx: Digest,
+    /// Accepted or denied with a reason.
+    pub outcome: Outcome,
+}
+
+/// A read-only question to a peer's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    /// The anchor of a root.
+    Anchor(Digest),
+    /// The lineage DAG of a root: its ancestors up to `max_depth` levels.
+    Lineage {
+        /// The root whose ancestry is wanted.
+        root: Digest,
+        /// How many parent levels to follow.
+        max_depth: u32,
+    },
+    /// Audit events filtered by subject and/or actor over `[from, to]` block time.
+    Audit {
+        /// Only events on this root.
+        subject: Option<Digest>,
+        /// Only events by this identity.
+        actor: Option<PublicKey>,
+        /// Earliest block time (inclusive).
+        from: Time,
+        /// Latest block time (inclusive).
+        to: Time,
+    },
+    /// An identity.
+    Identity(PublicKey),
+    /// The head of the chain.
+    Head,
+    /// The receipt of a committed transaction.
+    Receipt(Digest),
+}
+
+/// The lineage DAG of a root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// The root asked about.
+    pub root: Digest,
+    /// Every anchor reached, the root first, then breadth-first.
+    pub nodes: Vec<AnchorRecord>,
+    /// `(child, parent)` edges.
+    pub edges: Vec<(Digest, Digest)>,
+    /// Parents named but not anchored (none when every anchor was checked on commit).
+    pub missing: Vec<Digest>,
+}
+
+/// The contract state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    ledger: Digest,
+    identities: BTreeMap<PublicKey, Identity>,
+    anchors: BTreeMap<Digest, AnchorRecord>,
+    grants: BTreeSet<(Digest, PublicKey, Access)>,
+    nonces: BTreeMap<PublicKey, BTreeSet<u64>>,
+    audit: Vec<AuditEvent>,
+    by_actor: BTreeMap<PublicKey, Vec<usize>>,
+    by_subject: BTreeMap<Digest, Vec<usize>>,
+}
+
+impl State {
+    /// The state at genesis: only the admin identity exists.
+    pub fn new(ledger: Digest, admin: PublicKey, admin_name: &str) -> Self {
+        let mut identities = BTreeMap::new();
+        identities.insert(
+            admin,
+            Identity {
+                key: admin,
+                name: admin_name.to_string(),
+                role: Role::Admin,
+                revoked: false,
+                registered: Position {
+                    seq: SeqNo(0),
+                    index: 0,
+                },
+            },
+        );
+        Self {
+            ledger,
+            identities,
+            anchors: BTreeMap::new(),
+            grants: BTreeSet::new(),
+            nonces: BTreeMap::new(),
+            audit: Vec::new(),
+            by_actor: BTreeMap::new(),
+            by_subject: BTreeMap::new(),
+        }
+    }
+
+    /// Executes one committed transaction and records its audit event.
+    pub fn execute(&mut self, tx: &SignedTx, position: Position, time: Time) -> Outcome {
+        let id = tx.digest();
+        let (action, subject, purpose, outcome) = match tx.body() {
+            Err(e) => (
+                Action::Malformed,
+                None,
+                None,
+                Outcome::denied(format!("malformed: {e}")),
+            ),
+            Ok(body) => {
+                let action = Action::of(&body.call);
+                let (subject, purpose) = match &body.call {
+                    Call::Anchor(a) => (Some(a.root), None),
+                    Call::Grant { subject, .. } | Call::Revoke { subject, .. } => {
+                        (Some(*subject), None)
+                    }
+                    Call::RecordAccess {
+                        subject, purpose, ..
+                    } => (Some(*subject), Some(purpose.clone())),
+                    _ => (None, None),
+                };
+                let outcome = if body.ledger != self.ledger {
+                    Outcome::denied("transaction is for another ledger")
+                } else if self
+                    .nonces
+                    .get(&tx.signer)
+                    .is_some_and(|n| n.contains(&body.nonce))
+                {
+                    Outcome::denied(format!("replayed nonce {}", body.nonce))
+                } else {
+                    self.nonces.entry(tx.signer).or_default().insert(body.nonce);
+                    self.apply(tx.signer, &body.call, action, id, position, time)
+                };
+                (action, subject, purpose, outcome)
+            }
+        };
+        let idx = self.audit.len();
+        self.by_actor.entry(tx.signer).or_default().push(idx);
+        if let Some(s) = subject {
+            self.by_subject.entry(s).or_default().push(idx);
+        }
+        self.audit.push(AuditEvent {
+            position,
+            time,
+            actor: tx.signer,
+            action,
+            subject,
+            purpose,
+            tx: id,
+            outcome: outcome.clone(),
+        });
+        outcome
+    }
+
+    fn apply(
+        &mut self,
+        signer: PublicKey,
+        call: &Call,
+        action: Action,
+        tx: Digest,
+        position: Position,
+        time: Time,
+    ) -> Outcome {
+        let Some(me) = self.identities.get(&signer) else {
+            return Outcome::denied("unknown identity");
+        };
+        if me.revoked {
+            return Outcome::denied("identity revoked");
+        }
+        let (role, my_name) = (me.role, me.name.clone());
+        let permission = policy(role, action);
+        if permission == Permission::Denied {
+            return Outcome::denied(format!("role {role} may not {action:?}"));
+        }
+        match call {
+            Call::RegisterIdentity { key, name, role } => {
+                if self.identities.contains_key(key) {
+                    return Outcome::denied("identity already registered");
+                }
+                self.identities.insert(
+                    *key,
+                    Identity {
+                        key: *key,
+                        name: name.clone(),
+                        role: *role,
+                        revoked: false,
+                        registered: position,
+                    },
+                );
+            }
+            Call::RevokeIdentity { key } => match self.identities.get_mut(key) {
+                None => return Outcome::denied("unknown identity to revoke"),
+                Some(_) if *key == signer => return Outcome::denied("cannot revoke oneself"),
+                Some(id) => id.revoked = true,
+            },
+            Call::Anchor(spec) => {
+                if self.anchors.contains_key(&spec.root) {
+                    return Outcome::denied("root already anchored");
+                }
+                if let Some(p) = spec.parents.iter().find(|p| !self.anchors.contains_key(p)) {
+                    return Outcome::denied(format!("unknown parent {p}"));
+                }
+                self.anchors.insert(
+                    spec.root,
+                    AnchorRecord {
+                        spec: spec.clone(),
+                        signer,
+                        signer_name: my_name,
+                        tx,
+                        position,
+                        time,
+                    },
+                );
+            }
+            Call::Grant {
+                subject,
+                grantee,
+                access,
+            } => {
+                if !self.anchors.contains_key(subject) {
+                    return Outcome::denied("unknown subject");
+                }
+                if !self.identities.contains_key(grantee) {
+                    return Outcome::denied("unknown grantee");
+                }
+                self.grants.insert((*subject, *grantee, *access));
+            }
+            Call::Revoke {
+                subject,
+                grantee,
+                access,
+            } => {
+                if !self.grants.remove(&(*subject, *grantee, *access)) {
+                    return Outcome::denied("no such grant");
+                }
+            }
+            Call::RecordAccess {
+                subject, access, ..
+            } => {
+                let Some(anchor) = self.anchors.get(subject) else {
+                    return Outcome::denied("unknown subject");
+                };
+                if permission == Permission::WithGrant
+                    && anchor.signer != signer
+                    && !self.grants.contains(&(*subject, signer, *access))
+                {
+                    return Outcome::denied(format!("no {access:?} grant on the subject"));
+                }
+            }
+        }
+        Outcome::Accepted
+    }
+
+    /// The ledger (genesis hash) this state belongs to.
+    pub fn ledger(&self) -> Digest {
+        self.ledger
+    }
+
+    /// An anchor.
+    pub fn anchor(&self, root: &Digest) -> Option<&AnchorRecord> {
+        self.anchors.get(root)
+    }
+
+    /// An identity.
+    pub fn identity(&self, key: &PublicKey) -> Option<&Identity> {
+        self.identities.get(key)
+    }
+
+    /// Whether `grantee` holds `access` on `subject`.
+    pub fn has_grant(&self, subject: &Digest, grantee: &PublicKey, access: Access) -> bool {
+        self.grants.contains(&(*subject, *grantee, access))
+    }
+
+    /// The lineage DAG of `root`, breadth-first over parents.
+    pub fn lineage(&self, root: &Digest, max_depth: u32) -> Lineage {
+        let mut out = Lineage {
+            root: *root,
+            nodes: Vec::new(),
+            edges: Vec::new(),
+            missing: Vec::new(),
+        };
+        let mut seen = BTreeSet::new();
+        let mut queue = VecDeque::from([(*root, 0u32)]);
+        seen.insert(*root);
+        while let Some((r, depth)) = queue.pop_front() {
+            let Some(a) = self.anchors.get(&r) else {
+                out.missing.push(r);
+                continue;
+            };
+            out.nodes.push(a.clone());
+            if depth >= max_depth {
+                continue;
+            }
+            for p in &a.spec.parents {
+                out.edges.push((r, *p));
+                if seen.insert(*p) {
+                    queue.push_back((*p, depth + 1));
+                }
+            }
+        }
+        out
+    }
+
+    /// Audit events matching the filters, in commit order.
+    pub fn audit(
+        &self,
+        subject: Option<&Digest>,
+        actor: Option<&PublicKey>,
+        from: Time,
+        to: Time,
+    ) -> Vec<AuditEvent> {
+        let idx: Vec<usize> = match (subject, actor) {
+            (Some(s), _) => self.by_subject.get(s).cloned().unwrap_or_default(),
+            (None, Some(a)) => self.by_actor.get(a).cloned().unwrap_or_default(),
+            (None, None) => (0..self.audit.len()).collect(),
+        };
+        idx.into_iter()
+            .filter_map(|i| self.audit.get(i))
+            .filter(|e| actor.is_none_or(|a| e.actor == *a))
+            .filter(|e| e.time >= from && e.time <= to)
+            .cloned()
+            .collect()
+    }
+
+    /// Number of audit events.
+    pub fn audit_len(&self) -> usize {
+        self.audit.len()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,357 @@
+//! Contract tests: the whole role × action matrix, grants, replays, lineage and audit queries.
+
+use super::*;
+use crate::crypto::KeyPair;
+use crate::tx::TxBody;
+
+struct World {
+    state: State,
+    ledger: Digest,
+    nonce: u64,
+    seq: u64,
+    admin: KeyPair,
+    owner: KeyPair,
+    victim: KeyPair,
+    dataset: Digest,
+}
+
+impl World {
+    fn new() -> Self {
+        let ledger = Digest::of(b"test-ledger");
+        let admin = KeyPair::from_label("admin");
+        let mut w = Self {
+            state: State::new(ledger, admin.public(), "admin"),
+            ledger,
+            nonce: 0,
+            seq: 0,
+            owner: KeyPair::from_label("owner"),
+            victim: KeyPair::from_label("victim"),
+            dataset: Digest::of(b"dataset-1"),
+            admin,
+        };
+        let owner = w.owner.public();
+        let victim = w.victim.public();
+        let admin = w.admin.clone();
+        w.ok(&admin, register(owner, Role::DataEngineer));
+        w.ok(&admin, register(victim, Role::Clinician));
+        let owner = w.owner.clone();
+        w.ok(
+            &owner,
+            Call::Anchor(spec(AnchorKind::Dataset, w.dataset, vec![])),
+        );
+        w.ok(
+            &admin,
+            Call::Grant {
+                subject: w.dataset,
+                grantee: victim,
+                access: Access::Query,
+            },
+        );
+        w
+    }
+
+    fn exec(&mut self, key: &KeyPair, call: Call) -> Outcome {
+        self.nonce += 1;
+        self.seq += 1;
+        let tx = SignedTx::sign(
+            key,
+            &TxBody {
+                ledger: self.ledger,
+                nonce: self.nonce,
+                call,
+            },
+        )
+        .expect("sign");
+        self.state.execute(
+            &tx,
+            Position {
+                seq: SeqNo(self.seq),
+                index: 0,
+            },
+            Time(self.seq * 10),
+        )
+    }
+
+    fn ok(&mut self, key: &KeyPair, call: Call) {
+        let o = self.exec(key, call);
+        assert_eq!(o, Outcome::Accepted);
+    }
+}
+
+fn register(key: PublicKey, role: Role) -> Call {
+    Call::RegisterIdentity {
+        key,
+        name: format!("{role}"),
+        role,
+    }
+}
+
+fn spec(kind: AnchorKind, root: Digest, parents: Vec<Digest>) -> AnchorSpec {
+    AnchorSpec {
+        kind,
+        root,
+        row_count: 10,
+        schema_hash: Digest::of(b"schema"),
+        location: "file:///data".into(),
+        parents,
+        stage: "test".into(),
+        params_hash: Digest::of(b"params"),
+        code_version: "abc123".into(),
+    }
+}
+
+/// The call an actor makes to attempt `action`.
+fn call_for(w: &World, action: Action, i: usize) -> Call {
+    let fresh = Digest::of(format!("fresh-{i}").as_bytes());
+    match action {
+        Action::RegisterIdentity => register(
+            KeyPair::from_label(&format!("new-{i}")).public(),
+            Role::Clinician,
+        ),
+        Action::RevokeIdentity => Call::RevokeIdentity {
+            key: w.victim.public(),
+        },
+        Action::AnchorDataset => Call::Anchor(spec(AnchorKind::Dataset, fresh, vec![])),
+        Action::AnchorModel => Call::Anchor(spec(AnchorKind::Model, fresh, vec![w.dataset])),
+        Action::Grant => Call::Grant {
+            subject: w.dataset,
+            grantee: w.victim.public(),
+            access: Access::Read,
+        },
+        Action::Revoke => Call::Revoke {
+            subject: w.dataset,
+            grantee: w.victim.public(),
+            access: Access::Query,
+        },
+        Action::Read | Action::Query | Action::Update | Action::Export => {
+            let access = match action {
+                Action::Read => Access::Read,
+                Action::Query => Access::Query,
+                Action::Update => Access::Update,
+                _ => Access::Export,
+            };
+            Call::RecordAccess {
+                subject: w.dataset,
+                access,
+                purpose: "matrix".into(),
+            }
+        }
+        Action::Malformed => unreachable!("not a call"),
+    }
+}
+
+#[test]
+fn role_action_matrix() {
+    let mut checked = 0;
+    for (r, role) in Role::ALL.into_iter().enumerate() {
+        for (a, action) in Action::ALL.into_iter().enumerate() {
+            let mut w = World::new();
+            let actor = KeyPair::from_label(&format!("actor-{r}"));
+            let admin = w.admin.clone();
+            w.ok(&admin, register(actor.public(), role));
+            let call = call_for(&w, action, r * 100 + a);
+            let before = w.state.audit_len();
+            let outcome = w.exec(&actor, call.clone());
+            // Every attempt is audited, allowed or not.
+            assert_eq!(w.state.audit_len(), before + 1);
+            let last = w
+                .state
+                .audit(None, Some(&actor.public()), Time(0), Time(u64::MAX));
+            assert_eq!(last.last().map(|e| e.action), Some(action));
+            match policy(role, action) {
+                Permission::Allowed => {
+                    assert_eq!(outcome, Outcome::Accepted, "{role} {action:?}");
+                }
+                Permission::Denied => {
+                    let Outcome::Denied { reason } = &outcome else {
+                        panic!("{role} {action:?} was accepted");
+                    };
+                    assert!(reason.contains("may not"), "{role} {action:?}: {reason}");
+                }
+                Permission::WithGrant => {
+                    assert!(!outcome.is_accepted(), "{role} {action:?} without grant");
+                    let Call::RecordAccess { access, .. } = call else {
+                        panic!("only accesses need grants");
+                    };
+                    w.ok(
+                        &admin,
+                        Call::Grant {
+                            subject: w.dataset,
+                            grantee: actor.public(),
+                            access,
+                        },
+                    );
+                    let again = call_for(&w, action, r * 100 + a);
+                    assert_eq!(
+                        w.exec(&actor, again),
+                        Outcome::Accepted,
+                        "{role} {action:?}"
+                    );
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, Role::ALL.len() * Action::ALL.len());
+}
+
+#[test]
+fn owner_accesses_its_own_anchor_and_revoked_grants_stop_working() {
+    let mut w = World::new();
+    let owner = w.owner.clone();
+    let victim = w.victim.clone();
+    let admin = w.admin.clone();
+    let read = |w: &World| Call::RecordAccess {
+        subject: w.dataset,
+        access: Access::Export,
+        purpose: "owner".into(),
+    };
+    assert!(w.exec(&owner, read(&w)).is_accepted());
+    let query = Call::RecordAccess {
+        subject: w.dataset,
+        access: Access::Query,
+        purpose: "granted".into(),
+    };
+    assert!(w.exec(&victim, query.clone()).is_accepted());
+    w.ok(
+        &admin,
+        Call::Revoke {
+            subject: w.dataset,
+            grantee: victim.public(),
+            access: Access::Query,
+        },
+    );
+    assert!(!w.exec(&victim, query).is_accepted());
+}
+
+#[test]
+fn replays_unknown_identities_revocations_and_other_ledgers_are_denied() {
+    let mut w = World::new();
+    let admin = w.admin.clone();
+    let body = TxBody {
+        ledger: w.ledger,
+        nonce: 999,
+        call: register(KeyPair::from_label("x").public(), Role::Compliance),
+    };
+    let tx = SignedTx::sign(&admin, &body).expect("sign");
+    let pos = |s| Position {
+        seq: SeqNo(s),
+        index: 0,
+    };
+    assert!(w.state.execute(&tx, pos(100), Time(1)).is_accepted());
+    let replay = w.state.execute(&tx, pos(101), Time(2));
+    assert_eq!(
+        replay,
+        Outcome::Denied {
+            reason: "replayed nonce 999".into()
+        }
+    );
+    let stranger = KeyPair::from_label("stranger");
+    assert_eq!(
+        w.exec(
+            &stranger,
+            Call::Anchor(spec(AnchorKind::Dataset, Digest::of(b"s"), vec![]))
+        ),
+        Outcome::Denied {
+            reason: "unknown identity".into()
+        }
+    );
+    let victim = w.victim.clone();
+    w.ok(
+        &admin,
+        Call::RevokeIdentity {
+            key: victim.public(),
+        },
+    );
+    let o = w.exec(
+        &victim,
+        Call::RecordAccess {
+            subject: w.dataset,
+            access: Access::Query,
+            purpose: "after revocation".into(),
+        },
+    );
+    assert_eq!(
+        o,
+        Outcome::Denied {
+            reason: "identity revoked".into()
+        }
+    );
+    let other = SignedTx::sign(
+        &admin,
+        &TxBody {
+            ledger: Digest::of(b"another ledger"),
+            nonce: 5000,
+            call: register(KeyPair::from_label("y").public(), Role::Compliance),
+        },
+    )
+    .expect("sign");
+    assert!(!w.state.execute(&other, pos(102), Time(3)).is_accepted());
+    let mut garbage = tx.clone();
+    garbage.payload = vec![0xff; 3];
+    let o = w.state.execute(&garbage, pos(103), Time(4));
+    assert!(matches!(o, Outcome::Denied { reason } if reason.starts_with("malformed")));
+}
+
+#[test]
+fn lineage_is_the_dag_of_parents_and_unknown_parents_are_refused() {
+    let mut w = World::new();
+    let owner = w.owner.clone();
+    let admin = w.admin.clone();
+    let ml = KeyPair::from_label("ml");
+    w.ok(&admin, register(ml.public(), Role::MlEngineer));
+    let (a, b, c) = (w.dataset, Digest::of(b"b"), Digest::of(b"c"));
+    w.ok(&owner, Call::Anchor(spec(AnchorKind::Dataset, b, vec![a])));
+    let model = Digest::of(b"model");
+    w.ok(
+        &ml,
+        Call::Anchor(spec(AnchorKind::Model, model, vec![a, b])),
+    );
+    let o = w.exec(
+        &owner,
+        Call::Anchor(spec(AnchorKind::Dataset, c, vec![Digest::of(b"nowhere")])),
+    );
+    assert!(matches!(o, Outcome::Denied { reason } if reason.starts_with("unknown parent")));
+    let again = w.exec(&owner, Call::Anchor(spec(AnchorKind::Dataset, b, vec![])));
+    assert!(!again.is_accepted(), "a root is anchored once");
+
+    let l = w.state.lineage(&model, 10);
+    let roots: Vec<Digest> = l.nodes.iter().map(|n| n.spec.root).collect();
+    assert_eq!(roots, vec![model, a, b]);
+    assert_eq!(l.edges, vec![(model, a), (model, b), (b, a)]);
+    assert!(l.missing.is_empty());
+    assert_eq!(w.state.lineage(&model, 0).nodes.len(), 1);
+    assert_eq!(w.state.anchor(&model).map(|r| r.signer), Some(ml.public()));
+}
+
+#[test]
+fn audit_filters_by_subject_actor_and_time() {
+    let mut w = World::new();
+    let victim = w.victim.clone();
+    for _ in 0..3 {
+        w.exec(
+            &victim,
+            Call::RecordAccess {
+                subject: w.dataset,
+                access: Access::Query,
+                purpose: "study".into(),
+            },
+        );
+    }
+    let all = w
+        .state
+        .audit(Some(&w.dataset), None, Time(0), Time(u64::MAX));
+    // anchor + grant by admin + 3 queries
+    assert_eq!(all.len(), 5);
+    let by_victim = w.state.audit(
+        Some(&w.dataset),
+        Some(&victim.public()),
+        Time(0),
+        Time(u64::MAX),
+    );
+    assert_eq!(by_victim.len(), 3);
+    let t = by_victim[1].time;
+    let window = w.state.audit(None, Some(&victim.public()), t, t);
+    assert_eq!(window.len(), 1);
+    assert_eq!(window[0].purpose.as_deref(), Some("study"));
+}

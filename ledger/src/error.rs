@@ -1,0 +1,115 @@
+//! The ledger's one error type. Owns the failure vocabulary of the crate; it must not carry
+//! invalid or stale protocol messages, which the PBFT core drops with a trace instead.
+
+use std::path::PathBuf;
+
+use crate::ids::SeqNo;
+
+/// Everything that can fail in the ledger's library code.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A value could not be encoded or decoded in the canonical binary form.
+    #[error("codec: {0}")]
+    Codec(#[from] postcard::Error),
+    /// A JSON document (genesis, config, receipt) could not be read or written.
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A file could not be read or written.
+    #[error("io on {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A key, signature or hash had the wrong length or was not valid hex.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// What was being parsed.
+        what: &'static str,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// A receipt, block, certificate or proof did not verify.
+    #[error("verification failed: {0}")]
+    Verification(String),
+    /// The chain on disk or in memory is not what was certified at the given height.
+    #[error("chain is corrupt at block {seq}: {reason}")]
+    CorruptChain {
+        /// The first bad block.
+        seq: SeqNo,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A local invariant broke: the replica's own state disagrees with a quorum.
+    #[error("local invariant broken: {0}")]
+    Invariant(String),
+    /// The configuration is not usable.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The embedded store failed.
+    #[cfg(feature = "net")]
+    #[error("store: {0}")]
+    Store(Box<redb::Error>),
+    /// A gRPC call failed.
+    #[cfg(feature = "net")]
+    #[error("rpc: {0}")]
+    Rpc(Box<tonic::Status>),
+    /// The gRPC transport could not connect or serve.
+    #[cfg(feature = "net")]
+    #[error("transport: {0}")]
+    Transport(Box<tonic::transport::Error>),
+    /// The node or the cluster stopped before the request finished.
+    #[error("ledger node stopped: {0}")]
+    Stopped(String),
+    /// A request did not complete in time.
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// An [`Error::Io`] on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+#[cfg(feature = "net")]
+macro_rules! store_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Self::Store(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+#[cfg(feature = "net")]
+store_from!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+#[cfg(feature = "net")]
+impl From<tonic::Status> for Error {
+    fn from(e: tonic::Status) -> Self {
+        Self::Rpc(Box::new(e))
+    }
+}
+
+#[cfg(feature = "net")]
+impl From<tonic::transport::Error> for Error {
+    fn from(e: tonic::transport::Error) -> Self {
+        Self::Transport(Box::new(e))
+    }
+}

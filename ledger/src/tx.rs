@@ -1,0 +1,81 @@
+//! Client transactions: a body (ledger id, nonce, contract call) encoded canonically and signed
+//! by the client's ed25519 key. It owns signing and checking; what a call *means* belongs to
+//! [`crate::contracts`], and whether a nonce was already used is decided on execution.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::contracts::Call;
+use crate::crypto::{Digest, Enc, KeyPair, PublicKey, Signature};
+use crate::error::Result;
+
+/// Domain tag of client transaction signatures.
+pub const TX_DOMAIN: &[u8] = b"emrflow-ledger/tx/v1";
+
+/// What a client signs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxBody {
+    /// The genesis hash of the ledger this transaction is meant for, so it cannot be replayed
+    /// on another ledger.
+    pub ledger: Digest,
+    /// Unique per signer; a reused nonce is rejected as a replay.
+    pub nonce: u64,
+    /// The contract call.
+    pub call: Call,
+}
+
+/// A transaction as it travels and is stored: the canonical body bytes, the signer and the
+/// signature over them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedTx {
+    /// The client identity that signed.
+    pub signer: PublicKey,
+    /// The canonical encoding of a [`TxBody`].
+    #[serde(with = "crate::codec::bytes")]
+    pub payload: Vec<u8>,
+    /// ed25519 over [`TX_DOMAIN`] ‖ `signer` ‖ `payload`.
+    pub signature: Signature,
+}
+
+impl SignedTx {
+    /// Encodes and signs `body` with `key`.
+    pub fn sign(key: &KeyPair, body: &TxBody) -> Result<Self> {
+        let payload = codec::encode(body)?;
+        let signer = key.public();
+        let signature = key.sign(TX_DOMAIN, &Self::signed_bytes(&signer, &payload));
+        Ok(Self {
+            signer,
+            payload,
+            signature,
+        })
+    }
+
+    fn signed_bytes(signer: &PublicKey, payload: &[u8]) -> Vec<u8> {
+        let mut e = Enc::new(b"tx");
+        e.bytes(&signer.0).bytes(payload);
+        e.finish().to_vec()
+    }
+
+    /// Whether the signature is valid for the signer.
+    pub fn verify(&self) -> bool {
+        self.signer.verify(
+            TX_DOMAIN,
+            &Self::signed_bytes(&self.signer, &self.payload),
+            &self.signature,
+        )
+    }
+
+    /// The transaction id: SHA-256 over signer, payload and signature.
+    pub fn digest(&self) -> Digest {
+        let mut e = Enc::new(b"emrflow-ledger/txid/v1");
+        e.bytes(&self.signer.0)
+            .bytes(&self.payload)
+            .bytes(&self.signature.0);
+        e.hash()
+    }
+
+    /// Decodes the body.
+    pub fn body(&self) -> Result<TxBody> {
+        codec::decode(&self.payload)
+    }
+}
