@@ -312,7 +312,7 @@ pub struct Position {
 
 /// The result of executing a transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The call took effect.
     Accepted,

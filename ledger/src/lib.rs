@@ -2,16 +2,33 @@
 #![warn(missing_docs)]
 
 pub mod chain;
+#[cfg(feature = "net")]
+pub mod client;
 pub mod codec;
+#[cfg(feature = "net")]
+pub mod config;
 pub mod contracts;
 pub mod crypto;
 pub mod error;
 pub mod ids;
 pub mod merkle;
+#[cfg(feature = "net")]
+pub mod node;
 pub mod pbft;
 pub mod peer;
 #[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "net")]
+pub mod store;
+#[cfg(feature = "net")]
+pub mod transport;
 pub mod tx;
+
+/// The generated protobuf types and tonic stubs of `proto/ledger.proto`.
+#[cfg(feature = "net")]
+#[allow(missing_docs, unreachable_pub, unused_qualifications, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("emrflow.ledger.v1");
+}
 
 pub use error::{Error, Result};

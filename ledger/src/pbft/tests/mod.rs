@@ -88,7 +88,6 @@ fn pre_prepare_of(out: &[Output]) -> Signed<PrePrepare> {
         .expect("a pre-prepare")
 }
 
-
 #[test]
 fn normal_case_pre_prepare_prepare_commit() {
     let mut r = replicas();

@@ -1,0 +1,264 @@
+//! Peer configuration files and `init`: writing a genesis, four peer keys, an admin identity
+//! and one TOML config per peer. It owns file formats and path resolution; it starts nothing.
+
+use std::path::{Path, PathBuf};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::chain::{Genesis, PeerInfo};
+use crate::crypto::KeyPair;
+use crate::error::{Error, Result};
+use crate::ids::{DEFAULT_N, ReplicaId};
+use crate::pbft::Config;
+
+/// Consensus parameters shared by every peer of a ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConsensusParams {
+    /// PBFT log window `L`.
+    pub window: u64,
+    /// Most requests per batch.
+    pub max_batch: usize,
+    /// Most sequence numbers in flight.
+    pub max_inflight: u64,
+    /// Base view-change timeout (ms).
+    pub request_timeout_ms: u64,
+    /// Retransmission interval when no progress is made (ms).
+    pub retransmit_ms: u64,
+}
+
+impl Default for ConsensusParams {
+    fn default() -> Self {
+        Self {
+            window: 256,
+            max_batch: 2048,
+            max_inflight: 4,
+            request_timeout_ms: 1_000,
+            retransmit_ms: 200,
+        }
+    }
+}
+
+impl ConsensusParams {
+    /// The replica configuration of peer `id`.
+    pub fn replica_config(&self, genesis: &Genesis, id: ReplicaId) -> Config {
+        Config {
+            id,
+            peers: genesis.peer_keys(),
+            genesis: genesis.hash(),
+            window: self.window,
+            max_batch: self.max_batch,
+            max_inflight: self.max_inflight,
+            request_timeout_ms: self.request_timeout_ms,
+            retransmit_ms: self.retransmit_ms,
+        }
+    }
+}
+
+/// One peer's configuration file (`peerN.toml`). Relative paths are relative to the file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct NodeConfig {
+    /// Replica id.
+    pub id: u32,
+    /// The genesis file.
+    pub genesis: PathBuf,
+    /// The peer's key file (hex seed).
+    pub key: PathBuf,
+    /// Directory of the peer's redb store.
+    pub data_dir: PathBuf,
+    /// Address to serve gRPC on (`host:port`); defaults to the genesis address.
+    pub listen: String,
+    /// Consensus parameters.
+    pub consensus: ConsensusParams,
+}
+
+impl NodeConfig {
+    /// Reads a config file and resolves its paths.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut cfg: Self =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.genesis, &mut cfg.key, &mut cfg.data_dir] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks the values.
+    pub fn validate(&self) -> Result<()> {
+        if self.genesis.as_os_str().is_empty() || self.key.as_os_str().is_empty() {
+            return Err(Error::Config("genesis and key paths are required".into()));
+        }
+        if self.consensus.max_inflight > self.consensus.window {
+            return Err(Error::Config("max_inflight must not exceed window".into()));
+        }
+        Ok(())
+    }
+
+    /// The redb file.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("ledger.redb")
+    }
+}
+
+/// Reads a genesis file.
+pub fn read_genesis(path: &Path) -> Result<Genesis> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let g: Genesis = serde_json::from_str(&text)?;
+    g.validate()?;
+    Ok(g)
+}
+
+/// Reads a key file (64 hex characters).
+pub fn read_key(path: &Path) -> Result<KeyPair> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bytes = hex::decode(text.trim()).map_err(|e| Error::Invalid {
+        what: "key file",
+        reason: format!("{}: {e}", path.display()),
+    })?;
+    let seed: [u8; 32] = bytes.try_into().map_err(|_| Error::Invalid {
+        what: "key file",
+        reason: format!("{}: expected 32 bytes", path.display()),
+    })?;
+    Ok(KeyPair::from_seed(seed))
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}
+
+fn write_key(path: &Path, key: &KeyPair) -> Result<()> {
+    write(path, &format!("{}\n", hex::encode(key.seed())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io(path, e))?;
+    }
+    Ok(())
+}
+
+/// Options of `emrflow ledger init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// Host of the peers' addresses.
+    pub host: String,
+    /// Port of peer 0; peer `i` gets `base_port + i`.
+    pub base_port: u16,
+    /// Number of peers (`3f + 1`).
+    pub peers: usize,
+    /// Ledger name.
+    pub chain_id: String,
+    /// Name of the admin identity.
+    pub admin_name: String,
+    /// Consensus parameters written to every peer config.
+    pub consensus: ConsensusParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            base_port: 7400,
+            peers: DEFAULT_N,
+            chain_id: "emrflow".into(),
+            admin_name: "admin".into(),
+            consensus: ConsensusParams::default(),
+        }
+    }
+}
+
+/// What `init` wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct InitOutput {
+    /// `genesis.json`.
+    pub genesis: PathBuf,
+    /// The admin's key file.
+    pub admin_key: PathBuf,
+    /// One config per peer.
+    pub configs: Vec<PathBuf>,
+    /// The genesis hash (the ledger id).
+    pub ledger_id: String,
+}
+
+/// Writes a new ledger into `out`: `genesis.json`, `admin.key`, and per peer `peerN.toml` and
+/// `peerN/key`. Keys come from the operating system's randomness. Refuses to overwrite an
+/// existing genesis.
+pub fn init(out: &Path, opts: &InitOptions) -> Result<InitOutput> {
+    let mut rng = StdRng::from_os_rng();
+    let mut new_key = || {
+        let mut seed = [0u8; 32];
+        rng.fill(&mut seed);
+        KeyPair::from_seed(seed)
+    };
+    init_with(out, opts, &mut new_key)
+}
+
+/// [`init`] with the keys supplied by `new_key` (deterministic in tests).
+pub fn init_with(
+    out: &Path,
+    opts: &InitOptions,
+    new_key: &mut dyn FnMut() -> KeyPair,
+) -> Result<InitOutput> {
+    let genesis_path = out.join("genesis.json");
+    if genesis_path.exists() {
+        return Err(Error::Config(format!(
+            "{} already exists; refusing to overwrite a ledger",
+            genesis_path.display()
+        )));
+    }
+    if opts.peers < 4 {
+        return Err(Error::Config("a ledger needs at least 4 peers".into()));
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let admin = new_key();
+    let keys: Vec<KeyPair> = (0..opts.peers).map(|_| new_key()).collect();
+    let genesis = Genesis {
+        chain_id: opts.chain_id.clone(),
+        peers: keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| PeerInfo {
+                id: ReplicaId(i as u32),
+                public_key: k.public(),
+                address: format!("{}:{}", opts.host, opts.base_port as usize + i),
+            })
+            .collect(),
+        admin: admin.public(),
+        admin_name: opts.admin_name.clone(),
+    };
+    let admin_key = out.join("admin.key");
+    write_key(&admin_key, &admin)?;
+    let mut configs = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let dir = out.join(format!("peer{i}"));
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        write_key(&dir.join("key"), k)?;
+        let cfg = NodeConfig {
+            id: i as u32,
+            genesis: PathBuf::from("genesis.json"),
+            key: PathBuf::from(format!("peer{i}/key")),
+            data_dir: PathBuf::from(format!("peer{i}")),
+            listen: genesis.peers[i].address.clone(),
+            consensus: opts.consensus.clone(),
+        };
+        let path = out.join(format!("peer{i}.toml"));
+        let text = toml::to_string(&cfg).map_err(|e| Error::Config(e.to_string()))?;
+        write(&path, &text)?;
+        configs.push(path);
+    }
+    write(&genesis_path, &serde_json::to_string_pretty(&genesis)?)?;
+    Ok(InitOutput {
+        genesis: genesis_path,
+        admin_key,
+        configs,
+        ledger_id: genesis.hash().to_hex(),
+    })
+}

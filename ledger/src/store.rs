@@ -1,0 +1,127 @@
+//! The peer's durable store: blocks, certificates and the PBFT persistent state in one redb
+//! file. It owns the on-disk layout and atomic, fsynced writes; it knows nothing of consensus
+//! rules (what to write and when is decided by [`crate::peer`] and the node host).
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::chain::{Block, CertifiedBlock, CommitCertificate};
+use crate::codec;
+use crate::error::{Error, Result};
+use crate::pbft::PersistentState;
+
+const BLOCKS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("blocks");
+const CERTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("certs");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("consensus");
+const STATE_KEY: &str = "state";
+
+/// What one step of the host writes, atomically.
+#[derive(Debug, Default)]
+pub struct WriteBatch {
+    /// The replica's persistent state, if it changed.
+    pub state: Option<PersistentState>,
+    /// Newly executed blocks.
+    pub blocks: Vec<Block>,
+    /// Newly known certificates.
+    pub certs: Vec<CommitCertificate>,
+}
+
+impl WriteBatch {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.state.is_none() && self.blocks.is_empty() && self.certs.is_empty()
+    }
+}
+
+/// One peer's redb database.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        txn.open_table(BLOCKS)?;
+        txn.open_table(CERTS)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        Ok(Self {
+            db,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes a batch in one transaction that is durable when this returns.
+    pub fn write(&self, batch: &WriteBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| Error::Store(Box::new(e.into())))?;
+        {
+            let mut blocks = txn.open_table(BLOCKS)?;
+            for b in &batch.blocks {
+                blocks.insert(b.header.height.0, codec::encode(b)?.as_slice())?;
+            }
+            let mut certs = txn.open_table(CERTS)?;
+            for c in &batch.certs {
+                certs.insert(c.height.0, codec::encode(c)?.as_slice())?;
+            }
+            if let Some(st) = &batch.state {
+                let mut meta = txn.open_table(META)?;
+                meta.insert(STATE_KEY, codec::encode(st)?.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Everything persisted: the replica state and the blocks with their certificates, in
+    /// height order.
+    pub fn load(&self) -> Result<(Option<PersistentState>, Vec<CertifiedBlock>)> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let state = match meta.get(STATE_KEY)? {
+            Some(v) => Some(codec::decode(v.value())?),
+            None => None,
+        };
+        let certs = txn.open_table(CERTS)?;
+        let blocks = txn.open_table(BLOCKS)?;
+        let mut out = Vec::new();
+        for entry in blocks.iter()? {
+            let (k, v) = entry?;
+            let block: Block = codec::decode(v.value())?;
+            let certificate = match certs.get(k.value())? {
+                Some(c) => Some(codec::decode(c.value())?),
+                None => None,
+            };
+            out.push(CertifiedBlock { block, certificate });
+        }
+        Ok((state, out))
+    }
+
+    /// Overwrites one stored block (for tests that simulate tampering on disk).
+    pub fn overwrite_block(&self, block: &Block) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut blocks = txn.open_table(BLOCKS)?;
+            blocks.insert(block.header.height.0, codec::encode(block)?.as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
