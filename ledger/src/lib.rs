@@ -11,6 +11,8 @@ pub mod contracts;
 pub mod crypto;
 pub mod error;
 pub mod ids;
+#[cfg(feature = "net")]
+pub mod load;
 pub mod merkle;
 #[cfg(feature = "net")]
 pub mod node;

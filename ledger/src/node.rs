@@ -55,10 +55,9 @@ impl NodeHandle {
         self.id
     }
 
-    /// Hands a message from peer `from` to the node.
-    pub fn deliver(&self, from: ReplicaId, wire: Wire) {
-        // A stopped node drops messages, as a crashed peer would.
-        let _ = self.tx.send(Command::Wire(from, wire));
+    /// Hands a message from peer `from` to the node; false once the node has stopped.
+    pub fn deliver(&self, from: ReplicaId, wire: Wire) -> bool {
+        self.tx.send(Command::Wire(from, wire)).is_ok()
     }
 
     /// Submits a transaction and waits for its receipt (commit plus `2f + 1` certificate).
@@ -149,7 +148,9 @@ pub fn start(
     network: Arc<dyn Network>,
 ) -> Result<Node> {
     let (state, blocks) = store.load()?;
-    let (peer, effects) = Peer::restore(genesis, cfg, key, state, blocks)?;
+    let (mut peer, mut effects) = Peer::restore(genesis, cfg, key, state, blocks)?;
+    // The replica's clock starts at zero: set it before any request can arm a timer.
+    effects.extend(peer.handle(PeerInput::Tick(unix_ms())));
     let id = handle.id;
     let mut host = Host {
         peer,
@@ -196,6 +197,10 @@ impl Host {
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             };
             let mut effects = Vec::new();
+            let now = unix_ms();
+            if self.timer.is_none_or(|t| now >= t) {
+                effects.extend(self.peer.handle(PeerInput::Tick(now)));
+            }
             let mut stop = false;
             let mut next = first;
             let mut taken = 0;
@@ -213,10 +218,6 @@ impl Host {
                 } else {
                     None
                 };
-            }
-            let now = unix_ms();
-            if self.timer.is_none_or(|t| now >= t) {
-                effects.extend(self.peer.handle(PeerInput::Tick(now)));
             }
             self.carry_out(effects)?;
             if stop {

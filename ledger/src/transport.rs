@@ -57,7 +57,10 @@ impl Peer for Service {
         let mut stream = request.into_inner();
         while let Some(env) = stream.message().await? {
             let wire: Wire = codec::decode(&env.body).map_err(Status::from)?;
-            self.node.deliver(ReplicaId(env.from), wire);
+            if !self.node.deliver(ReplicaId(env.from), wire) {
+                // Ends the stream so the sender reconnects to whoever listens next.
+                return Err(Status::unavailable("peer stopped"));
+            }
         }
         Ok(Response::new(Ack {}))
     }
@@ -186,11 +189,12 @@ async fn link(me: ReplicaId, url: String, mut rx: mpsc::UnboundedReceiver<Wire>)
     }
 }
 
-/// A client of one or more peers' `Ledger` service, failing over between them.
+/// A client of one or more peers' `Ledger` service, failing over between them. Connections
+/// are made lazily and kept, so create it inside a tokio runtime and reuse it.
 #[derive(Debug, Clone)]
 pub struct RemoteLedger {
     genesis: Arc<Genesis>,
-    endpoints: Vec<String>,
+    endpoints: Vec<(String, tonic::transport::Channel)>,
     timeout: Duration,
 }
 
@@ -200,7 +204,15 @@ impl RemoteLedger {
         let endpoints = genesis
             .peers
             .iter()
-            .map(|p| format!("http://{}", p.address))
+            .filter_map(|p| {
+                let url = format!("http://{}", p.address);
+                let ch = tonic::transport::Endpoint::from_shared(url.clone())
+                    .ok()?
+                    .connect_timeout(Duration::from_secs(2))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                Some((url, ch))
+            })
             .collect();
         Self {
             genesis: Arc::new(genesis),
@@ -228,16 +240,11 @@ impl RemoteLedger {
     }
 
     async fn client(&self, i: usize) -> Result<LedgerClient<tonic::transport::Channel>> {
-        let url = self
+        let (_, ch) = self
             .endpoints
             .get(i)
             .ok_or_else(|| Error::Config("no peer endpoints".into()))?;
-        let c = tonic::transport::Endpoint::from_shared(url.clone())
-            .map_err(|e| Error::Config(e.to_string()))?
-            .connect_timeout(Duration::from_secs(2))
-            .connect()
-            .await?;
-        Ok(LedgerClient::new(c)
+        Ok(LedgerClient::new(ch.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
@@ -264,7 +271,7 @@ impl RemoteLedger {
                     return Err(Error::Rpc(s));
                 }
                 Ok(Err(e)) => last = e,
-                Err(_) => last = Error::Timeout(format!("submit to {}", self.endpoints[i])),
+                Err(_) => last = Error::Timeout(format!("submit to {}", self.endpoints[i].0)),
             }
         }
         Err(last)
@@ -301,4 +308,41 @@ impl crate::client::LedgerApi for RemoteLedger {
     fn genesis(&self) -> &Genesis {
         &self.genesis
     }
+}
+
+/// Runs one peer as `emrflow ledger node` does: opens its store, links to the other peers over
+/// gRPC and serves until `shutdown` resolves. Must run inside a tokio runtime.
+pub async fn run_node(
+    cfg: &crate::config::NodeConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let genesis = crate::config::read_genesis(&cfg.genesis)?;
+    let id = ReplicaId(cfg.id);
+    let key = crate::config::read_key(&cfg.key)?;
+    crate::peer::check_key(&genesis, id, &key)?;
+    let listen = if cfg.listen.is_empty() {
+        genesis
+            .peers
+            .get(cfg.id as usize)
+            .map(|p| p.address.clone())
+            .ok_or_else(|| Error::Config(format!("no peer {id} in the genesis")))?
+    } else {
+        cfg.listen.clone()
+    };
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|e| Error::Config(format!("listen address {listen:?}: {e}")))?;
+    let store = crate::store::Store::open(&cfg.store_path())?;
+    let (handle, rx) = crate::node::channel_for(id);
+    let net = Arc::new(GrpcNetwork::start(&genesis, id));
+    let replica = cfg.consensus.replica_config(&genesis, id);
+    let node = crate::node::start(handle.clone(), rx, genesis, replica, key, store, net)?;
+    // Stop at once on shutdown: a graceful drain would wait for the other peers' streams,
+    // which never end.
+    let served = tokio::select! {
+        r = serve(handle, addr, std::future::pending()) => r,
+        () = shutdown => Ok(()),
+    };
+    node.stop()?;
+    served
 }
