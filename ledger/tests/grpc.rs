@@ -78,7 +78,7 @@ async fn grpc_peers_survive_the_primary_stopping() {
     let mut nodes: Vec<_> = (0..4).map(|i| Some(spawn(&dir, i))).collect();
 
     let remote = RemoteLedger::new(genesis.clone()).with_timeout(Duration::from_secs(5));
-    let report = ledger::load::run(&remote, admin.clone(), 200, 32, |_| Ok(()))
+    let report = ledger::load::run(&remote, admin.clone(), 200, 32, true, |_| Ok(()))
         .await
         .expect("load");
     assert_eq!(report.acknowledged, 200, "{report:?}");
@@ -92,7 +92,7 @@ async fn grpc_peers_survive_the_primary_stopping() {
         .with_peers(&[1, 2, 3])
         .with_timeout(Duration::from_secs(10));
     let mut ids = Vec::new();
-    let report = ledger::load::run(&survivors, admin, 100, 16, |r| {
+    let report = ledger::load::run(&survivors, admin, 100, 16, true, |r| {
         ids.push(r.tx_id());
         Ok(())
     })
