@@ -328,6 +328,7 @@ pub struct Chain {
     genesis_hash: Digest,
     state: State,
     blocks: Vec<Block>,
+    leaves: Vec<Vec<Digest>>,
     certs: BTreeMap<SeqNo, CommitCertificate>,
     log_leaves: Vec<Digest>,
     frontier: Frontier,
@@ -343,6 +344,7 @@ impl Chain {
             genesis,
             genesis_hash,
             blocks: Vec::new(),
+            leaves: Vec::new(),
             certs: BTreeMap::new(),
             log_leaves: Vec::new(),
             frontier: Frontier::default(),
@@ -449,6 +451,7 @@ impl Chain {
             txs: batch.txs.clone(),
             outcomes,
         });
+        self.leaves.push(leaves);
         self.blocks
             .last()
             .ok_or_else(|| Error::Invariant("block vanished".into()))
@@ -491,6 +494,11 @@ impl Chain {
         Ok(())
     }
 
+    fn block_leaves(&self, height: SeqNo) -> Option<&[Digest]> {
+        let i = usize::try_from(height.0).ok()?.checked_sub(1)?;
+        self.leaves.get(i).map(Vec::as_slice)
+    }
+
     /// The receipt of a transaction, once its block is certified.
     pub fn receipt(&self, tx_id: &Digest) -> Option<Receipt> {
         let pos = self.tx_index.get(tx_id)?;
@@ -501,10 +509,34 @@ impl Chain {
             tx: block.txs.get(i)?.clone(),
             outcome: block.outcomes.get(i)?.clone(),
             index: pos.index,
-            proof: merkle::inclusion_proof(i, &block.leaves()),
+            proof: merkle::inclusion_proof(i, self.block_leaves(pos.seq)?),
             header: block.header.clone(),
             certificate,
         })
+    }
+
+    /// The receipts of every transaction of a certified block, built in one pass.
+    pub fn block_receipts(&self, height: SeqNo) -> Vec<Receipt> {
+        let (Some(block), Some(cert), Some(leaves)) = (
+            self.block(height),
+            self.certs.get(&height),
+            self.block_leaves(height),
+        ) else {
+            return Vec::new();
+        };
+        merkle::all_inclusion_proofs(leaves)
+            .into_iter()
+            .zip(block.txs.iter().zip(&block.outcomes))
+            .enumerate()
+            .map(|(i, (proof, (tx, outcome)))| Receipt {
+                tx: tx.clone(),
+                outcome: outcome.clone(),
+                index: i as u32,
+                proof,
+                header: block.header.clone(),
+                certificate: cert.clone(),
+            })
+            .collect()
     }
 
     /// Where a transaction committed.

@@ -284,19 +284,18 @@ impl Host {
             return Ok(());
         }
         for seq in certified {
-            let ids: Vec<Digest> = self
-                .peer
-                .chain()
-                .block(seq)
-                .map(|b| b.txs.iter().map(SignedTx::digest).collect())
-                .unwrap_or_default();
-            for id in ids {
-                if let Some(waiting) = self.waiters.remove(&id) {
-                    let receipt = self.peer.chain().receipt(&id);
+            let has_waiter = self.peer.chain().block(seq).is_some_and(|b| {
+                b.txs
+                    .iter()
+                    .any(|tx| self.waiters.contains_key(&tx.digest()))
+            });
+            if !has_waiter {
+                continue;
+            }
+            for receipt in self.peer.chain().block_receipts(seq) {
+                if let Some(waiting) = self.waiters.remove(&receipt.tx_id()) {
                     for w in waiting {
-                        let _ = w.send(receipt.clone().ok_or_else(|| {
-                            Error::Invariant(format!("no receipt for certified tx {id}"))
-                        }));
+                        let _ = w.send(Ok(receipt.clone()));
                     }
                 }
             }

@@ -2,18 +2,22 @@
 //! file. It owns the on-disk layout and atomic, fsynced writes; it knows nothing of consensus
 //! rules (what to write and when is decided by [`crate::peer`] and the node host).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::chain::{Block, CertifiedBlock, CommitCertificate};
 use crate::codec;
+use crate::crypto::Digest;
 use crate::error::{Error, Result};
-use crate::pbft::PersistentState;
+use crate::pbft::{Batch, PersistentState, PrePrepare, Signed};
 
 const BLOCKS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("blocks");
 const CERTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("certs");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("consensus");
+const BATCHES: TableDefinition<'_, &[u8; 32], &[u8]> = TableDefinition::new("batches");
 const STATE_KEY: &str = "state";
 
 /// What one step of the host writes, atomically.
@@ -39,6 +43,46 @@ impl WriteBatch {
 pub struct Store {
     db: Database,
     path: PathBuf,
+    /// Batches already in the `batches` table, so each is written once.
+    written: Mutex<BTreeSet<Digest>>,
+}
+
+/// Moves the batches out of a state's pre-prepares (they are bound by their digest, not by the
+/// signature bytes), so the often-rewritten state stays small.
+fn strip(state: &PersistentState) -> (PersistentState, BTreeMap<Digest, Batch>) {
+    let mut st = state.clone();
+    let mut batches = BTreeMap::new();
+    let mut take = |pp: &mut Signed<PrePrepare>| {
+        let b = std::mem::replace(&mut pp.body.batch, Batch::null());
+        batches.insert(pp.body.digest, b);
+    };
+    for slot in &mut st.slots {
+        if let Some(pp) = slot.pre_prepare.as_mut() {
+            take(pp);
+        }
+        if let Some(p) = slot.prepared.as_mut() {
+            take(&mut p.pre_prepare);
+        }
+    }
+    (st, batches)
+}
+
+fn restore_batches(st: &mut PersistentState, batches: &BTreeMap<Digest, Batch>) -> Result<()> {
+    let put = |pp: &mut Signed<PrePrepare>| -> Result<()> {
+        pp.body.batch = batches.get(&pp.body.digest).cloned().ok_or_else(|| {
+            Error::Invariant(format!("batch {} missing from the store", pp.body.digest))
+        })?;
+        Ok(())
+    };
+    for slot in &mut st.slots {
+        if let Some(pp) = slot.pre_prepare.as_mut() {
+            put(pp)?;
+        }
+        if let Some(p) = slot.prepared.as_mut() {
+            put(&mut p.pre_prepare)?;
+        }
+    }
+    Ok(())
 }
 
 impl Store {
@@ -52,10 +96,12 @@ impl Store {
         txn.open_table(BLOCKS)?;
         txn.open_table(CERTS)?;
         txn.open_table(META)?;
+        txn.open_table(BATCHES)?;
         txn.commit()?;
         Ok(Self {
             db,
             path: path.to_path_buf(),
+            written: Mutex::new(BTreeSet::new()),
         })
     }
 
@@ -82,8 +128,24 @@ impl Store {
                 certs.insert(c.height.0, codec::encode(c)?.as_slice())?;
             }
             if let Some(st) = &batch.state {
+                let (slim, batches) = strip(st);
+                let mut written = self
+                    .written
+                    .lock()
+                    .map_err(|_| Error::Invariant("store lock poisoned".into()))?;
+                let mut table = txn.open_table(BATCHES)?;
+                for (d, b) in &batches {
+                    if !written.contains(d) {
+                        table.insert(&d.0, codec::encode(b)?.as_slice())?;
+                    }
+                }
+                // Batches no longer referenced by the log are in blocks already.
+                for d in written.difference(&batches.keys().copied().collect()) {
+                    table.remove(&d.0)?;
+                }
+                *written = batches.keys().copied().collect();
                 let mut meta = txn.open_table(META)?;
-                meta.insert(STATE_KEY, codec::encode(st)?.as_slice())?;
+                meta.insert(STATE_KEY, codec::encode(&slim)?.as_slice())?;
             }
         }
         txn.commit()?;
@@ -95,10 +157,22 @@ impl Store {
     pub fn load(&self) -> Result<(Option<PersistentState>, Vec<CertifiedBlock>)> {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
-        let state = match meta.get(STATE_KEY)? {
+        let mut state: Option<PersistentState> = match meta.get(STATE_KEY)? {
             Some(v) => Some(codec::decode(v.value())?),
             None => None,
         };
+        let table = txn.open_table(BATCHES)?;
+        let mut batches = BTreeMap::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            batches.insert(Digest(*k.value()), codec::decode::<Batch>(v.value())?);
+        }
+        if let Some(st) = state.as_mut() {
+            restore_batches(st, &batches)?;
+        }
+        if let Ok(mut w) = self.written.lock() {
+            *w = batches.keys().copied().collect();
+        }
         let certs = txn.open_table(CERTS)?;
         let blocks = txn.open_table(BLOCKS)?;
         let mut out = Vec::new();
