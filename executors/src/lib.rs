@@ -8,7 +8,9 @@ use ballista_core::registry::BallistaFunctionRegistry;
 pub fn function_registry() -> BallistaFunctionRegistry {
     let mut registry = BallistaFunctionRegistry::default();
     for f in pipeline::udf::functions() {
-        registry.scalar_functions.insert(f.name().to_string(), Arc::clone(&f));
+        registry
+            .scalar_functions
+            .insert(f.name().to_string(), Arc::clone(&f));
     }
     registry
 }
@@ -21,7 +23,11 @@ mod tests {
     fn executor_registry_knows_emrflow_functions() {
         let registry = function_registry();
         for f in pipeline::udf::functions() {
-            assert!(registry.scalar_functions.contains_key(f.name()), "{} missing", f.name());
+            assert!(
+                registry.scalar_functions.contains_key(f.name()),
+                "{} missing",
+                f.name()
+            );
         }
     }
 }

@@ -15,10 +15,15 @@ pub async fn csv_to_parquet(ctx: &SessionContext, inputs: &[String], out: &str) 
     for (i, input) in inputs.iter().enumerate() {
         let location = Location::resolve(ctx, input)?;
         let df = ctx
-            .read_csv(location.table_url(), CsvReadOptions::new().file_extension(""))
+            .read_csv(
+                location.table_url(),
+                CsvReadOptions::new().file_extension(""),
+            )
             .await?;
         let dest = format!("{}/{i}/", target.table_url().trim_end_matches('/'));
-        let batches = df.write_parquet(&dest, DataFrameWriteOptions::new(), None).await?;
+        let batches = df
+            .write_parquet(&dest, DataFrameWriteOptions::new(), None)
+            .await?;
         rows += batches
             .iter()
             .filter_map(|b| {

@@ -17,7 +17,12 @@ pub struct CsvProblem {
 
 /// Finds the first line of `bytes` that does not fit `schema` (header expected). `nulls` matches
 /// the strings that mean null.
-pub fn diagnose(bytes: &[u8], schema: &Schema, delimiter: u8, nulls: Option<&Regex>) -> Option<CsvProblem> {
+pub fn diagnose(
+    bytes: &[u8],
+    schema: &Schema,
+    delimiter: u8,
+    nulls: Option<&Regex>,
+) -> Option<CsvProblem> {
     if bytes.is_empty() {
         return Some(CsvProblem {
             line: 1,
@@ -25,7 +30,11 @@ pub fn diagnose(bytes: &[u8], schema: &Schema, delimiter: u8, nulls: Option<&Reg
         });
     }
     if let Err(e) = std::str::from_utf8(bytes) {
-        let line = bytes[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+        let line = bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64
+            + 1;
         return Some(CsvProblem {
             line,
             message: "invalid UTF-8 (the file must be UTF-8 encoded)".to_string(),
@@ -71,7 +80,10 @@ pub fn diagnose(bytes: &[u8], schema: &Schema, delimiter: u8, nulls: Option<&Reg
                 if !field.is_nullable() {
                     return Some(CsvProblem {
                         line,
-                        message: format!("column {}: missing value in a required column", field.name()),
+                        message: format!(
+                            "column {}: missing value in a required column",
+                            field.name()
+                        ),
                     });
                 }
                 continue;
@@ -164,14 +176,20 @@ mod tests {
         let p = check(b"id,bp,day\na,120,2020-01-01\nb,abc,2020-01-02\n");
         assert_eq!(p.as_ref().map(|p| p.line), Some(3));
         let msg = p.map(|p| p.message).unwrap_or_default();
-        assert!(msg.contains("column bp") && msg.contains("integer"), "{msg}");
+        assert!(
+            msg.contains("column bp") && msg.contains("integer"),
+            "{msg}"
+        );
         assert!(!msg.contains("abc"), "{msg}");
     }
 
     #[test]
     fn malformed_row_and_bad_utf8_are_located() {
         let p = check(b"id,bp,day\na,120,2020-01-01\nb,121\n");
-        assert_eq!(p.map(|p| (p.line, p.message)), Some((3, "expected 3 fields, found 2".into())));
+        assert_eq!(
+            p.map(|p| (p.line, p.message)),
+            Some((3, "expected 3 fields, found 2".into()))
+        );
         let p = check(b"id,bp,day\na,120,2020-01-01\nb\xff,121,2020-01-01\n");
         assert_eq!(p.map(|p| p.line), Some(3));
         assert_eq!(check(b"").map(|p| p.line), Some(1));

@@ -134,29 +134,137 @@ pub fn visits_schema() -> SchemaRef {
 }
 
 const FIRST: &[&str] = &[
-    "James", "Mary", "Robert", "Patricia", "John", "Jennifer", "Michael", "Linda", "David",
-    "Elizabeth", "William", "Barbara", "Richard", "Susan", "Joseph", "Jessica", "Thomas", "Sarah",
-    "Charles", "Karen", "Christopher", "Lisa", "Daniel", "Nancy", "Matthew", "Betty", "Anthony",
-    "Margaret", "Mark", "Sandra", "Donald", "Ashley", "Steven", "Kimberly", "Paul", "Emily",
-    "Andrew", "Donna", "Joshua", "Michelle", "Amara", "Kenji", "Priya", "Mateo", "Ingrid", "Tariq",
-    "Olumide", "Svetlana", "Aroha", "Giulia",
+    "James",
+    "Mary",
+    "Robert",
+    "Patricia",
+    "John",
+    "Jennifer",
+    "Michael",
+    "Linda",
+    "David",
+    "Elizabeth",
+    "William",
+    "Barbara",
+    "Richard",
+    "Susan",
+    "Joseph",
+    "Jessica",
+    "Thomas",
+    "Sarah",
+    "Charles",
+    "Karen",
+    "Christopher",
+    "Lisa",
+    "Daniel",
+    "Nancy",
+    "Matthew",
+    "Betty",
+    "Anthony",
+    "Margaret",
+    "Mark",
+    "Sandra",
+    "Donald",
+    "Ashley",
+    "Steven",
+    "Kimberly",
+    "Paul",
+    "Emily",
+    "Andrew",
+    "Donna",
+    "Joshua",
+    "Michelle",
+    "Amara",
+    "Kenji",
+    "Priya",
+    "Mateo",
+    "Ingrid",
+    "Tariq",
+    "Olumide",
+    "Svetlana",
+    "Aroha",
+    "Giulia",
 ];
 const LAST: &[&str] = &[
-    "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez",
-    "Martinez", "Hernandez", "Lopez", "Gonzalez", "Wilson", "Anderson", "Thomas", "Taylor",
-    "Moore", "Jackson", "Martin", "Lee", "Perez", "Thompson", "White", "Harris", "Sanchez", "Clark",
-    "Ramirez", "Lewis", "Robinson", "Walker", "Young", "Allen", "King", "Wright", "Scott", "Torres",
-    "Nguyen", "Hill", "Flores", "Okafor", "Tanaka", "Iyer", "Kowalski", "Lindqvist", "Haddad",
-    "Adeyemi", "Petrova", "Ngata", "Rossi",
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Jones",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Rodriguez",
+    "Martinez",
+    "Hernandez",
+    "Lopez",
+    "Gonzalez",
+    "Wilson",
+    "Anderson",
+    "Thomas",
+    "Taylor",
+    "Moore",
+    "Jackson",
+    "Martin",
+    "Lee",
+    "Perez",
+    "Thompson",
+    "White",
+    "Harris",
+    "Sanchez",
+    "Clark",
+    "Ramirez",
+    "Lewis",
+    "Robinson",
+    "Walker",
+    "Young",
+    "Allen",
+    "King",
+    "Wright",
+    "Scott",
+    "Torres",
+    "Nguyen",
+    "Hill",
+    "Flores",
+    "Okafor",
+    "Tanaka",
+    "Iyer",
+    "Kowalski",
+    "Lindqvist",
+    "Haddad",
+    "Adeyemi",
+    "Petrova",
+    "Ngata",
+    "Rossi",
 ];
 const STREETS: &[&str] = &[
-    "Oak", "Maple", "Cedar", "Pine", "Elm", "Washington", "Lake", "Hill", "Park", "Main", "River",
-    "Sunset", "Highland", "Meadow", "Forest", "Church",
+    "Oak",
+    "Maple",
+    "Cedar",
+    "Pine",
+    "Elm",
+    "Washington",
+    "Lake",
+    "Hill",
+    "Park",
+    "Main",
+    "River",
+    "Sunset",
+    "Highland",
+    "Meadow",
+    "Forest",
+    "Church",
 ];
 const SUFFIXES: &[&str] = &["St", "Ave", "Rd", "Blvd", "Ln", "Dr", "Ct", "Way"];
 const CITIES: &[(&str, &str)] = &[
-    ("Springfield", "IL"), ("Riverside", "CA"), ("Franklin", "TN"), ("Greenville", "SC"),
-    ("Bristol", "CT"), ("Clinton", "IA"), ("Fairview", "OR"), ("Salem", "MA"),
+    ("Springfield", "IL"),
+    ("Riverside", "CA"),
+    ("Franklin", "TN"),
+    ("Greenville", "SC"),
+    ("Bristol", "CT"),
+    ("Clinton", "IA"),
+    ("Fairview", "OR"),
+    ("Salem", "MA"),
 ];
 const DOMAINS: &[&str] = &["example.com", "mail.example.org", "inbox.example.net"];
 const FACILITIES: &[&str] = &["H1", "H2", "H3", "H4"];
@@ -192,7 +300,9 @@ pub fn generate(config: &GenerateConfig, dir: &Path) -> Result<GenerateSummary> 
         ],
     };
     // Chunks are generated two at a time on scoped threads and written in order.
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
     let mut next_chunk = 0u64;
     let mut next_visit = 0u64;
     while next_visit < config.visits {
@@ -211,7 +321,10 @@ pub fn generate(config: &GenerateConfig, dir: &Path) -> Result<GenerateSummary> 
                     s.spawn(move || build_chunk(config.seed, chunk, first_visit, total))
                 })
                 .collect();
-            handles.into_iter().map(|h| h.join()).collect::<std::result::Result<Vec<_>, _>>()
+            handles
+                .into_iter()
+                .map(|h| h.join())
+                .collect::<std::result::Result<Vec<_>, _>>()
         })
         .map_err(|_| Error::invalid("generate", "a generator thread panicked"))?
         .into_iter()
@@ -280,7 +393,10 @@ impl Sink {
             Sink::Csv { path, writer } => {
                 let mut inner = writer.into_inner();
                 inner.flush().map_err(|e| Error::io(&path, e))?;
-                inner.get_ref().sync_all().map_err(|e| Error::io(&path, e))?;
+                inner
+                    .get_ref()
+                    .sync_all()
+                    .map_err(|e| Error::io(&path, e))?;
             }
             Sink::Parquet { path, writer } => {
                 let file = writer.into_inner()?;
@@ -323,7 +439,6 @@ fn round1(x: f64) -> f64 {
 
 /// Per-patient traits that persist across visits.
 struct Patient {
-    age_first: f64,
     hypertension: bool,
     heart_disease: bool,
     diabetes: bool,
@@ -361,7 +476,6 @@ fn build_chunk(seed: u64, chunk: u64, first_visit: u64, total_visits: u64) -> Re
         let gender = if bernoulli(&mut rng, 0.52) { "F" } else { "M" };
         let age_first = normal(&mut rng, 58.0, 17.0).clamp(18.0, 95.0);
         let patient = Patient {
-            age_first,
             hypertension: bernoulli(&mut rng, sigmoid((age_first - 60.0) / 10.0) * 0.6),
             heart_disease: bernoulli(&mut rng, 0.05 + if age_first > 65.0 { 0.15 } else { 0.0 }),
             diabetes: bernoulli(&mut rng, 0.12 + if age_first > 55.0 { 0.10 } else { 0.0 }),
@@ -490,7 +604,8 @@ impl VisitBuilders {
     ) -> bool {
         let ht = p.hypertension;
         let afib = bernoulli(rng, 0.02 + if age > 70.0 { 0.12 } else { 0.0 });
-        let sbp = 118.0 + 0.35 * (age - 50.0) + if ht { 22.0 } else { 0.0 } + normal(rng, 0.0, 14.0);
+        let sbp =
+            118.0 + 0.35 * (age - 50.0) + if ht { 22.0 } else { 0.0 } + normal(rng, 0.0, 14.0);
         let dbp = 0.55 * sbp + normal(rng, 8.0, 7.0);
         let hr = normal(rng, 74.0, 11.0) + if afib { 12.0 } else { 0.0 };
         let glucose = 95.0
@@ -504,7 +619,10 @@ impl VisitBuilders {
         let diz = bernoulli(rng, 0.12);
         let head = bernoulli(rng, 0.15);
         let b = |x: bool| if x { 1.0 } else { 0.0 };
-        let z = -1.35 + 0.045 * (age - 58.0) + 0.7 * b(ht) + 0.55 * b(p.heart_disease)
+        let z = -1.35
+            + 0.045 * (age - 58.0)
+            + 0.7 * b(ht)
+            + 0.55 * b(p.heart_disease)
             + 1.1 * b(afib)
             + 0.45 * b(p.diabetes)
             + 0.4 * b(p.smoking == 2)
@@ -587,7 +705,8 @@ impl VisitBuilders {
         self.numbness.append_value(i(numb));
         self.slurred.append_value(i(slur));
         self.vision.append_value(i(vis));
-        self.notes.append_option(clinical_note(rng, p, numb, slur, diz));
+        self.notes
+            .append_option(clinical_note(rng, p, numb, slur, diz));
         self.stroke.append_value(i(stroke));
         stroke
     }
@@ -687,17 +806,34 @@ mod tests {
         };
         let sa = generate(&cfg, a.path()).unwrap_or_else(|e| panic!("{e}"));
         generate(&cfg, b.path()).unwrap_or_else(|e| panic!("{e}"));
-        generate(&GenerateConfig { seed: 8, ..cfg.clone() }, c.path())
-            .unwrap_or_else(|e| panic!("{e}"));
+        generate(
+            &GenerateConfig {
+                seed: 8,
+                ..cfg.clone()
+            },
+            c.path(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(sa.visits, 30_000);
         for f in ["patients.csv", "visits.csv"] {
             assert!(!read(a.path(), f).is_empty());
-            assert_eq!(read(a.path(), f), read(b.path(), f), "{f} differs for the same seed");
-            assert_ne!(read(a.path(), f), read(c.path(), f), "{f} equal for different seeds");
+            assert_eq!(
+                read(a.path(), f),
+                read(b.path(), f),
+                "{f} differs for the same seed"
+            );
+            assert_ne!(
+                read(a.path(), f),
+                read(c.path(), f),
+                "{f} equal for different seeds"
+            );
         }
         // About three visits per patient, a minority of positives.
         let per_patient = sa.visits as f64 / sa.patients as f64;
-        assert!((2.5..3.5).contains(&per_patient), "visits per patient {per_patient}");
+        assert!(
+            (2.5..3.5).contains(&per_patient),
+            "visits per patient {per_patient}"
+        );
         let rate = sa.positive as f64 / sa.visits as f64;
         assert!((0.2..0.5).contains(&rate), "positive rate {rate}");
     }
@@ -716,8 +852,17 @@ mod tests {
         assert!(header.starts_with("visit_id,patient_id,visit_date,facility_id,systolic_bp"));
         assert!(header.ends_with("clinical_notes,stroke"));
         assert!(visits.contains(",,"), "no missing values written");
-        assert!(visits.contains("Callback requested at ("), "no phone numbers in notes");
+        assert!(
+            visits.contains("Callback requested at ("),
+            "no phone numbers in notes"
+        );
         let patients = String::from_utf8(read(dir.path(), "patients.csv")).unwrap_or_default();
-        assert!(patients.lines().nth(1).unwrap_or_default().starts_with("P00000000,"));
+        assert!(
+            patients
+                .lines()
+                .nth(1)
+                .unwrap_or_default()
+                .starts_with("P00000000,")
+        );
     }
 }

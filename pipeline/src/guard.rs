@@ -57,11 +57,21 @@ impl PiiScanner {
                 }
             };
             match column.data_type() {
-                DataType::Utf8 => column.as_string::<i32>().iter().flatten().for_each(&mut count),
-                DataType::LargeUtf8 => {
-                    column.as_string::<i64>().iter().flatten().for_each(&mut count)
-                }
-                DataType::Utf8View => column.as_string_view().iter().flatten().for_each(&mut count),
+                DataType::Utf8 => column
+                    .as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .for_each(&mut count),
+                DataType::LargeUtf8 => column
+                    .as_string::<i64>()
+                    .iter()
+                    .flatten()
+                    .for_each(&mut count),
+                DataType::Utf8View => column
+                    .as_string_view()
+                    .iter()
+                    .flatten()
+                    .for_each(&mut count),
                 _ => {}
             }
         }
@@ -82,9 +92,17 @@ impl PiiScanner {
         let found: Vec<String> = self
             .hits
             .iter()
-            .map(|((col, kind), n)| format!("column {col} has {n} values that look like {}", KINDS[*kind]))
+            .map(|((col, kind), n)| {
+                format!(
+                    "column {col} has {n} values that look like {}",
+                    KINDS[*kind]
+                )
+            })
             .collect();
-        Err(Error::PiiGuard(format!("{}; nothing was published", found.join(", "))))
+        Err(Error::PiiGuard(format!(
+            "{}; nothing was published",
+            found.join(", ")
+        )))
     }
 }
 
@@ -111,10 +129,19 @@ mod tests {
             "555.867.5309 or 555 867 5309",
         ]));
         let err = s.verdict().err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("column notes has 2 values that look like phone numbers"), "{err}");
-        assert!(err.contains("1 values that look like SSN-like numbers"), "{err}");
+        assert!(
+            err.contains("column notes has 2 values that look like phone numbers"),
+            "{err}"
+        );
+        assert!(
+            err.contains("1 values that look like SSN-like numbers"),
+            "{err}"
+        );
         assert!(err.contains("e-mail addresses"), "{err}");
-        assert!(!err.contains("123-45-6789") && !err.contains("example.com"), "{err}");
+        assert!(
+            !err.contains("123-45-6789") && !err.contains("example.com"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -269,13 +269,19 @@ impl Job {
                 ));
             }
             if joined.contains(&j.right.as_str()) {
-                return Err(Error::invalid(&field, format!("{} is joined twice", j.right)));
+                return Err(Error::invalid(
+                    &field,
+                    format!("{} is joined twice", j.right),
+                ));
             }
             joined.push(&j.right);
         }
         for (name, input) in &self.inputs {
             if input.path.trim().is_empty() {
-                return Err(Error::invalid(format!("inputs.{name}.path"), "must not be empty"));
+                return Err(Error::invalid(
+                    format!("inputs.{name}.path"),
+                    "must not be empty",
+                ));
             }
             if self.format_of(name) == InputFormat::Parquet
                 && (!input.null_values.is_empty() || input.delimiter.is_some())
@@ -304,7 +310,7 @@ impl Job {
             ));
         }
         for (col, [lo, hi]) in &self.ranges {
-            if !(lo <= hi) {
+            if lo.is_nan() || hi.is_nan() || lo > hi {
                 return Err(Error::invalid(
                     format!("ranges.{col}"),
                     "must be [low, high] with low <= high",
@@ -336,16 +342,29 @@ impl Job {
                 ));
             }
             for (field, list) in [
-                ("normalize", self.normalize.minmax.iter().chain(&self.normalize.zscore).collect::<Vec<_>>()),
+                (
+                    "normalize",
+                    self.normalize
+                        .minmax
+                        .iter()
+                        .chain(&self.normalize.zscore)
+                        .collect::<Vec<_>>(),
+                ),
                 ("encode.columns", self.encode.columns.iter().collect()),
                 ("dropna.columns", self.dropna.columns.iter().collect()),
             ] {
                 if list.contains(&c) {
-                    return Err(Error::invalid(field, format!("column {c} is dropped by pii.drop")));
+                    return Err(Error::invalid(
+                        field,
+                        format!("column {c} is dropped by pii.drop"),
+                    ));
                 }
             }
             if self.label.as_ref() == Some(c) || self.row_key.as_ref() == Some(c) {
-                return Err(Error::invalid("pii.drop", format!("column {c} is the label or row key")));
+                return Err(Error::invalid(
+                    "pii.drop",
+                    format!("column {c} is the label or row key"),
+                ));
             }
         }
         if let Some(features) = &self.features {
@@ -355,7 +374,10 @@ impl Job {
             if let Some(label) = &self.label
                 && features.contains(label)
             {
-                return Err(Error::invalid("features", format!("the label {label} cannot be a feature")));
+                return Err(Error::invalid(
+                    "features",
+                    format!("the label {label} cannot be a feature"),
+                ));
             }
         }
         if self.output.path.trim().is_empty() {
@@ -410,32 +432,47 @@ path = "out"
     #[test]
     fn unknown_key_names_key_and_line() {
         let text = MINIMAL.replace("[output]", "[dropnaa]\nall = true\n[output]");
-        let err = Job::from_toml(&text, "job.toml").map(|_| ()).err().map(|e| e.to_string());
+        let err = Job::from_toml(&text, "job.toml")
+            .map(|_| ())
+            .err()
+            .map(|e| e.to_string());
         let err = err.unwrap_or_default();
         assert!(err.contains("job.toml"), "{err}");
         assert!(err.contains("dropnaa"), "{err}");
-        assert!(err.contains("line 8"), "{err}");
+        assert!(err.contains("line 6"), "{err}");
         assert!(!err.contains('\n'), "{err}");
     }
 
     #[test]
     fn misspelled_nested_key_is_rejected() {
-        let text = MINIMAL.replace("path = \"a.csv\"", "path = \"a.csv\"\nnul_values = [\"N/A\"]");
-        let err = Job::from_toml(&text, "j.toml").err().map(|e| e.to_string()).unwrap_or_default();
+        let text = MINIMAL.replace(
+            "path = \"a.csv\"",
+            "path = \"a.csv\"\nnul_values = [\"N/A\"]",
+        );
+        let err = Job::from_toml(&text, "j.toml")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("nul_values"), "{err}");
     }
 
     #[test]
     fn pseudonymize_without_key_source_is_rejected() {
         let text = MINIMAL.replace("[output]", "[pii]\npseudonymize = [\"id\"]\n[output]");
-        let err = Job::from_toml(&text, "j.toml").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = Job::from_toml(&text, "j.toml")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("pii.pseudonymize"), "{err}");
     }
 
     #[test]
     fn join_count_must_match_inputs() {
         let text = MINIMAL.replace("[output]", "[inputs.b]\npath = \"b.csv\"\n[output]");
-        let err = Job::from_toml(&text, "j.toml").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = Job::from_toml(&text, "j.toml")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("join"), "{err}");
     }
 }

@@ -148,7 +148,10 @@ pub struct Encoding {
 impl Encoding {
     /// The index of a category, if it was seen when the encoding was fitted.
     pub fn index_of(&self, value: &str) -> Option<u32> {
-        self.values.binary_search_by(|v| v.as_str().cmp(value)).ok().map(|i| i as u32)
+        self.values
+            .binary_search_by(|v| v.as_str().cmp(value))
+            .ok()
+            .map(|i| i as u32)
     }
 }
 

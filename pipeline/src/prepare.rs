@@ -12,7 +12,12 @@ use crate::manifest::Manifest;
 /// Transforms the columns of `df` that the manifest normalized or encoded; other columns pass
 /// through. A category the encoding never saw is an error naming the column and the count.
 pub async fn apply_fitted(df: DataFrame, manifest: &Manifest) -> Result<DataFrame> {
-    let names: Vec<String> = df.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let names: Vec<String> = df
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     let mut df = df;
     for name in &names {
         let column = col(format!("\"{}\"", name.replace('"', "\"\"")));
@@ -30,11 +35,10 @@ pub async fn apply_fitted(df: DataFrame, manifest: &Manifest) -> Result<DataFram
             df = df.with_column(name, expr)?;
         } else if let Some(enc) = manifest.encodings.get(name) {
             let mut builder = case(cast(column.clone(), DataType::Utf8));
-            let mut builder_ref = &mut builder;
             for (i, v) in enc.values.iter().enumerate() {
-                builder_ref = builder_ref.when(lit(v.as_str()), lit(i as i32));
+                builder = builder.when(lit(v.as_str()), lit(i as i32));
             }
-            let mapped: Expr = builder_ref.end()?;
+            let mapped: Expr = builder.end()?;
             let unknown = df
                 .clone()
                 .filter(column.clone().is_not_null().and(mapped.clone().is_null()))?

@@ -15,11 +15,13 @@ use std::time::Instant;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::prelude::{CsvReadOptions, DataFrame, ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::{
+    CsvReadOptions, DataFrame, ParquetReadOptions, SessionConfig, SessionContext,
+};
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
+use object_store::buffered::BufWriter;
 use parquet::arrow::AsyncArrowWriter;
-use parquet::arrow::async_writer::ParquetObjectWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use regex::Regex;
@@ -107,9 +109,8 @@ pub fn resolve_key(job: &Job, key_file_override: Option<&str>) -> Result<Option<
         return Ok(None);
     }
     let from_file = |path: &str| -> Result<Vec<u8>> {
-        let mut bytes = std::fs::read(path).map_err(|e| {
-            Error::KeyMissing(format!("cannot read key file {path}: {e}"))
-        })?;
+        let mut bytes = std::fs::read(path)
+            .map_err(|e| Error::KeyMissing(format!("cannot read key file {path}: {e}")))?;
         while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             bytes.pop();
         }
@@ -153,7 +154,10 @@ pub async fn run_job(
     let started = Instant::now();
     for name in options.input_overrides.keys() {
         if !job.inputs.contains_key(name) {
-            return Err(Error::invalid(format!("--input {name}"), "the job has no input of that name"));
+            return Err(Error::invalid(
+                format!("--input {name}"),
+                "the job has no input of that name",
+            ));
         }
     }
     let key = resolve_key(job, options.key_file_override.as_deref())?;
@@ -169,7 +173,10 @@ pub async fn run_job(
             .set("emrflow.pseudonym_key", &hex::encode(key))?;
     }
 
-    let target_raw = options.output_override.clone().unwrap_or_else(|| job.output.path.clone());
+    let target_raw = options
+        .output_override
+        .clone()
+        .unwrap_or_else(|| job.output.path.clone());
     let target = Location::resolve(ctx, &target_raw)?;
     // Refuse early, before any work, if the output exists.
     if !options.overwrite && target.exists().await? {
@@ -179,7 +186,10 @@ pub async fn run_job(
     progress.stage("reading inputs");
     let inputs = register_inputs(job, options, ctx).await?;
     let plan = Plan::build(job, &inputs)?;
-    for (sql, name) in [(&plan.src_sql, "__emr_src"), (&plan.tagged_sql, "__emr_tagged")] {
+    for (sql, name) in [
+        (&plan.src_sql, "__emr_src"),
+        (&plan.tagged_sql, "__emr_tagged"),
+    ] {
         let df = ctx.sql(sql).await?;
         ctx.register_table(name, df.into_view())?;
     }
@@ -200,7 +210,12 @@ pub async fn run_job(
         if n != d {
             return Err(Error::invalid(
                 format!("join[{j}].on"),
-                format!("{} is not unique in input {} ({} duplicate keys)", join.on, join.right, n - d),
+                format!(
+                    "{} is not unique in input {} ({} duplicate keys)",
+                    join.on,
+                    join.right,
+                    n - d
+                ),
             ));
         }
         rows_in.insert(join.right.clone(), n);
@@ -231,7 +246,12 @@ pub async fn run_job(
     let scanned: Vec<String> = out_schema
         .fields()
         .iter()
-        .filter(|f| matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View))
+        .filter(|f| {
+            matches!(
+                f.data_type(),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            )
+        })
         .map(|f| f.name().clone())
         .filter(|n| !plan.pseudonymized_out.contains(n))
         .collect();
@@ -241,9 +261,10 @@ pub async fn run_job(
         Ok(w) => w,
         Err(e) => {
             staging.abort().await;
-            return Err(diagnose_on_error(Err(e), &inputs).await.err().unwrap_or_else(|| {
-                Error::invalid("output", "writing failed")
-            }));
+            return Err(diagnose_on_error::<()>(Err(e), &inputs)
+                .await
+                .err()
+                .unwrap_or_else(|| Error::invalid("output", "writing failed")));
         }
     };
     if let Err(e) = written.scanner.verdict() {
@@ -254,7 +275,10 @@ pub async fn run_job(
         staging.abort().await;
         return Err(Error::invalid(
             "output",
-            format!("wrote {} rows but {} were kept; the inputs changed during the run", written.rows, fit.kept),
+            format!(
+                "wrote {} rows but {} were kept; the inputs changed during the run",
+                written.rows, fit.kept
+            ),
         ));
     }
 
@@ -372,22 +396,17 @@ async fn register_inputs(
         let table = format!("__emr_in_{i}");
         let url = location.table_url();
         let delimiter = cfg.delimiter.map_or(b',', |c| c as u8);
-        let nulls = null_regex(&cfg.null_values);
+        let nulls = null_regex(name, &cfg.null_values)?;
         let df = match format {
             InputFormat::Csv => {
-                let read = |schema: Option<&Schema>| {
-                    let mut opts = CsvReadOptions::new()
-                        .has_header(true)
-                        .delimiter(delimiter)
-                        .file_extension("")
-                        .schema_infer_max_records(10_000)
-                        .null_regex(Some(nulls.as_str().to_string()));
-                    if let Some(s) = schema {
-                        opts = opts.schema(s);
-                    }
-                    let ctx = ctx.clone();
-                    let url = url.clone();
-                    async move { ctx.read_csv(url, opts).await }
+                let read = |schema: Option<Schema>| {
+                    read_csv(
+                        ctx,
+                        url.clone(),
+                        schema,
+                        delimiter,
+                        nulls.as_str().to_string(),
+                    )
                 };
                 let inferred = match read(None).await {
                     Ok(df) => df,
@@ -399,13 +418,48 @@ async fn register_inputs(
                             files: files.clone(),
                             schema: Arc::new(Schema::empty()),
                             delimiter,
-                            nulls: Regex::new(nulls.as_str()).ok(),
+                            nulls: Some(nulls.clone()),
                         };
                         return Err(diagnose(e.into(), &[&probe]).await);
                     }
                 };
                 let schema = override_types(name, inferred.schema().as_arrow(), &cfg.types)?;
-                read(Some(&schema)).await?
+                if cfg.null_values.is_empty() {
+                    read(Some(schema)).await?
+                } else {
+                    // The engine's CSV reader honours null strings only while inferring types, so
+                    // such inputs are read as text and typed here, with the null strings mapped
+                    // to null first.
+                    let text = Schema::new(
+                        schema
+                            .fields()
+                            .iter()
+                            .map(|f| Field::new(f.name(), DataType::Utf8, true))
+                            .collect::<Vec<_>>(),
+                    );
+                    let raw = read(Some(text)).await?;
+                    let raw_table = format!("{table}_text");
+                    ctx.register_table(raw_table.as_str(), raw.into_view())?;
+                    let nulls_sql: Vec<String> =
+                        cfg.null_values.iter().map(|v| literal(v)).collect();
+                    let cols: Vec<String> = schema
+                        .fields()
+                        .iter()
+                        .map(|f| {
+                            let c = ident(f.name());
+                            let value = match f.data_type() {
+                                DataType::Utf8 => c.clone(),
+                                t => format!("arrow_cast({c}, {})", literal(&t.to_string())),
+                            };
+                            format!(
+                                "CASE WHEN {c} IN ({}) THEN NULL ELSE {value} END AS {c}",
+                                nulls_sql.join(", ")
+                            )
+                        })
+                        .collect();
+                    ctx.sql(&format!("SELECT {} FROM {raw_table}", cols.join(", ")))
+                        .await?
+                }
             }
             InputFormat::Parquet => {
                 if !cfg.types.is_empty() {
@@ -414,7 +468,8 @@ async fn register_inputs(
                         "Parquet inputs carry their own types",
                     ));
                 }
-                ctx.read_parquet(url, ParquetReadOptions::default().file_extension("")).await?
+                ctx.read_parquet(url, ParquetReadOptions::default().file_extension(""))
+                    .await?
             }
         };
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
@@ -434,19 +489,39 @@ async fn register_inputs(
                 files,
                 schema,
                 delimiter,
-                nulls: Regex::new(nulls.as_str()).ok(),
+                nulls: Some(nulls.clone()),
             },
         );
     }
     Ok(out)
 }
 
-fn null_regex(values: &[String]) -> Regex {
+/// The empty field and every declared null string, matched whole.
+fn null_regex(input: &str, values: &[String]) -> Result<Regex> {
     let alts: Vec<String> = std::iter::once(String::new())
         .chain(values.iter().map(|v| regex::escape(v)))
         .collect();
-    // Escaped alternatives always form a valid pattern.
-    Regex::new(&format!("^(?:{})$", alts.join("|"))).unwrap_or_else(|_| Regex::new("^$").unwrap_or_else(|_| unreachable!()))
+    Regex::new(&format!("^(?:{})$", alts.join("|")))
+        .map_err(|e| Error::invalid(format!("inputs.{input}.null_values"), e.to_string()))
+}
+
+async fn read_csv(
+    ctx: &SessionContext,
+    url: String,
+    schema: Option<Schema>,
+    delimiter: u8,
+    nulls: String,
+) -> datafusion::error::Result<DataFrame> {
+    let mut opts = CsvReadOptions::new()
+        .has_header(true)
+        .delimiter(delimiter)
+        .file_extension("")
+        .schema_infer_max_records(10_000)
+        .null_regex(Some(nulls));
+    if let Some(s) = &schema {
+        opts = opts.schema(s);
+    }
+    ctx.read_csv(url, opts).await
 }
 
 fn override_types(
@@ -468,7 +543,9 @@ fn override_types(
             .fields()
             .iter()
             .map(|f| {
-                let t = types.get(f.name()).map_or_else(|| f.data_type().clone(), |t| t.arrow());
+                let t = types
+                    .get(f.name())
+                    .map_or_else(|| f.data_type().clone(), |t| t.arrow());
                 Field::new(f.name(), t, true)
             })
             .collect::<Vec<_>>(),
@@ -476,7 +553,12 @@ fn override_types(
 }
 
 fn names(schema: &Schema) -> String {
-    schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+    schema
+        .fields()
+        .iter()
+        .map(|f| f.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Quotes an identifier for SQL.
@@ -534,7 +616,11 @@ impl Plan {
                 return Err(Error::MissingColumn {
                     column: join.on.clone(),
                     field: format!("join[{j}].on"),
-                    available: columns.iter().map(|c| c.1.as_str()).collect::<Vec<_>>().join(", "),
+                    available: columns
+                        .iter()
+                        .map(|c| c.1.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
             };
             if right.schema.field_with_name(&join.on).is_err() {
@@ -552,7 +638,10 @@ impl Plan {
                 ident(&join.on)
             ));
             let marker = format!("__emr_join_{j}");
-            join_markers.push((marker.clone(), format!("join: no matching {} row", join.right)));
+            join_markers.push((
+                marker.clone(),
+                format!("join: no matching {} row", join.right),
+            ));
             columns.push((alias.clone(), join.on.clone(), DataType::Null));
             let last = columns.len() - 1;
             columns[last].1 = marker;
@@ -563,7 +652,11 @@ impl Plan {
                 if columns.iter().any(|c| &c.1 == f.name()) {
                     return Err(Error::invalid(
                         format!("join[{j}]"),
-                        format!("column {} exists in {} and in an earlier input", f.name(), join.right),
+                        format!(
+                            "column {} exists in {} and in an earlier input",
+                            f.name(),
+                            join.right
+                        ),
                     ));
                 }
                 columns.push((alias.clone(), f.name().clone(), f.data_type().clone()));
@@ -586,7 +679,11 @@ impl Plan {
             .filter(|c| !c.1.starts_with("__emr_join_"))
             .map(|c| (c.1.clone(), c.2.clone()))
             .collect();
-        let available = data_cols.iter().map(|c| c.0.as_str()).collect::<Vec<_>>().join(", ");
+        let available = data_cols
+            .iter()
+            .map(|c| c.0.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
         let require = |col: &str, field: &str| -> Result<DataType> {
             data_cols
                 .iter()
@@ -608,11 +705,17 @@ impl Plan {
             for (c, f) in [(&age.dob, "pii.age.dob"), (&age.at, "pii.age.at")] {
                 let t = require(c, f)?;
                 if t != DataType::Date32 {
-                    return Err(Error::invalid(f, format!("column {c} is {t}, not a date (YYYY-MM-DD)")));
+                    return Err(Error::invalid(
+                        f,
+                        format!("column {c} is {t}, not a date (YYYY-MM-DD)"),
+                    ));
                 }
             }
             if data_cols.iter().any(|c| c.0 == age.name) {
-                return Err(Error::invalid("pii.age.as", format!("column {} already exists", age.name)));
+                return Err(Error::invalid(
+                    "pii.age.as",
+                    format!("column {} already exists", age.name),
+                ));
             }
         }
 
@@ -668,28 +771,44 @@ impl Plan {
                 .ok_or_else(|| Error::MissingColumn {
                     column: col.to_string(),
                     field: field.to_string(),
-                    available: outputs.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "),
+                    available: outputs
+                        .iter()
+                        .map(|c| c.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 })
         };
         for c in job.normalize.minmax.iter().chain(&job.normalize.zscore) {
             let t = out_type(c, "normalize")?;
             if !t.is_numeric() {
-                return Err(Error::invalid("normalize", format!("column {c} is {t}, not numeric")));
+                return Err(Error::invalid(
+                    "normalize",
+                    format!("column {c} is {t}, not numeric"),
+                ));
             }
         }
         for c in &job.encode.columns {
             let t = out_type(c, "encode.columns")?;
             if job.pii.pseudonymize.contains(c) {
-                return Err(Error::invalid("encode.columns", format!("column {c} is pseudonymized")));
+                return Err(Error::invalid(
+                    "encode.columns",
+                    format!("column {c} is pseudonymized"),
+                ));
             }
             if t == DataType::Date32 {
-                return Err(Error::invalid("encode.columns", format!("column {c} is a date")));
+                return Err(Error::invalid(
+                    "encode.columns",
+                    format!("column {c} is a date"),
+                ));
             }
         }
         for c in job.ranges.keys() {
             let t = out_type(c, "ranges")?;
             if !t.is_numeric() {
-                return Err(Error::invalid(format!("ranges.{c}"), format!("column {c} is {t}, not numeric")));
+                return Err(Error::invalid(
+                    format!("ranges.{c}"),
+                    format!("column {c} is {t}, not numeric"),
+                ));
             }
         }
         for c in &job.dropna.columns {
@@ -727,7 +846,12 @@ impl Plan {
         }
         for (c, [lo, hi]) in &job.ranges {
             cases.push((
-                format!("CAST({c} AS DOUBLE) < {} OR CAST({c} AS DOUBLE) > {}", float(*lo), float(*hi), c = ident(c)),
+                format!(
+                    "CAST({c} AS DOUBLE) < {} OR CAST({c} AS DOUBLE) > {}",
+                    float(*lo),
+                    float(*hi),
+                    c = ident(c)
+                ),
                 format!("out of range: {c}"),
             ));
         }
@@ -798,7 +922,10 @@ impl Plan {
                 }
             })
             .collect();
-        format!("SELECT {} FROM __emr_tagged WHERE __emr_reason IS NULL", cols.join(", "))
+        format!(
+            "SELECT {} FROM __emr_tagged WHERE __emr_reason IS NULL",
+            cols.join(", ")
+        )
     }
 
     fn features(&self, job: &Job, schema: &Schema, fit: &Fit) -> Result<Vec<FeatureSpec>> {
@@ -829,7 +956,10 @@ impl Plan {
                 .iter()
                 .map(|name| {
                     spec(name).ok_or_else(|| {
-                        Error::invalid("features", format!("column {name} is neither numeric nor encoded"))
+                        Error::invalid(
+                            "features",
+                            format!("column {name} is neither numeric nor encoded"),
+                        )
                     })
                 })
                 .collect(),
@@ -864,7 +994,11 @@ fn int_at(batches: &[RecordBatch], col: usize) -> u64 {
     batches
         .iter()
         .find(|b| b.num_rows() > 0)
-        .and_then(|b| b.column(col).as_primitive_opt::<Int64Type>().map(|a| a.value(0)))
+        .and_then(|b| {
+            b.column(col)
+                .as_primitive_opt::<Int64Type>()
+                .map(|a| a.value(0))
+        })
         .unwrap_or(0) as u64
 }
 
@@ -886,19 +1020,26 @@ async fn fit(ctx: &SessionContext, plan: &Plan) -> Result<Fit> {
         aggs.push(format!("min(CAST({} AS BIGINT))", ident(label)));
         aggs.push(format!("max(CAST({} AS BIGINT))", ident(label)));
     }
-    let sql = format!("SELECT {} FROM __emr_tagged GROUP BY __emr_reason", aggs.join(", "));
+    let sql = format!(
+        "SELECT {} FROM __emr_tagged GROUP BY __emr_reason",
+        aggs.join(", ")
+    );
     let batches = collect(ctx, &sql).await?;
     let mut fit = Fit {
         label_type: plan.label_type.clone(),
         ..Fit::default()
     };
     for batch in &batches {
-        let reasons = batch.column(0).as_string_opt::<i32>();
+        // String results may come back as Utf8 or Utf8View depending on session settings.
+        let reasons = arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
+        let reasons = reasons.as_string_opt::<i32>();
         let counts = batch.column(1).as_primitive::<Int64Type>();
         for row in 0..batch.num_rows() {
             let n = counts.value(row) as u64;
             fit.total += n;
-            let reason = reasons.filter(|r| r.is_valid(row)).map(|r| r.value(row).to_string());
+            let reason = reasons
+                .filter(|r| r.is_valid(row))
+                .map(|r| r.value(row).to_string());
             if let Some(reason) = reason {
                 fit.dropped.insert(reason, n);
                 continue;
@@ -913,24 +1054,32 @@ async fn fit(ctx: &SessionContext, plan: &Plan) -> Result<Fit> {
                 let (min, max) = (f64_at(col), f64_at(col + 1));
                 col += 2;
                 let (Some(min), Some(max)) = (min, max) else {
-                    return Err(Error::invalid("normalize.minmax", format!("column {c} has no values to fit")));
+                    return Err(Error::invalid(
+                        "normalize.minmax",
+                        format!("column {c} has no values to fit"),
+                    ));
                 };
-                fit.normalizers.insert(c.clone(), Normalizer::MinMax { min, max });
+                fit.normalizers
+                    .insert(c.clone(), Normalizer::MinMax { min, max });
             }
             for c in &plan.zscore {
                 let (mean, std) = (f64_at(col), f64_at(col + 1));
                 col += 2;
                 let (Some(mean), Some(std)) = (mean, std) else {
-                    return Err(Error::invalid("normalize.zscore", format!("column {c} has no values to fit")));
+                    return Err(Error::invalid(
+                        "normalize.zscore",
+                        format!("column {c} has no values to fit"),
+                    ));
                 };
-                fit.normalizers.insert(c.clone(), Normalizer::ZScore { mean, std });
+                fit.normalizers
+                    .insert(c.clone(), Normalizer::ZScore { mean, std });
             }
             for c in &plan.encode {
                 let list = batch.column(col).as_list_opt::<i32>();
                 col += 1;
                 let mut values: Vec<String> = match list.filter(|l| l.is_valid(row)) {
                     Some(l) => {
-                        let item = l.value(row);
+                        let item = arrow::compute::cast(&l.value(row), &DataType::Utf8)?;
                         let strings = item.as_string_opt::<i32>();
                         match strings {
                             Some(s) => s.iter().flatten().map(str::to_string).collect(),
@@ -942,7 +1091,10 @@ async fn fit(ctx: &SessionContext, plan: &Plan) -> Result<Fit> {
                 values.sort();
                 values.dedup();
                 if values.is_empty() {
-                    return Err(Error::invalid("encode.columns", format!("column {c} has no values to encode")));
+                    return Err(Error::invalid(
+                        "encode.columns",
+                        format!("column {c} has no values to encode"),
+                    ));
                 }
                 fit.encodings.insert(c.clone(), Encoding { values });
             }
@@ -982,7 +1134,11 @@ fn check_label(label: &str, fit: &Fit) -> Result<()> {
 }
 
 fn describe_drops(dropped: &BTreeMap<String, u64>) -> String {
-    dropped.iter().map(|(r, n)| format!("{r}: {n}")).collect::<Vec<_>>().join(", ")
+    dropped
+        .iter()
+        .map(|(r, n)| format!("{r}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The guard's schema half: nothing the policy drops may survive under its own name.
@@ -1028,7 +1184,9 @@ async fn write_partitions(
         let store = Arc::clone(&store);
         let scanned = scanned.to_vec();
         tasks.push(tokio::spawn(async move {
-            write_one(stream, store, path, &scanned).await.map(|(rows, scanner)| (name, rows, scanner))
+            write_one(stream, store, path, &scanned)
+                .await
+                .map(|(rows, scanner)| (name, rows, scanner))
         }));
     }
     let mut written = Written {
@@ -1058,7 +1216,7 @@ async fn write_one(
     scanned: &[String],
 ) -> Result<(u64, PiiScanner)> {
     let mut scanner = PiiScanner::new(scanned);
-    let mut writer: Option<AsyncArrowWriter<ParquetObjectWriter>> = None;
+    let mut writer: Option<AsyncArrowWriter<BufWriter>> = None;
     let mut rows = 0u64;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
@@ -1073,7 +1231,7 @@ async fn write_one(
                 .set_created_by(format!("emrflow {}", env!("CARGO_PKG_VERSION")))
                 .build();
             writer = Some(AsyncArrowWriter::try_new(
-                ParquetObjectWriter::new(Arc::clone(&store), path.clone()),
+                BufWriter::new(Arc::clone(&store), path.clone()),
                 batch.schema(),
                 Some(props),
             )?);
@@ -1122,20 +1280,36 @@ async fn diagnose(error: Error, inputs: &[&Input]) -> Error {
             } else {
                 (*input.schema).clone()
             };
-            if let Some(problem) = csvcheck::diagnose(&bytes, &schema, input.delimiter, input.nulls.as_ref()) {
+            if let Some(problem) =
+                csvcheck::diagnose(&bytes, &schema, input.delimiter, input.nulls.as_ref())
+            {
                 return Error::Csv {
-                    path: input.location.url_of(path).trim_start_matches("file://").to_string(),
+                    path: input
+                        .location
+                        .url_of(path)
+                        .trim_start_matches("file://")
+                        .to_string(),
                     line: problem.line,
                     message: problem.message,
                 };
             }
         }
     }
+    // The engine's parse and cast messages quote values and whole rows, which may be PHI.
+    let text = error.to_string();
+    if text.contains("Row data") || text.contains("parsing value") || text.contains("Cannot cast") {
+        return Error::invalid(
+            "inputs",
+            "a value could not be read as its column's type (the engine's message is withheld because it quotes row data)",
+        );
+    }
     error
 }
 
 fn header_schema(bytes: &[u8], delimiter: u8) -> Schema {
-    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).from_reader(bytes);
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .from_reader(bytes);
     let fields: Vec<Field> = match reader.byte_headers() {
         Ok(h) => h
             .iter()

@@ -51,8 +51,11 @@ impl Location {
         };
         let (store, path): (Arc<dyn ObjectStore>, ObjectPath) = match url.scheme() {
             "file" => {
-                let path = url.to_file_path().map_err(|()| bad("not a local file path"))?;
-                let path = ObjectPath::from_absolute_path(&path).map_err(|e| bad(&e.to_string()))?;
+                let path = url
+                    .to_file_path()
+                    .map_err(|()| bad("not a local file path"))?;
+                let path =
+                    ObjectPath::from_absolute_path(&path).map_err(|e| bad(&e.to_string()))?;
                 (Arc::new(LocalFileSystem::new()), path)
             }
             "memory" => (memory_store(), key_path(&url)?),
@@ -63,11 +66,20 @@ impl Location {
                     .build()?;
                 (Arc::new(store), key_path(&url)?)
             }
-            other => return Err(bad(&format!("unsupported scheme {other}:// (use a local path, file://, memory:// or s3://)"))),
+            other => {
+                return Err(bad(&format!(
+                    "unsupported scheme {other}:// (use a local path, file://, memory:// or s3://)"
+                )));
+            }
         };
-        let root = Url::parse(&format!("{}://{}", url.scheme(), url.host_str().unwrap_or("")))
-            .map_err(|e| bad(&e.to_string()))?;
-        ctx.runtime_env().register_object_store(&root, Arc::clone(&store));
+        let root = Url::parse(&format!(
+            "{}://{}",
+            url.scheme(),
+            url.host_str().unwrap_or("")
+        ))
+        .map_err(|e| bad(&e.to_string()))?;
+        ctx.runtime_env()
+            .register_object_store(&root, Arc::clone(&store));
         Ok(Self {
             raw: raw.to_string(),
             url,
@@ -83,7 +95,9 @@ impl Location {
 
     /// The local filesystem path, for `file://` locations.
     pub fn local_path(&self) -> Option<PathBuf> {
-        (self.url.scheme() == "file").then(|| self.url.to_file_path().ok()).flatten()
+        (self.url.scheme() == "file")
+            .then(|| self.url.to_file_path().ok())
+            .flatten()
     }
 
     /// The files at this location: the object itself, or every object below it.
@@ -108,7 +122,10 @@ impl Location {
             .try_collect()
             .await?;
         // Hidden files (staging leftovers, `.crc` companions) are never data.
-        files.retain(|(p, _)| !p.filename().is_some_and(|f| f.starts_with('.') || f.starts_with('_')));
+        files.retain(|(p, _)| {
+            !p.filename()
+                .is_some_and(|f| f.starts_with('.') || f.starts_with('_'))
+        });
         files.sort();
         Ok(files)
     }
@@ -123,7 +140,7 @@ impl Location {
 
     /// A child location (`dir/name`).
     pub fn child(&self, name: &str) -> ObjectPath {
-        self.path.child(name)
+        self.path.clone().join(name)
     }
 
     /// A URL string for an object in the same store.
@@ -141,13 +158,26 @@ fn key_path(url: &Url) -> Result<ObjectPath> {
     })
 }
 
-/// An absolute path without resolving symlinks or requiring it to exist.
+/// An absolute path with `.` and `..` removed lexically (object-store paths allow neither),
+/// without requiring it to exist.
 fn absolute(path: &Path) -> std::io::Result<PathBuf> {
-    if path.is_absolute() {
-        Ok(path.to_path_buf())
+    use std::path::Component;
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
     } else {
-        Ok(std::env::current_dir()?.join(path))
+        std::env::current_dir()?.join(path)
+    };
+    let mut out = PathBuf::new();
+    for part in joined.components() {
+        match part {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
     }
+    Ok(out)
 }
 
 /// A dataset being written: files go under a hidden staging prefix beside the target, and
@@ -169,7 +199,7 @@ impl Staging {
         }
         let name = target.path.filename().unwrap_or("dataset").to_string();
         let parent = parent_of(&target.path);
-        let staging = parent.child(format!(".{name}.staging-{}", uuid::Uuid::new_v4()).as_str());
+        let staging = parent.join(format!(".{name}.staging-{}", uuid::Uuid::new_v4()).as_str());
         if let Some(local) = target.local_path()
             && let Some(dir) = local.parent()
         {
@@ -189,7 +219,7 @@ impl Staging {
 
     /// Where a file named `name` is staged.
     pub fn path_for(&mut self, name: &str) -> ObjectPath {
-        let path = self.staging.child(name);
+        let path = self.staging.clone().join(name);
         self.written.push(path.clone());
         path
     }
@@ -197,7 +227,10 @@ impl Staging {
     /// Writes a small file (the manifest) into staging.
     pub async fn put(&mut self, name: &str, bytes: Vec<u8>) -> Result<()> {
         let path = self.path_for(name);
-        self.target.store.put(&path, PutPayload::from(bytes)).await?;
+        self.target
+            .store
+            .put(&path, PutPayload::from(bytes))
+            .await?;
         Ok(())
     }
 
@@ -210,7 +243,10 @@ impl Staging {
             if target.exists() {
                 let trash = target.with_file_name(format!(
                     ".{}.old-{}",
-                    target.file_name().and_then(|n| n.to_str()).unwrap_or("dataset"),
+                    target
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("dataset"),
                     uuid::Uuid::new_v4()
                 ));
                 std::fs::rename(&target, &trash)
@@ -232,11 +268,18 @@ impl Staging {
         for old in self.target.files().await? {
             store.delete(&old.0).await?;
         }
-        let mut ordered = self.written.clone();
+        // What was actually staged: a partition that produced no rows wrote no file.
+        let mut ordered: Vec<ObjectPath> = store
+            .list(Some(&self.staging))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await?;
         ordered.sort_by_key(|p| p.filename() == Some(manifest_name));
         for from in &ordered {
             let name = from.filename().unwrap_or_default();
-            store.copy(from, &self.target.path.child(name)).await?;
+            store
+                .copy(from, &self.target.path.clone().join(name))
+                .await?;
         }
         for from in &ordered {
             store.delete(from).await?;
@@ -252,7 +295,15 @@ impl Staging {
             let _ = std::fs::remove_dir_all(staging);
             return;
         }
-        for path in &self.written {
+        let staged: Vec<ObjectPath> = self
+            .target
+            .store
+            .list(Some(&self.staging))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .unwrap_or_default();
+        for path in staged.iter().chain(&self.written) {
             let _ = self.target.store.delete(path).await;
         }
     }

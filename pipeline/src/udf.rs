@@ -4,7 +4,6 @@
 //! [`register_functions`]; the key travels in the session configuration, never inside a plan
 //! literal, so it does not appear in plan text or logs of the plan.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Date32Array, Int64Array, StringArray, StringBuilder};
@@ -64,7 +63,7 @@ struct Pseudonym {
 impl Pseudonym {
     fn new() -> Self {
         Self {
-            signature: Signature::exact(vec![DataType::Utf8], Volatility::Immutable),
+            signature: Signature::string(1, Volatility::Immutable),
         }
     }
 }
@@ -81,9 +80,6 @@ pub fn pseudonym(key: &[u8], value: &[u8]) -> String {
 }
 
 impl ScalarUDFImpl for Pseudonym {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
     fn name(&self) -> &str {
         PSEUDONYM_FN
     }
@@ -109,14 +105,30 @@ impl ScalarUDFImpl for Pseudonym {
         let [arg] = args.args.as_slice() else {
             return exec_err!("{PSEUDONYM_FN} takes one argument");
         };
-        let array = arg.to_array(args.number_rows)?;
+        let array = arrow::compute::cast(&arg.to_array(args.number_rows)?, &DataType::Utf8)?;
         let Some(strings) = array.as_any().downcast_ref::<StringArray>() else {
             return exec_err!("{PSEUDONYM_FN} expects a Utf8 argument");
         };
+        // Keying HMAC hashes the key into two pad states; do it once per batch, not per value.
+        let Ok(keyed) = <Hmac<Sha256> as Mac>::new_from_slice(&key) else {
+            return exec_err!("{PSEUDONYM_FN}: unusable key");
+        };
         let mut out = StringBuilder::with_capacity(strings.len(), strings.len() * 64);
+        let mut buf = [0u8; 64];
         for v in strings.iter() {
             match v {
-                Some(v) => out.append_value(pseudonym(&key, v.as_bytes())),
+                Some(v) => {
+                    let mut mac = keyed.clone();
+                    mac.update(v.as_bytes());
+                    let digest = mac.finalize().into_bytes();
+                    let hex = hex::encode_to_slice(digest, &mut buf)
+                        .ok()
+                        .and_then(|()| std::str::from_utf8(&buf).ok());
+                    match hex {
+                        Some(h) => out.append_value(h),
+                        None => return exec_err!("{PSEUDONYM_FN}: hex encoding failed"),
+                    }
+                }
                 None => out.append_null(),
             }
         }
@@ -153,9 +165,6 @@ pub fn age_years(dob: i32, at: i32) -> Option<i64> {
 const EPOCH_CE_DAYS: i32 = 719_163;
 
 impl ScalarUDFImpl for AgeYears {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
     fn name(&self) -> &str {
         AGE_FN
     }

@@ -50,7 +50,10 @@ pub(crate) async fn run(cmd: BenchCommand) -> anyhow::Result<ExitStatus> {
             if json {
                 print_json(&summary)?;
             } else {
-                print_lines(&[format!("copied {} rows in {:.2}s", summary.rows, summary.seconds)]);
+                print_lines(&[format!(
+                    "copied {} rows in {:.2}s",
+                    summary.rows, summary.seconds
+                )]);
             }
             Ok(ExitStatus::Success)
         }

@@ -51,12 +51,23 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitStatus> {
     let job = Job::from_toml(SYNTHETIC_JOB, "examples/stroke-synthetic.toml")?;
     let options = RunOptions {
         input_overrides: [
-            ("visits".to_string(), data.join("visits.csv").display().to_string()),
-            ("patients".to_string(), data.join("patients.csv").display().to_string()),
+            (
+                "visits".to_string(),
+                data.join("visits.csv").display().to_string(),
+            ),
+            (
+                "patients".to_string(),
+                data.join("patients.csv").display().to_string(),
+            ),
         ]
         .into_iter()
         .collect(),
-        output_override: Some(args.dir.join("datasets/stroke-synthetic").display().to_string()),
+        output_override: Some(
+            args.dir
+                .join("datasets/stroke-synthetic")
+                .display()
+                .to_string(),
+        ),
         overwrite: true,
         key_file_override: Some(key_file.display().to_string()),
     };

@@ -8,10 +8,21 @@ fn every_command_has_help() {
     assert!(top.status.success());
     let text = stdout(&top);
     for cmd in ["generate", "run", "train", "predict", "demo", "ledger"] {
-        assert!(text.contains(cmd), "top-level help does not list {cmd}:\n{text}");
+        assert!(
+            text.contains(cmd),
+            "top-level help does not list {cmd}:\n{text}"
+        );
         let out = run(&mut emrflow(&[cmd, "--help"]));
-        assert!(out.status.success(), "{cmd} --help failed: {}", stderr(&out));
-        assert!(stdout(&out).contains("Usage: emrflow"), "{cmd} --help:\n{}", stdout(&out));
+        assert!(
+            out.status.success(),
+            "{cmd} --help failed: {}",
+            stderr(&out)
+        );
+        assert!(
+            stdout(&out).contains("Usage: emrflow"),
+            "{cmd} --help:\n{}",
+            stdout(&out)
+        );
     }
 }
 

@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use crate::support::{
-    all_cells, assert_nothing_published, assert_one_line_error, emrflow, generate, read_parquet_dir,
-    root, run, stderr, stdout,
+    all_cells, assert_nothing_published, assert_one_line_error, emrflow, generate,
+    read_parquet_dir, root, run, stderr, stdout,
 };
 
 fn run_synthetic(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
@@ -53,8 +53,8 @@ fn synthetic_job_publishes_a_dataset_without_any_planted_pii() {
     let out = run_synthetic(&data, &out_dir, &["--json"]);
     assert!(out.status.success(), "run failed: {}", stderr(&out));
 
-    let summary: serde_json::Value =
-        serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
+    let summary: serde_json::Value = serde_json::from_str(stdout(&out).trim())
+        .unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)));
     let rows_out = summary["rows_out"].as_u64().unwrap_or(0);
     let read = summary["rows_in"]["visits"].as_u64().unwrap_or(0);
     let dropped: u64 = summary["rows_dropped"]
@@ -66,25 +66,44 @@ fn synthetic_job_publishes_a_dataset_without_any_planted_pii() {
     assert!(rows_out > 4_000, "too many rows dropped: {summary}");
     assert!(summary["seconds"].as_f64().is_some());
 
-    let manifest_text = std::fs::read_to_string(out_dir.join("manifest.json"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let manifest_text =
+        std::fs::read_to_string(out_dir.join("manifest.json")).unwrap_or_else(|e| panic!("{e}"));
     let manifest: serde_json::Value =
         serde_json::from_str(&manifest_text).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(manifest["rows_out"].as_u64(), Some(rows_out));
     assert!(manifest["normalization"]["age"]["mean"].as_f64().is_some());
     assert!(manifest["encodings"]["smoking_status"]["values"].is_array());
     assert_eq!(manifest["pii"]["key_id"].as_str().map(str::len), Some(64));
-    assert!(!manifest_text.contains("test-key-0123456789abcdef"), "key leaked into manifest");
+    assert!(
+        !manifest_text.contains("test-key-0123456789abcdef"),
+        "key leaked into manifest"
+    );
 
     let batches = read_parquet_dir(&out_dir);
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert_eq!(rows as u64, rows_out);
     let schema = batches[0].schema();
     let columns: BTreeSet<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    for gone in ["full_name", "national_id", "phone", "email", "street_address", "date_of_birth", "clinical_notes", "visit_date"] {
+    for gone in [
+        "full_name",
+        "national_id",
+        "phone",
+        "email",
+        "street_address",
+        "date_of_birth",
+        "clinical_notes",
+        "visit_date",
+    ] {
         assert!(!columns.contains(gone), "{gone} survived");
     }
-    for kept in ["patient_id", "visit_id", "age", "bmi", "stroke", "smoking_status"] {
+    for kept in [
+        "patient_id",
+        "visit_id",
+        "age",
+        "bmi",
+        "stroke",
+        "smoking_status",
+    ] {
         assert!(columns.contains(kept), "{kept} missing");
     }
 
@@ -94,21 +113,47 @@ fn synthetic_job_publishes_a_dataset_without_any_planted_pii() {
     let patients = data.join("patients.csv");
     let visits = data.join("visits.csv");
     let mut planted = 0;
-    for column in ["patient_id", "full_name", "national_id", "phone", "email", "street_address", "date_of_birth"] {
+    for column in [
+        "patient_id",
+        "full_name",
+        "national_id",
+        "phone",
+        "email",
+        "street_address",
+        "date_of_birth",
+    ] {
         for value in csv_column(&patients, column) {
             planted += 1;
-            assert!(!cells.contains(&value), "{column} value published as a cell");
+            assert!(
+                !cells.contains(&value),
+                "{column} value published as a cell"
+            );
             if value.len() >= 8 {
-                assert!(!haystack.contains(&value), "{column} value found in published data");
-                assert!(!manifest_text.contains(&value), "{column} value found in the manifest");
+                assert!(
+                    !haystack.contains(&value),
+                    "{column} value found in published data"
+                );
+                assert!(
+                    !manifest_text.contains(&value),
+                    "{column} value found in the manifest"
+                );
             }
         }
     }
-    for value in csv_column(&visits, "visit_id").into_iter().chain(csv_column(&visits, "clinical_notes")) {
+    for value in csv_column(&visits, "visit_id")
+        .into_iter()
+        .chain(csv_column(&visits, "clinical_notes"))
+    {
         planted += 1;
-        assert!(!haystack.contains(&value), "visit id or note text found in published data");
+        assert!(
+            !haystack.contains(&value),
+            "visit id or note text found in published data"
+        );
     }
-    assert!(planted > 20_000, "too few planted values checked: {planted}");
+    assert!(
+        planted > 20_000,
+        "too few planted values checked: {planted}"
+    );
 }
 
 #[test]
@@ -118,12 +163,19 @@ fn same_input_and_key_give_the_same_pseudonyms() {
     generate(&data, 1_000);
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
     assert!(run_synthetic(&data, &a, &[]).status.success());
-    assert!(run_synthetic(&data, &b, &["--partitions", "1"]).status.success());
+    assert!(
+        run_synthetic(&data, &b, &["--partitions", "1"])
+            .status
+            .success()
+    );
     let ids = |dir: &Path| -> BTreeSet<String> {
         let batches = read_parquet_dir(dir);
         let mut out = BTreeSet::new();
         for batch in &batches {
-            let idx = batch.schema().index_of("visit_id").unwrap_or_else(|e| panic!("{e}"));
+            let idx = batch
+                .schema()
+                .index_of("visit_id")
+                .unwrap_or_else(|e| panic!("{e}"));
             let col = batch.column(idx);
             let strings = arrow::array::AsArray::as_string::<i32>(col);
             out.extend(strings.iter().flatten().map(str::to_string));
@@ -132,7 +184,11 @@ fn same_input_and_key_give_the_same_pseudonyms() {
     };
     let ids_a = ids(&a);
     assert!(!ids_a.is_empty());
-    assert!(ids_a.iter().all(|v| v.len() == 64 && v.chars().all(|c| c.is_ascii_hexdigit())));
+    assert!(
+        ids_a
+            .iter()
+            .all(|v| v.len() == 64 && v.chars().all(|c| c.is_ascii_hexdigit()))
+    );
     assert_eq!(ids_a, ids(&b));
 }
 
@@ -140,7 +196,10 @@ fn same_input_and_key_give_the_same_pseudonyms() {
 fn kaggle_example_runs_with_only_its_job_file() {
     let csv = root().join("../shared/data/healthcare-dataset-stroke-data.csv");
     if !csv.exists() {
-        eprintln!("skipping kaggle_example_runs_with_only_its_job_file: {} is absent", csv.display());
+        eprintln!(
+            "skipping kaggle_example_runs_with_only_its_job_file: {} is absent",
+            csv.display()
+        );
         return;
     }
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -163,7 +222,10 @@ fn kaggle_example_runs_with_only_its_job_file() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let smoking = manifest["encodings"]["smoking_status"]["values"].to_string();
-    assert!(smoking.contains("Unknown"), "Unknown is not a category: {smoking}");
+    assert!(
+        smoking.contains("Unknown"),
+        "Unknown is not a category: {smoking}"
+    );
 }
 
 #[test]
@@ -189,7 +251,10 @@ fn keeping_the_notes_trips_the_pii_guard_and_publishes_nothing() {
         "--out",
         &out_dir.display().to_string(),
     ]));
-    assert_one_line_error(&out, &["PII guard", "column clinical_notes", "phone numbers"]);
+    assert_one_line_error(
+        &out,
+        &["PII guard", "column clinical_notes", "phone numbers"],
+    );
     assert!(!stderr(&out).contains("Callback"), "a note was printed");
     assert_nothing_published(&out_dir);
 }
@@ -235,7 +300,14 @@ impl Case {
         let job = self.dir.path().join("job.toml").display().to_string();
         let rows = format!("rows={}", self.dir.path().join("rows.csv").display());
         let out = self.out().display().to_string();
-        let mut args = vec!["run", job.as_str(), "--input", rows.as_str(), "--out", out.as_str()];
+        let mut args = vec![
+            "run",
+            job.as_str(),
+            "--input",
+            rows.as_str(),
+            "--out",
+            out.as_str(),
+        ];
         args.extend_from_slice(extra);
         run(&mut emrflow(&args))
     }
@@ -269,7 +341,10 @@ fn missing_input_file_is_named() {
 
 #[test]
 fn missing_column_names_the_column_and_the_key() {
-    let case = Case::new(&SMALL_JOB.replace("columns = [\"bp\"]", "columns = [\"bpp\"]"), GOOD_ROWS.as_bytes());
+    let case = Case::new(
+        &SMALL_JOB.replace("columns = [\"bp\"]", "columns = [\"bpp\"]"),
+        GOOD_ROWS.as_bytes(),
+    );
     let out = case.run(&[]);
     assert_one_line_error(&out, &["bpp", "dropna.columns"]);
     assert_nothing_published(&case.out());
@@ -288,7 +363,11 @@ fn wrong_type_names_file_line_and_column_but_not_the_value() {
     let case = Case::new(SMALL_JOB, b"id,bp,y\na1,120,0\na2,130,1\na3,high,0\n");
     let out = case.run(&[]);
     assert_one_line_error(&out, &["rows.csv:4", "column bp", "integer"]);
-    assert!(!stderr(&out).contains("high"), "the value was printed: {}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("high"),
+        "the value was printed: {}",
+        stderr(&out)
+    );
     assert_nothing_published(&case.out());
 }
 
@@ -310,9 +389,12 @@ fn non_utf8_bytes_name_file_and_line() {
 
 #[test]
 fn misspelled_job_key_names_key_and_line() {
-    let case = Case::new(&SMALL_JOB.replace("[dropna]", "[dropnaa]"), GOOD_ROWS.as_bytes());
+    let case = Case::new(
+        &SMALL_JOB.replace("[dropna]", "[dropnaa]"),
+        GOOD_ROWS.as_bytes(),
+    );
     let out = case.run(&[]);
-    assert_one_line_error(&out, &["job.toml", "dropnaa", "line 12"]);
+    assert_one_line_error(&out, &["job.toml", "dropnaa", "line 11"]);
     assert_nothing_published(&case.out());
 }
 
@@ -324,7 +406,11 @@ fn existing_output_is_refused_unless_overwrite() {
     let before = std::fs::read(&manifest).unwrap_or_default();
     let out = case.run(&[]);
     assert_one_line_error(&out, &["already exists", "--overwrite"]);
-    assert_eq!(std::fs::read(&manifest).unwrap_or_default(), before, "existing output changed");
+    assert_eq!(
+        std::fs::read(&manifest).unwrap_or_default(),
+        before,
+        "existing output changed"
+    );
     let out = case.run(&["--overwrite"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(manifest.exists());
@@ -335,8 +421,15 @@ fn missing_pseudonym_key_is_named() {
     let case = Case::new(SMALL_JOB, GOOD_ROWS.as_bytes());
     let job = case.dir.path().join("job.toml").display().to_string();
     let rows = format!("rows={}", case.dir.path().join("rows.csv").display());
-    let out = run(emrflow(&["run", &job, "--input", &rows, "--out", &case.out().display().to_string()])
-        .env_remove("EMRFLOW_PSEUDONYM_KEY"));
+    let out = run(emrflow(&[
+        "run",
+        &job,
+        "--input",
+        &rows,
+        "--out",
+        &case.out().display().to_string(),
+    ])
+    .env_remove("EMRFLOW_PSEUDONYM_KEY"));
     assert_one_line_error(&out, &["pseudonym key missing", "EMRFLOW_PSEUDONYM_KEY"]);
     assert_nothing_published(&case.out());
 }
@@ -348,11 +441,21 @@ fn generator_is_deterministic_through_the_cli() {
     generate(&a, 2_500);
     generate(&b, 2_500);
     for f in ["patients.csv", "visits.csv"] {
-        assert_eq!(std::fs::read(a.join(f)).ok(), std::fs::read(b.join(f)).ok(), "{f}");
+        assert_eq!(
+            std::fs::read(a.join(f)).ok(),
+            std::fs::read(b.join(f)).ok(),
+            "{f}"
+        );
     }
     let out = run(&mut emrflow(&[
-        "generate", "--visits", "500", "--out", &tmp.path().join("p").display().to_string(),
-        "--format", "parquet", "--json",
+        "generate",
+        "--visits",
+        "500",
+        "--out",
+        &tmp.path().join("p").display().to_string(),
+        "--format",
+        "parquet",
+        "--json",
     ]));
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(tmp.path().join("p/visits.parquet").exists());

@@ -24,7 +24,8 @@ pub(crate) fn emrflow(args: &[&str]) -> Command {
 
 /// Runs and captures.
 pub(crate) fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run emrflow: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run emrflow: {e}"))
 }
 
 pub(crate) fn stdout(out: &Output) -> String {
@@ -37,7 +38,7 @@ pub(crate) fn stderr(out: &Output) -> String {
 
 /// Generates `visits` visits into `dir` with a fixed seed.
 pub(crate) fn generate(dir: &Path, visits: u64) {
-    let out = run(emrflow(&[
+    let out = run(&mut emrflow(&[
         "generate",
         "--visits",
         &visits.to_string(),
@@ -87,8 +88,17 @@ pub(crate) fn all_cells(batches: &[RecordBatch]) -> Vec<String> {
 
 /// Asserts that the error output is one line that mentions every needle.
 pub(crate) fn assert_one_line_error(out: &Output, needles: &[&str]) {
-    assert!(!out.status.success(), "expected failure, got success: {}", stdout(out));
-    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {}", stderr(out));
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {}",
+        stdout(out)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit code; stderr: {}",
+        stderr(out)
+    );
     let err = stderr(out);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "error is not one line:\n{err}");

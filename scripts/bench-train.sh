@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Training benchmark (not a test): emrflow vs scikit-learn vs Spark MLlib local[2] on the same
+# preprocessed data and the same 80/20 split, decision tree depth 10, 32 bins.
+#
+#   scripts/bench-train.sh [VISITS]        # default 1,000,000
+#
+# Writes the "## Training" section of BENCHMARKS.md. Installs its Python dependencies in a
+# virtual environment under ~/.cache (created on first use). Needs python3 and java 17.
+set -euo pipefail
+
+VISITS="${1:-1000000}"
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+WORK="${EMRFLOW_BENCH_DIR:-$ROOT/bench-out/train}"
+VENV="${EMRFLOW_BENCH_VENV:-$HOME/.cache/emrflow-bench-venv}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/emrflow-target}"
+
+cd "$ROOT"
+echo "== building emrflow (dev profile, optimized)" >&2
+cargo build --bin emrflow >&2
+BIN="$CARGO_TARGET_DIR/debug/emrflow"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "== creating $VENV" >&2
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+  "scikit-learn>=1.4" "pandas>=2" "pyarrow>=14" "pyspark>=3.5,<4.1" "numpy>=1.26"
+
+mkdir -p "$WORK"
+if [ ! -f "$WORK/data-$VISITS/visits.csv" ]; then
+  echo "== generating $VISITS visits" >&2
+  "$BIN" generate --visits "$VISITS" --seed 7 --out "$WORK/data-$VISITS" >&2
+fi
+if [ ! -f "$WORK/dataset-$VISITS/manifest.json" ]; then
+  echo "== preprocessing" >&2
+  EMRFLOW_PSEUDONYM_KEY="bench-key-0123456789abcdef" "$BIN" run examples/stroke-synthetic.toml \
+    --input "visits=$WORK/data-$VISITS/visits.csv" \
+    --input "patients=$WORK/data-$VISITS/patients.csv" \
+    --out "$WORK/dataset-$VISITS" --overwrite >&2
+fi
+
+# Quality figures: the published size (130,070 visits) and the public stroke dataset.
+QUALITY=130070
+if [ ! -f "$WORK/dataset-$QUALITY/manifest.json" ]; then
+  echo "== generating and preprocessing $QUALITY visits" >&2
+  "$BIN" generate --visits "$QUALITY" --seed 7 --out "$WORK/data-$QUALITY" >&2
+  EMRFLOW_PSEUDONYM_KEY="bench-key-0123456789abcdef" "$BIN" run examples/stroke-synthetic.toml \
+    --input "visits=$WORK/data-$QUALITY/visits.csv" \
+    --input "patients=$WORK/data-$QUALITY/patients.csv" \
+    --out "$WORK/dataset-$QUALITY" --overwrite >&2
+fi
+KAGGLE_ARGS=()
+if [ -f ../shared/data/healthcare-dataset-stroke-data.csv ]; then
+  EMRFLOW_PSEUDONYM_KEY="bench-key-0123456789abcdef" "$BIN" run examples/stroke-kaggle.toml \
+    --out "$WORK/dataset-kaggle" --overwrite >&2
+  KAGGLE_ARGS=(--kaggle-dataset "$WORK/dataset-kaggle")
+else
+  echo "== ../shared/data/healthcare-dataset-stroke-data.csv is absent: skipping the Kaggle figures" >&2
+fi
+
+echo "== running the benchmark" >&2
+"$VENV/bin/python" scripts/bench_train.py \
+  --emrflow "$BIN" --dataset "$WORK/dataset-$VISITS" --work "$WORK" \
+  --visits "$VISITS" --benchmarks "$ROOT/BENCHMARKS.md" \
+  --quality-dataset "$WORK/dataset-$QUALITY" --quality-visits "$QUALITY" "${KAGGLE_ARGS[@]}"
