@@ -13,10 +13,15 @@ use commands::{Cli, ExitStatus};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     commands::init_tracing(cli.global.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
-            commands::report_error(&anyhow::Error::new(e).context("cannot start the async runtime"));
+            commands::report_error(
+                &anyhow::Error::new(e).context("cannot start the async runtime"),
+            );
             return ExitStatus::Error.into();
         }
     };
