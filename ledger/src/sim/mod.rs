@@ -3,8 +3,8 @@
 //! `StdRng::seed_from_u64(seed)`, so a seed replays exactly. Faults are switched on per
 //! scenario: drop, duplicate, delay/reorder, partition and heal, crash and restart from the
 //! persisted state, and one Byzantine peer (equivocating primary, bad signatures, wrong
-//! digests, conflicting votes, forged client requests). After every step the checkers of
-//! [`invariants`] run. It owns no async code and touches no clock, file or socket.
+//! digests, conflicting votes, forged client requests). After every step the checkers of the
+//! `invariants` module run. It owns no async code and touches no clock, file or socket.
 
 mod invariants;
 
