@@ -468,7 +468,9 @@ fn build_chunk(seed: u64, chunk: u64, first_visit: u64, total_visits: u64) -> Re
     let mut visit = first_visit;
     let mut local_patient = 0u64;
     while visit < last_visit {
-        let patient_no = chunk * CHUNK_PATIENTS + local_patient;
+        // A chunk never has more patients than visits, so this range cannot reach the next
+        // chunk's, whatever the draws of visits per patient.
+        let patient_no = chunk * CHUNK_PATIENTS * 3 + local_patient;
         local_patient += 1;
         let patient_id = format!("P{patient_no:08}");
         let first = pick(&mut rng, FIRST);
@@ -828,6 +830,11 @@ mod tests {
                 "{f} equal for different seeds"
             );
         }
+        let patients = String::from_utf8(read(a.path(), "patients.csv")).unwrap_or_default();
+        let ids: Vec<&str> = patients.lines().skip(1).filter_map(|l| l.split(',').next()).collect();
+        let unique: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
+        assert_eq!(ids.len(), unique.len(), "duplicate patient ids");
+        assert_eq!(ids.len() as u64, sa.patients);
         // About three visits per patient, a minority of positives.
         let per_patient = sa.visits as f64 / sa.patients as f64;
         assert!(
