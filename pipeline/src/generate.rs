@@ -831,7 +831,11 @@ mod tests {
             );
         }
         let patients = String::from_utf8(read(a.path(), "patients.csv")).unwrap_or_default();
-        let ids: Vec<&str> = patients.lines().skip(1).filter_map(|l| l.split(',').next()).collect();
+        let ids: Vec<&str> = patients
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split(',').next())
+            .collect();
         let unique: std::collections::BTreeSet<&str> = ids.iter().copied().collect();
         assert_eq!(ids.len(), unique.len(), "duplicate patient ids");
         assert_eq!(ids.len() as u64, sa.patients);

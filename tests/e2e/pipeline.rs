@@ -193,6 +193,7 @@ fn same_input_and_key_give_the_same_pseudonyms() {
 }
 
 #[test]
+#[allow(clippy::print_stderr)] // the skip must be visible in the test output
 fn kaggle_example_runs_with_only_its_job_file() {
     let csv = root().join("../shared/data/healthcare-dataset-stroke-data.csv");
     if !csv.exists() {

@@ -1,0 +1,415 @@
+//! From a dataset to the binned table training passes read: profile the data once (row count,
+//! label values, nulls, category ranges, weights — the bad-input errors come from here), pick
+//! split candidates from a hash-selected sample, then bin every row and tag it with its train/test
+//! side and cross-validation fold. Everything is a DataFusion plan over the caller's
+//! DataFrame; with [`Storage::Memory`] the binned table is computed once and kept in memory, with
+//! [`Storage::Inline`] each pass recomputes it inside its own plan (nothing local in the plan, for
+//! a cluster). This module does not choose splits.
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast as cast_array;
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
+use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
+use datafusion::logical_expr::{ExprSchemable, when};
+use datafusion::prelude::{DataFrame, Expr, cast, lit};
+
+use crate::binning::{FeatureBins, bin_expr, candidate_edges};
+use crate::dataset::{DatasetSpec, FeatureKind, column};
+use crate::error::{Error, Result};
+use crate::hash::{
+    SALT_FOLD, SALT_SAMPLE, SALT_TEST_SPLIT, derive_seed, fraction_threshold, row_hash_expr,
+};
+use crate::histogram::MAX_ROW_WEIGHT;
+use crate::params::{DecisionTreeParams, EvaluationConfig};
+
+/// Column names of the binned table.
+pub(crate) const LABEL_COL: &str = "__ml_label";
+pub(crate) const WEIGHT_COL: &str = "__ml_weight";
+pub(crate) const SPLIT_COL: &str = "__ml_test";
+pub(crate) const FOLD_COL: &str = "__ml_fold";
+
+/// The name of the binned column of feature `i`.
+pub(crate) fn bin_col(i: usize) -> String {
+    format!("__ml_bin_{i}")
+}
+
+/// Rows of the sketch sample, at least (MLlib samples `max(max_bins², 10000)` rows).
+const MIN_SKETCH_ROWS: f64 = 10_000.0;
+
+/// Where the binned table lives between passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Storage {
+    /// Bin once and keep the result in memory as a table of the session (fast on one machine).
+    #[default]
+    Memory,
+    /// Recompute the binning inside every pass's plan (every plan stands alone, as a cluster
+    /// needs).
+    Inline,
+}
+
+/// Which rows a training run or an evaluation uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowSet {
+    /// Every row.
+    All,
+    /// The training side of the train/test split.
+    Train,
+    /// The held-out test side.
+    Test,
+    /// Training rows outside cross-validation fold `k`.
+    TrainExceptFold(u32),
+    /// Training rows inside cross-validation fold `k`.
+    Fold(u32),
+}
+
+impl RowSet {
+    pub(crate) fn filter(&self) -> Option<Expr> {
+        let test = column(SPLIT_COL);
+        let fold = column(FOLD_COL);
+        match *self {
+            RowSet::All => None,
+            RowSet::Train => Some(test.eq(lit(0u8))),
+            RowSet::Test => Some(test.eq(lit(1u8))),
+            RowSet::TrainExceptFold(k) => Some(test.eq(lit(0u8)).and(fold.not_eq(lit(k)))),
+            RowSet::Fold(k) => Some(test.eq(lit(0u8)).and(fold.eq(lit(k)))),
+        }
+    }
+}
+
+/// What the profile pass found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    /// Rows in the dataset.
+    pub rows: u64,
+    /// Rows with label 1.
+    pub positives: u64,
+    /// Non-null values per feature.
+    pub present: Vec<u64>,
+}
+
+/// A dataset binned for training, with its split candidates.
+#[derive(Debug, Clone)]
+pub struct BinnedDataset {
+    pub(crate) df: DataFrame,
+    pub(crate) spec: DatasetSpec,
+    pub(crate) params: DecisionTreeParams,
+    pub(crate) bins: Vec<FeatureBins>,
+    pub(crate) profile: Profile,
+    pub(crate) folds: u32,
+}
+
+/// Reads one row of aggregates as i64/f64 values.
+struct Row(RecordBatch);
+
+impl Row {
+    fn int(&self, name: &str) -> Result<Option<i64>> {
+        let Some(array) = self.0.column_by_name(name) else {
+            return Ok(None);
+        };
+        let array = cast_array(array, &DataType::Int64)?;
+        let a = array.as_primitive::<Int64Type>();
+        Ok((a.len() == 1 && a.is_valid(0)).then(|| a.value(0)))
+    }
+
+    fn float(&self, name: &str) -> Result<Option<f64>> {
+        let Some(array) = self.0.column_by_name(name) else {
+            return Ok(None);
+        };
+        let array = cast_array(array, &DataType::Float64)?;
+        let a = array.as_primitive::<Float64Type>();
+        Ok((a.len() == 1 && a.is_valid(0)).then(|| a.value(0)))
+    }
+}
+
+async fn one_row(df: DataFrame) -> Result<Row> {
+    let batches = df.collect().await?;
+    let batch = batches
+        .into_iter()
+        .find(|b| b.num_rows() > 0)
+        .ok_or_else(|| Error::EmptyDataset {
+            what: "the profile query returned nothing".to_string(),
+        })?;
+    Ok(Row(batch))
+}
+
+/// Profiles the dataset and reports the first bad input, naming the column.
+async fn profile(
+    data: &DataFrame,
+    spec: &DatasetSpec,
+    params: &DecisionTreeParams,
+) -> Result<Profile> {
+    let label = column(&spec.label);
+    let label_i = cast(label.clone(), DataType::Int64);
+    let mut aggs = vec![
+        count(lit(1)).alias("rows"),
+        count(label.clone()).alias("label_present"),
+        sum(when(
+            label_i
+                .clone()
+                .eq(lit(0i64))
+                .or(label_i.clone().eq(lit(1i64))),
+            lit(0i64),
+        )
+        .when(label.clone().is_null(), lit(0i64))
+        .otherwise(lit(1i64))?)
+        .alias("label_other"),
+        sum(label_i.clone()).alias("label_sum"),
+        min(label_i.clone()).alias("label_min"),
+        max(label_i).alias("label_max"),
+    ];
+    for (i, f) in spec.features.iter().enumerate() {
+        let c = column(&f.name);
+        aggs.push(count(c.clone()).alias(format!("present_{i}")));
+        if let FeatureKind::Categorical { .. } = f.kind {
+            aggs.push(min(cast(c.clone(), DataType::Int64)).alias(format!("min_{i}")));
+            aggs.push(max(cast(c, DataType::Int64)).alias(format!("max_{i}")));
+        }
+    }
+    if let Some(w) = &params.weight_column {
+        let c = cast(column(w), DataType::Float64);
+        aggs.push(count(c.clone()).alias("weight_present"));
+        aggs.push(min(c.clone()).alias("weight_min"));
+        aggs.push(max(c).alias("weight_max"));
+    }
+    let row = one_row(data.clone().aggregate(vec![], aggs)?).await?;
+    let rows = row.int("rows")?.unwrap_or(0) as u64;
+    let column_name = spec.label.clone();
+    if rows == 0 {
+        return Err(Error::EmptyDataset {
+            what: "the dataset has no rows".to_string(),
+        });
+    }
+    let present = row.int("label_present")?.unwrap_or(0) as u64;
+    if present < rows {
+        return Err(Error::LabelNotBinary {
+            column: column_name,
+            reason: format!("{} of {rows} rows have no label", rows - present),
+        });
+    }
+    let other = row.int("label_other")?.unwrap_or(0);
+    if other > 0 {
+        let (lo, hi) = (
+            row.int("label_min")?.unwrap_or(0),
+            row.int("label_max")?.unwrap_or(0),
+        );
+        return Err(Error::LabelNotBinary {
+            column: column_name,
+            reason: format!(
+                "{other} rows hold values other than 0 and 1 (values range {lo}..={hi})"
+            ),
+        });
+    }
+    let positives = row.int("label_sum")?.unwrap_or(0) as u64;
+    if positives == 0 || positives == rows {
+        return Err(Error::SingleClass {
+            column: column_name,
+            class: u8::from(positives > 0),
+            rows,
+        });
+    }
+    let mut present = Vec::with_capacity(spec.features.len());
+    for (i, f) in spec.features.iter().enumerate() {
+        let n = row.int(&format!("present_{i}"))?.unwrap_or(0) as u64;
+        if n == 0 {
+            return Err(Error::AllNullFeature {
+                column: f.name.clone(),
+                rows,
+            });
+        }
+        if let FeatureKind::Categorical { categories, .. } = f.kind {
+            let lo = row.int(&format!("min_{i}"))?.unwrap_or(0);
+            let hi = row.int(&format!("max_{i}"))?.unwrap_or(0);
+            for value in [lo, hi] {
+                if value < 0 || value >= i64::from(categories) {
+                    return Err(Error::CategoryOutOfRange {
+                        column: f.name.clone(),
+                        value,
+                        categories,
+                    });
+                }
+            }
+            if categories as usize > params.max_bins {
+                return Err(Error::InvalidParam {
+                    name: "max_bins",
+                    reason: format!(
+                        "{} is below the {categories} categories of feature {} (MLlib requires max_bins ≥ every categorical arity)",
+                        params.max_bins, f.name
+                    ),
+                });
+            }
+        }
+        present.push(n);
+    }
+    if let Some(w) = &params.weight_column {
+        let bad = |reason: String| {
+            Err(Error::BadWeight {
+                column: w.clone(),
+                reason,
+            })
+        };
+        let n = row.int("weight_present")?.unwrap_or(0) as u64;
+        if n < rows {
+            return bad(format!("is null in {} rows", rows - n));
+        }
+        let lo = row.float("weight_min")?.unwrap_or(0.0);
+        let hi = row.float("weight_max")?.unwrap_or(0.0);
+        if lo.is_nan() || hi.is_nan() || lo < 0.0 {
+            return bad(format!("holds a negative or NaN weight (smallest {lo})"));
+        }
+        if hi > MAX_ROW_WEIGHT {
+            return bad(format!(
+                "holds weight {hi}, above the limit {MAX_ROW_WEIGHT}"
+            ));
+        }
+    }
+    Ok(Profile {
+        rows,
+        positives,
+        present,
+    })
+}
+
+/// Split candidates for every feature from a hash-selected sample.
+async fn sketch(
+    data: &DataFrame,
+    spec: &DatasetSpec,
+    params: &DecisionTreeParams,
+    rows: u64,
+) -> Result<Vec<FeatureBins>> {
+    let continuous: Vec<usize> = spec
+        .features
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| matches!(f.kind, FeatureKind::Continuous { .. }))
+        .map(|(i, _)| i)
+        .collect();
+    let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); spec.features.len()];
+    if !continuous.is_empty() {
+        let wanted = MIN_SKETCH_ROWS.max((params.max_bins * params.max_bins) as f64);
+        let fraction = wanted / rows as f64;
+        let mut sample = data.clone();
+        if fraction < 1.0 {
+            let h = row_hash_expr(derive_seed(params.seed, SALT_SAMPLE), spec.key_exprs());
+            sample = sample.filter(h.lt(lit(fraction_threshold(fraction))))?;
+        }
+        let mut select: Vec<Expr> = continuous
+            .iter()
+            .map(|i| {
+                cast(column(&spec.features[*i].name), DataType::Float64).alias(format!("f{i}"))
+            })
+            .collect();
+        if let Some(w) = &params.weight_column {
+            select.push(cast(column(w), DataType::Float64).alias("w"));
+        }
+        for batch in sample.select(select)?.collect().await? {
+            let weights = batch
+                .column_by_name("w")
+                .map(|w| w.as_primitive::<Float64Type>().clone());
+            for i in &continuous {
+                let Some(values) = batch.column_by_name(&format!("f{i}")) else {
+                    continue;
+                };
+                let values = values.as_primitive::<Float64Type>();
+                for r in 0..values.len() {
+                    if values.is_valid(r) {
+                        let w = weights.as_ref().map_or(1.0, |w| w.value(r));
+                        samples[*i].push((values.value(r), w));
+                    }
+                }
+            }
+        }
+    }
+    Ok(spec
+        .features
+        .iter()
+        .zip(samples)
+        .map(|(f, sample)| match f.kind {
+            FeatureKind::Continuous { .. } => FeatureBins::Continuous {
+                edges: candidate_edges(sample, params.max_bins),
+            },
+            FeatureKind::Categorical { categories, .. } => FeatureBins::Categorical { categories },
+        })
+        .collect())
+}
+
+impl BinnedDataset {
+    /// Profiles, sketches and bins `data`. Errors name the column or parameter at fault.
+    pub async fn prepare(
+        data: DataFrame,
+        spec: &DatasetSpec,
+        params: &DecisionTreeParams,
+        evaluation: &EvaluationConfig,
+        storage: Storage,
+    ) -> Result<Self> {
+        params.validate()?;
+        evaluation.validate()?;
+        spec.check_schema(data.schema().as_arrow(), params.weight_column.as_deref())?;
+        let profile = profile(&data, spec, params).await?;
+        let bins = sketch(&data, spec, params, profile.rows).await?;
+
+        let keys = spec.key_exprs();
+        let mut select = vec![cast(column(&spec.label), DataType::UInt8).alias(LABEL_COL)];
+        if let Some(w) = &params.weight_column {
+            select.push(cast(column(w), DataType::Float64).alias(WEIGHT_COL));
+        }
+        let test = if evaluation.test_fraction > 0.0 {
+            let h = row_hash_expr(derive_seed(params.seed, SALT_TEST_SPLIT), keys.clone());
+            when(
+                h.lt(lit(fraction_threshold(evaluation.test_fraction))),
+                lit(1u8),
+            )
+            .otherwise(lit(0u8))?
+        } else {
+            lit(0u8)
+        };
+        select.push(test.alias(SPLIT_COL));
+        let fold = if evaluation.folds > 0 {
+            let h = row_hash_expr(derive_seed(params.seed, SALT_FOLD), keys);
+            cast(h % lit(u64::from(evaluation.folds)), DataType::UInt32)
+        } else {
+            lit(0u32)
+        };
+        select.push(fold.alias(FOLD_COL));
+        for (i, (f, b)) in spec.features.iter().zip(&bins).enumerate() {
+            select.push(bin_expr(column(&f.name), &f.name, b)?.alias(bin_col(i)));
+        }
+        let mut df = data.select(select)?;
+        if storage == Storage::Memory {
+            df = df.cache().await?;
+        }
+        // The schema is known now; make sure the plan is well typed before training starts.
+        let _ = column(LABEL_COL).get_type(df.schema())?;
+        Ok(BinnedDataset {
+            df,
+            spec: spec.clone(),
+            params: params.clone(),
+            bins,
+            profile,
+            folds: evaluation.folds,
+        })
+    }
+
+    /// What the profile pass found.
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+
+    /// Cross-validation folds the rows were assigned to (0: none).
+    pub fn folds(&self) -> u32 {
+        self.folds
+    }
+
+    /// The bins of each feature.
+    pub fn bins(&self) -> &[FeatureBins] {
+        &self.bins
+    }
+
+    /// Rows of a row set (one counting pass).
+    pub async fn count(&self, rows: RowSet) -> Result<u64> {
+        let df = match rows.filter() {
+            Some(f) => self.df.clone().filter(f)?,
+            None => self.df.clone(),
+        };
+        Ok(df.count().await? as u64)
+    }
+}

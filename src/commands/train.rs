@@ -1,0 +1,374 @@
+//! `emrflow train`: reads a dataset published by `emrflow run` (Parquet files and
+//! `manifest.json`), turns its manifest into an `ml::DatasetSpec`, and hands training,
+//! cross-validation, evaluation and the artifacts to the `ml` crate. Flags (or `EMRFLOW_TRAIN_*`
+//! variables) become `ml::DecisionTreeParams` and `ml::EvaluationConfig`; no training logic here.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use ml::datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
+use ml::{
+    Affine, ClassWeights, DatasetSpec, DecisionTreeParams, EvaluationConfig, FeatureKind,
+    FeatureSpec, Impurity, Step, Storage, TrainingReport,
+};
+use pipeline::manifest::{self, MANIFEST_FILE, Manifest};
+use serde::Serialize;
+
+use super::{ExitStatus, print_json, print_lines, progress};
+
+/// The dataset's manifest, copied into the model directory so `predict` can transform raw rows
+/// exactly as the training rows were.
+pub(crate) const DATASET_MANIFEST_FILE: &str = "dataset-manifest.json";
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Writes model.json (canonical, versioned), metrics.json, tree.txt, tree.dot, \
+roc.svg, feature_importances.json and dataset-manifest.json into --out.\n\n\
+Rows are split 80/20 into train and test, and the training rows into --folds folds, by a seeded \
+hash of the dataset's row key: the same rows land on the same side whatever the partitioning."
+)]
+pub(crate) struct TrainArgs {
+    /// Dataset directory published by `emrflow run` (manifest.json + part-*.parquet)
+    #[arg(long, value_name = "DIR")]
+    dataset: PathBuf,
+    /// Label column (default: the manifest's label); must be 0/1
+    #[arg(long)]
+    label: Option<String>,
+    /// Model directory to write
+    #[arg(long, value_name = "MODEL_DIR")]
+    out: PathBuf,
+    /// Largest tree depth, 1..=30
+    #[arg(long, env = "EMRFLOW_TRAIN_MAX_DEPTH", default_value_t = 5)]
+    max_depth: usize,
+    /// Largest number of bins (split candidates + 1) per continuous feature
+    #[arg(long, env = "EMRFLOW_TRAIN_MAX_BINS", default_value_t = 32)]
+    max_bins: usize,
+    /// Fewest rows a child of a split may have
+    #[arg(
+        long,
+        env = "EMRFLOW_TRAIN_MIN_INSTANCES_PER_NODE",
+        default_value_t = 1
+    )]
+    min_instances_per_node: u64,
+    /// Smallest impurity decrease a split must bring
+    #[arg(long, env = "EMRFLOW_TRAIN_MIN_INFO_GAIN", default_value_t = 0.0)]
+    min_info_gain: f64,
+    /// Split criterion: gini or entropy
+    #[arg(long, env = "EMRFLOW_TRAIN_IMPURITY", default_value = "gini")]
+    impurity: String,
+    /// Class weights: none, balanced, or W0,W1 (e.g. 1,19)
+    #[arg(long, env = "EMRFLOW_TRAIN_CLASS_WEIGHTS", default_value = "none")]
+    class_weights: String,
+    /// Column of non-negative row weights
+    #[arg(long, env = "EMRFLOW_TRAIN_WEIGHT_COLUMN")]
+    weight_column: Option<String>,
+    /// Seed of the train/test split, the folds and the sketch sample
+    #[arg(long, env = "EMRFLOW_TRAIN_SEED", default_value_t = 42)]
+    seed: u64,
+    /// Histogram memory per pass in MiB (bounds the nodes split per pass, like maxMemoryInMB)
+    #[arg(long, env = "EMRFLOW_TRAIN_MAX_MEMORY_MB", default_value_t = 256)]
+    max_memory_mb: usize,
+    /// Cross-validation folds (0 to skip)
+    #[arg(long, env = "EMRFLOW_TRAIN_FOLDS", default_value_t = 5)]
+    folds: u32,
+    /// Share of rows held out for testing, in [0, 1)
+    #[arg(long, env = "EMRFLOW_TRAIN_TEST_FRACTION", default_value_t = 0.2)]
+    test_fraction: f64,
+    /// Partitions to train with (default: all cores)
+    #[arg(long)]
+    partitions: Option<usize>,
+    /// Print a JSON summary on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+impl TrainArgs {
+    fn params(&self) -> anyhow::Result<DecisionTreeParams> {
+        let params = DecisionTreeParams {
+            max_depth: self.max_depth,
+            max_bins: self.max_bins,
+            min_instances_per_node: self.min_instances_per_node,
+            min_info_gain: self.min_info_gain,
+            impurity: self.impurity.parse::<Impurity>()?,
+            class_weights: self.class_weights.parse::<ClassWeights>()?,
+            weight_column: self.weight_column.clone(),
+            seed: self.seed,
+            max_memory_mb: self.max_memory_mb,
+        };
+        params.validate()?;
+        Ok(params)
+    }
+
+    fn evaluation(&self) -> anyhow::Result<EvaluationConfig> {
+        let evaluation = EvaluationConfig {
+            test_fraction: self.test_fraction,
+            folds: self.folds,
+        };
+        evaluation.validate()?;
+        Ok(evaluation)
+    }
+}
+
+/// Reads `DIR/manifest.json`.
+pub(crate) fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Manifest::from_json(&bytes, &path.display().to_string())?)
+}
+
+/// The training spec of a published dataset: its label (or `label`), row key and features, with
+/// the inverse normalization and category names so the tree can be printed in raw units.
+pub(crate) fn dataset_spec(
+    manifest: &Manifest,
+    label: Option<&str>,
+) -> anyhow::Result<DatasetSpec> {
+    let label = match (label, &manifest.label) {
+        (Some(l), _) => l.to_string(),
+        (None, Some(l)) => l.clone(),
+        (None, None) => anyhow::bail!("the dataset's manifest names no label; pass --label"),
+    };
+    let features = manifest
+        .features
+        .iter()
+        .filter(|f| f.name != label)
+        .map(|f| FeatureSpec {
+            name: f.name.clone(),
+            kind: match &f.kind {
+                manifest::FeatureKind::Continuous => FeatureKind::Continuous {
+                    raw: manifest.normalization.get(&f.name).map(|n| {
+                        let offset = n.invert(0.0);
+                        Affine {
+                            offset,
+                            scale: n.invert(1.0) - offset,
+                        }
+                    }),
+                },
+                manifest::FeatureKind::Categorical { categories } => FeatureKind::Categorical {
+                    categories: *categories,
+                    labels: manifest
+                        .encodings
+                        .get(&f.name)
+                        .map(|e| e.values.clone())
+                        .unwrap_or_default(),
+                },
+            },
+        })
+        .collect();
+    Ok(DatasetSpec {
+        label,
+        row_key: manifest.row_key.clone(),
+        features,
+    })
+}
+
+/// The dataset's Parquet files as one DataFrame.
+async fn read_dataset(
+    ctx: &SessionContext,
+    dir: &Path,
+    manifest: &Manifest,
+) -> anyhow::Result<DataFrame> {
+    let files: Vec<String> = if manifest.files.is_empty() {
+        vec![dir.display().to_string()]
+    } else {
+        manifest
+            .files
+            .iter()
+            .map(|f| dir.join(f).display().to_string())
+            .collect()
+    };
+    ctx.read_parquet(files, ParquetReadOptions::default())
+        .await
+        .with_context(|| format!("cannot read the Parquet files of {}", dir.display()))
+}
+
+#[derive(Serialize)]
+struct TrainSummary<'a> {
+    out: String,
+    model_sha256: String,
+    depth: u32,
+    nodes: usize,
+    rows: u64,
+    train_rows: u64,
+    test_rows: u64,
+    test: Option<&'a ml::BinaryMetrics>,
+    baseline_always_negative: Option<&'a ml::BinaryMetrics>,
+    cross_validation: Option<CvSummary>,
+    feature_importances: Vec<ml::report::Importance>,
+    seconds: f64,
+}
+
+#[derive(Serialize)]
+struct CvSummary {
+    folds: usize,
+    accuracy: ml::MeanSd,
+    precision: ml::MeanSd,
+    recall: ml::MeanSd,
+    f1: ml::MeanSd,
+    roc_auc: Option<ml::MeanSd>,
+    pr_auc: Option<ml::MeanSd>,
+}
+
+/// Trains on a dataset directory and writes the model directory; shared with `demo`.
+pub(crate) async fn train_dataset(
+    dataset: &Path,
+    label: Option<&str>,
+    params: &DecisionTreeParams,
+    evaluation: &EvaluationConfig,
+    partitions: Option<usize>,
+    out: &Path,
+    on_step: &(dyn Fn(Step) + Send + Sync),
+) -> anyhow::Result<TrainingReport> {
+    let manifest_path = dataset.join(MANIFEST_FILE);
+    let manifest = read_manifest(&manifest_path)?;
+    let spec = dataset_spec(&manifest, label)?;
+    let ctx = pipeline::embedded_context(partitions)?;
+    let df = read_dataset(&ctx, dataset, &manifest).await?;
+    let report = ml::train_and_evaluate(df, &spec, params, evaluation, Storage::Memory, on_step)
+        .await
+        .with_context(|| format!("training on {}", dataset.display()))?;
+    report.write_artifacts(out)?;
+    std::fs::copy(&manifest_path, out.join(DATASET_MANIFEST_FILE)).with_context(|| {
+        format!(
+            "cannot copy {} into {}",
+            manifest_path.display(),
+            out.display()
+        )
+    })?;
+    Ok(report)
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", 100.0 * x)
+}
+
+fn auc(x: Option<f64>) -> String {
+    x.map_or_else(|| "n/a".to_string(), |v| format!("{v:.3}"))
+}
+
+fn metrics_line(name: &str, m: &ml::BinaryMetrics) -> String {
+    format!(
+        "  {name:<22} accuracy {}  precision {}  recall {}  F1 {}  ROC AUC {}  PR AUC {}",
+        pct(m.accuracy),
+        pct(m.precision),
+        pct(m.recall),
+        pct(m.f1),
+        auc(m.roc_auc),
+        auc(m.pr_auc)
+    )
+}
+
+fn mean_sd(m: &ml::MeanSd) -> String {
+    format!("{:.3} ± {:.3}", m.mean, m.sd)
+}
+
+pub(crate) async fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
+    let params = args.params()?;
+    let evaluation = args.evaluation()?;
+    #[allow(clippy::disallowed_methods)] // the command reports its own wall-clock time
+    let started = std::time::Instant::now();
+    let bar = progress("training");
+    let step_bar = bar.clone();
+    let on_step = move |step: Step| {
+        step_bar.set_message(match step {
+            Step::Binning => "binning the dataset".to_string(),
+            Step::Fold(k, n) => format!("cross-validation fold {k}/{n}"),
+            Step::Final => "training the final model".to_string(),
+            Step::Test => "evaluating on the test rows".to_string(),
+        });
+    };
+    let report = train_dataset(
+        &args.dataset,
+        args.label.as_deref(),
+        &params,
+        &evaluation,
+        args.partitions,
+        &args.out,
+        &on_step,
+    )
+    .await;
+    bar.finish_and_clear();
+    let report = report?;
+    let seconds = started.elapsed().as_secs_f64();
+    let model = &report.model;
+    let cv = report.cross_validation.as_ref().map(|cv| CvSummary {
+        folds: cv.folds.len(),
+        accuracy: cv.accuracy,
+        precision: cv.precision,
+        recall: cv.recall,
+        f1: cv.f1,
+        roc_auc: cv.roc_auc,
+        pr_auc: cv.pr_auc,
+    });
+    let summary = TrainSummary {
+        out: args.out.display().to_string(),
+        model_sha256: model.sha256_hex()?,
+        depth: model.depth(),
+        nodes: model.num_nodes(),
+        rows: report.rows,
+        train_rows: report.train_rows,
+        test_rows: report.test_rows,
+        test: report.test.as_ref(),
+        baseline_always_negative: report.baseline.as_ref(),
+        cross_validation: cv,
+        feature_importances: report.importances(),
+        seconds,
+    };
+    if args.json {
+        print_json(&summary)?;
+        return Ok(ExitStatus::Success);
+    }
+    let mut lines = vec![
+        format!(
+            "trained a decision tree on {} ({} rows: {} train, {} test) in {seconds:.2} s",
+            args.dataset.display(),
+            report.rows,
+            report.train_rows,
+            report.test_rows
+        ),
+        format!(
+            "  depth {}, {} nodes, {} passes over the data",
+            model.depth(),
+            model.num_nodes(),
+            model.training.passes
+        ),
+    ];
+    if let Some(m) = &report.test {
+        lines.push(metrics_line("test", m));
+        let c = &m.confusion;
+        lines.push(format!(
+            "  {:<22} TN {}  FP {}  FN {}  TP {}",
+            "confusion", c.true_negative, c.false_positive, c.false_negative, c.true_positive
+        ));
+    }
+    if let Some(m) = &report.baseline {
+        lines.push(metrics_line("always-negative", m));
+    }
+    if let Some(cv) = &summary.cross_validation {
+        lines.push(format!(
+            "  {:<22} accuracy {}  precision {}  recall {}  F1 {}  ROC AUC {}",
+            format!("cv ({} folds)", cv.folds),
+            mean_sd(&cv.accuracy),
+            mean_sd(&cv.precision),
+            mean_sd(&cv.recall),
+            mean_sd(&cv.f1),
+            cv.roc_auc
+                .as_ref()
+                .map_or_else(|| "n/a".to_string(), mean_sd)
+        ));
+    }
+    let top: Vec<String> = summary
+        .feature_importances
+        .iter()
+        .take(5)
+        .filter(|i| i.importance > 0.0)
+        .map(|i| format!("{} {:.2}", i.feature, i.importance))
+        .collect();
+    lines.push(format!("  top features: {}", top.join(", ")));
+    lines.push(format!(
+        "  model {} (sha256 {})",
+        args.out.join(ml::report::files::MODEL).display(),
+        summary.model_sha256
+    ));
+    print_lines(&lines);
+    Ok(ExitStatus::Success)
+}
