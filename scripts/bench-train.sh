@@ -4,14 +4,13 @@
 #
 #   scripts/bench-train.sh [VISITS]        # default 1,000,000
 #
-# Writes the "## Training" section of BENCHMARKS.md. Installs its Python dependencies in a
-# virtual environment under ~/.cache (created on first use). Needs python3 and java 17.
+# Writes the "## Training" section of BENCHMARKS.md. Its Python dependencies live in the virtual
+# environment scripts/bench-venv creates under ~/.cache on first use. Needs python3 and java 17.
 set -euo pipefail
 
 VISITS="${1:-1000000}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${EMRFLOW_BENCH_DIR:-$ROOT/bench-out/train}"
-VENV="${EMRFLOW_BENCH_VENV:-$HOME/.cache/emrflow-bench-venv}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/emrflow-target}"
 
 cd "$ROOT"
@@ -19,12 +18,7 @@ echo "== building emrflow (dev profile, optimized)" >&2
 cargo build --bin emrflow >&2
 BIN="$CARGO_TARGET_DIR/debug/emrflow"
 
-if [ ! -x "$VENV/bin/python" ]; then
-  echo "== creating $VENV" >&2
-  python3 -m venv "$VENV"
-fi
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-  "scikit-learn>=1.4" "pandas>=2" "pyarrow>=14" "pyspark>=3.5,<4.1" "numpy>=1.26"
+PY="$(scripts/bench-venv)"
 
 mkdir -p "$WORK"
 if [ ! -f "$WORK/data-$VISITS/visits.csv" ]; then
@@ -59,7 +53,7 @@ else
 fi
 
 echo "== running the benchmark" >&2
-"$VENV/bin/python" scripts/bench_train.py \
+"$PY" scripts/bench_train.py \
   --emrflow "$BIN" --dataset "$WORK/dataset-$VISITS" --work "$WORK" \
   --visits "$VISITS" --benchmarks "$ROOT/BENCHMARKS.md" \
   --quality-dataset "$WORK/dataset-$QUALITY" --quality-visits "$QUALITY" "${KAGGLE_ARGS[@]}"
