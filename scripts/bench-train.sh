@@ -14,9 +14,13 @@ WORK="${EMRFLOW_BENCH_DIR:-$ROOT/bench-out/train}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/emrflow-target}"
 
 cd "$ROOT"
-echo "== building emrflow (dev profile, optimized)" >&2
-cargo build --bin emrflow >&2
-BIN="$CARGO_TARGET_DIR/debug/emrflow"
+if [ -n "${EMRFLOW_BIN:-}" ]; then
+  BIN="$EMRFLOW_BIN"
+else
+  echo "== building emrflow (dev profile, optimized)" >&2
+  cargo build --bin emrflow >&2
+  BIN="$CARGO_TARGET_DIR/debug/emrflow"
+fi
 
 PY="$(scripts/bench-venv)"
 

@@ -474,3 +474,39 @@ async fn artifacts_are_written() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_small_memory_budget_splits_levels_into_more_passes_and_gives_the_same_tree() {
+    // ~20,000 bins per continuous feature: one node's histogram is about 1 MiB, so a 1 MiB
+    // budget allows one node per pass.
+    let batch = stroke_table(25_000, 9, false).unwrap();
+    let spec = stroke_spec();
+    let eval = EvaluationConfig {
+        folds: 0,
+        test_fraction: 0.0,
+    };
+    let fit = |max_memory_mb| {
+        let batch = batch.clone();
+        let spec = spec.clone();
+        let eval = eval.clone();
+        async move {
+            let p = DecisionTreeParams {
+                max_bins: 20_000,
+                max_memory_mb,
+                ..params(3)
+            };
+            let binned =
+                BinnedDataset::prepare(frame(&batch, 2, 2), &spec, &p, &eval, Storage::Memory)
+                    .await
+                    .unwrap();
+            binned.fit(RowSet::All).await.unwrap()
+        }
+    };
+    let roomy = fit(256).await;
+    let tight = fit(1).await;
+    assert_eq!(roomy.training.passes, 3, "one pass per level");
+    let internal = tight.nodes.iter().filter(|n| n.split.is_some()).count() as u32;
+    assert!(tight.training.passes >= internal, "one pass per node tried");
+    assert!(tight.training.passes > 3);
+    assert_eq!(roomy.nodes, tight.nodes);
+}
