@@ -118,6 +118,9 @@ pub enum Error {
         /// The version found.
         found: u32,
     },
+    /// A dataset could not be fingerprinted, or a fingerprint or proof is malformed.
+    #[error("fingerprint: {0}")]
+    Fingerprint(String),
     /// Local IO failed.
     #[error("{path}: {source}")]
     Io {

@@ -3,6 +3,7 @@
 pub mod baseline;
 pub mod csvcheck;
 pub mod error;
+pub mod fingerprint;
 pub mod generate;
 pub mod guard;
 pub mod job;

@@ -99,6 +99,9 @@ pub fn embedded_context(target_partitions: Option<usize>) -> Result<SessionConte
     for f in udf::functions() {
         ctx.register_udf(f.as_ref().clone());
     }
+    for f in udf::aggregate_functions() {
+        ctx.register_udaf(f.as_ref().clone());
+    }
     Ok(ctx)
 }
 

@@ -13,7 +13,8 @@ use datafusion::common::{exec_err, extensions_options};
 use datafusion::error::Result as DfResult;
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    AggregateUDF, ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    Volatility,
 };
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -43,13 +44,22 @@ pub fn functions() -> Vec<Arc<ScalarUDF>> {
     vec![
         Arc::new(ScalarUDF::new_from_impl(Pseudonym::new())),
         Arc::new(ScalarUDF::new_from_impl(AgeYears::new())),
+        crate::fingerprint::row_leaf_udf(),
     ]
+}
+
+/// All of the pipeline's aggregate functions.
+pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
+    vec![crate::fingerprint::fingerprint_udaf()]
 }
 
 /// Registers the pipeline's functions with a context, a session state or an executor registry.
 pub fn register_functions(registry: &mut dyn FunctionRegistry) -> DfResult<()> {
     for f in functions() {
         registry.register_udf(f)?;
+    }
+    for f in aggregate_functions() {
+        registry.register_udaf(f)?;
     }
     Ok(())
 }

@@ -1,0 +1,692 @@
+//! Canonical dataset fingerprints: a Merkle root over a dataset's rows that depends on its
+//! content only — not on row order, file layout, row groups or partitioning — bound to its
+//! schema and row count, with inclusion and non-membership proofs for single records.
+//!
+//! The encoding and tree layout are specified in the crate README ("Dataset fingerprints");
+//! [`encode`] implements the rows, [`tree`] the trees, [`udf`] the DataFusion functions that
+//! compute it where the data is. This module drives them: [`fingerprint`] runs the aggregate over
+//! a DataFrame, [`prove`] builds a [`Proof`] for one record and [`Proof::verify`] checks it with
+//! nothing but the root.
+
+pub mod encode;
+pub mod tree;
+pub mod udf;
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Float64Array, Int64Array, RecordBatch,
+    StringArray, UInt64Array,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{Float64Type, Int64Type, UInt64Type};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, col};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::store::Location;
+pub use encode::{CanonicalSchema, Hash32, Kind};
+pub use udf::{FINGERPRINT_FN, ROW_LEAF_FN, fingerprint_udaf, row_leaf_udf};
+
+/// The `format` of a fingerprint file.
+pub const FINGERPRINT_FORMAT: &str = "emrflow.fingerprint";
+/// The `format` of a proof file.
+pub const PROOF_FORMAT: &str = "emrflow.proof";
+/// The version of the encoding, the tree layout and both file formats.
+pub const FINGERPRINT_VERSION: u32 = 1;
+/// The file a published dataset keeps its fingerprint in.
+pub const FINGERPRINT_FILE: &str = "fingerprint.json";
+
+/// A 32-byte hash that reads and writes as 64 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Hex(pub Hash32);
+
+impl std::fmt::Display for Hex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::str::FromStr for Hex {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bytes = hex::decode(s.trim())
+            .map_err(|_| Error::Fingerprint(format!("{s:?} is not a hex hash")))?;
+        let hash: Hash32 = bytes
+            .try_into()
+            .map_err(|_| Error::Fingerprint(format!("{s:?} is not 32 bytes of hex")))?;
+        Ok(Hex(hash))
+    }
+}
+
+impl Serialize for Hex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Hex {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A column of a canonical schema, as files carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnKind {
+    /// Column name.
+    pub name: String,
+    /// Canonical kind ([`Kind::name`]).
+    pub kind: String,
+}
+
+fn schema_to_file(schema: &CanonicalSchema) -> Vec<ColumnKind> {
+    schema
+        .columns
+        .iter()
+        .map(|(name, kind)| ColumnKind {
+            name: name.clone(),
+            kind: kind.name(),
+        })
+        .collect()
+}
+
+fn schema_from_file(columns: &[ColumnKind]) -> Result<CanonicalSchema> {
+    let columns = columns
+        .iter()
+        .map(|c| {
+            Kind::parse(&c.kind)
+                .map(|k| (c.name.clone(), k))
+                .ok_or_else(|| {
+                    Error::Fingerprint(format!("column {}: unknown kind {:?}", c.name, c.kind))
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    CanonicalSchema::from_columns(columns)
+}
+
+/// One bucket of a fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bucket {
+    /// Rows whose leaf hash starts with this bucket's byte.
+    pub count: u64,
+    /// RFC 6962 root of their sorted leaves.
+    pub root: Hex,
+}
+
+/// A dataset's fingerprint: the root and everything it is computed from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fingerprint {
+    /// Always [`FINGERPRINT_FORMAT`].
+    pub format: String,
+    /// Always [`FINGERPRINT_VERSION`].
+    pub version: u32,
+    /// The dataset root.
+    pub root: Hex,
+    /// Hash of the canonical schema.
+    pub schema_hash: Hex,
+    /// Rows.
+    pub row_count: u64,
+    /// The canonical schema.
+    pub schema: Vec<ColumnKind>,
+    /// The 256 buckets.
+    pub buckets: Vec<Bucket>,
+}
+
+/// A bucket whose content differs between two fingerprints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BucketDiff {
+    /// The bucket (the first byte of its leaves' hashes).
+    pub bucket: usize,
+    /// Rows in the expected fingerprint's bucket.
+    pub expected_rows: u64,
+    /// Rows in the actual one.
+    pub actual_rows: u64,
+}
+
+impl Fingerprint {
+    /// Assembles a fingerprint from a schema and a bucket table.
+    pub fn from_table(schema: &CanonicalSchema, table: &[(u64, Hash32)]) -> Self {
+        let row_count = table.iter().map(|(n, _)| n).sum();
+        let schema_hash = schema.hash();
+        let root = tree::dataset_root(&schema_hash, row_count, &tree::top_root(table));
+        Self {
+            format: FINGERPRINT_FORMAT.to_string(),
+            version: FINGERPRINT_VERSION,
+            root: Hex(root),
+            schema_hash: Hex(schema_hash),
+            row_count,
+            schema: schema_to_file(schema),
+            buckets: table
+                .iter()
+                .map(|(count, root)| Bucket {
+                    count: *count,
+                    root: Hex(*root),
+                })
+                .collect(),
+        }
+    }
+
+    /// Parses a fingerprint file and checks that its parts lead to its root.
+    pub fn from_json(bytes: &[u8], origin: &str) -> Result<Self> {
+        let fp: Fingerprint = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Fingerprint(format!("{origin}: {e}")))?;
+        fp.check()
+            .map_err(|reason| Error::Fingerprint(format!("{origin}: {reason}")))?;
+        Ok(fp)
+    }
+
+    /// Canonical JSON (pretty, fields in declaration order).
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        let mut out = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::Fingerprint(format!("cannot serialize: {e}")))?;
+        out.push(b'\n');
+        Ok(out)
+    }
+
+    /// Whether the stored root follows from the stored schema and buckets.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.format != FINGERPRINT_FORMAT || self.version != FINGERPRINT_VERSION {
+            return Err(format!(
+                "format {} version {} is not {FINGERPRINT_FORMAT} version {FINGERPRINT_VERSION}",
+                self.format, self.version
+            ));
+        }
+        if self.buckets.len() != tree::BUCKETS {
+            return Err(format!(
+                "{} buckets, expected {}",
+                self.buckets.len(),
+                tree::BUCKETS
+            ));
+        }
+        let schema = schema_from_file(&self.schema).map_err(|e| e.to_string())?;
+        let table: Vec<(u64, Hash32)> = self.buckets.iter().map(|b| (b.count, b.root.0)).collect();
+        let again = Fingerprint::from_table(&schema, &table);
+        if again.root != self.root || again.schema_hash != self.schema_hash {
+            return Err("its schema and buckets do not lead to its root".to_string());
+        }
+        Ok(())
+    }
+
+    /// The buckets that differ from `expected`, in bucket order.
+    pub fn diff(&self, expected: &Fingerprint) -> Vec<BucketDiff> {
+        expected
+            .buckets
+            .iter()
+            .zip(&self.buckets)
+            .enumerate()
+            .filter(|(_, (e, a))| e != a)
+            .map(|(bucket, (e, a))| BucketDiff {
+                bucket,
+                expected_rows: e.count,
+                actual_rows: a.count,
+            })
+            .collect()
+    }
+}
+
+/// The dataset's columns in canonical order, as expressions.
+fn canonical_columns(schema: &CanonicalSchema) -> Vec<Expr> {
+    schema
+        .names()
+        .map(|n| col(datafusion::common::Column::from_name(n)))
+        .collect()
+}
+
+/// Fingerprints a DataFrame with the `emr_fingerprint` aggregate (so the hashing runs on the
+/// partitions, or on executors).
+pub async fn fingerprint(df: DataFrame) -> Result<Fingerprint> {
+    let schema = CanonicalSchema::of(df.schema().as_arrow())?;
+    let args = canonical_columns(&schema);
+    let batches = df
+        .aggregate(vec![], vec![fingerprint_udaf().call(args).alias("fp")])?
+        .collect()
+        .await?;
+    let bytes = batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .and_then(|b| {
+            let c = b.column(0).as_binary_opt::<i32>()?;
+            (!c.is_null(0)).then(|| c.value(0).to_vec())
+        })
+        .unwrap_or_default();
+    // An aggregate over no rows at all never builds an accumulator in some plans; that is the
+    // empty dataset.
+    let table = if bytes.is_empty() {
+        vec![(0, tree::empty_root()); tree::BUCKETS]
+    } else {
+        udf::parse_table(&bytes).ok_or_else(|| {
+            Error::Fingerprint(format!("{FINGERPRINT_FN} returned {} bytes", bytes.len()))
+        })?
+    };
+    Ok(Fingerprint::from_table(&schema, &table))
+}
+
+/// The Parquet files of a dataset location (every `*.parquet` under it) as one DataFrame.
+pub async fn read_dataset(ctx: &SessionContext, location: &str) -> Result<DataFrame> {
+    let loc = Location::resolve(ctx, location)?;
+    let files: Vec<String> = loc
+        .files()
+        .await?
+        .into_iter()
+        .filter(|(p, _)| p.as_ref().ends_with(".parquet"))
+        .map(|(p, _)| loc.url_of(&p))
+        .collect();
+    if files.is_empty() {
+        return Err(Error::Fingerprint(format!(
+            "{location} holds no Parquet files"
+        )));
+    }
+    Ok(ctx
+        .read_parquet(files, ParquetReadOptions::default())
+        .await?)
+}
+
+/// Which kind of proof.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProofKind {
+    /// The record is in the dataset.
+    Inclusion,
+    /// The record is not: its leaf falls strictly between two adjacent sorted leaves, before
+    /// the first or after the last of its bucket, or in an empty bucket.
+    NonMembership,
+}
+
+/// A leaf of the bucket tree named by a proof.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProofLeaf {
+    /// Index among the bucket's sorted leaves.
+    pub index: usize,
+    /// The leaf hash.
+    pub leaf: Hex,
+}
+
+/// An inclusion or non-membership proof for one record, checkable with the root alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proof {
+    /// Always [`PROOF_FORMAT`].
+    pub format: String,
+    /// Always [`FINGERPRINT_VERSION`].
+    pub version: u32,
+    /// Inclusion or non-membership.
+    pub kind: ProofKind,
+    /// The dataset root the proof leads to.
+    pub root: Hex,
+    /// The dataset's canonical schema (its hash is bound into the root).
+    pub schema: Vec<ColumnKind>,
+    /// The dataset's rows (bound into the root).
+    pub row_count: u64,
+    /// The record, column by column.
+    pub record: serde_json::Map<String, serde_json::Value>,
+    /// The record's leaf hash.
+    pub leaf: Hex,
+    /// The record's bucket.
+    pub bucket: usize,
+    /// Leaves in the bucket.
+    pub bucket_count: u64,
+    /// The leaves shown: the record's own (inclusion), or its sorted neighbours.
+    pub neighbours: Vec<ProofLeaf>,
+    /// Audit path of those leaves in the bucket tree.
+    pub bucket_path: Vec<Hex>,
+    /// Audit path of the bucket in the top tree.
+    pub top_path: Vec<Hex>,
+}
+
+/// The answer of a valid proof.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Membership {
+    /// The record is in the dataset.
+    Present,
+    /// The record is not in the dataset.
+    Absent,
+}
+
+impl Proof {
+    /// Parses a proof file.
+    pub fn from_json(bytes: &[u8], origin: &str) -> Result<Self> {
+        let proof: Proof = serde_json::from_slice(bytes)
+            .map_err(|e| Error::Fingerprint(format!("{origin}: {e}")))?;
+        if proof.format != PROOF_FORMAT || proof.version != FINGERPRINT_VERSION {
+            return Err(Error::Fingerprint(format!(
+                "{origin}: format {} version {} is not {PROOF_FORMAT} version {FINGERPRINT_VERSION}",
+                proof.format, proof.version
+            )));
+        }
+        Ok(proof)
+    }
+
+    /// Pretty JSON.
+    pub fn to_json(&self) -> Result<Vec<u8>> {
+        let mut out = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::Fingerprint(format!("cannot serialize: {e}")))?;
+        out.push(b'\n');
+        Ok(out)
+    }
+
+    /// Checks the proof against `root` with nothing else: the record hashes to the leaf, the
+    /// neighbours sit where the proof says in the bucket, the bucket (with its count) sits in
+    /// the top tree, and schema, row count and top root lead to `root`. `Err` says why a proof
+    /// fails; `Ok` says whether the record is present or absent.
+    pub fn verify(&self, root: &Hash32) -> std::result::Result<Membership, String> {
+        if self.root.0 != *root {
+            return Err(format!(
+                "the proof is for root {}, not {}",
+                self.root,
+                Hex(*root)
+            ));
+        }
+        let schema = schema_from_file(&self.schema).map_err(|e| e.to_string())?;
+        let record = record_batch(&schema, &self.record).map_err(|e| e.to_string())?;
+        let leaf = encode::batch_leaves(&record)
+            .map_err(|e| e.to_string())?
+            .first()
+            .copied()
+            .ok_or("the record is empty")?;
+        if leaf != self.leaf.0 {
+            return Err("the record does not hash to the proof's leaf".to_string());
+        }
+        if self.bucket != usize::from(leaf[0]) {
+            return Err(format!(
+                "the leaf belongs in bucket {}, the proof names bucket {}",
+                leaf[0], self.bucket
+            ));
+        }
+        let n = usize::try_from(self.bucket_count).map_err(|_| "bucket count overflows")?;
+        let indices: Vec<usize> = self.neighbours.iter().map(|l| l.index).collect();
+        let leaves: Vec<Hash32> = self.neighbours.iter().map(|l| l.leaf.0).collect();
+        let path: Vec<Hash32> = self.bucket_path.iter().map(|h| h.0).collect();
+        let bucket_root = if n == 0 {
+            if !self.neighbours.is_empty() || !self.bucket_path.is_empty() {
+                return Err("an empty bucket cannot have leaves".to_string());
+            }
+            tree::empty_root()
+        } else {
+            tree::root_from_proof(&indices, &leaves, n, &path)
+                .ok_or("the bucket path does not fit the bucket")?
+        };
+        let answer = match self.kind {
+            ProofKind::Inclusion => {
+                if leaves != [leaf] {
+                    return Err("an inclusion proof must show exactly the record's leaf".into());
+                }
+                Membership::Present
+            }
+            ProofKind::NonMembership => {
+                let ok = match (indices.as_slice(), leaves.as_slice()) {
+                    ([], []) => n == 0,
+                    ([i, j], [lo, hi]) => *j == i + 1 && *lo < leaf && leaf < *hi,
+                    ([0], [first]) if leaf < *first => true,
+                    ([i], [last]) => *i + 1 == n && *last < leaf,
+                    _ => false,
+                };
+                if !ok {
+                    return Err("the neighbours do not enclose the record's leaf".to_string());
+                }
+                Membership::Absent
+            }
+        };
+        let top: Vec<Hash32> = self.top_path.iter().map(|h| h.0).collect();
+        let top_root = tree::root_from_proof(
+            &[self.bucket],
+            &[tree::bucket_leaf(self.bucket_count, &bucket_root)],
+            tree::BUCKETS,
+            &top,
+        )
+        .ok_or("the top path does not fit the top tree")?;
+        let expected = tree::dataset_root(&schema.hash(), self.row_count, &top_root);
+        if expected != *root {
+            return Err("the proof does not lead to the root".to_string());
+        }
+        Ok(answer)
+    }
+}
+
+/// Builds the proof for `record` (column name → value) in the dataset `df`.
+pub async fn prove(
+    df: DataFrame,
+    record: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Proof> {
+    let schema = CanonicalSchema::of(df.schema().as_arrow())?;
+    let batch = record_batch(&schema, record)?;
+    let leaf = encode::batch_leaves(&batch)?
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Fingerprint("the record is empty".into()))?;
+    let bucket = usize::from(leaf[0]);
+
+    // Every leaf, from the same function the aggregate uses, hashed on the partitions.
+    let args = canonical_columns(&schema);
+    let mut stream = df
+        .select(vec![row_leaf_udf().call(args).alias("leaf")])?
+        .execute_stream()
+        .await?;
+    let mut leaves: Vec<Hash32> = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let column = batch.column(0).as_fixed_size_binary();
+        for i in 0..column.len() {
+            leaves.push(
+                column.value(i).try_into().map_err(|_| {
+                    Error::Fingerprint(format!("{ROW_LEAF_FN} returned a short hash"))
+                })?,
+            );
+        }
+    }
+    let table = tree::bucket_table(&mut leaves);
+    let fp = Fingerprint::from_table(&schema, &table);
+    let start: usize = table[..bucket].iter().map(|(n, _)| *n as usize).sum();
+    let in_bucket = &leaves[start..start + table[bucket].0 as usize];
+
+    let (kind, shown): (ProofKind, Vec<usize>) = match in_bucket.binary_search(&leaf) {
+        Ok(i) => (ProofKind::Inclusion, vec![i]),
+        Err(i) => {
+            let n = in_bucket.len();
+            let shown = match (i, n) {
+                (_, 0) => vec![],
+                (0, _) => vec![0],
+                (i, n) if i == n => vec![n - 1],
+                (i, _) => vec![i - 1, i],
+            };
+            (ProofKind::NonMembership, shown)
+        }
+    };
+    let bucket_path = if shown.is_empty() {
+        Vec::new()
+    } else {
+        tree::proof(in_bucket, &shown)
+    };
+    let top_leaves: Vec<Hash32> = table
+        .iter()
+        .map(|(n, r)| tree::bucket_leaf(*n, r))
+        .collect();
+    let top_path = tree::proof(&top_leaves, &[bucket]);
+    let record_json = batch_to_json(&schema, &batch)?;
+    Ok(Proof {
+        format: PROOF_FORMAT.to_string(),
+        version: FINGERPRINT_VERSION,
+        kind,
+        root: fp.root,
+        schema: fp.schema.clone(),
+        row_count: fp.row_count,
+        record: record_json,
+        leaf: Hex(leaf),
+        bucket,
+        bucket_count: table[bucket].0,
+        neighbours: shown
+            .iter()
+            .map(|&i| ProofLeaf {
+                index: i,
+                leaf: Hex(in_bucket[i]),
+            })
+            .collect(),
+        bucket_path: bucket_path.into_iter().map(Hex).collect(),
+        top_path: top_path.into_iter().map(Hex).collect(),
+    })
+}
+
+/// Reads a record file: a JSON object (`.json`) or a CSV header plus one row (anything else).
+/// Values are taken as the dataset stores them (pseudonyms, normalized numbers).
+pub fn read_record(
+    bytes: &[u8],
+    origin: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    if origin.ends_with(".json") {
+        return match serde_json::from_slice::<serde_json::Value>(bytes) {
+            Ok(serde_json::Value::Object(map)) => Ok(map),
+            Ok(_) => Err(Error::Fingerprint(format!(
+                "{origin}: a record file holds one JSON object"
+            ))),
+            Err(e) => Err(Error::Fingerprint(format!("{origin}: {e}"))),
+        };
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(bytes);
+    let header = reader
+        .headers()
+        .map_err(|e| Error::Fingerprint(format!("{origin}: {e}")))?
+        .clone();
+    let mut rows = reader.records();
+    let row = rows
+        .next()
+        .ok_or_else(|| Error::Fingerprint(format!("{origin}:2: no record after the header")))?
+        .map_err(|e| Error::Fingerprint(format!("{origin}: {e}")))?;
+    if rows.next().is_some() {
+        return Err(Error::Fingerprint(format!(
+            "{origin}:3: a record file holds exactly one row"
+        )));
+    }
+    Ok(header
+        .iter()
+        .zip(row.iter())
+        .map(|(k, v)| {
+            let value = if v.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::Value::String(v.to_string())
+            };
+            (k.to_string(), value)
+        })
+        .collect())
+}
+
+/// A one-row batch, in canonical column order, from a record; names the offending column.
+pub fn record_batch(
+    schema: &CanonicalSchema,
+    record: &serde_json::Map<String, serde_json::Value>,
+) -> Result<RecordBatch> {
+    if let Some(extra) = record
+        .keys()
+        .find(|k| !schema.columns.iter().any(|(n, _)| n == *k))
+    {
+        return Err(Error::Fingerprint(format!(
+            "the record has column {extra}, which the dataset does not"
+        )));
+    }
+    let mut fields = Vec::with_capacity(schema.columns.len());
+    let mut arrays = Vec::with_capacity(schema.columns.len());
+    for (name, kind) in &schema.columns {
+        let value = record.get(name).ok_or_else(|| {
+            Error::Fingerprint(format!("the record has no value for column {name}"))
+        })?;
+        let array = json_to_array(value, kind)
+            .map_err(|reason| Error::Fingerprint(format!("column {name}: {reason}")))?;
+        fields.push(arrow::datatypes::Field::new(
+            name,
+            array.data_type().clone(),
+            true,
+        ));
+        arrays.push(array);
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(arrow::datatypes::Schema::new(fields)),
+        arrays,
+    )?)
+}
+
+fn json_to_array(value: &serde_json::Value, kind: &Kind) -> std::result::Result<ArrayRef, String> {
+    use serde_json::Value as V;
+    let target = kind.arrow_type();
+    let array: ArrayRef = match (value, kind) {
+        (V::Null, _) => arrow::array::new_null_array(&target, 1),
+        (V::Bool(b), Kind::Bool) => Arc::new(BooleanArray::from(vec![*b])),
+        (V::Number(n), Kind::Int) => Arc::new(Int64Array::from(vec![
+            n.as_i64().ok_or("not a 64-bit integer")?,
+        ])),
+        (V::Number(n), Kind::UInt64) => Arc::new(UInt64Array::from(vec![
+            n.as_u64().ok_or("not an unsigned 64-bit integer")?,
+        ])),
+        (V::Number(n), Kind::Float) => {
+            Arc::new(Float64Array::from(vec![n.as_f64().ok_or("not a number")?]))
+        }
+        (V::String(s), Kind::String) => Arc::new(StringArray::from(vec![s.as_str()])),
+        (V::String(s), Kind::Binary) => {
+            let bytes = hex::decode(s).map_err(|_| "binary values are written as hex")?;
+            Arc::new(BinaryArray::from(vec![bytes.as_slice()]))
+        }
+        // Everything else arrives as text (CSV records, dates, timestamps, decimals, "NaN")
+        // and is parsed by Arrow's own casts.
+        (V::String(s), _) => {
+            let text: ArrayRef = Arc::new(StringArray::from(vec![s.as_str()]));
+            let parsed = cast(&text, &target).map_err(|e| e.to_string())?;
+            if parsed.is_null(0) {
+                return Err(format!("{s:?} is not a {}", kind.name()));
+            }
+            parsed
+        }
+        (V::Number(n), _) => {
+            let text: ArrayRef = Arc::new(StringArray::from(vec![n.to_string()]));
+            cast(&text, &target).map_err(|e| e.to_string())?
+        }
+        _ => return Err(format!("a {} value was expected", kind.name())),
+    };
+    Ok(array)
+}
+
+/// The record as JSON, one value per column: numbers as numbers (exactly: serde_json writes
+/// the shortest round-trip form), non-finite floats, dates, timestamps and decimals as text,
+/// binary as hex.
+fn batch_to_json(
+    schema: &CanonicalSchema,
+    batch: &RecordBatch,
+) -> Result<serde_json::Map<String, serde_json::Value>> {
+    use serde_json::Value as V;
+    let mut out = serde_json::Map::new();
+    for ((name, kind), array) in schema.columns.iter().zip(batch.columns()) {
+        let value = if array.is_null(0) {
+            V::Null
+        } else {
+            match kind {
+                Kind::Bool => V::Bool(array.as_boolean().value(0)),
+                Kind::Int => V::from(array.as_primitive::<Int64Type>().value(0)),
+                Kind::UInt64 => V::from(array.as_primitive::<UInt64Type>().value(0)),
+                Kind::Float => {
+                    let x = array.as_primitive::<Float64Type>().value(0);
+                    serde_json::Number::from_f64(x)
+                        .map_or_else(|| V::String(x.to_string()), V::Number)
+                }
+                Kind::String => V::String(array.as_string::<i32>().value(0).to_string()),
+                Kind::Binary => V::String(hex::encode(array.as_binary::<i32>().value(0))),
+                _ => {
+                    let fmt = ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())?;
+                    V::String(fmt.value(0).to_string())
+                }
+            }
+        };
+        out.insert(name.clone(), value);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;
