@@ -145,6 +145,25 @@ fn write_key(path: &Path, key: &KeyPair) -> Result<()> {
     Ok(())
 }
 
+/// Creates a new identity key from the operating system's randomness and writes it to `path`
+/// (owner-only permissions). Refuses to overwrite an existing key.
+pub fn new_key_file(path: &Path) -> Result<KeyPair> {
+    if path.exists() {
+        return Err(Error::Config(format!(
+            "{} already exists; refusing to overwrite a key",
+            path.display()
+        )));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let mut seed = [0u8; 32];
+    StdRng::from_os_rng().fill(&mut seed);
+    let key = KeyPair::from_seed(seed);
+    write_key(path, &key)?;
+    Ok(key)
+}
+
 /// Options of `emrflow ledger init`.
 #[derive(Debug, Clone)]
 pub struct InitOptions {

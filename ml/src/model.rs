@@ -312,6 +312,40 @@ impl DecisionTreeModel {
         Ok(serde_json::to_vec(self)?)
     }
 
+    /// The byte strings a model fingerprint is computed over, in order: the model without its
+    /// nodes (format, label, features, parameters, training summary), then every node in
+    /// preorder, each as canonical JSON. Changing any threshold, category set, probability or
+    /// parameter changes exactly the part that holds it.
+    pub fn canonical_parts(&self) -> Result<Vec<Vec<u8>>> {
+        #[derive(Serialize)]
+        struct Header<'a> {
+            format: &'a str,
+            format_version: u32,
+            label: &'a str,
+            features: &'a [FeatureSpec],
+            params: &'a DecisionTreeParams,
+            training: &'a TrainingSummary,
+        }
+        let mut parts = Vec::with_capacity(self.nodes.len() + 1);
+        parts.push(serde_json::to_vec(&Header {
+            format: &self.format,
+            format_version: self.format_version,
+            label: &self.label,
+            features: &self.features,
+            params: &self.params,
+            training: &self.training,
+        })?);
+        for node in &self.nodes {
+            parts.push(serde_json::to_vec(node)?);
+        }
+        Ok(parts)
+    }
+
+    /// SHA-256 of the canonical JSON of the hyperparameters.
+    pub fn params_hash(&self) -> Result<[u8; 32]> {
+        Ok(Sha256::digest(serde_json::to_vec(&self.params)?).into())
+    }
+
     /// SHA-256 of [`DecisionTreeModel::to_canonical_json`], hex.
     pub fn sha256_hex(&self) -> Result<String> {
         Ok(hex::encode(Sha256::digest(self.to_canonical_json()?)))

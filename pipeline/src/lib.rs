@@ -16,4 +16,6 @@ pub mod udf;
 pub use error::{Error, Result};
 pub use job::Job;
 pub use manifest::Manifest;
-pub use run::{NoProgress, Progress, RunOptions, RunSummary, embedded_context, run_job};
+pub use run::{
+    NoProgress, Progress, RunOptions, RunSummary, StagedRun, embedded_context, run_job, stage_job,
+};

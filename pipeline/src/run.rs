@@ -154,6 +154,61 @@ pub async fn run_job(
     ctx: &SessionContext,
     progress: &dyn Progress,
 ) -> Result<RunSummary> {
+    stage_job(job, options, ctx, progress)
+        .await?
+        .publish()
+        .await
+}
+
+/// A dataset written and checked but not yet published: the caller may read it back (to
+/// fingerprint and anchor it) and add files beside it before [`StagedRun::publish`] moves it
+/// into place, or [`StagedRun::abort`] removes it.
+#[derive(Debug)]
+pub struct StagedRun {
+    staging: Staging,
+    summary: RunSummary,
+    started: Instant,
+}
+
+impl StagedRun {
+    /// What the run did (`output` is where it will be published).
+    pub fn summary(&self) -> &RunSummary {
+        &self.summary
+    }
+
+    /// The URL the staged dataset can be read from.
+    pub fn staging_url(&self) -> String {
+        self.staging.url()
+    }
+
+    /// Adds a small file beside the dataset (a fingerprint, a receipt).
+    pub async fn put(&mut self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        self.staging.put(name, bytes).await
+    }
+
+    /// Moves the dataset into place.
+    pub async fn publish(self) -> Result<RunSummary> {
+        let output = self.staging.publish(MANIFEST_FILE).await?;
+        Ok(RunSummary {
+            output,
+            seconds: self.started.elapsed().as_secs_f64(),
+            ..self.summary
+        })
+    }
+
+    /// Removes everything staged.
+    pub async fn abort(self) {
+        self.staging.abort().await;
+    }
+}
+
+/// Runs `job` on `ctx` and stages its dataset for publication.
+pub async fn stage_job(
+    job: &Job,
+    options: &RunOptions,
+    ctx: &SessionContext,
+    progress: &dyn Progress,
+) -> Result<StagedRun> {
     let started = Instant::now();
     for name in options.input_overrides.keys() {
         if !job.inputs.contains_key(name) {
@@ -337,21 +392,22 @@ pub async fn run_job(
         files: written.files.clone(),
     };
     let bytes = manifest.to_json()?;
-    let output = match staging.put(MANIFEST_FILE, bytes).await {
-        Ok(()) => staging.publish(MANIFEST_FILE).await?,
-        Err(e) => {
-            staging.abort().await;
-            return Err(e);
-        }
-    };
-    Ok(RunSummary {
-        job: job.name.clone(),
-        rows_in,
-        rows_out: written.rows,
-        rows_dropped: fit.dropped,
-        output,
-        seconds: started.elapsed().as_secs_f64(),
-        manifest,
+    if let Err(e) = staging.put(MANIFEST_FILE, bytes).await {
+        staging.abort().await;
+        return Err(e);
+    }
+    Ok(StagedRun {
+        staging,
+        summary: RunSummary {
+            job: job.name.clone(),
+            rows_in,
+            rows_out: written.rows,
+            rows_dropped: fit.dropped,
+            output: target_raw,
+            seconds: started.elapsed().as_secs_f64(),
+            manifest,
+        },
+        started,
     })
 }
 

@@ -212,6 +212,11 @@ impl Staging {
         })
     }
 
+    /// The URL of the staging prefix, to read what was staged.
+    pub fn url(&self) -> String {
+        self.target.url_of(&self.staging)
+    }
+
     /// The store to write to.
     pub fn store(&self) -> Arc<dyn ObjectStore> {
         Arc::clone(&self.target.store)

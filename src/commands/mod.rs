@@ -8,13 +8,19 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+mod audit;
 mod bench;
 mod demo;
+mod fingerprint;
 mod generate;
 mod ledger;
+mod lineage;
 mod predict;
+mod prove;
+mod provenance;
 mod run;
 mod train;
+mod verify;
 
 /// What the process reports to its caller. Scripts rely on these values, so they never change:
 /// 0 success, 1 a negative result (a verification mismatch), 2 an error (bad input, bad
@@ -22,7 +28,6 @@ mod train;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ExitStatus {
     Success,
-    #[allow(dead_code)] // `verify` and `prove --verify` report mismatches with it
     Mismatch,
     Error,
 }
@@ -65,8 +70,18 @@ pub(crate) enum Command {
     Train(train::TrainArgs),
     /// Score raw rows with a trained model, with the decision path of each prediction
     Predict(predict::PredictArgs),
-    /// Generate, preprocess and train end to end on one machine
+    /// Generate, preprocess, train, anchor and verify end to end on one machine
     Demo(demo::DemoArgs),
+    /// Check a dataset or model against its anchor (exit 0 match, 1 mismatch, 2 error)
+    Verify(verify::VerifyArgs),
+    /// Print the lineage of an anchored root (text, Graphviz DOT, OpenLineage)
+    Lineage(lineage::LineageArgs),
+    /// List who did what to an anchored root, or what an identity did
+    Audit(audit::AuditArgs),
+    /// Prove a record is, or is not, in a dataset; check such a proof
+    Prove(prove::ProveArgs),
+    /// Compute the canonical fingerprint of a Parquet dataset
+    Fingerprint(fingerprint::FingerprintArgs),
     /// Run and inspect the four-peer PBFT ledger
     #[command(subcommand)]
     Ledger(ledger::LedgerCommand),
@@ -82,6 +97,11 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Train(args) => train::run(args).await,
         Command::Predict(args) => predict::run(args).await,
         Command::Demo(args) => demo::run(args).await,
+        Command::Verify(args) => verify::run(args).await,
+        Command::Lineage(args) => lineage::run(args).await,
+        Command::Audit(args) => audit::run(args).await,
+        Command::Prove(args) => prove::run(args).await,
+        Command::Fingerprint(args) => fingerprint::run(args).await,
         Command::Ledger(cmd) => ledger::run(cmd).await,
         Command::Bench(cmd) => bench::run(cmd).await,
     }

@@ -6,8 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
+use ledger::contracts::Role;
 use ml::DecisionTreeModel;
 use ml::datafusion::arrow::array::{Array, AsArray};
 use ml::datafusion::arrow::compute::cast;
@@ -18,6 +19,7 @@ use ml::datafusion::prelude::{
 };
 use serde::Serialize;
 
+use super::provenance::{LedgerArgs, Provenance, check_model};
 use super::train::{DATASET_MANIFEST_FILE, read_manifest};
 use super::{ExitStatus, print_json, print_lines, progress};
 
@@ -41,6 +43,8 @@ pub(crate) struct PredictArgs {
     /// Print JSON on stdout (one object with every prediction)
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    ledger: LedgerArgs,
 }
 
 #[derive(Debug, Serialize)]
@@ -214,6 +218,28 @@ async fn predict_file(
 }
 
 pub(crate) async fn run(args: PredictArgs) -> anyhow::Result<ExitStatus> {
+    // Only a model that is exactly what was anchored scores anything, and the read is audited.
+    let provenance = Provenance::open(&args.ledger).await?;
+    let checked = async {
+        let checked = check_model(&args.model, &provenance).await?;
+        if !checked.matches() {
+            bail!(
+                "{} does not match its anchor (root {} recomputed, {} anchored); run `emrflow \
+                 verify {}`",
+                args.model.display(),
+                checked.root,
+                checked.anchor.root,
+                args.model.display()
+            );
+        }
+        provenance
+            .record_read(Role::Clinician, checked.root, "predict")
+            .await?;
+        Ok(checked)
+    }
+    .await;
+    provenance.close().await?;
+    checked?;
     let bar = progress(&format!("scoring {}", args.input.display()));
     let result = predict_file(&args.model, &args.input, &args.null_values).await;
     bar.finish_and_clear();

@@ -4,11 +4,17 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
 use indicatif::ProgressBar;
-use pipeline::{Job, Progress, RunOptions, RunSummary};
+use ledger::contracts::{AnchorKind, AnchorSpec, Role};
+use ledger::crypto::Digest;
+use ml::datafusion::prelude::SessionContext;
+use pipeline::fingerprint::{self, FINGERPRINT_FILE};
+use pipeline::{Job, Progress, RunOptions, RunSummary, StagedRun};
+use serde::Serialize;
 
+use super::provenance::{ANCHOR_FILE, AnchorFile, CODE_VERSION, LedgerArgs, Provenance, digest};
 use super::{ExitStatus, print_json, print_lines, progress};
 
 #[derive(Debug, Args)]
@@ -33,6 +39,8 @@ pub(crate) struct RunArgs {
     /// Print a JSON summary on stdout
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    ledger: LedgerArgs,
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -62,28 +70,165 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitStatus> {
         overwrite: args.overwrite,
         key_file_override: args.key_file,
     };
-    let summary = run_embedded(&job, &options, args.partitions).await?;
-    report(&summary, args.json)?;
+    let provenance = Provenance::open(&args.ledger).await?;
+    let result = run_embedded(&job, &options, args.partitions, &provenance).await;
+    provenance.close().await?;
+    report(&result?, args.json)?;
     Ok(ExitStatus::Success)
 }
 
-/// Runs a job on the embedded engine with a progress spinner.
+/// A published, anchored dataset.
+#[derive(Debug, Serialize)]
+pub(crate) struct Published {
+    #[serde(flatten)]
+    pub(crate) summary: RunSummary,
+    /// The dataset root (hex).
+    pub(crate) root: String,
+    /// The roots of its inputs, anchored as its parents.
+    pub(crate) parents: Vec<String>,
+    /// The receipt beside the dataset.
+    pub(crate) anchor: String,
+    /// Block height of the anchor.
+    pub(crate) ledger_height: u64,
+}
+
+/// Runs a job on the embedded engine with a progress spinner, fingerprints what it staged,
+/// anchors it (and its raw inputs) and only then publishes it: a job that fails anywhere,
+/// anchoring included, publishes nothing and anchors nothing.
 pub(crate) async fn run_embedded(
     job: &Job,
     options: &RunOptions,
     partitions: Option<usize>,
-) -> anyhow::Result<RunSummary> {
+    provenance: &Provenance,
+) -> anyhow::Result<Published> {
     let ctx = pipeline::embedded_context(partitions)?;
     let bar = Arc::new(BarProgress(progress(&format!("job {}", job.name))));
-    let result = pipeline::run_job(job, options, &ctx, bar.as_ref()).await;
+    let staged = pipeline::stage_job(job, options, &ctx, bar.as_ref()).await;
+    let result = match staged {
+        Ok(mut staged) => match anchor_staged(&ctx, &mut staged, provenance, &bar.0).await {
+            Ok(anchored) => {
+                bar.0.set_message("publishing");
+                staged
+                    .publish()
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .map(|summary| {
+                        let (root, parents, anchor_height) = anchored;
+                        Published {
+                            anchor: format!("{}/{ANCHOR_FILE}", summary.output),
+                            summary,
+                            root,
+                            parents,
+                            ledger_height: anchor_height,
+                        }
+                    })
+            }
+            Err(e) => {
+                staged.abort().await;
+                Err(e)
+            }
+        },
+        Err(e) => Err(e.into()),
+    };
     bar.0.finish_and_clear();
     result.with_context(|| format!("job {} failed; nothing was published", job.name))
 }
 
-pub(crate) fn report(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
-    if json {
-        return print_json(summary);
+/// Fingerprints the staged dataset, anchors its inputs and itself, and stages
+/// `fingerprint.json` and `anchor.json` beside it. Returns the root, the parents and the height.
+async fn anchor_staged(
+    ctx: &SessionContext,
+    staged: &mut StagedRun,
+    provenance: &Provenance,
+    bar: &ProgressBar,
+) -> anyhow::Result<(String, Vec<String>, u64)> {
+    bar.set_message("fingerprinting");
+    let df = fingerprint::read_dataset(ctx, &staged.staging_url()).await?;
+    let fp = fingerprint::fingerprint(df).await?;
+    if fp.row_count != staged.summary().rows_out {
+        bail!(
+            "the staged dataset has {} rows, {} were written",
+            fp.row_count,
+            staged.summary().rows_out
+        );
     }
+    bar.set_message("anchoring");
+    let summary = staged.summary();
+    let mut parents = Vec::new();
+    for input in &summary.manifest.inputs {
+        parents.push(input_root(ctx, provenance, input, summary).await?);
+    }
+    let target = pipeline::store::Location::resolve(ctx, &summary.output)?;
+    let manifest_bytes = summary.manifest.to_json()?;
+    let spec = AnchorSpec {
+        kind: AnchorKind::Dataset,
+        root: digest(&fp.root),
+        row_count: fp.row_count,
+        schema_hash: digest(&fp.schema_hash),
+        location: target.url.to_string(),
+        parents: parents.clone(),
+        stage: "preprocess".to_string(),
+        params_hash: Digest::of(&manifest_bytes),
+        code_version: CODE_VERSION.to_string(),
+    };
+    let (receipt, _) = provenance.anchor_once(Role::DataEngineer, spec).await?;
+    let height = receipt.header.height.0;
+    let file = AnchorFile::new(
+        AnchorKind::Dataset,
+        digest(&fp.root),
+        None,
+        provenance.genesis(),
+        receipt,
+    );
+    staged.put(FINGERPRINT_FILE, fp.to_json()?).await?;
+    staged.put(ANCHOR_FILE, file.to_json()?).await?;
+    Ok((
+        fp.root.to_string(),
+        parents.iter().map(Digest::to_hex).collect(),
+        height,
+    ))
+}
+
+/// The anchored root of an input: the anchor of an emrflow dataset read as input, or the
+/// source root of raw files, anchored (stage `source`) if it is new.
+async fn input_root(
+    ctx: &SessionContext,
+    provenance: &Provenance,
+    input: &pipeline::manifest::InputSpec,
+    summary: &RunSummary,
+) -> anyhow::Result<Digest> {
+    let location = pipeline::store::Location::resolve(ctx, &input.location)?;
+    if let Some(dir) = location.local_path().filter(|p| p.is_dir())
+        && let Some(anchor) = AnchorFile::read(&dir)?
+    {
+        anchor.check(provenance.genesis())?;
+        if provenance.anchor_of(anchor.root).await?.is_some() {
+            return Ok(anchor.root);
+        }
+    }
+    let files: Vec<String> = input.files.iter().map(|f| f.path.clone()).collect();
+    let root = Digest(fingerprint::source_root(ctx, &files).await?);
+    let listing = serde_json::to_vec(&input.files)?;
+    let spec = AnchorSpec {
+        kind: AnchorKind::Dataset,
+        root,
+        row_count: summary.rows_in.get(&input.name).copied().unwrap_or(0),
+        schema_hash: Digest::of(format!("emrflow.source.v1\n{}", input.format).as_bytes()),
+        location: location.url.to_string(),
+        parents: Vec::new(),
+        stage: "source".to_string(),
+        params_hash: Digest::of(&listing),
+        code_version: CODE_VERSION.to_string(),
+    };
+    provenance.anchor_once(Role::DataEngineer, spec).await?;
+    Ok(root)
+}
+
+pub(crate) fn report(published: &Published, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(published);
+    }
+    let summary = &published.summary;
     let mut lines = vec![format!(
         "published {} rows to {} in {:.2}s",
         summary.rows_out, summary.output, summary.seconds
@@ -94,6 +239,10 @@ pub(crate) fn report(summary: &RunSummary, json: bool) -> anyhow::Result<()> {
     for (reason, n) in &summary.rows_dropped {
         lines.push(format!("  dropped {n} rows ({reason})"));
     }
+    lines.push(format!(
+        "  dataset root {} anchored at height {} (receipt {})",
+        published.root, published.ledger_height, published.anchor
+    ));
     print_lines(&lines);
     Ok(())
 }

@@ -5,16 +5,22 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
+use ledger::contracts::{AnchorKind, AnchorSpec, Role};
+use ledger::crypto::Digest;
 use ml::datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use ml::{
     Affine, ClassWeights, DatasetSpec, DecisionTreeParams, EvaluationConfig, FeatureKind,
     FeatureSpec, Impurity, Step, Storage, TrainingReport,
 };
+use pipeline::fingerprint;
 use pipeline::manifest::{self, MANIFEST_FILE, Manifest};
 use serde::Serialize;
 
+use super::provenance::{
+    ANCHOR_FILE, AnchorFile, CODE_VERSION, LedgerArgs, Provenance, digest, model_root,
+};
 use super::{ExitStatus, print_json, print_lines, progress};
 
 /// The dataset's manifest, copied into the model directory so `predict` can transform raw rows
@@ -78,9 +84,14 @@ pub(crate) struct TrainArgs {
     /// Partitions to train with (default: all cores)
     #[arg(long)]
     partitions: Option<usize>,
+    /// Replace the model directory if it already exists
+    #[arg(long)]
+    overwrite: bool,
     /// Print a JSON summary on stdout
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    ledger: LedgerArgs,
 }
 
 impl TrainArgs {
@@ -184,6 +195,9 @@ async fn read_dataset(
 #[derive(Serialize)]
 struct TrainSummary<'a> {
     out: String,
+    model_root: String,
+    dataset_root: String,
+    ledger_height: u64,
     model_sha256: String,
     depth: u32,
     nodes: usize,
@@ -208,7 +222,22 @@ struct CvSummary {
     pr_auc: Option<ml::MeanSd>,
 }
 
-/// Trains on a dataset directory and writes the model directory; shared with `demo`.
+/// A trained, anchored model.
+pub(crate) struct Trained {
+    pub(crate) report: TrainingReport,
+    /// The model root.
+    pub(crate) root: Digest,
+    /// The root of the dataset it was trained on.
+    pub(crate) dataset_root: Digest,
+    /// Block height of the anchor.
+    pub(crate) height: u64,
+}
+
+/// Trains on an anchored dataset directory and publishes the anchored model directory; shared
+/// with `demo`. The dataset is fingerprinted first and must be exactly what was anchored (the
+/// model's anchor names it as parent); its read is audited. The model directory is written
+/// beside `out`, anchored, and only then moved into place.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn train_dataset(
     dataset: &Path,
     label: Option<&str>,
@@ -216,25 +245,142 @@ pub(crate) async fn train_dataset(
     evaluation: &EvaluationConfig,
     partitions: Option<usize>,
     out: &Path,
+    overwrite: bool,
+    provenance: &Provenance,
     on_step: &(dyn Fn(Step) + Send + Sync),
-) -> anyhow::Result<TrainingReport> {
+) -> anyhow::Result<Trained> {
+    if out.exists() && !overwrite {
+        bail!(
+            "output {} already exists (use --overwrite to replace it)",
+            out.display()
+        );
+    }
     let manifest_path = dataset.join(MANIFEST_FILE);
     let manifest = read_manifest(&manifest_path)?;
     let spec = dataset_spec(&manifest, label)?;
     let ctx = pipeline::embedded_context(partitions)?;
+
+    let anchor = AnchorFile::read(dataset)?.with_context(|| {
+        format!(
+            "{} has no {ANCHOR_FILE}: publish the dataset with `emrflow run`, which anchors it",
+            dataset.display()
+        )
+    })?;
+    anchor.check(provenance.genesis())?;
+    let fp = fingerprint::fingerprint(
+        fingerprint::read_dataset(&ctx, &dataset.display().to_string()).await?,
+    )
+    .await?;
+    let dataset_root = digest(&fp.root);
+    if dataset_root != anchor.root || provenance.anchor_of(dataset_root).await?.is_none() {
+        bail!(
+            "the dataset in {} does not match its anchor (its root is {}, the anchor's {});              run `emrflow verify {}`",
+            dataset.display(),
+            fp.root,
+            anchor.root,
+            dataset.display()
+        );
+    }
+    provenance
+        .record_read(Role::MlEngineer, dataset_root, "train")
+        .await?;
+
     let df = read_dataset(&ctx, dataset, &manifest).await?;
     let report = ml::train_and_evaluate(df, &spec, params, evaluation, Storage::Memory, on_step)
         .await
         .with_context(|| format!("training on {}", dataset.display()))?;
-    report.write_artifacts(out)?;
-    std::fs::copy(&manifest_path, out.join(DATASET_MANIFEST_FILE)).with_context(|| {
+
+    let staging = staging_dir(out)?;
+    let published = publish_model(
+        &report,
+        &manifest_path,
+        &staging,
+        out,
+        dataset_root,
+        fp.row_count,
+        provenance,
+    )
+    .await;
+    if published.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    let (root, height) = published?;
+    Ok(Trained {
+        report,
+        root,
+        dataset_root,
+        height,
+    })
+}
+
+/// A hidden directory beside `out` to write the model into.
+fn staging_dir(out: &Path) -> anyhow::Result<PathBuf> {
+    let name = out
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("the model directory needs a name")?;
+    let parent = out.parent().unwrap_or(Path::new("."));
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    Ok(parent.join(format!(".{name}.staging-{}", uuid::Uuid::new_v4())))
+}
+
+/// Writes the artifacts into `staging`, anchors the model and moves it to `out`.
+async fn publish_model(
+    report: &TrainingReport,
+    manifest_path: &Path,
+    staging: &Path,
+    out: &Path,
+    dataset_root: Digest,
+    dataset_rows: u64,
+    provenance: &Provenance,
+) -> anyhow::Result<(Digest, u64)> {
+    report.write_artifacts(staging)?;
+    std::fs::copy(manifest_path, staging.join(DATASET_MANIFEST_FILE)).with_context(|| {
         format!(
             "cannot copy {} into {}",
             manifest_path.display(),
-            out.display()
+            staging.display()
         )
     })?;
-    Ok(report)
+    let model = &report.model;
+    let root = model_root(model, &dataset_root)?;
+    let absolute = std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
+    let spec = AnchorSpec {
+        kind: AnchorKind::Model,
+        root,
+        row_count: model.num_nodes() as u64,
+        schema_hash: Digest::of(&serde_json::to_vec(&model.features)?),
+        location: format!("file://{}", absolute.display()),
+        parents: vec![dataset_root],
+        stage: "train".to_string(),
+        params_hash: Digest(model.params_hash()?),
+        code_version: CODE_VERSION.to_string(),
+    };
+    tracing::debug!("anchoring a model trained on {dataset_rows} rows");
+    let (receipt, _) = provenance.anchor_once(Role::MlEngineer, spec).await?;
+    let height = receipt.header.height.0;
+    let file = AnchorFile::new(
+        AnchorKind::Model,
+        root,
+        Some(dataset_root),
+        provenance.genesis(),
+        receipt,
+    );
+    std::fs::write(staging.join(ANCHOR_FILE), file.to_json()?)
+        .with_context(|| format!("cannot write the receipt into {}", staging.display()))?;
+    if out.exists() {
+        std::fs::remove_dir_all(out)
+            .with_context(|| format!("cannot replace {}", out.display()))?;
+    }
+    std::fs::rename(staging, out)
+        .with_context(|| format!("cannot move the model into {}", out.display()))?;
+    Ok((root, height))
 }
 
 fn pct(x: f64) -> String {
@@ -276,18 +422,23 @@ pub(crate) async fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
             Step::Test => "evaluating on the test rows".to_string(),
         });
     };
-    let report = train_dataset(
+    let provenance = Provenance::open(&args.ledger).await?;
+    let trained = train_dataset(
         &args.dataset,
         args.label.as_deref(),
         &params,
         &evaluation,
         args.partitions,
         &args.out,
+        args.overwrite,
+        &provenance,
         &on_step,
     )
     .await;
     bar.finish_and_clear();
-    let report = report?;
+    provenance.close().await?;
+    let trained = trained?;
+    let report = &trained.report;
     let seconds = started.elapsed().as_secs_f64();
     let model = &report.model;
     let cv = report.cross_validation.as_ref().map(|cv| CvSummary {
@@ -301,6 +452,9 @@ pub(crate) async fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     });
     let summary = TrainSummary {
         out: args.out.display().to_string(),
+        model_root: trained.root.to_hex(),
+        dataset_root: trained.dataset_root.to_hex(),
+        ledger_height: trained.height,
         model_sha256: model.sha256_hex()?,
         depth: model.depth(),
         nodes: model.num_nodes(),
@@ -365,9 +519,11 @@ pub(crate) async fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
         .collect();
     lines.push(format!("  top features: {}", top.join(", ")));
     lines.push(format!(
-        "  model {} (sha256 {})",
+        "  model {} (root {}, anchored at height {}; trained on dataset {})",
         args.out.join(ml::report::files::MODEL).display(),
-        summary.model_sha256
+        summary.model_root,
+        summary.ledger_height,
+        summary.dataset_root
     ));
     print_lines(&lines);
     Ok(ExitStatus::Success)

@@ -4,4 +4,5 @@ mod cli;
 mod ledger;
 mod ml;
 mod pipeline;
+mod provenance;
 mod support;

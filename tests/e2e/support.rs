@@ -18,8 +18,24 @@ pub(crate) fn emrflow(args: &[&str]) -> Command {
         .current_dir(root())
         .env("EMRFLOW_PSEUDONYM_KEY", "test-key-0123456789abcdef")
         .env_remove("EMRFLOW_KEY_FILE")
+        .env_remove("EMRFLOW_LEDGER")
+        .env_remove("EMRFLOW_IDENTITY")
+        .env("EMRFLOW_HOME", test_home())
         .env("RUST_LOG", "error");
     cmd
+}
+
+/// A home for the embedded ledger private to this test process (nextest runs each test in its
+/// own process), under the target directory rather than the user's real home.
+pub(crate) fn test_home() -> PathBuf {
+    static HOME: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("e2e-home-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    })
+    .clone()
 }
 
 /// Runs and captures.

@@ -23,6 +23,7 @@ use arrow::datatypes::{Float64Type, Int64Type, UInt64Type};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::{DataFrame, Expr, ParquetReadOptions, SessionContext, col};
 use futures::StreamExt;
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -231,6 +232,52 @@ impl Fingerprint {
     }
 }
 
+/// A model's root: `SHA-256("emrflow.model.v1" ‖ params_hash ‖ dataset_root ‖ n_be64 ‖ MTH)`,
+/// where MTH is the RFC 6962 root over `SHA-256(0x00 ‖ part)` of the model's `n` canonical
+/// parts (its header, then each node). It binds the model to its hyperparameters and to the
+/// dataset it was trained on.
+pub fn model_root(params_hash: &Hash32, dataset_root: &Hash32, parts: &[Vec<u8>]) -> Hash32 {
+    use sha2::{Digest as _, Sha256};
+    let leaves: Vec<Hash32> = parts.iter().map(|p| tree::leaf_hash(p)).collect();
+    let mut h = Sha256::new();
+    h.update(b"emrflow.model.v1");
+    h.update(params_hash);
+    h.update(dataset_root);
+    h.update((parts.len() as u64).to_be_bytes());
+    h.update(tree::merkle_root(&leaves));
+    h.finalize().into()
+}
+
+/// The root of raw input files (CSV exports that are not emrflow datasets), over their bytes:
+/// `SHA-256("emrflow.source.v1" ‖ n_be64 ‖ MTH)`, MTH over the sorted leaves
+/// `SHA-256(0x00 ‖ sha256(file) ‖ size_be64)`. Raw exports carry identifiers in clear, so they
+/// are never hashed row by row: a row leaf of a raw export could be confirmed by guessing.
+pub async fn source_root(ctx: &SessionContext, files: &[String]) -> Result<Hash32> {
+    use sha2::{Digest as _, Sha256};
+    let mut leaves = Vec::with_capacity(files.len());
+    for url in files {
+        let loc = Location::resolve(ctx, url)?;
+        let mut stream = loc.store.get(&loc.path).await?.into_stream();
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        let mut data = Vec::with_capacity(40);
+        data.extend_from_slice(&hasher.finalize());
+        data.extend_from_slice(&size.to_be_bytes());
+        leaves.push(tree::leaf_hash(&data));
+    }
+    leaves.sort_unstable();
+    let mut h = Sha256::new();
+    h.update(b"emrflow.source.v1");
+    h.update((leaves.len() as u64).to_be_bytes());
+    h.update(tree::merkle_root(&leaves));
+    Ok(h.finalize().into())
+}
+
 /// The dataset's columns in canonical order, as expressions.
 fn canonical_columns(schema: &CanonicalSchema) -> Vec<Expr> {
     schema
@@ -288,6 +335,58 @@ pub async fn read_dataset(ctx: &SessionContext, location: &str) -> Result<DataFr
         .await?)
 }
 
+/// One value of a record, as its JSON text gave it. Numbers keep their text, because JSON
+/// parsers may round a 17-digit float to a neighbouring `f64` and a record must hash exactly
+/// as the row it names; Rust's parser is correctly rounded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordValue {
+    /// `null`, or an empty CSV cell.
+    Null,
+    /// `true` / `false`.
+    Bool(bool),
+    /// A JSON number, as written.
+    Number(String),
+    /// A JSON string, or a CSV cell.
+    Text(String),
+}
+
+impl Serialize for RecordValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            RecordValue::Null => s.serialize_unit(),
+            RecordValue::Bool(b) => s.serialize_bool(*b),
+            RecordValue::Number(n) => serde_json::value::RawValue::from_string(n.clone())
+                .map_err(serde::ser::Error::custom)?
+                .serialize(s),
+            RecordValue::Text(t) => s.serialize_str(t),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RecordValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        let text = raw.get().trim();
+        Ok(match text {
+            "null" => RecordValue::Null,
+            "true" => RecordValue::Bool(true),
+            "false" => RecordValue::Bool(false),
+            t if t.starts_with('"') => {
+                RecordValue::Text(serde_json::from_str(t).map_err(serde::de::Error::custom)?)
+            }
+            t if t.starts_with('{') || t.starts_with('[') => {
+                return Err(serde::de::Error::custom(
+                    "a record value is a number, a string, a boolean or null",
+                ));
+            }
+            t => RecordValue::Number(t.to_string()),
+        })
+    }
+}
+
+/// A record: column name → value.
+pub type Record = std::collections::BTreeMap<String, RecordValue>;
+
 /// Which kind of proof.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -326,7 +425,7 @@ pub struct Proof {
     /// The dataset's rows (bound into the root).
     pub row_count: u64,
     /// The record, column by column.
-    pub record: serde_json::Map<String, serde_json::Value>,
+    pub record: Record,
     /// The record's leaf hash.
     pub leaf: Hex,
     /// The record's bucket.
@@ -452,10 +551,7 @@ impl Proof {
 }
 
 /// Builds the proof for `record` (column name → value) in the dataset `df`.
-pub async fn prove(
-    df: DataFrame,
-    record: &serde_json::Map<String, serde_json::Value>,
-) -> Result<Proof> {
+pub async fn prove(df: DataFrame, record: &Record) -> Result<Proof> {
     let schema = CanonicalSchema::of(df.schema().as_arrow())?;
     let batch = record_batch(&schema, record)?;
     let leaf = encode::batch_leaves(&batch)?
@@ -536,18 +632,13 @@ pub async fn prove(
 
 /// Reads a record file: a JSON object (`.json`) or a CSV header plus one row (anything else).
 /// Values are taken as the dataset stores them (pseudonyms, normalized numbers).
-pub fn read_record(
-    bytes: &[u8],
-    origin: &str,
-) -> Result<serde_json::Map<String, serde_json::Value>> {
+pub fn read_record(bytes: &[u8], origin: &str) -> Result<Record> {
     if origin.ends_with(".json") {
-        return match serde_json::from_slice::<serde_json::Value>(bytes) {
-            Ok(serde_json::Value::Object(map)) => Ok(map),
-            Ok(_) => Err(Error::Fingerprint(format!(
-                "{origin}: a record file holds one JSON object"
-            ))),
-            Err(e) => Err(Error::Fingerprint(format!("{origin}: {e}"))),
-        };
+        return serde_json::from_slice::<Record>(bytes).map_err(|e| {
+            Error::Fingerprint(format!(
+                "{origin}: a record file holds one JSON object of values: {e}"
+            ))
+        });
     }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
@@ -571,9 +662,9 @@ pub fn read_record(
         .zip(row.iter())
         .map(|(k, v)| {
             let value = if v.is_empty() {
-                serde_json::Value::Null
+                RecordValue::Null
             } else {
-                serde_json::Value::String(v.to_string())
+                RecordValue::Text(v.to_string())
             };
             (k.to_string(), value)
         })
@@ -581,10 +672,7 @@ pub fn read_record(
 }
 
 /// A one-row batch, in canonical column order, from a record; names the offending column.
-pub fn record_batch(
-    schema: &CanonicalSchema,
-    record: &serde_json::Map<String, serde_json::Value>,
-) -> Result<RecordBatch> {
+pub fn record_batch(schema: &CanonicalSchema, record: &Record) -> Result<RecordBatch> {
     if let Some(extra) = record
         .keys()
         .find(|k| !schema.columns.iter().any(|(n, _)| n == *k))
@@ -614,39 +702,39 @@ pub fn record_batch(
     )?)
 }
 
-fn json_to_array(value: &serde_json::Value, kind: &Kind) -> std::result::Result<ArrayRef, String> {
-    use serde_json::Value as V;
+fn json_to_array(value: &RecordValue, kind: &Kind) -> std::result::Result<ArrayRef, String> {
+    use RecordValue as V;
     let target = kind.arrow_type();
     let array: ArrayRef = match (value, kind) {
         (V::Null, _) => arrow::array::new_null_array(&target, 1),
         (V::Bool(b), Kind::Bool) => Arc::new(BooleanArray::from(vec![*b])),
         (V::Number(n), Kind::Int) => Arc::new(Int64Array::from(vec![
-            n.as_i64().ok_or("not a 64-bit integer")?,
+            n.parse::<i64>()
+                .map_err(|_| format!("{n} is not a 64-bit integer"))?,
         ])),
-        (V::Number(n), Kind::UInt64) => Arc::new(UInt64Array::from(vec![
-            n.as_u64().ok_or("not an unsigned 64-bit integer")?,
-        ])),
-        (V::Number(n), Kind::Float) => {
-            Arc::new(Float64Array::from(vec![n.as_f64().ok_or("not a number")?]))
+        (V::Number(n), Kind::UInt64) => {
+            Arc::new(UInt64Array::from(vec![n.parse::<u64>().map_err(|_| {
+                format!("{n} is not an unsigned 64-bit integer")
+            })?]))
         }
-        (V::String(s), Kind::String) => Arc::new(StringArray::from(vec![s.as_str()])),
-        (V::String(s), Kind::Binary) => {
+        (V::Number(n), Kind::Float) => Arc::new(Float64Array::from(vec![
+            n.parse::<f64>()
+                .map_err(|_| format!("{n} is not a number"))?,
+        ])),
+        (V::Text(s), Kind::String) => Arc::new(StringArray::from(vec![s.as_str()])),
+        (V::Text(s), Kind::Binary) => {
             let bytes = hex::decode(s).map_err(|_| "binary values are written as hex")?;
             Arc::new(BinaryArray::from(vec![bytes.as_slice()]))
         }
         // Everything else arrives as text (CSV records, dates, timestamps, decimals, "NaN")
-        // and is parsed by Arrow's own casts.
-        (V::String(s), _) => {
+        // and is parsed by Arrow's own casts, which parse floats correctly rounded.
+        (V::Text(s) | V::Number(s), _) => {
             let text: ArrayRef = Arc::new(StringArray::from(vec![s.as_str()]));
             let parsed = cast(&text, &target).map_err(|e| e.to_string())?;
             if parsed.is_null(0) {
                 return Err(format!("{s:?} is not a {}", kind.name()));
             }
             parsed
-        }
-        (V::Number(n), _) => {
-            let text: ArrayRef = Arc::new(StringArray::from(vec![n.to_string()]));
-            cast(&text, &target).map_err(|e| e.to_string())?
         }
         _ => return Err(format!("a {} value was expected", kind.name())),
     };
@@ -656,30 +744,31 @@ fn json_to_array(value: &serde_json::Value, kind: &Kind) -> std::result::Result<
 /// The record as JSON, one value per column: numbers as numbers (exactly: serde_json writes
 /// the shortest round-trip form), non-finite floats, dates, timestamps and decimals as text,
 /// binary as hex.
-fn batch_to_json(
-    schema: &CanonicalSchema,
-    batch: &RecordBatch,
-) -> Result<serde_json::Map<String, serde_json::Value>> {
-    use serde_json::Value as V;
-    let mut out = serde_json::Map::new();
+fn batch_to_json(schema: &CanonicalSchema, batch: &RecordBatch) -> Result<Record> {
+    use RecordValue as V;
+    let mut out = Record::new();
     for ((name, kind), array) in schema.columns.iter().zip(batch.columns()) {
         let value = if array.is_null(0) {
             V::Null
         } else {
             match kind {
                 Kind::Bool => V::Bool(array.as_boolean().value(0)),
-                Kind::Int => V::from(array.as_primitive::<Int64Type>().value(0)),
-                Kind::UInt64 => V::from(array.as_primitive::<UInt64Type>().value(0)),
+                Kind::Int => V::Number(array.as_primitive::<Int64Type>().value(0).to_string()),
+                Kind::UInt64 => V::Number(array.as_primitive::<UInt64Type>().value(0).to_string()),
                 Kind::Float => {
+                    // `{:?}` is the shortest text that parses back to the same f64.
                     let x = array.as_primitive::<Float64Type>().value(0);
-                    serde_json::Number::from_f64(x)
-                        .map_or_else(|| V::String(x.to_string()), V::Number)
+                    if x.is_finite() {
+                        V::Number(format!("{x:?}"))
+                    } else {
+                        V::Text(x.to_string())
+                    }
                 }
-                Kind::String => V::String(array.as_string::<i32>().value(0).to_string()),
-                Kind::Binary => V::String(hex::encode(array.as_binary::<i32>().value(0))),
+                Kind::String => V::Text(array.as_string::<i32>().value(0).to_string()),
+                Kind::Binary => V::Text(hex::encode(array.as_binary::<i32>().value(0))),
                 _ => {
                     let fmt = ArrayFormatter::try_new(array.as_ref(), &FormatOptions::default())?;
-                    V::String(fmt.value(0).to_string())
+                    V::Text(fmt.value(0).to_string())
                 }
             }
         };
