@@ -337,8 +337,14 @@ fn fixed_width(data_type: &DataType) -> Option<usize> {
 
 fn add_lengths(col: &ArrayRef, lens: &mut [usize]) -> Result<()> {
     if let Some(width) = fixed_width(col.data_type()) {
-        for (i, len) in lens.iter_mut().enumerate() {
-            *len += if col.is_null(i) { 1 } else { 1 + width };
+        if col.null_count() == 0 {
+            for len in lens.iter_mut() {
+                *len += 1 + width;
+            }
+        } else {
+            for (i, len) in lens.iter_mut().enumerate() {
+                *len += if col.is_null(i) { 1 } else { 1 + width };
+            }
         }
         return Ok(());
     }
@@ -389,11 +395,13 @@ fn put(buf: &mut [u8], at: &mut usize, bytes: &[u8]) {
 }
 
 fn write_column(col: &ArrayRef, buf: &mut [u8], cursor: &mut [usize]) -> Result<()> {
+    // Columns without nulls (most of them) skip the per-value validity check.
     macro_rules! each {
         ($arr:expr, $tag:expr, |$v:ident| $bytes:expr) => {{
             let a = $arr;
+            let nulls = a.null_count() > 0;
             for (i, at) in cursor.iter_mut().enumerate() {
-                if a.is_null(i) {
+                if nulls && a.is_null(i) {
                     put(buf, at, &[tag::NULL]);
                 } else {
                     let $v = a.value(i);
@@ -406,8 +414,9 @@ fn write_column(col: &ArrayRef, buf: &mut [u8], cursor: &mut [usize]) -> Result<
     macro_rules! var {
         ($arr:expr, $tag:expr) => {{
             let a = $arr;
+            let nulls = a.null_count() > 0;
             for (i, at) in cursor.iter_mut().enumerate() {
-                if a.is_null(i) {
+                if nulls && a.is_null(i) {
                     put(buf, at, &[tag::NULL]);
                 } else {
                     let v: &[u8] = a.value(i).as_ref();

@@ -139,17 +139,71 @@ pub fn dataset_root(schema_hash: &Hash32, row_count: u64, top_root: &Hash32) -> 
     h.finalize().into()
 }
 
-/// Sorts `leaves` and splits them into the 256 buckets: `(count, root)` per bucket.
+/// Sorts `leaves` and splits them into the 256 buckets: `(count, root)` per bucket. The leaves
+/// are distributed by first byte (a counting sort), then the buckets are sorted and hashed on
+/// all cores: the interior hashes cost as much as the leaves, and this runs once, after the
+/// partitions' states have merged.
 pub fn bucket_table(leaves: &mut [Hash32]) -> Vec<(u64, Hash32)> {
-    leaves.sort_unstable();
-    let mut table = Vec::with_capacity(BUCKETS);
-    let mut start = 0;
-    for b in 0..BUCKETS {
-        let end = start + leaves[start..].partition_point(|l| usize::from(l[0]) == b);
-        let bucket = &leaves[start..end];
-        table.push((bucket.len() as u64, merkle_root(bucket)));
-        start = end;
+    let mut counts = [0usize; BUCKETS];
+    for l in leaves.iter() {
+        counts[usize::from(l[0])] += 1;
     }
+    let mut starts = [0usize; BUCKETS + 1];
+    for b in 0..BUCKETS {
+        starts[b + 1] = starts[b] + counts[b];
+    }
+    let mut sorted = vec![[0u8; 32]; leaves.len()];
+    let mut next = starts;
+    for l in leaves.iter() {
+        let b = usize::from(l[0]);
+        sorted[next[b]] = *l;
+        next[b] += 1;
+    }
+    let mut buckets: Vec<&mut [Hash32]> = Vec::with_capacity(BUCKETS);
+    let mut rest = sorted.as_mut_slice();
+    for count in counts {
+        let (head, tail) = rest.split_at_mut(count);
+        buckets.push(head);
+        rest = tail;
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 16);
+    // Contiguous runs of buckets with about the same number of leaves per thread.
+    let per_thread = leaves.len().div_ceil(threads).max(1);
+    let mut groups: Vec<Vec<&mut [Hash32]>> = vec![Vec::new()];
+    let mut in_group = 0;
+    for bucket in buckets {
+        if in_group >= per_thread {
+            groups.push(Vec::new());
+            in_group = 0;
+        }
+        in_group += bucket.len();
+        if let Some(g) = groups.last_mut() {
+            g.push(bucket);
+        }
+    }
+    let table: Vec<(u64, Hash32)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = groups
+            .into_iter()
+            .map(|group| {
+                scope.spawn(move || {
+                    group
+                        .into_iter()
+                        .map(|bucket| {
+                            bucket.sort_unstable();
+                            (bucket.len() as u64, merkle_root(bucket))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    leaves.copy_from_slice(&sorted);
     table
 }
 

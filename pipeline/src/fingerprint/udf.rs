@@ -131,9 +131,7 @@ impl Accumulator for LeafAccumulator {
     }
 
     fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
-        // Sorting here spreads most of the sort over the partitions; the final sort then runs
-        // over a few long sorted runs.
-        self.leaves.sort_unstable();
+        // Unsorted: the final step buckets by first byte and sorts the buckets on all cores.
         Ok(vec![ScalarValue::LargeBinary(Some(
             self.leaves.as_flattened().to_vec(),
         ))])
