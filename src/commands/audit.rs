@@ -104,9 +104,8 @@ async fn collect(args: &AuditArgs, provenance: &Provenance) -> anyhow::Result<Ve
                 let all = provenance.audit(None, None).await?;
                 let mut found = None;
                 for e in &all {
-                    if !names.contains_key(&e.actor) {
-                        let id = provenance.identity_of(e.actor).await?;
-                        names.insert(e.actor, id);
+                    if let std::collections::btree_map::Entry::Vacant(slot) = names.entry(e.actor) {
+                        slot.insert(provenance.identity_of(e.actor).await?);
                     }
                     if names[&e.actor].as_ref().is_some_and(|i| i.name == *who) {
                         found = Some(e.actor);
@@ -122,9 +121,8 @@ async fn collect(args: &AuditArgs, provenance: &Provenance) -> anyhow::Result<Ve
     };
     let mut rows = Vec::with_capacity(events.len());
     for e in events {
-        if !names.contains_key(&e.actor) {
-            let id = provenance.identity_of(e.actor).await?;
-            names.insert(e.actor, id);
+        if let std::collections::btree_map::Entry::Vacant(slot) = names.entry(e.actor) {
+            slot.insert(provenance.identity_of(e.actor).await?);
         }
         rows.push(row(&e, names[&e.actor].as_ref()));
     }

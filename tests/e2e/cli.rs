@@ -7,7 +7,19 @@ fn every_command_has_help() {
     let top = run(&mut emrflow(&["--help"]));
     assert!(top.status.success());
     let text = stdout(&top);
-    for cmd in ["generate", "run", "train", "predict", "demo", "ledger"] {
+    for cmd in [
+        "generate",
+        "run",
+        "train",
+        "predict",
+        "demo",
+        "ledger",
+        "verify",
+        "lineage",
+        "audit",
+        "prove",
+        "fingerprint",
+    ] {
         assert!(
             text.contains(cmd),
             "top-level help does not list {cmd}:\n{text}"
