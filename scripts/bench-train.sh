@@ -18,7 +18,7 @@ if [ -n "${EMRFLOW_BIN:-}" ]; then
   BIN="$EMRFLOW_BIN"
 else
   echo "== building emrflow (dev profile, optimized)" >&2
-  cargo build --bin emrflow >&2
+  cargo build --workspace --bins >&2
   BIN="$CARGO_TARGET_DIR/debug/emrflow"
 fi
 

@@ -30,6 +30,29 @@ pub(crate) enum LedgerCommand {
     VerifyReceipt(VerifyReceiptArgs),
     /// Re-check a stopped peer's whole chain on disk; names the first bad block
     Verify(VerifyArgs),
+    /// Create an identity key and register it with a role (signed by the admin)
+    Register(RegisterArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RegisterArgs {
+    /// The role: admin, data_engineer, ml_engineer, compliance or clinician
+    #[arg(long)]
+    role: String,
+    /// A human-readable name for the identity (shown by `emrflow audit`)
+    #[arg(long)]
+    name: String,
+    /// Where to write the new key (refuses to overwrite)
+    #[arg(long, value_name = "KEY")]
+    out: PathBuf,
+    /// The admin's key [default: admin.key beside the ledger]
+    #[arg(long, value_name = "KEY")]
+    admin_key: Option<PathBuf>,
+    /// Print a JSON summary on stdout
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    ledger: super::provenance::LedgerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -133,6 +156,7 @@ pub(crate) async fn run(cmd: LedgerCommand) -> anyhow::Result<ExitStatus> {
         LedgerCommand::Has(a) => has(a).await,
         LedgerCommand::VerifyReceipt(a) => verify_receipt(a),
         LedgerCommand::Verify(a) => verify(a),
+        LedgerCommand::Register(a) => register(a).await,
     }
 }
 
@@ -306,4 +330,33 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitStatus> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+async fn register(a: RegisterArgs) -> anyhow::Result<ExitStatus> {
+    let role: ledger::contracts::Role = a.role.parse()?;
+    let provenance = super::provenance::Provenance::open(&a.ledger).await?;
+    let receipt = provenance
+        .register_identity(a.admin_key.as_deref(), role, &a.name, &a.out)
+        .await;
+    provenance.close().await?;
+    let receipt = receipt?;
+    let key = config::read_key(&a.out)?;
+    if a.json {
+        print_json(&serde_json::json!({
+            "name": a.name,
+            "role": role.to_string(),
+            "public_key": key.public().to_hex(),
+            "key_file": a.out.display().to_string(),
+            "height": receipt.header.height.0,
+        }))?;
+    } else {
+        print_lines(&[format!(
+            "registered {} as {role} (public key {}, key file {}, height {})",
+            a.name,
+            key.public().to_hex(),
+            a.out.display(),
+            receipt.header.height.0
+        )]);
+    }
+    Ok(ExitStatus::Success)
 }

@@ -200,6 +200,40 @@ impl Provenance {
         Ok(key)
     }
 
+    /// Creates a new identity key at `out` and has the admin (`admin`, or the ledger
+    /// directory's `admin.key`) register it with `role`; the key is removed if the ledger
+    /// refuses.
+    pub(crate) async fn register_identity(
+        &self,
+        admin: Option<&Path>,
+        role: Role,
+        name: &str,
+        out: &Path,
+    ) -> anyhow::Result<Receipt> {
+        let admin = match admin {
+            Some(path) => config::read_key(path)
+                .with_context(|| format!("cannot read the admin key {}", path.display()))?,
+            None => self.admin_key().with_context(|| {
+                format!("no admin.key beside {}; pass --admin-key", self.describe)
+            })?,
+        };
+        let key = config::new_key_file(out)?;
+        let receipt = Client::new(self.conn(), admin)
+            .register(key.public(), name, role)
+            .await;
+        match receipt {
+            Ok(r) if r.outcome.is_accepted() => Ok(r),
+            Ok(r) => {
+                let _ = std::fs::remove_file(out);
+                bail!("the ledger refused the registration: {:?}", r.outcome)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(out);
+                Err(e).context("cannot register the identity")
+            }
+        }
+    }
+
     /// Anchors `spec` as `role`; fails (naming the reason) if the ledger denies it.
     pub(crate) async fn anchor(&self, role: Role, spec: AnchorSpec) -> anyhow::Result<Receipt> {
         let key = self.key_for(role).await?;
