@@ -166,6 +166,47 @@ impl<'a, L: LedgerApi> Client<'a, L> {
 
     /// The anchor of a root.
     pub async fn anchor_of(&self, root: Digest) -> Result<Option<AnchorRecord>> {
+        Reader::new(self.ledger).anchor_of(root).await
+    }
+
+    /// The lineage DAG of a root.
+    pub async fn lineage(&self, root: Digest, max_depth: u32) -> Result<Lineage> {
+        Reader::new(self.ledger).lineage(root, max_depth).await
+    }
+
+    /// Audit events of a subject and/or an identity over a block-time range (ms since epoch).
+    pub async fn audit(
+        &self,
+        subject: Option<Digest>,
+        actor: Option<PublicKey>,
+        from: Time,
+        to: Time,
+    ) -> Result<Vec<AuditEvent>> {
+        Reader::new(self.ledger)
+            .audit(subject, actor, from, to)
+            .await
+    }
+
+    /// A registered identity.
+    pub async fn identity(&self, key: PublicKey) -> Result<Option<Identity>> {
+        Reader::new(self.ledger).identity(key).await
+    }
+}
+
+/// Typed read-only queries; they need no identity.
+#[derive(Debug, Clone, Copy)]
+pub struct Reader<'a, L> {
+    ledger: &'a L,
+}
+
+impl<'a, L: LedgerApi> Reader<'a, L> {
+    /// Queries `ledger`.
+    pub fn new(ledger: &'a L) -> Self {
+        Self { ledger }
+    }
+
+    /// The anchor of a root.
+    pub async fn anchor_of(&self, root: Digest) -> Result<Option<AnchorRecord>> {
         match self.ledger.query(Query::Anchor(root)).await? {
             QueryResult::Anchor(a) => Ok(a.map(|b| *b)),
             other => Err(unexpected(&other)),
@@ -211,6 +252,14 @@ impl<'a, L: LedgerApi> Client<'a, L> {
     pub async fn identity(&self, key: PublicKey) -> Result<Option<Identity>> {
         match self.ledger.query(Query::Identity(key)).await? {
             QueryResult::Identity(i) => Ok(i),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The receipt of a committed transaction, once its block is certified.
+    pub async fn receipt(&self, tx: Digest) -> Result<Option<Receipt>> {
+        match self.ledger.query(Query::Receipt(tx)).await? {
+            QueryResult::Receipt(r) => Ok(r.map(|b| *b)),
             other => Err(unexpected(&other)),
         }
     }

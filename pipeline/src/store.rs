@@ -217,6 +217,13 @@ impl Staging {
         self.target.url_of(&self.staging)
     }
 
+    /// The staging directory on the local filesystem, for writers that need a path (model
+    /// artifacts); `None` for object-store targets.
+    pub fn local_dir(&self) -> Option<PathBuf> {
+        let target = self.target.local_path()?;
+        staging_local(&target, &self.staging).ok()
+    }
+
     /// The store to write to.
     pub fn store(&self) -> Arc<dyn ObjectStore> {
         Arc::clone(&self.target.store)

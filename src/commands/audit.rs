@@ -8,6 +8,7 @@ use anyhow::bail;
 use clap::Args;
 use ledger::contracts::{AuditEvent, Identity, Outcome};
 use ledger::crypto::{Digest, PublicKey};
+use ledger::ids::Time;
 use serde::Serialize;
 
 use super::provenance::{LedgerArgs, Provenance};
@@ -96,16 +97,29 @@ async fn collect(args: &AuditArgs, provenance: &Provenance) -> anyhow::Result<Ve
         .transpose()?;
     let mut names: BTreeMap<PublicKey, Option<Identity>> = BTreeMap::new();
     let events = match (&subject, &args.identity) {
-        (Some(s), _) => provenance.audit(Some(*s), None).await?,
+        (Some(s), _) => {
+            provenance
+                .reader()
+                .audit(Some(*s), None, Time(0), Time(u64::MAX))
+                .await?
+        }
         (None, Some(who)) => match PublicKey::from_hex(who) {
-            Ok(key) => provenance.audit(None, Some(key)).await?,
+            Ok(key) => {
+                provenance
+                    .reader()
+                    .audit(None, Some(key), Time(0), Time(u64::MAX))
+                    .await?
+            }
             Err(_) => {
                 // By name: every actor's registered name is looked up once.
-                let all = provenance.audit(None, None).await?;
+                let all = provenance
+                    .reader()
+                    .audit(None, None, Time(0), Time(u64::MAX))
+                    .await?;
                 let mut found = None;
                 for e in &all {
                     if let std::collections::btree_map::Entry::Vacant(slot) = names.entry(e.actor) {
-                        slot.insert(provenance.identity_of(e.actor).await?);
+                        slot.insert(provenance.reader().identity(e.actor).await?);
                     }
                     if names[&e.actor].as_ref().is_some_and(|i| i.name == *who) {
                         found = Some(e.actor);
@@ -122,7 +136,7 @@ async fn collect(args: &AuditArgs, provenance: &Provenance) -> anyhow::Result<Ve
     let mut rows = Vec::with_capacity(events.len());
     for e in events {
         if let std::collections::btree_map::Entry::Vacant(slot) = names.entry(e.actor) {
-            slot.insert(provenance.identity_of(e.actor).await?);
+            slot.insert(provenance.reader().identity(e.actor).await?);
         }
         rows.push(row(&e, names[&e.actor].as_ref()));
     }

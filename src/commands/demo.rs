@@ -220,9 +220,7 @@ async fn demo(
     let model_dir = args.dir.join("models/stroke-tree");
     let bar = progress("training");
     let step_bar = bar.clone();
-    let on_step = move |step: Step| {
-        step_bar.set_message(format!("training: {step:?}"));
-    };
+    let on_step = move |step: Step| step_bar.set_message(super::train::step_message(step));
     let dataset_dir = PathBuf::from(&dataset.summary.output);
     let trained = super::train::train_dataset(
         &dataset_dir,

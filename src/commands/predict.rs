@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use ledger::contracts::Role;
 use ml::DecisionTreeModel;
@@ -221,21 +221,11 @@ pub(crate) async fn run(args: PredictArgs) -> anyhow::Result<ExitStatus> {
     // Only a model that is exactly what was anchored scores anything, and the read is audited.
     let provenance = Provenance::open(&args.ledger).await?;
     let checked = async {
-        let checked = check_model(&args.model, &provenance).await?;
-        if !checked.matches() {
-            bail!(
-                "{} does not match its anchor (root {} recomputed, {} anchored); run `emrflow \
-                 verify {}`",
-                args.model.display(),
-                checked.root,
-                checked.anchor.root,
-                args.model.display()
-            );
-        }
+        let check = check_model(&args.model, &provenance).await?;
+        check.ensure_matches(&args.model)?;
         provenance
-            .record_read(Role::Clinician, checked.root, "predict")
-            .await?;
-        Ok(checked)
+            .record_read(Role::Clinician, check.anchor.root, "predict")
+            .await
     }
     .await;
     provenance.close().await?;

@@ -10,17 +10,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Args;
 use ledger::chain::{Genesis, QueryResult, Receipt};
-use ledger::client::{Client, Ledger, LedgerApi};
+use ledger::client::{Client, Ledger, LedgerApi, Reader};
 use ledger::config;
-use ledger::contracts::{
-    Access, AnchorKind, AnchorRecord, AnchorSpec, AuditEvent, Call, Identity, Lineage, Outcome,
-    Query, Role,
-};
-use ledger::crypto::{Digest, KeyPair, PublicKey};
-use ledger::ids::Time;
+use ledger::contracts::{Access, AnchorKind, AnchorRecord, AnchorSpec, Call, Outcome, Query, Role};
+use ledger::crypto::{Digest, KeyPair};
 use ledger::transport::RemoteLedger;
 use ledger::tx::SignedTx;
-use pipeline::fingerprint::Hex;
+use ml::datafusion::prelude::SessionContext;
+use pipeline::fingerprint::{self, BucketDiff, FINGERPRINT_FILE, Fingerprint, Hex};
+use pipeline::manifest::MANIFEST_FILE;
 use serde::{Deserialize, Serialize};
 
 /// The receipt file kept beside a published dataset or model.
@@ -266,69 +264,27 @@ impl Provenance {
         Ok((self.anchor(role, spec).await?, false))
     }
 
-    /// The receipt of a committed transaction.
+    /// The receipt of a committed transaction, checked against the genesis.
     pub(crate) async fn receipt_of(&self, tx: Digest) -> anyhow::Result<Receipt> {
-        match self.conn().query(Query::Receipt(tx)).await? {
-            QueryResult::Receipt(Some(r)) => {
-                r.verify(self.genesis())
-                    .context("the ledger returned a receipt that does not verify")?;
-                Ok(*r)
-            }
-            QueryResult::Receipt(None) => bail!("the ledger has no certified receipt for {tx}"),
-            other => bail!("unexpected answer from the ledger: {other:?}"),
-        }
+        let receipt = self
+            .reader()
+            .receipt(tx)
+            .await?
+            .with_context(|| format!("the ledger has no certified receipt for {tx}"))?;
+        receipt
+            .verify(self.genesis())
+            .context("the ledger returned a receipt that does not verify")?;
+        Ok(receipt)
+    }
+
+    /// Read-only queries.
+    pub(crate) fn reader(&self) -> Reader<'_, Conn> {
+        Reader::new(self.conn())
     }
 
     /// The anchor of a root, if any.
     pub(crate) async fn anchor_of(&self, root: Digest) -> anyhow::Result<Option<AnchorRecord>> {
-        match self.conn().query(Query::Anchor(root)).await? {
-            QueryResult::Anchor(a) => Ok(a.map(|b| *b)),
-            other => bail!("unexpected answer from the ledger: {other:?}"),
-        }
-    }
-
-    /// The lineage DAG of a root.
-    pub(crate) async fn lineage(&self, root: Digest, depth: u32) -> anyhow::Result<Lineage> {
-        match self
-            .conn()
-            .query(Query::Lineage {
-                root,
-                max_depth: depth,
-            })
-            .await?
-        {
-            QueryResult::Lineage(l) => Ok(l),
-            other => bail!("unexpected answer from the ledger: {other:?}"),
-        }
-    }
-
-    /// Audit events of a subject and/or an actor.
-    pub(crate) async fn audit(
-        &self,
-        subject: Option<Digest>,
-        actor: Option<PublicKey>,
-    ) -> anyhow::Result<Vec<AuditEvent>> {
-        match self
-            .conn()
-            .query(Query::Audit {
-                subject,
-                actor,
-                from: Time(0),
-                to: Time(u64::MAX),
-            })
-            .await?
-        {
-            QueryResult::Audit(events) => Ok(events),
-            other => bail!("unexpected answer from the ledger: {other:?}"),
-        }
-    }
-
-    /// A registered identity.
-    pub(crate) async fn identity_of(&self, key: PublicKey) -> anyhow::Result<Option<Identity>> {
-        match self.conn().query(Query::Identity(key)).await? {
-            QueryResult::Identity(i) => Ok(i),
-            other => bail!("unexpected answer from the ledger: {other:?}"),
-        }
+        Ok(self.reader().anchor_of(root).await?)
     }
 
     /// A client acting as `role`.
@@ -519,34 +475,121 @@ pub(crate) fn model_root(
     dataset_root: &Digest,
 ) -> anyhow::Result<Digest> {
     let parts = model.canonical_parts()?;
-    Ok(Digest(pipeline::fingerprint::model_root(
+    Ok(Digest(fingerprint::model_root(
         &model.params_hash()?,
         &dataset_root.0,
         &parts,
     )))
 }
 
-/// A model directory checked against its anchor: the model parses, its receipt verifies
-/// offline, and its recomputed root is what the receipt anchors and the ledger holds.
+/// An anchored artifact checked against its anchor. `problems` is empty when the files are
+/// exactly what was anchored; each entry says what differs. Errors (no receipt, unreadable
+/// files) are `Err`, not problems.
 #[derive(Debug)]
-pub(crate) struct CheckedModel {
+pub(crate) struct Check {
+    /// The receipt beside the artifact.
     pub(crate) anchor: AnchorFile,
-    /// The root recomputed from the files.
-    pub(crate) root: Digest,
+    /// The ledger's anchor of the receipt's root, if the ledger has it.
+    pub(crate) record: Option<AnchorRecord>,
+    /// The root recomputed from the files (`None` when they could not be read as a model).
+    pub(crate) recomputed: Option<Digest>,
+    /// Datasets: the recomputed fingerprint.
+    pub(crate) fingerprint: Option<Fingerprint>,
+    /// Datasets: the buckets that differ from the anchored fingerprint.
+    pub(crate) buckets: Vec<BucketDiff>,
+    /// What differs.
+    pub(crate) problems: Vec<String>,
 }
 
-impl CheckedModel {
-    /// Whether the files are what was anchored.
-    pub(crate) fn matches(&self) -> bool {
-        self.root == self.anchor.root
+impl Check {
+    /// `Ok` when nothing differs, else an error naming what does and what to run.
+    pub(crate) fn ensure_matches(&self, path: &Path) -> anyhow::Result<()> {
+        if self.problems.is_empty() {
+            return Ok(());
+        }
+        bail!(
+            "{} does not match its anchor ({}); run `emrflow verify {}`",
+            path.display(),
+            self.problems.join("; "),
+            path.display()
+        )
+    }
+
+    /// The receipt's offline check and the ledger's anchor, shared by datasets and models.
+    async fn start(
+        dir: &Path,
+        provenance: &Provenance,
+    ) -> anyhow::Result<(Self, Option<AnchorSpec>)> {
+        let anchor = AnchorFile::read(dir)?.with_context(|| {
+            format!(
+                "{} has no {ANCHOR_FILE}: it was not published by `emrflow run` or `emrflow train`",
+                dir.display()
+            )
+        })?;
+        let mut problems = Vec::new();
+        let spec = match anchor.check(provenance.genesis()) {
+            Ok(spec) => Some(spec),
+            Err(e) => {
+                problems.push(format!("the receipt: {e:#}"));
+                None
+            }
+        };
+        let record = provenance.anchor_of(anchor.root).await?;
+        if record.is_none() {
+            problems.push(format!(
+                "root {} is not anchored on {}",
+                anchor.root, provenance.describe
+            ));
+        }
+        let check = Check {
+            anchor,
+            record,
+            recomputed: None,
+            fingerprint: None,
+            buckets: Vec::new(),
+            problems,
+        };
+        Ok((check, spec))
     }
 }
 
-/// Reads and checks a model directory (or its model.json).
-pub(crate) async fn check_model(
-    path: &Path,
+/// Checks a published dataset directory: its receipt, its rows (fingerprinted on `ctx`), and
+/// its manifest (whose hash the anchor carries as the parameter hash).
+pub(crate) async fn check_dataset(
+    ctx: &SessionContext,
+    dir: &Path,
     provenance: &Provenance,
-) -> anyhow::Result<CheckedModel> {
+) -> anyhow::Result<Check> {
+    let (mut check, spec) = Check::start(dir, provenance).await?;
+    let fp =
+        fingerprint::fingerprint(fingerprint::read_dataset(ctx, &dir.display().to_string()).await?)
+            .await?;
+    let recomputed = digest(&fp.root);
+    if recomputed != check.anchor.root {
+        check.problems.push(format!(
+            "the rows differ: {} rows now, recomputed root {}",
+            fp.row_count, fp.root
+        ));
+        check.buckets = differing_buckets(dir, &fp, &check.anchor.root, &mut check.problems);
+    }
+    if let Some(spec) = &spec {
+        let path = dir.join(MANIFEST_FILE);
+        let manifest =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        if Digest::of(&manifest) != spec.params_hash {
+            check
+                .problems
+                .push("manifest.json differs from the one anchored with the data".into());
+        }
+    }
+    check.recomputed = Some(recomputed);
+    check.fingerprint = Some(fp);
+    Ok(check)
+}
+
+/// Checks a model directory (or its model.json): its receipt, and its root recomputed from the
+/// model file and the training dataset's root, which the anchor must name as a parent.
+pub(crate) async fn check_model(path: &Path, provenance: &Provenance) -> anyhow::Result<Check> {
     let (dir, file) = if path.is_dir() {
         (path.to_path_buf(), path.join(ml::report::files::MODEL))
     } else {
@@ -556,28 +599,74 @@ pub(crate) async fn check_model(
             path.to_path_buf(),
         )
     };
+    let (mut check, spec) = Check::start(&dir, provenance).await?;
     let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-    let model = ml::DecisionTreeModel::from_json(&bytes, &file.display().to_string())?;
-    let anchor = AnchorFile::read(&dir)?.with_context(|| {
-        format!(
-            "{} has no {ANCHOR_FILE}: the model was not published by `emrflow train`",
-            dir.display()
-        )
-    })?;
-    let spec = anchor.check(provenance.genesis())?;
-    let dataset_root = anchor
-        .dataset_root
-        .context("the model's anchor.json names no dataset root")?;
-    if !spec.parents.contains(&dataset_root) {
-        bail!("the anchor does not name the dataset root {dataset_root} as a parent");
+    let model = match ml::DecisionTreeModel::from_json(&bytes, &file.display().to_string()) {
+        Ok(model) => model,
+        Err(e) => {
+            check.problems.push(format!("the model file: {e}"));
+            return Ok(check);
+        }
+    };
+    let Some(dataset_root) = check.anchor.dataset_root else {
+        check
+            .problems
+            .push(format!("{ANCHOR_FILE} names no training dataset"));
+        return Ok(check);
+    };
+    if spec.is_some_and(|s| !s.parents.contains(&dataset_root)) {
+        check.problems.push(format!(
+            "{ANCHOR_FILE} names dataset {dataset_root}, which the anchor does not"
+        ));
     }
     let root = model_root(&model, &dataset_root)?;
-    if provenance.anchor_of(anchor.root).await?.is_none() {
-        bail!(
-            "the model root {} is not on {}",
-            anchor.root,
-            provenance.describe
-        );
+    if root != check.anchor.root {
+        check.problems.push(format!(
+            "{} differs from the anchored model (a threshold, a parameter or a node changed)",
+            file.display()
+        ));
     }
-    Ok(CheckedModel { anchor, root })
+    check.recomputed = Some(root);
+    Ok(check)
+}
+
+/// Names the buckets that differ, when the fingerprint stored beside the data is the anchored
+/// one (its own root must be the anchored root, or it proves nothing).
+fn differing_buckets(
+    dir: &Path,
+    now: &Fingerprint,
+    anchored: &Digest,
+    problems: &mut Vec<String>,
+) -> Vec<BucketDiff> {
+    let path = dir.join(FINGERPRINT_FILE);
+    let stored = std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| {
+            Fingerprint::from_json(&b, &path.display().to_string()).map_err(|e| e.to_string())
+        });
+    match stored {
+        Ok(stored) if stored.root.0 == anchored.0 => {
+            let diff = now.diff(&stored);
+            for d in diff.iter().take(16) {
+                problems.push(format!(
+                    "bucket {:02x} differs ({} rows anchored, {} now)",
+                    d.bucket, d.expected_rows, d.actual_rows
+                ));
+            }
+            if diff.len() > 16 {
+                problems.push(format!("… and {} more buckets", diff.len() - 16));
+            }
+            diff
+        }
+        Ok(_) => {
+            problems.push(format!(
+                "{FINGERPRINT_FILE} is not the anchored fingerprint; buckets cannot be named"
+            ));
+            Vec::new()
+        }
+        Err(e) => {
+            problems.push(format!("{FINGERPRINT_FILE}: {e}; buckets cannot be named"));
+            Vec::new()
+        }
+    }
 }

@@ -14,7 +14,9 @@ use pipeline::fingerprint::{self, FINGERPRINT_FILE};
 use pipeline::{Job, Progress, RunOptions, RunSummary, StagedRun};
 use serde::Serialize;
 
-use super::provenance::{ANCHOR_FILE, AnchorFile, CODE_VERSION, LedgerArgs, Provenance, digest};
+use super::provenance::{
+    ANCHOR_FILE, AnchorFile, CODE_VERSION, LedgerArgs, Provenance, check_dataset, digest,
+};
 use super::{ExitStatus, print_json, print_lines, progress};
 
 #[derive(Debug, Args)]
@@ -198,13 +200,15 @@ async fn input_root(
     summary: &RunSummary,
 ) -> anyhow::Result<Digest> {
     let location = pipeline::store::Location::resolve(ctx, &input.location)?;
-    if let Some(dir) = location.local_path().filter(|p| p.is_dir())
-        && let Some(anchor) = AnchorFile::read(&dir)?
+    // An emrflow dataset read as input is its anchored root, once its content is checked
+    // against that anchor: a parent must be what the child was really made from.
+    if let Some(dir) = location
+        .local_path()
+        .filter(|p| p.join(ANCHOR_FILE).is_file())
     {
-        anchor.check(provenance.genesis())?;
-        if provenance.anchor_of(anchor.root).await?.is_some() {
-            return Ok(anchor.root);
-        }
+        let check = check_dataset(ctx, &dir, provenance).await?;
+        check.ensure_matches(&dir)?;
+        return Ok(check.anchor.root);
     }
     let files: Vec<String> = input.files.iter().map(|f| f.path.clone()).collect();
     let root = Digest(fingerprint::source_root(ctx, &files).await?);

@@ -14,12 +14,12 @@ use ml::{
     Affine, ClassWeights, DatasetSpec, DecisionTreeParams, EvaluationConfig, FeatureKind,
     FeatureSpec, Impurity, Step, Storage, TrainingReport,
 };
-use pipeline::fingerprint;
 use pipeline::manifest::{self, MANIFEST_FILE, Manifest};
+use pipeline::store::{Location, Staging};
 use serde::Serialize;
 
 use super::provenance::{
-    ANCHOR_FILE, AnchorFile, CODE_VERSION, LedgerArgs, Provenance, digest, model_root,
+    ANCHOR_FILE, AnchorFile, CODE_VERSION, LedgerArgs, Provenance, check_dataset, model_root,
 };
 use super::{ExitStatus, print_json, print_lines, progress};
 
@@ -249,38 +249,21 @@ pub(crate) async fn train_dataset(
     provenance: &Provenance,
     on_step: &(dyn Fn(Step) + Send + Sync),
 ) -> anyhow::Result<Trained> {
-    if out.exists() && !overwrite {
-        bail!(
-            "output {} already exists (use --overwrite to replace it)",
-            out.display()
-        );
-    }
     let manifest_path = dataset.join(MANIFEST_FILE);
     let manifest = read_manifest(&manifest_path)?;
     let spec = dataset_spec(&manifest, label)?;
     let ctx = pipeline::embedded_context(partitions)?;
-
-    let anchor = AnchorFile::read(dataset)?.with_context(|| {
-        format!(
-            "{} has no {ANCHOR_FILE}: publish the dataset with `emrflow run`, which anchors it",
-            dataset.display()
-        )
-    })?;
-    anchor.check(provenance.genesis())?;
-    let fp = fingerprint::fingerprint(
-        fingerprint::read_dataset(&ctx, &dataset.display().to_string()).await?,
-    )
-    .await?;
-    let dataset_root = digest(&fp.root);
-    if dataset_root != anchor.root || provenance.anchor_of(dataset_root).await?.is_none() {
-        bail!(
-            "the dataset in {} does not match its anchor (its root is {}, the anchor's {});              run `emrflow verify {}`",
-            dataset.display(),
-            fp.root,
-            anchor.root,
-            dataset.display()
-        );
+    let target = Location::resolve(&ctx, &out.display().to_string())?;
+    if target.local_path().is_none() {
+        bail!("the model directory {} must be a local path", out.display());
     }
+    // Refuse an existing output before any work.
+    let mut staging = Staging::begin(target.clone(), overwrite).await?;
+
+    // Only a dataset that is exactly what was anchored is trained on; the read is audited.
+    let check = check_dataset(&ctx, dataset, provenance).await?;
+    check.ensure_matches(dataset)?;
+    let dataset_root = check.anchor.root;
     provenance
         .record_read(Role::MlEngineer, dataset_root, "train")
         .await?;
@@ -288,23 +271,30 @@ pub(crate) async fn train_dataset(
     let df = read_dataset(&ctx, dataset, &manifest).await?;
     let report = ml::train_and_evaluate(df, &spec, params, evaluation, Storage::Memory, on_step)
         .await
-        .with_context(|| format!("training on {}", dataset.display()))?;
-
-    let staging = staging_dir(out)?;
-    let published = publish_model(
-        &report,
-        &manifest_path,
-        &staging,
-        out,
-        dataset_root,
-        fp.row_count,
-        provenance,
-    )
-    .await;
-    if published.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    let (root, height) = published?;
+        .with_context(|| format!("training on {}", dataset.display()));
+    let anchored = match report {
+        Ok(report) => {
+            let anchored = stage_model(
+                &report,
+                &manifest_path,
+                &mut staging,
+                &target,
+                dataset_root,
+                provenance,
+            )
+            .await;
+            anchored.map(|a| (report, a))
+        }
+        Err(e) => Err(e),
+    };
+    let (report, (root, height)) = match anchored {
+        Ok(a) => a,
+        Err(e) => {
+            staging.abort().await;
+            return Err(e);
+        }
+    };
+    staging.publish(ml::report::files::MODEL).await?;
     Ok(Trained {
         report,
         root,
@@ -313,56 +303,39 @@ pub(crate) async fn train_dataset(
     })
 }
 
-/// A hidden directory beside `out` to write the model into.
-fn staging_dir(out: &Path) -> anyhow::Result<PathBuf> {
-    let name = out
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("the model directory needs a name")?;
-    let parent = out.parent().unwrap_or(Path::new("."));
-    let parent = if parent.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        parent
-    };
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("cannot create {}", parent.display()))?;
-    Ok(parent.join(format!(".{name}.staging-{}", uuid::Uuid::new_v4())))
-}
-
-/// Writes the artifacts into `staging`, anchors the model and moves it to `out`.
-async fn publish_model(
+/// Writes the artifacts into staging, anchors the model and stages its receipt beside it.
+async fn stage_model(
     report: &TrainingReport,
     manifest_path: &Path,
-    staging: &Path,
-    out: &Path,
+    staging: &mut Staging,
+    target: &Location,
     dataset_root: Digest,
-    dataset_rows: u64,
     provenance: &Provenance,
 ) -> anyhow::Result<(Digest, u64)> {
-    report.write_artifacts(staging)?;
-    std::fs::copy(manifest_path, staging.join(DATASET_MANIFEST_FILE)).with_context(|| {
+    let dir = staging
+        .local_dir()
+        .context("the model directory must be a local path")?;
+    report.write_artifacts(&dir)?;
+    std::fs::copy(manifest_path, dir.join(DATASET_MANIFEST_FILE)).with_context(|| {
         format!(
             "cannot copy {} into {}",
             manifest_path.display(),
-            staging.display()
+            dir.display()
         )
     })?;
     let model = &report.model;
     let root = model_root(model, &dataset_root)?;
-    let absolute = std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
     let spec = AnchorSpec {
         kind: AnchorKind::Model,
         root,
         row_count: model.num_nodes() as u64,
         schema_hash: Digest::of(&serde_json::to_vec(&model.features)?),
-        location: format!("file://{}", absolute.display()),
+        location: target.url.to_string(),
         parents: vec![dataset_root],
         stage: "train".to_string(),
         params_hash: Digest(model.params_hash()?),
         code_version: CODE_VERSION.to_string(),
     };
-    tracing::debug!("anchoring a model trained on {dataset_rows} rows");
     let (receipt, _) = provenance.anchor_once(Role::MlEngineer, spec).await?;
     let height = receipt.header.height.0;
     let file = AnchorFile::new(
@@ -372,15 +345,18 @@ async fn publish_model(
         provenance.genesis(),
         receipt,
     );
-    std::fs::write(staging.join(ANCHOR_FILE), file.to_json()?)
-        .with_context(|| format!("cannot write the receipt into {}", staging.display()))?;
-    if out.exists() {
-        std::fs::remove_dir_all(out)
-            .with_context(|| format!("cannot replace {}", out.display()))?;
-    }
-    std::fs::rename(staging, out)
-        .with_context(|| format!("cannot move the model into {}", out.display()))?;
+    staging.put(ANCHOR_FILE, file.to_json()?).await?;
     Ok((root, height))
+}
+
+/// What a training step is doing, for the progress spinner; shared with `demo`.
+pub(crate) fn step_message(step: Step) -> String {
+    match step {
+        Step::Binning => "binning the dataset".to_string(),
+        Step::Fold(k, n) => format!("cross-validation fold {k}/{n}"),
+        Step::Final => "training the final model".to_string(),
+        Step::Test => "evaluating on the test rows".to_string(),
+    }
 }
 
 fn pct(x: f64) -> String {
@@ -414,14 +390,7 @@ pub(crate) async fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     let started = std::time::Instant::now();
     let bar = progress("training");
     let step_bar = bar.clone();
-    let on_step = move |step: Step| {
-        step_bar.set_message(match step {
-            Step::Binning => "binning the dataset".to_string(),
-            Step::Fold(k, n) => format!("cross-validation fold {k}/{n}"),
-            Step::Final => "training the final model".to_string(),
-            Step::Test => "evaluating on the test rows".to_string(),
-        });
-    };
+    let on_step = move |step: Step| step_bar.set_message(step_message(step));
     let provenance = Provenance::open(&args.ledger).await?;
     let trained = train_dataset(
         &args.dataset,

@@ -5,15 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use clap::Args;
-use ledger::contracts::{AnchorRecord, Role};
-use ledger::crypto::Digest;
-use pipeline::fingerprint::{self, BucketDiff, FINGERPRINT_FILE, Fingerprint};
+use ledger::contracts::Role;
+use pipeline::fingerprint::BucketDiff;
 use pipeline::manifest::MANIFEST_FILE;
 use serde::Serialize;
 
-use super::provenance::{AnchorFile, LedgerArgs, Provenance, digest, model_root};
+use super::provenance::{LedgerArgs, Provenance, check_dataset, check_model};
 use super::{ExitStatus, print_json, print_lines, progress};
 
 #[derive(Debug, Args)]
@@ -41,7 +39,7 @@ pub(crate) struct Verdict {
     kind: &'static str,
     pub(crate) matches: bool,
     pub(crate) anchored_root: String,
-    recomputed_root: String,
+    recomputed_root: Option<String>,
     /// Block height and signer of the anchor, when the ledger has it.
     ledger_height: Option<u64>,
     anchored_by: Option<String>,
@@ -73,7 +71,10 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitStatus> {
         } else {
             format!(
                 "MISMATCH: {} {} is not what was anchored (anchored root {}, recomputed {})",
-                verdict.kind, verdict.path, verdict.anchored_root, verdict.recomputed_root
+                verdict.kind,
+                verdict.path,
+                verdict.anchored_root,
+                verdict.recomputed_root.as_deref().unwrap_or("none")
             )
         }];
         lines.extend(verdict.problems.iter().map(|p| format!("  {p}")));
@@ -86,7 +87,8 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitStatus> {
     })
 }
 
-/// Verifies a dataset directory or a model against its anchor; shared with `demo`.
+/// Verifies a dataset directory or a model against its anchor and records the compliance
+/// read; shared with `demo`.
 pub(crate) async fn verify_path(
     path: &Path,
     partitions: Option<usize>,
@@ -95,103 +97,20 @@ pub(crate) async fn verify_path(
     if !path.exists() {
         anyhow::bail!("{} does not exist", path.display());
     }
-    let dir = if path.is_dir() {
-        path.to_path_buf()
-    } else {
-        path.parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-    };
-    let anchor = AnchorFile::read(&dir)?.with_context(|| {
-        format!(
-            "{} has no anchor.json: it was not published by `emrflow run` or `emrflow train`",
-            dir.display()
-        )
-    })?;
-    let mut problems = Vec::new();
-    let spec = match anchor.check(provenance.genesis()) {
-        Ok(spec) => Some(spec),
-        Err(e) => {
-            problems.push(format!("the receipt: {e:#}"));
-            None
-        }
-    };
-    let record = provenance.anchor_of(anchor.root).await?;
-    if record.is_none() {
-        problems.push(format!(
-            "root {} is not anchored on {}",
-            anchor.root, provenance.describe
-        ));
-    }
-    let is_dataset = dir.join(MANIFEST_FILE).is_file() && path.is_dir();
-    let mut buckets = Vec::new();
-    let recomputed = if is_dataset {
+    let is_dataset = path.is_dir() && path.join(MANIFEST_FILE).is_file();
+    let check = if is_dataset {
         let ctx = pipeline::embedded_context(partitions)?;
-        let fp = fingerprint::fingerprint(
-            fingerprint::read_dataset(&ctx, &dir.display().to_string()).await?,
-        )
-        .await?;
-        let recomputed = digest(&fp.root);
-        if recomputed != anchor.root {
-            problems.push(format!(
-                "the rows differ: {} rows now, recomputed root {}",
-                fp.row_count, fp.root
-            ));
-            buckets = differing_buckets(&dir, &fp, &anchor.root, &mut problems);
-        }
-        if let Some(spec) = &spec {
-            let manifest = std::fs::read(dir.join(MANIFEST_FILE))
-                .with_context(|| format!("cannot read {}", dir.join(MANIFEST_FILE).display()))?;
-            if Digest::of(&manifest) != spec.params_hash {
-                problems.push("manifest.json differs from the one anchored with the data".into());
-            }
-        }
-        recomputed
+        check_dataset(&ctx, path, provenance).await?
     } else {
-        let file = if path.is_dir() {
-            dir.join(ml::report::files::MODEL)
-        } else {
-            path.to_path_buf()
-        };
-        let bytes =
-            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-        match ml::DecisionTreeModel::from_json(&bytes, &file.display().to_string()) {
-            Ok(model) => match anchor.dataset_root {
-                Some(dataset_root) => {
-                    let root = model_root(&model, &dataset_root)?;
-                    if root != anchor.root {
-                        problems.push(format!(
-                            "{} differs from the anchored model (a threshold, a parameter or a \
-                             node changed)",
-                            file.display()
-                        ));
-                    }
-                    if spec
-                        .as_ref()
-                        .is_some_and(|s| !s.parents.contains(&dataset_root))
-                    {
-                        problems.push(format!(
-                            "anchor.json names dataset {dataset_root}, which the anchor does not"
-                        ));
-                    }
-                    root
-                }
-                None => {
-                    problems.push("anchor.json names no training dataset".into());
-                    Digest([0; 32])
-                }
-            },
-            Err(e) => {
-                problems.push(format!("the model file: {e}"));
-                Digest([0; 32])
-            }
-        }
+        check_model(path, provenance).await?
     };
+    let matches = check.problems.is_empty();
     // The compliance read is recorded whatever the outcome: who checked what, and when.
     provenance
         .record_read(
             Role::Compliance,
-            anchor.root,
-            if problems.is_empty() {
+            check.anchor.root,
+            if matches {
                 "verify: match"
             } else {
                 "verify: mismatch"
@@ -201,53 +120,12 @@ pub(crate) async fn verify_path(
     Ok(Verdict {
         path: path.display().to_string(),
         kind: if is_dataset { "dataset" } else { "model" },
-        matches: problems.is_empty(),
-        anchored_root: anchor.root.to_hex(),
-        recomputed_root: recomputed.to_hex(),
-        ledger_height: record.as_ref().map(|r: &AnchorRecord| r.position.seq.0),
-        anchored_by: record.map(|r| r.signer_name),
-        problems,
-        buckets,
+        matches,
+        anchored_root: check.anchor.root.to_hex(),
+        recomputed_root: check.recomputed.map(|r| r.to_hex()),
+        ledger_height: check.record.as_ref().map(|r| r.position.seq.0),
+        anchored_by: check.record.map(|r| r.signer_name),
+        problems: check.problems,
+        buckets: check.buckets,
     })
-}
-
-/// Names the buckets that differ, when the fingerprint stored beside the data is the anchored
-/// one (its own root must be the anchored root, or it proves nothing).
-fn differing_buckets(
-    dir: &Path,
-    now: &Fingerprint,
-    anchored: &Digest,
-    problems: &mut Vec<String>,
-) -> Vec<BucketDiff> {
-    let path = dir.join(FINGERPRINT_FILE);
-    let stored = std::fs::read(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| {
-            Fingerprint::from_json(&b, &path.display().to_string()).map_err(|e| e.to_string())
-        });
-    match stored {
-        Ok(stored) if stored.root.0 == anchored.0 => {
-            let diff = now.diff(&stored);
-            for d in diff.iter().take(16) {
-                problems.push(format!(
-                    "bucket {:02x} differs ({} rows anchored, {} now)",
-                    d.bucket, d.expected_rows, d.actual_rows
-                ));
-            }
-            if diff.len() > 16 {
-                problems.push(format!("… and {} more buckets", diff.len() - 16));
-            }
-            diff
-        }
-        Ok(_) => {
-            problems.push(format!(
-                "{FINGERPRINT_FILE} is not the anchored fingerprint; buckets cannot be named"
-            ));
-            Vec::new()
-        }
-        Err(e) => {
-            problems.push(format!("{FINGERPRINT_FILE}: {e}; buckets cannot be named"));
-            Vec::new()
-        }
-    }
 }

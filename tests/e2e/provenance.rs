@@ -26,6 +26,20 @@ impl Demo {
         self.dir.join("ledger").display().to_string()
     }
 
+    /// `emrflow prove` of the record file `rec` against the demo's dataset, into `proof`.
+    fn prove(&self, rec: &Path, proof: &Path) -> std::process::Output {
+        self.cmd(&[
+            "prove",
+            "--dataset",
+            &self.dataset.display().to_string(),
+            "--record",
+            &rec.display().to_string(),
+            "--out",
+            &proof.display().to_string(),
+            "--json",
+        ])
+    }
+
     fn cmd(&self, args: &[&str]) -> std::process::Output {
         let ledger = self.ledger();
         let mut all: Vec<&str> = args.to_vec();
@@ -219,16 +233,7 @@ fn record_proofs_of_presence_and_absence_verify_with_the_root_alone() {
     let rec = tmp.join("present.json");
     std::fs::write(&rec, serde_json::to_vec(&present).unwrap_or_default()).unwrap_or_default();
     let proof = tmp.join("present.proof.json");
-    let out = d.cmd(&[
-        "prove",
-        "--dataset",
-        &d.dataset.display().to_string(),
-        "--record",
-        &rec.display().to_string(),
-        "--out",
-        &proof.display().to_string(),
-        "--json",
-    ]);
+    let out = d.prove(&rec, &proof);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap_or_default();
     assert_eq!(v["kind"], "inclusion", "{v}");
@@ -265,15 +270,7 @@ fn record_proofs_of_presence_and_absence_verify_with_the_root_alone() {
     let rec = tmp.join("absent.json");
     std::fs::write(&rec, serde_json::to_vec(&absent).unwrap_or_default()).unwrap_or_default();
     let proof = tmp.join("absent.proof.json");
-    let out = d.cmd(&[
-        "prove",
-        "--dataset",
-        &d.dataset.display().to_string(),
-        "--record",
-        &rec.display().to_string(),
-        "--out",
-        &proof.display().to_string(),
-    ]);
+    let out = d.prove(&rec, &proof);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = check(&proof, &d.dataset_root);
     assert!(out.status.success(), "{}", stdout(&out));

@@ -13,9 +13,8 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{
     DataType, Date32Type, Date64Type, Decimal128Type, Float16Type, Float32Type, Float64Type,
-    Int8Type, Int16Type, Int32Type, Int64Type, Schema, TimeUnit, TimestampMicrosecondType,
-    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type,
-    UInt32Type, UInt64Type,
+    Int8Type, Int16Type, Int32Type, Int64Type, Schema, TimeUnit, UInt8Type, UInt16Type, UInt32Type,
+    UInt64Type,
 };
 use sha2::{Digest as _, Sha256};
 
@@ -468,33 +467,12 @@ fn write_column(col: &ArrayRef, buf: &mut [u8], cursor: &mut [usize]) -> Result<
         DataType::Date64 => each!(col.as_primitive::<Date64Type>(), tag::DATE64, |v| {
             v.to_be_bytes()
         }),
-        DataType::Timestamp(TimeUnit::Second, _) => {
-            each!(
-                col.as_primitive::<TimestampSecondType>(),
-                tag::TIMESTAMP,
-                |v| { v.to_be_bytes() }
-            )
-        }
-        DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            each!(
-                col.as_primitive::<TimestampMillisecondType>(),
-                tag::TIMESTAMP,
-                |v| v.to_be_bytes()
-            )
-        }
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            each!(
-                col.as_primitive::<TimestampMicrosecondType>(),
-                tag::TIMESTAMP,
-                |v| v.to_be_bytes()
-            )
-        }
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-            each!(
-                col.as_primitive::<TimestampNanosecondType>(),
-                tag::TIMESTAMP,
-                |v| v.to_be_bytes()
-            )
+        // Every unit stores an i64; the unit is part of the kind, hence of the schema hash.
+        DataType::Timestamp(_, _) => {
+            let ticks = cast(col, &DataType::Int64)?;
+            each!(ticks.as_primitive::<Int64Type>(), tag::TIMESTAMP, |v| {
+                v.to_be_bytes()
+            })
         }
         DataType::Decimal128(_, _) => {
             each!(col.as_primitive::<Decimal128Type>(), tag::DECIMAL, |v| {

@@ -303,15 +303,9 @@ pub async fn fingerprint(df: DataFrame) -> Result<Fingerprint> {
             (!c.is_null(0)).then(|| c.value(0).to_vec())
         })
         .unwrap_or_default();
-    // An aggregate over no rows at all never builds an accumulator in some plans; that is the
-    // empty dataset.
-    let table = if bytes.is_empty() {
-        vec![(0, tree::empty_root()); tree::BUCKETS]
-    } else {
-        udf::parse_table(&bytes).ok_or_else(|| {
-            Error::Fingerprint(format!("{FINGERPRINT_FN} returned {} bytes", bytes.len()))
-        })?
-    };
+    let table = udf::parse_table(&bytes).ok_or_else(|| {
+        Error::Fingerprint(format!("{FINGERPRINT_FN} returned {} bytes", bytes.len()))
+    })?;
     Ok(Fingerprint::from_table(&schema, &table))
 }
 
@@ -578,7 +572,7 @@ pub async fn prove(df: DataFrame, record: &Record) -> Result<Proof> {
             );
         }
     }
-    let table = tree::bucket_table(&mut leaves);
+    let (leaves, table) = tree::bucket_table(leaves);
     let fp = Fingerprint::from_table(&schema, &table);
     let start: usize = table[..bucket].iter().map(|(n, _)| *n as usize).sum();
     let in_bucket = &leaves[start..start + table[bucket].0 as usize];

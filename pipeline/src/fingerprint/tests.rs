@@ -10,6 +10,8 @@ use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::file::properties::WriterProperties;
 
+use sha2::Digest as _;
+
 use super::*;
 use crate::run::embedded_context;
 
@@ -150,6 +152,26 @@ async fn any_change_changes_the_root_and_names_the_bucket() {
     assert_eq!(added.diff(&want).len(), 1);
 }
 
+#[tokio::test]
+async fn an_empty_dataset_has_the_root_of_its_schema_and_no_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty_dir = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty_dir).unwrap();
+    let none = batch(ROWS).slice(0, 0);
+    let file = std::fs::File::create(empty_dir.join("part-00000.parquet")).unwrap();
+    let mut w = ArrowWriter::try_new(file, none.schema(), None).unwrap();
+    w.write(&none).unwrap();
+    w.close().unwrap();
+    write(&tmp.path().join("full"), &batch(ROWS), 1, 100);
+    let empty = fp_of(&tmp.path().join("empty"), 2).await;
+    let full = fp_of(&tmp.path().join("full"), 2).await;
+    assert_eq!(empty.row_count, 0);
+    assert!(empty.buckets.iter().all(|b| b.count == 0));
+    assert_eq!(empty.schema_hash, full.schema_hash);
+    assert_ne!(empty.root, full.root);
+    empty.check().unwrap();
+}
+
 #[test]
 fn encoding_is_layout_independent_and_canonical() {
     let utf8: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), None, Some("é")]));
@@ -171,6 +193,16 @@ fn encoding_is_layout_independent_and_canonical() {
     assert_eq!(z[0], z[1]);
     assert_eq!(z[2], z[3]);
     assert_ne!(z[0], z[2]);
+
+    // Timestamps: tag 09 and the i64 in the column's unit.
+    let ts: ArrayRef = Arc::new(
+        arrow::array::TimestampMillisecondArray::from(vec![Some(1000), None]).with_timezone("UTC"),
+    );
+    let t = leaves(&[ts]);
+    let mut row = vec![0x00, 0x09];
+    row.extend_from_slice(&1000i64.to_be_bytes());
+    assert_eq!(t[0], <[u8; 32]>::from(sha2::Sha256::digest(&row)));
+    assert_eq!(t[1], <[u8; 32]>::from(sha2::Sha256::digest([0x00, 0x00])));
 
     // A null is not an empty string, and column boundaries are unambiguous.
     let a: ArrayRef = Arc::new(StringArray::from(vec![Some("ab"), Some("")]));

@@ -139,11 +139,12 @@ pub fn dataset_root(schema_hash: &Hash32, row_count: u64, top_root: &Hash32) -> 
     h.finalize().into()
 }
 
-/// Sorts `leaves` and splits them into the 256 buckets: `(count, root)` per bucket. The leaves
+/// Sorts `leaves` and splits them into the 256 buckets: returns the sorted leaves and
+/// `(count, root)` per bucket. The leaves
 /// are distributed by first byte (a counting sort), then the buckets are sorted and hashed on
 /// all cores: the interior hashes cost as much as the leaves, and this runs once, after the
 /// partitions' states have merged.
-pub fn bucket_table(leaves: &mut [Hash32]) -> Vec<(u64, Hash32)> {
+pub fn bucket_table(leaves: Vec<Hash32>) -> (Vec<Hash32>, Vec<(u64, Hash32)>) {
     let mut counts = [0usize; BUCKETS];
     for l in leaves.iter() {
         counts[usize::from(l[0])] += 1;
@@ -203,8 +204,7 @@ pub fn bucket_table(leaves: &mut [Hash32]) -> Vec<(u64, Hash32)> {
             .flat_map(|h| h.join().unwrap_or_default())
             .collect()
     });
-    leaves.copy_from_slice(&sorted);
-    table
+    (sorted, table)
 }
 
 /// The top root over a bucket table.
@@ -317,8 +317,8 @@ mod tests {
 
     #[test]
     fn bucket_table_covers_every_leaf_once() {
-        let mut leaves: Vec<Hash32> = (0u32..5000).map(|i| leaf_hash(&i.to_be_bytes())).collect();
-        let table = bucket_table(&mut leaves);
+        let leaves: Vec<Hash32> = (0u32..5000).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let (leaves, table) = bucket_table(leaves);
         assert_eq!(table.len(), BUCKETS);
         assert_eq!(table.iter().map(|(n, _)| n).sum::<u64>(), 5000);
         assert!(leaves.windows(2).all(|w| w[0] <= w[1]));

@@ -114,18 +114,15 @@ impl Accumulator for LeafAccumulator {
                 continue;
             }
             let bytes = state.value(i);
-            if bytes.len() % 32 != 0 {
+            let (leaves, rest) = bytes.as_chunks::<32>();
+            if !rest.is_empty() {
                 return Err(Error::Fingerprint(format!(
                     "a partial {FINGERPRINT_FN} state has {} bytes, not a multiple of 32",
                     bytes.len()
                 ))
                 .into());
             }
-            self.leaves.extend(
-                bytes
-                    .chunks_exact(32)
-                    .map(|c| <Hash32>::try_from(c).unwrap_or_default()),
-            );
+            self.leaves.extend_from_slice(leaves);
         }
         Ok(())
     }
@@ -138,7 +135,7 @@ impl Accumulator for LeafAccumulator {
     }
 
     fn evaluate(&mut self) -> DfResult<ScalarValue> {
-        let table = bucket_table(&mut self.leaves);
+        let (_, table) = bucket_table(std::mem::take(&mut self.leaves));
         let mut out = Vec::with_capacity(BUCKETS * BUCKET_BYTES);
         for (count, root) in table {
             out.extend_from_slice(&count.to_be_bytes());
