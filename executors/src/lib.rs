@@ -1,18 +1,153 @@
 #![doc = include_str!("../README.md")]
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use ballista_core::RuntimeProducer;
+use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::extension::SessionConfigExt;
 use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::SessionConfig;
+use pipeline::store::EngineStores;
+use pipeline::udf::EmrflowOptions;
 
-/// An executor function registry holding Ballista's defaults plus every emrflow function.
+/// Why an executor could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag that cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// Ballista refused to start, could not reach the scheduler, or stopped with an error.
+    #[error("executor: {0}")]
+    Ballista(#[from] ballista_core::error::BallistaError),
+}
+
+/// The executor's settings; every field has a flag and an environment variable in
+/// `emrflow executor`.
+#[derive(Debug, Clone)]
+pub struct ExecutorOptions {
+    /// Host of the scheduler to register with.
+    pub scheduler_host: String,
+    /// Port of that scheduler.
+    pub scheduler_port: u16,
+    /// Address to listen on.
+    pub bind_host: String,
+    /// Host name the scheduler, other executors and clients reach this executor by (a pod IP
+    /// on Kubernetes); the bind host when absent.
+    pub external_host: Option<String>,
+    /// Arrow Flight port: shuffle data and results are fetched from here.
+    pub port: u16,
+    /// gRPC port the scheduler pushes tasks to.
+    pub grpc_port: u16,
+    /// Tasks run at once (0: one per core).
+    pub concurrent_tasks: usize,
+    /// Where shuffle files are written; a fresh temporary directory when absent.
+    pub work_dir: Option<PathBuf>,
+    /// Seconds between heartbeats; the scheduler declares the executor lost after its
+    /// executor timeout without one.
+    pub heartbeat_interval_seconds: u64,
+    /// How long to keep retrying to reach the scheduler at start-up.
+    pub scheduler_connect_timeout_seconds: u16,
+    /// Memory all running tasks may use before they spill, in bytes (default: a share of RAM).
+    pub memory_pool_bytes: Option<u64>,
+}
+
+impl Default for ExecutorOptions {
+    fn default() -> Self {
+        Self {
+            scheduler_host: "localhost".into(),
+            scheduler_port: 50050,
+            bind_host: "0.0.0.0".into(),
+            external_host: None,
+            port: 50051,
+            grpc_port: 50052,
+            concurrent_tasks: 0,
+            work_dir: None,
+            heartbeat_interval_seconds: 5,
+            scheduler_connect_timeout_seconds: 60,
+            memory_pool_bytes: None,
+        }
+    }
+}
+
+/// An executor function registry holding Ballista's defaults plus every function an emrflow
+/// plan may name.
 pub fn function_registry() -> BallistaFunctionRegistry {
     let mut registry = BallistaFunctionRegistry::default();
-    for f in pipeline::udf::functions() {
-        registry
-            .scalar_functions
-            .insert(f.name().to_string(), Arc::clone(&f));
+    for f in pipeline::udf::engine_functions() {
+        registry.scalar_functions.insert(f.name().to_string(), f);
+    }
+    for f in pipeline::udf::engine_aggregate_functions() {
+        registry.aggregate_functions.insert(f.name().to_string(), f);
     }
     registry
+}
+
+/// The configuration each task starts from before the client's settings are applied: it must
+/// know emrflow's options, or `emrflow.pseudonym_key` would be dropped as an unknown key.
+fn session_config() -> SessionConfig {
+    SessionConfig::new_with_ballista().with_option_extension(EmrflowOptions::default())
+}
+
+/// Runs an executor until SIGTERM or Ctrl-C (Ballista installs those handlers and tells the
+/// scheduler it is leaving), or until it fails.
+pub async fn serve(options: &ExecutorOptions) -> Result<(), Error> {
+    // Kept alive for the whole run when the directory is a temporary one.
+    let mut _temp = None;
+    let work_dir = match &options.work_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::Config(format!("--work-dir {}: cannot create it: {e}", dir.display()))
+            })?;
+            dir.clone()
+        }
+        None => {
+            let dir = tempfile::Builder::new()
+                .prefix("emrflow-executor-")
+                .tempdir()
+                .map_err(|e| Error::Config(format!("cannot create a work directory: {e}")))?;
+            let path = dir.path().to_path_buf();
+            _temp = Some(dir);
+            path
+        }
+    };
+    let work_dir_str = work_dir
+        .to_str()
+        .ok_or_else(|| Error::Config(format!("--work-dir {}: not UTF-8", work_dir.display())))?
+        .to_string();
+    let spill_dir = work_dir_str.clone();
+    let runtime_producer: RuntimeProducer = Arc::new(move |_config: &SessionConfig| {
+        RuntimeEnvBuilder::new()
+            .with_temp_file_path(spill_dir.clone())
+            .with_object_store_registry(Arc::new(EngineStores::new()))
+            .build_arc()
+    });
+    let config = ExecutorProcessConfig {
+        scheduler_host: options.scheduler_host.clone(),
+        scheduler_port: options.scheduler_port,
+        bind_host: options.bind_host.clone(),
+        external_host: options.external_host.clone(),
+        port: options.port,
+        grpc_port: options.grpc_port,
+        vcores: if options.concurrent_tasks == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            options.concurrent_tasks
+        },
+        work_dir: Some(work_dir_str),
+        task_scheduling_policy: TaskSchedulingPolicy::PushStaged,
+        executor_heartbeat_interval_seconds: options.heartbeat_interval_seconds.max(1),
+        scheduler_connect_timeout_seconds: options.scheduler_connect_timeout_seconds,
+        memory_pool_size: options.memory_pool_bytes,
+        override_function_registry: Some(Arc::new(function_registry())),
+        override_config_producer: Some(Arc::new(session_config)),
+        override_runtime_producer: Some(runtime_producer),
+        ..ExecutorProcessConfig::default()
+    };
+    start_executor_process(Arc::new(config)).await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -20,14 +155,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn executor_registry_knows_emrflow_functions() {
+    fn executor_registry_knows_every_emrflow_function() {
         let registry = function_registry();
-        for f in pipeline::udf::functions() {
+        for f in pipeline::udf::engine_functions() {
             assert!(
                 registry.scalar_functions.contains_key(f.name()),
                 "{} missing",
                 f.name()
             );
         }
+        for name in ["emr_fingerprint", "ml_tree_histogram", "count", "sum"] {
+            assert!(
+                registry.aggregate_functions.contains_key(name),
+                "{name} missing"
+            );
+        }
+    }
+
+    #[test]
+    fn task_configuration_accepts_emrflow_settings() {
+        let mut config = session_config();
+        assert!(
+            config
+                .options_mut()
+                .set("emrflow.pseudonym_key", "00ff")
+                .is_ok()
+        );
     }
 }

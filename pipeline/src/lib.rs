@@ -8,6 +8,7 @@ pub mod generate;
 pub mod guard;
 pub mod job;
 pub mod manifest;
+pub mod moments;
 pub mod prepare;
 pub mod run;
 pub mod store;

@@ -95,13 +95,8 @@ pub fn embedded_context(target_partitions: Option<usize>) -> Result<SessionConte
     if let Some(n) = target_partitions {
         config = config.with_target_partitions(n.max(1));
     }
-    let ctx = SessionContext::new_with_config(config);
-    for f in udf::functions() {
-        ctx.register_udf(f.as_ref().clone());
-    }
-    for f in udf::aggregate_functions() {
-        ctx.register_udaf(f.as_ref().clone());
-    }
+    let mut ctx = SessionContext::new_with_config(config);
+    udf::register_functions(&mut ctx)?;
     Ok(ctx)
 }
 
@@ -1069,8 +1064,8 @@ async fn fit(ctx: &SessionContext, plan: &Plan) -> Result<Fit> {
         aggs.push(format!("max({})", x(c)));
     }
     for c in &plan.zscore {
-        aggs.push(format!("avg({})", x(c)));
-        aggs.push(format!("stddev_pop({})", x(c)));
+        // Exact, so the fitted normalizer does not depend on the partitioning.
+        aggs.push(format!("{}({})", crate::moments::MOMENTS_FN, x(c)));
     }
     for c in &plan.encode {
         aggs.push(format!("array_agg(DISTINCT CAST({} AS VARCHAR))", ident(c)));
@@ -1122,14 +1117,28 @@ async fn fit(ctx: &SessionContext, plan: &Plan) -> Result<Fit> {
                     .insert(c.clone(), Normalizer::MinMax { min, max });
             }
             for c in &plan.zscore {
-                let (mean, std) = (f64_at(col), f64_at(col + 1));
-                col += 2;
+                let moments = batch.column(col).as_struct_opt();
+                col += 1;
+                let field = |i: usize| {
+                    moments
+                        .filter(|m| m.is_valid(row))
+                        .and_then(|m| m.column(i).as_primitive_opt::<Float64Type>())
+                        .filter(|a| a.is_valid(row))
+                        .map(|a| a.value(row))
+                };
+                let (mean, std) = (field(1), field(2));
                 let (Some(mean), Some(std)) = (mean, std) else {
                     return Err(Error::invalid(
                         "normalize.zscore",
                         format!("column {c} has no values to fit"),
                     ));
                 };
+                if !mean.is_finite() || !std.is_finite() {
+                    return Err(Error::invalid(
+                        "normalize.zscore",
+                        format!("column {c} has NaN or infinite values"),
+                    ));
+                }
                 fit.normalizers
                     .insert(c.clone(), Normalizer::ZScore { mean, std });
             }

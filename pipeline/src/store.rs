@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
@@ -21,6 +23,58 @@ use crate::error::{Error, Result};
 pub fn memory_store() -> Arc<InMemory> {
     static STORE: OnceLock<Arc<InMemory>> = OnceLock::new();
     Arc::clone(STORE.get_or_init(|| Arc::new(InMemory::new())))
+}
+
+/// An S3 bucket's store, configured from the standard `AWS_*` environment variables (region,
+/// credentials, endpoint, `AWS_ALLOW_HTTP`), the same way on clients, schedulers and executors.
+fn s3_store(bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+    let store = object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(bucket)
+        .build()?;
+    Ok(Arc::new(store))
+}
+
+/// The object stores of an engine that runs plans it did not build: a Ballista scheduler lists
+/// the files of a job's tables and its executors read and write them, but neither saw the
+/// client's [`Location::resolve`]. Local files are always there; an `s3://` bucket's store is
+/// built from the environment the first time a plan names it; anything registered explicitly
+/// wins.
+#[derive(Debug, Default)]
+pub struct EngineStores {
+    inner: DefaultObjectStoreRegistry,
+}
+
+impl EngineStores {
+    /// A registry that knows local files and resolves S3 buckets on demand.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl ObjectStoreRegistry for EngineStores {
+    fn register_store(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
+        self.inner.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
+        self.inner.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
+        if let Ok(store) = self.inner.get_store(url) {
+            return Ok(store);
+        }
+        match (url.scheme(), url.host_str()) {
+            ("s3", Some(bucket)) => {
+                let store = s3_store(bucket).map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let root = Url::parse(&format!("s3://{bucket}"))
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                self.inner.register_store(&root, Arc::clone(&store));
+                Ok(store)
+            }
+            _ => self.inner.get_store(url),
+        }
+    }
 }
 
 /// A resolved location: its URL, the store that holds it, and its path inside that store.
@@ -61,10 +115,7 @@ impl Location {
             "memory" => (memory_store(), key_path(&url)?),
             "s3" => {
                 let bucket = url.host_str().ok_or_else(|| bad("s3 URL has no bucket"))?;
-                let store = object_store::aws::AmazonS3Builder::from_env()
-                    .with_bucket_name(bucket)
-                    .build()?;
-                (Arc::new(store), key_path(&url)?)
+                (s3_store(bucket)?, key_path(&url)?)
             }
             other => {
                 return Err(bad(&format!(

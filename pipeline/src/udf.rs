@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, Date32Array, Int64Array, StringArray, StringBuilder};
 use arrow::datatypes::DataType;
-use datafusion::common::config::ConfigExtension;
-use datafusion::common::{exec_err, extensions_options};
+use datafusion::common::config::{ConfigEntry, ConfigExtension, ExtensionOptions};
+use datafusion::common::{config_err, exec_err};
 use datafusion::error::Result as DfResult;
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{
@@ -19,11 +19,61 @@ use datafusion::logical_expr::{
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-extensions_options! {
-    /// Session options of emrflow's functions (`SET emrflow.pseudonym_key = ...`).
-    pub struct EmrflowOptions {
-        /// The pseudonymization key, hex-encoded. Empty means no key was configured.
-        pub pseudonym_key: String, default = String::new()
+/// Session options of emrflow's functions (`SET emrflow.pseudonym_key = ...`).
+///
+/// Written by hand rather than with DataFusion's `extensions_options!`, whose entries are listed
+/// without the `emrflow.` prefix: a Ballista client sends a session's options as those
+/// key/value entries and the scheduler and executors apply them with `set`, which needs the
+/// prefix, so the key would silently not arrive. `Debug` does not print the key.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct EmrflowOptions {
+    /// The pseudonymization key, hex-encoded. Empty means no key was configured.
+    pub pseudonym_key: String,
+}
+
+const PSEUDONYM_KEY_OPTION: &str = "pseudonym_key";
+
+impl std::fmt::Debug for EmrflowOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmrflowOptions")
+            .field(
+                PSEUDONYM_KEY_OPTION,
+                &if self.pseudonym_key.is_empty() { "" } else { "<set>" },
+            )
+            .finish()
+    }
+}
+
+impl ExtensionOptions for EmrflowOptions {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+    fn cloned(&self) -> Box<dyn ExtensionOptions> {
+        Box::new(self.clone())
+    }
+    fn set(&mut self, key: &str, value: &str) -> DfResult<()> {
+        // `ConfigOptions::set` strips the prefix; a bare key arrives when set directly.
+        let key = key
+            .strip_prefix(Self::PREFIX)
+            .and_then(|k| k.strip_prefix('.'))
+            .unwrap_or(key);
+        match key {
+            PSEUDONYM_KEY_OPTION => {
+                self.pseudonym_key = value.to_string();
+                Ok(())
+            }
+            other => config_err!("unknown emrflow option {other:?} (known: {PSEUDONYM_KEY_OPTION})"),
+        }
+    }
+    fn entries(&self) -> Vec<ConfigEntry> {
+        vec![ConfigEntry {
+            key: format!("{}.{PSEUDONYM_KEY_OPTION}", Self::PREFIX),
+            value: (!self.pseudonym_key.is_empty()).then(|| self.pseudonym_key.clone()),
+            description: "The pseudonymization key, hex-encoded; empty when none is configured.",
+        }]
     }
 }
 
@@ -50,15 +100,36 @@ pub fn functions() -> Vec<Arc<ScalarUDF>> {
 
 /// All of the pipeline's aggregate functions.
 pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
-    vec![crate::fingerprint::fingerprint_udaf()]
+    vec![
+        crate::fingerprint::fingerprint_udaf(),
+        crate::moments::moments_udaf(),
+    ]
 }
 
-/// Registers the pipeline's functions with a context, a session state or an executor registry.
+/// Every scalar function an emrflow plan may name: the pipeline's and the `ml` crate's.
+pub fn engine_functions() -> Vec<Arc<ScalarUDF>> {
+    let mut all = functions();
+    all.extend(ml::scalar_functions());
+    all
+}
+
+/// Every aggregate function an emrflow plan may name: the fingerprint and the training
+/// histogram.
+pub fn engine_aggregate_functions() -> Vec<Arc<AggregateUDF>> {
+    let mut all = aggregate_functions();
+    all.extend(ml::aggregate_functions());
+    all
+}
+
+/// Registers every function an emrflow plan may name ([`engine_functions`] and
+/// [`engine_aggregate_functions`]) with a context, a session state or an executor registry. The
+/// embedded context, a Ballista scheduler's sessions and its executors all call this, so a plan
+/// built on one decodes and runs on the others.
 pub fn register_functions(registry: &mut dyn FunctionRegistry) -> DfResult<()> {
-    for f in functions() {
+    for f in engine_functions() {
         registry.register_udf(f)?;
     }
-    for f in aggregate_functions() {
+    for f in engine_aggregate_functions() {
         registry.register_udaf(f)?;
     }
     Ok(())
@@ -211,6 +282,34 @@ impl ScalarUDFImpl for AgeYears {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::prelude::SessionConfig;
+
+    #[test]
+    fn options_round_trip_through_their_listed_entries() {
+        // What a cluster client sends is `entries()`; what the far side does is `set(key, value)`.
+        let mut sent = SessionConfig::new().with_option_extension(EmrflowOptions::default());
+        sent.options_mut()
+            .set("emrflow.pseudonym_key", "00ff")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut received = SessionConfig::new().with_option_extension(EmrflowOptions::default());
+        for entry in sent.options().entries() {
+            if let Some(value) = entry.value {
+                received
+                    .options_mut()
+                    .set(&entry.key, &value)
+                    .unwrap_or_else(|e| panic!("{}: {e}", entry.key));
+            }
+        }
+        let key = received
+            .options()
+            .extensions
+            .get::<EmrflowOptions>()
+            .map(|o| o.pseudonym_key.clone());
+        assert_eq!(key.as_deref(), Some("00ff"));
+        assert!(!format!("{:?}", sent.options()).contains("00ff"), "Debug shows the key");
+        let unknown = received.options_mut().set("emrflow.nope", "1");
+        assert!(unknown.is_err());
+    }
 
     #[test]
     fn pseudonym_matches_rfc4231_case_2() {

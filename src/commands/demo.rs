@@ -205,7 +205,8 @@ async fn demo(
         overwrite: true,
         key_file_override: Some(key_file.display().to_string()),
     };
-    let dataset = super::run::run_embedded(&job, &options, None, provenance).await?;
+    let embedded = super::cluster::EngineArgs::embedded();
+    let dataset = super::run::run_anchored(&job, &options, &embedded, provenance).await?;
 
     let params = DecisionTreeParams {
         max_depth: args.max_depth,
@@ -227,7 +228,7 @@ async fn demo(
         None,
         &params,
         &evaluation,
-        None,
+        &embedded,
         &model_dir,
         true,
         provenance,
@@ -237,8 +238,8 @@ async fn demo(
     bar.finish_and_clear();
     let trained = trained?;
 
-    let dataset_ok = verify_path(&dataset_dir, None, provenance).await?.matches;
-    let model_ok = verify_path(&model_dir, None, provenance).await?.matches;
+    let dataset_ok = verify_path(&dataset_dir, &embedded, provenance).await?.matches;
+    let model_ok = verify_path(&model_dir, &embedded, provenance).await?.matches;
     Ok((
         dataset,
         trained,

@@ -6,15 +6,15 @@ use clap::Args;
 use pipeline::fingerprint;
 use serde::Serialize;
 
+use super::cluster::EngineArgs;
 use super::{ExitStatus, print_json, print_lines, progress};
 
 #[derive(Debug, Args)]
 pub(crate) struct FingerprintArgs {
     /// A dataset directory, a Parquet file, or an object-store URL
     path: String,
-    /// Partitions to hash with (default: all cores)
-    #[arg(long)]
-    partitions: Option<usize>,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Write the full fingerprint (schema, 256 buckets) to this file
     #[arg(long, value_name = "FILE")]
     out: Option<std::path::PathBuf>,
@@ -38,7 +38,7 @@ pub(crate) async fn run(args: FingerprintArgs) -> anyhow::Result<ExitStatus> {
     #[allow(clippy::disallowed_methods)] // the command reports its own wall-clock time
     let started = std::time::Instant::now();
     let bar = progress(&format!("fingerprinting {}", args.path));
-    let ctx = pipeline::embedded_context(args.partitions)?;
+    let ctx = args.engine.context().await?;
     let fp = async {
         let df = fingerprint::read_dataset(&ctx, &args.path).await?;
         fingerprint::fingerprint(df).await

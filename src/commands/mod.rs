@@ -10,6 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 mod audit;
 mod bench;
+mod cluster;
 mod demo;
 mod fingerprint;
 mod generate;
@@ -85,6 +86,10 @@ pub(crate) enum Command {
     /// Run and inspect the four-peer PBFT ledger
     #[command(subcommand)]
     Ledger(ledger::LedgerCommand),
+    /// Run a cluster scheduler (Ballista) that --cluster clients send their plans to
+    Scheduler(cluster::SchedulerArgs),
+    /// Run a cluster executor (Ballista) that runs the tasks its scheduler pushes
+    Executor(cluster::ExecutorArgs),
     /// Baselines for benchmark scripts
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -103,6 +108,8 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Prove(args) => prove::run(args).await,
         Command::Fingerprint(args) => fingerprint::run(args).await,
         Command::Ledger(cmd) => ledger::run(cmd).await,
+        Command::Scheduler(args) => cluster::run_scheduler(args).await,
+        Command::Executor(args) => cluster::run_executor(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
     }
 }

@@ -12,6 +12,7 @@ use pipeline::fingerprint::{self, Hex, Membership, Proof, ProofKind};
 use serde::Serialize;
 
 use super::provenance::{AnchorFile, LedgerArgs, Provenance, digest};
+use super::cluster::EngineArgs;
 use super::{ExitStatus, print_json, print_lines, progress};
 
 #[derive(Debug, Args)]
@@ -37,9 +38,8 @@ pub(crate) struct ProveArgs {
     /// The dataset root the proof must lead to (hex)
     #[arg(long, value_name = "ROOT")]
     root: Option<String>,
-    /// Partitions to hash with (default: all cores)
-    #[arg(long)]
-    partitions: Option<usize>,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Print a JSON summary on stdout
     #[arg(long)]
     json: bool,
@@ -66,7 +66,7 @@ pub(crate) async fn run(args: ProveArgs) -> anyhow::Result<ExitStatus> {
         .with_context(|| format!("cannot read {}", record_path.display()))?;
     let record = fingerprint::read_record(&bytes, &record_path.display().to_string())?;
     let bar = progress(&format!("hashing {}", dataset.display()));
-    let ctx = pipeline::embedded_context(args.partitions)?;
+    let ctx = args.engine.context().await?;
     let proof = async {
         let df = fingerprint::read_dataset(&ctx, &dataset.display().to_string()).await?;
         fingerprint::prove(df, &record).await

@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::provenance::{
     ANCHOR_FILE, AnchorFile, CODE_VERSION, LedgerArgs, Provenance, check_dataset, digest,
 };
+use super::cluster::EngineArgs;
 use super::{ExitStatus, print_json, print_lines, progress};
 
 #[derive(Debug, Args)]
@@ -35,9 +36,8 @@ pub(crate) struct RunArgs {
     /// Read the pseudonymization key from this file instead of the job's key source
     #[arg(long, env = "EMRFLOW_KEY_FILE")]
     key_file: Option<String>,
-    /// Partitions to run with (default: all cores)
-    #[arg(long)]
-    partitions: Option<usize>,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Print a JSON summary on stdout
     #[arg(long)]
     json: bool,
@@ -73,7 +73,7 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitStatus> {
         key_file_override: args.key_file,
     };
     let provenance = Provenance::open(&args.ledger).await?;
-    let result = run_embedded(&job, &options, args.partitions, &provenance).await;
+    let result = run_anchored(&job, &options, &args.engine, &provenance).await;
     provenance.close().await?;
     report(&result?, args.json)?;
     Ok(ExitStatus::Success)
@@ -94,16 +94,16 @@ pub(crate) struct Published {
     pub(crate) ledger_height: u64,
 }
 
-/// Runs a job on the embedded engine with a progress spinner, fingerprints what it staged,
+/// Runs a job (embedded or on a cluster) with a progress spinner, fingerprints what it staged,
 /// anchors it (and its raw inputs) and only then publishes it: a job that fails anywhere,
 /// anchoring included, publishes nothing and anchors nothing.
-pub(crate) async fn run_embedded(
+pub(crate) async fn run_anchored(
     job: &Job,
     options: &RunOptions,
-    partitions: Option<usize>,
+    engine: &EngineArgs,
     provenance: &Provenance,
 ) -> anyhow::Result<Published> {
-    let ctx = pipeline::embedded_context(partitions)?;
+    let ctx = engine.context().await?;
     let bar = Arc::new(BarProgress(progress(&format!("job {}", job.name))));
     let staged = pipeline::stage_job(job, options, &ctx, bar.as_ref()).await;
     let result = match staged {

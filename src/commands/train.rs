@@ -21,6 +21,7 @@ use serde::Serialize;
 use super::provenance::{
     ANCHOR_FILE, AnchorFile, CODE_VERSION, LedgerArgs, Provenance, check_dataset, model_root,
 };
+use super::cluster::EngineArgs;
 use super::{ExitStatus, print_json, print_lines, progress};
 
 /// The dataset's manifest, copied into the model directory so `predict` can transform raw rows
@@ -81,9 +82,8 @@ pub(crate) struct TrainArgs {
     /// Share of rows held out for testing, in [0, 1)
     #[arg(long, env = "EMRFLOW_TRAIN_TEST_FRACTION", default_value_t = 0.2)]
     test_fraction: f64,
-    /// Partitions to train with (default: all cores)
-    #[arg(long)]
-    partitions: Option<usize>,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Replace the model directory if it already exists
     #[arg(long)]
     overwrite: bool,
@@ -243,7 +243,7 @@ pub(crate) async fn train_dataset(
     label: Option<&str>,
     params: &DecisionTreeParams,
     evaluation: &EvaluationConfig,
-    partitions: Option<usize>,
+    engine: &EngineArgs,
     out: &Path,
     overwrite: bool,
     provenance: &Provenance,
@@ -252,7 +252,7 @@ pub(crate) async fn train_dataset(
     let manifest_path = dataset.join(MANIFEST_FILE);
     let manifest = read_manifest(&manifest_path)?;
     let spec = dataset_spec(&manifest, label)?;
-    let ctx = pipeline::embedded_context(partitions)?;
+    let ctx = engine.context().await?;
     let target = Location::resolve(&ctx, &out.display().to_string())?;
     if target.local_path().is_none() {
         bail!("the model directory {} must be a local path", out.display());
@@ -269,7 +269,14 @@ pub(crate) async fn train_dataset(
         .await?;
 
     let df = read_dataset(&ctx, dataset, &manifest).await?;
-    let report = ml::train_and_evaluate(df, &spec, params, evaluation, Storage::Memory, on_step)
+    // On a cluster every pass must be a plan the executors can run on their own, so the binned
+    // rows are recomputed per pass rather than held in this process's memory.
+    let storage = if engine.is_cluster() {
+        Storage::Inline
+    } else {
+        Storage::Memory
+    };
+    let report = ml::train_and_evaluate(df, &spec, params, evaluation, storage, on_step)
         .await
         .with_context(|| format!("training on {}", dataset.display()));
     let anchored = match report {
@@ -397,7 +404,7 @@ pub(crate) async fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
         args.label.as_deref(),
         &params,
         &evaluation,
-        args.partitions,
+        &args.engine,
         &args.out,
         args.overwrite,
         &provenance,

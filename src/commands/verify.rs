@@ -12,6 +12,7 @@ use pipeline::manifest::MANIFEST_FILE;
 use serde::Serialize;
 
 use super::provenance::{LedgerArgs, Provenance, check_dataset, check_model};
+use super::cluster::EngineArgs;
 use super::{ExitStatus, print_json, print_lines, progress};
 
 #[derive(Debug, Args)]
@@ -23,9 +24,8 @@ pub(crate) struct VerifyArgs {
     /// A dataset directory published by `emrflow run`, or a model directory (or its model.json)
     /// published by `emrflow train`
     path: PathBuf,
-    /// Partitions to fingerprint with (default: all cores)
-    #[arg(long)]
-    partitions: Option<usize>,
+    #[command(flatten)]
+    engine: EngineArgs,
     /// Print a JSON verdict on stdout
     #[arg(long)]
     json: bool,
@@ -52,7 +52,7 @@ pub(crate) struct Verdict {
 pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitStatus> {
     let provenance = Provenance::open(&args.ledger).await?;
     let bar = progress(&format!("verifying {}", args.path.display()));
-    let verdict = verify_path(&args.path, args.partitions, &provenance).await;
+    let verdict = verify_path(&args.path, &args.engine, &provenance).await;
     bar.finish_and_clear();
     provenance.close().await?;
     let verdict = verdict?;
@@ -91,7 +91,7 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitStatus> {
 /// read; shared with `demo`.
 pub(crate) async fn verify_path(
     path: &Path,
-    partitions: Option<usize>,
+    engine: &EngineArgs,
     provenance: &Provenance,
 ) -> anyhow::Result<Verdict> {
     if !path.exists() {
@@ -99,7 +99,7 @@ pub(crate) async fn verify_path(
     }
     let is_dataset = path.is_dir() && path.join(MANIFEST_FILE).is_file();
     let check = if is_dataset {
-        let ctx = pipeline::embedded_context(partitions)?;
+        let ctx = engine.context().await?;
         check_dataset(&ctx, path, provenance).await?
     } else {
         check_model(path, provenance).await?
