@@ -99,7 +99,10 @@ pub async fn serve(options: &ExecutorOptions) -> Result<(), Error> {
     let work_dir = match &options.work_dir {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| {
-                Error::Config(format!("--work-dir {}: cannot create it: {e}", dir.display()))
+                Error::Config(format!(
+                    "--work-dir {}: cannot create it: {e}",
+                    dir.display()
+                ))
             })?;
             dir.clone()
         }

@@ -196,6 +196,33 @@ pub struct InputFile {
     pub size: u64,
 }
 
+/// What a dataset's anchor carries as its parameter hash: SHA-256 over the manifest's fields
+/// except `files`, each as its key and its exact JSON text, in key order.
+///
+/// How rows are split into files depends on the partitioning (cores, a cluster), which the
+/// dataset root already ignores; everything else (inputs, policy, fitted statistics, schema) is
+/// the same for the same job on the same inputs, so the same dataset gets one parameter hash
+/// wherever it was computed. The text is hashed as written rather than re-serialized, because
+/// parsing a 17-digit float may move it by one ulp.
+pub fn params_digest(manifest_json: &[u8]) -> Result<[u8; 32]> {
+    use sha2::Digest;
+    let fields: BTreeMap<String, Box<serde_json::value::RawValue>> =
+        serde_json::from_slice(manifest_json).map_err(|source| Error::Manifest {
+            path: MANIFEST_FILE.to_string(),
+            source,
+        })?;
+    let mut hasher = sha2::Sha256::new();
+    hasher.update(b"emrflow.manifest.v1");
+    for (key, value) in fields.iter().filter(|(k, _)| k.as_str() != "files") {
+        let text = value.get();
+        hasher.update((key.len() as u64).to_be_bytes());
+        hasher.update(key.as_bytes());
+        hasher.update((text.len() as u64).to_be_bytes());
+        hasher.update(text.as_bytes());
+    }
+    Ok(hasher.finalize().into())
+}
+
 impl Manifest {
     /// Parses a manifest; `origin` names the file in errors.
     pub fn from_json(bytes: &[u8], origin: &str) -> Result<Self> {
@@ -224,5 +251,35 @@ impl Manifest {
     /// The feature spec of a column, if it is a feature.
     pub fn feature(&self, name: &str) -> Option<&FeatureSpec> {
         self.features.iter().find(|f| f.name == name)
+    }
+}
+
+#[cfg(test)]
+mod params_tests {
+    use super::params_digest;
+
+    fn digest(json: &str) -> [u8; 32] {
+        params_digest(json.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_file_layout_does_not_change_the_parameter_hash_and_everything_else_does() {
+        let base =
+            digest(r#"{"job":"j","mean":27.915904401650554,"files":["part-00000.parquet"]}"#);
+        assert_eq!(
+            base,
+            digest(
+                r#"{"files":["part-00000.parquet","part-00001.parquet"],"job":"j","mean":27.915904401650554}"#
+            )
+        );
+        assert_ne!(
+            base,
+            digest(r#"{"job":"j","mean":27.915904401650557,"files":["part-00000.parquet"]}"#)
+        );
+        assert_ne!(
+            base,
+            digest(r#"{"job":"k","mean":27.915904401650554,"files":[]}"#)
+        );
+        assert!(params_digest(b"[1]").is_err());
     }
 }

@@ -199,7 +199,12 @@ impl Moments {
     }
 
     fn merge_encoded(&mut self, bytes: &[u8]) -> DfResult<()> {
-        let bad = || exec_err!("a partial {MOMENTS_FN} state of {} bytes is malformed", bytes.len());
+        let bad = || {
+            exec_err!(
+                "a partial {MOMENTS_FN} state of {} bytes is malformed",
+                bytes.len()
+            )
+        };
         let take = |at: usize, n: usize| bytes.get(at..at + n);
         let (Some(count), Some(flag), Some(n1), Some(n2)) =
             (take(0, 8), take(8, 1), take(9, 4), take(13, 4))
@@ -281,8 +286,7 @@ impl Accumulator for Moments {
     }
 
     fn size(&self) -> usize {
-        size_of_val(self)
-            + 8 * (self.sum.partials.capacity() + self.sum_sq.partials.capacity())
+        size_of_val(self) + 8 * (self.sum.partials.capacity() + self.sum_sq.partials.capacity())
     }
 }
 

@@ -52,7 +52,11 @@ impl EngineStores {
 }
 
 impl ObjectStoreRegistry for EngineStores {
-    fn register_store(&self, url: &Url, store: Arc<dyn ObjectStore>) -> Option<Arc<dyn ObjectStore>> {
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
         self.inner.register_store(url, store)
     }
 

@@ -38,7 +38,11 @@ impl std::fmt::Debug for EmrflowOptions {
         f.debug_struct("EmrflowOptions")
             .field(
                 PSEUDONYM_KEY_OPTION,
-                &if self.pseudonym_key.is_empty() { "" } else { "<set>" },
+                &if self.pseudonym_key.is_empty() {
+                    ""
+                } else {
+                    "<set>"
+                },
             )
             .finish()
     }
@@ -65,7 +69,9 @@ impl ExtensionOptions for EmrflowOptions {
                 self.pseudonym_key = value.to_string();
                 Ok(())
             }
-            other => config_err!("unknown emrflow option {other:?} (known: {PSEUDONYM_KEY_OPTION})"),
+            other => {
+                config_err!("unknown emrflow option {other:?} (known: {PSEUDONYM_KEY_OPTION})")
+            }
         }
     }
     fn entries(&self) -> Vec<ConfigEntry> {
@@ -306,7 +312,10 @@ mod tests {
             .get::<EmrflowOptions>()
             .map(|o| o.pseudonym_key.clone());
         assert_eq!(key.as_deref(), Some("00ff"));
-        assert!(!format!("{:?}", sent.options()).contains("00ff"), "Debug shows the key");
+        assert!(
+            !format!("{:?}", sent.options()).contains("00ff"),
+            "Debug shows the key"
+        );
         let unknown = received.options_mut().set("emrflow.nope", "1");
         assert!(unknown.is_err());
     }

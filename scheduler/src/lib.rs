@@ -87,7 +87,12 @@ pub fn session_config() -> SessionConfig {
 /// defaults, emrflow's functions (so plans naming them decode), and object stores that resolve
 /// the `s3://` buckets a job names from the scheduler's environment.
 pub fn session_state(config: SessionConfig) -> datafusion::error::Result<SessionState> {
-    let config = if config.options().extensions.get::<EmrflowOptions>().is_some() {
+    let config = if config
+        .options()
+        .extensions
+        .get::<EmrflowOptions>()
+        .is_some()
+    {
         config
     } else {
         config.with_option_extension(EmrflowOptions::default())
@@ -177,7 +182,8 @@ pub async fn connect(url: &str, target_partitions: Option<usize>) -> Result<Sess
 
 /// `df://HOST[:PORT]` → host and port (50050 when absent).
 pub fn parse_url(url: &str) -> Result<(String, u16), Error> {
-    let bad = |why: &str| Error::Config(format!("--cluster {url}: {why} (expected df://HOST:PORT)"));
+    let bad =
+        |why: &str| Error::Config(format!("--cluster {url}: {why} (expected df://HOST:PORT)"));
     let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
     if parsed.scheme() != "df" {
         return Err(bad("the scheme must be df://"));
@@ -245,8 +251,17 @@ mod tests {
             parse_url("df://scheduler").ok(),
             Some(("scheduler".to_string(), 50050))
         );
-        for bad in ["http://x:1", "df://", "df://x:notaport", "df://x:1/path", "x:1"] {
-            let e = parse_url(bad).err().map(|e| e.to_string()).unwrap_or_default();
+        for bad in [
+            "http://x:1",
+            "df://",
+            "df://x:notaport",
+            "df://x:1/path",
+            "x:1",
+        ] {
+            let e = parse_url(bad)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(e.contains(bad), "{bad}: {e}");
         }
     }
@@ -254,10 +269,17 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_scheduler_is_named() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-        let port = listener.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .port();
         drop(listener);
         let url = format!("df://127.0.0.1:{port}");
-        let e = connect(&url, None).await.err().map(|e| e.to_string()).unwrap_or_default();
+        let e = connect(&url, None)
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains(&url) && e.contains("cannot reach"), "{e}");
     }
 }

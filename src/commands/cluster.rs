@@ -46,9 +46,11 @@ impl EngineArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Clients send jobs with --cluster df://HOST:PORT; executors register \
+#[command(
+    after_help = "Clients send jobs with --cluster df://HOST:PORT; executors register \
 with --scheduler-host/--scheduler-port. One scheduler per cluster (its state is in memory). \
-Stops on SIGTERM or Ctrl-C.")]
+Stops on SIGTERM or Ctrl-C."
+)]
 pub(crate) struct SchedulerArgs {
     /// Address to listen on
     #[arg(long, env = "EMRFLOW_SCHEDULER_BIND_HOST", default_value = "0.0.0.0")]
@@ -57,7 +59,11 @@ pub(crate) struct SchedulerArgs {
     #[arg(long, env = "EMRFLOW_SCHEDULER_PORT", default_value_t = 50050)]
     port: u16,
     /// Host name executors and clients reach this scheduler by
-    #[arg(long, env = "EMRFLOW_SCHEDULER_EXTERNAL_HOST", default_value = "localhost")]
+    #[arg(
+        long,
+        env = "EMRFLOW_SCHEDULER_EXTERNAL_HOST",
+        default_value = "localhost"
+    )]
     external_host: String,
     /// Seconds without a heartbeat after which an executor is lost and its tasks run elsewhere
     #[arg(long, env = "EMRFLOW_EXECUTOR_TIMEOUT", default_value_t = 30)]
@@ -68,10 +74,12 @@ pub(crate) struct SchedulerArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Registers with the scheduler and runs the tasks it pushes. Shuffle \
+#[command(
+    after_help = "Registers with the scheduler and runs the tasks it pushes. Shuffle \
 files go under --work-dir; job inputs and outputs must be at the same paths as on the client \
 (a shared filesystem) or in an object store (s3:// with the standard AWS_* variables). Stops on \
-SIGTERM or Ctrl-C after telling the scheduler.")]
+SIGTERM or Ctrl-C after telling the scheduler."
+)]
 pub(crate) struct ExecutorArgs {
     /// Host of the scheduler
     #[arg(long, env = "EMRFLOW_SCHEDULER_HOST", default_value = "localhost")]

@@ -238,8 +238,12 @@ async fn demo(
     bar.finish_and_clear();
     let trained = trained?;
 
-    let dataset_ok = verify_path(&dataset_dir, &embedded, provenance).await?.matches;
-    let model_ok = verify_path(&model_dir, &embedded, provenance).await?.matches;
+    let dataset_ok = verify_path(&dataset_dir, &embedded, provenance)
+        .await?
+        .matches;
+    let model_ok = verify_path(&model_dir, &embedded, provenance)
+        .await?
+        .matches;
     Ok((
         dataset,
         trained,

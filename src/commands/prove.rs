@@ -11,8 +11,8 @@ use ledger::contracts::{Access, Role};
 use pipeline::fingerprint::{self, Hex, Membership, Proof, ProofKind};
 use serde::Serialize;
 
-use super::provenance::{AnchorFile, LedgerArgs, Provenance, digest};
 use super::cluster::EngineArgs;
+use super::provenance::{AnchorFile, LedgerArgs, Provenance, digest};
 use super::{ExitStatus, print_json, print_lines, progress};
 
 #[derive(Debug, Args)]

@@ -574,17 +574,47 @@ pub(crate) async fn check_dataset(
     }
     if let Some(spec) = &spec {
         let path = dir.join(MANIFEST_FILE);
-        let manifest =
+        let bytes =
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        if Digest::of(&manifest) != spec.params_hash {
-            check
+        match pipeline::Manifest::from_json(&bytes, &path.display().to_string()) {
+            Ok(manifest) => {
+                if Digest(pipeline::manifest::params_digest(&bytes)?) != spec.params_hash {
+                    check
+                        .problems
+                        .push("manifest.json differs from the one anchored with the data".into());
+                }
+                // Training reads the files the manifest lists; the fingerprint covers every
+                // Parquet file present. They must be the same files.
+                let present = parquet_files(dir)?;
+                if present != manifest.files {
+                    check.problems.push(format!(
+                        "manifest.json lists the files [{}] but the directory holds [{}]",
+                        manifest.files.join(", "),
+                        present.join(", ")
+                    ));
+                }
+            }
+            Err(e) => check
                 .problems
-                .push("manifest.json differs from the one anchored with the data".into());
+                .push(format!("manifest.json is unreadable: {e}")),
         }
     }
     check.recomputed = Some(recomputed);
     check.fingerprint = Some(fp);
     Ok(check)
+}
+
+/// The names of the Parquet files directly in `dir`, sorted.
+fn parquet_files(dir: &Path) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".parquet") {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// Checks a model directory (or its model.json): its receipt, and its root recomputed from the

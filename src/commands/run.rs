@@ -14,10 +14,10 @@ use pipeline::fingerprint::{self, FINGERPRINT_FILE};
 use pipeline::{Job, Progress, RunOptions, RunSummary, StagedRun};
 use serde::Serialize;
 
+use super::cluster::EngineArgs;
 use super::provenance::{
     ANCHOR_FILE, AnchorFile, CODE_VERSION, LedgerArgs, Provenance, check_dataset, digest,
 };
-use super::cluster::EngineArgs;
 use super::{ExitStatus, print_json, print_lines, progress};
 
 #[derive(Debug, Args)]
@@ -161,7 +161,6 @@ async fn anchor_staged(
         parents.push(input_root(ctx, provenance, input, summary).await?);
     }
     let target = pipeline::store::Location::resolve(ctx, &summary.output)?;
-    let manifest_bytes = summary.manifest.to_json()?;
     let spec = AnchorSpec {
         kind: AnchorKind::Dataset,
         root: digest(&fp.root),
@@ -170,10 +169,27 @@ async fn anchor_staged(
         location: target.url.to_string(),
         parents: parents.clone(),
         stage: "preprocess".to_string(),
-        params_hash: Digest::of(&manifest_bytes),
+        params_hash: Digest(pipeline::manifest::params_digest(
+            &summary.manifest.to_json()?,
+        )?),
         code_version: CODE_VERSION.to_string(),
     };
-    let (receipt, _) = provenance.anchor_once(Role::DataEngineer, spec).await?;
+    let params_hash = spec.params_hash;
+    let (receipt, reused) = provenance.anchor_once(Role::DataEngineer, spec).await?;
+    if reused
+        && let Some(existing) = provenance.anchor_of(digest(&fp.root)).await?
+        && existing.spec.params_hash != params_hash
+    {
+        // The ledger holds one anchor per root; publishing these rows under another manifest
+        // would publish a dataset that fails its own verification.
+        bail!(
+            "these exact rows (root {}) were anchored at height {} with a different manifest \
+             (other inputs, paths or job settings); publish them from the original job, or change \
+             the job so its output differs",
+            fp.root,
+            existing.position.seq.0
+        );
+    }
     let height = receipt.header.height.0;
     let file = AnchorFile::new(
         AnchorKind::Dataset,

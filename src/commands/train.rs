@@ -18,10 +18,10 @@ use pipeline::manifest::{self, MANIFEST_FILE, Manifest};
 use pipeline::store::{Location, Staging};
 use serde::Serialize;
 
+use super::cluster::EngineArgs;
 use super::provenance::{
     ANCHOR_FILE, AnchorFile, CODE_VERSION, LedgerArgs, Provenance, check_dataset, model_root,
 };
-use super::cluster::EngineArgs;
 use super::{ExitStatus, print_json, print_lines, progress};
 
 /// The dataset's manifest, copied into the model directory so `predict` can transform raw rows

@@ -11,8 +11,8 @@ use pipeline::fingerprint::BucketDiff;
 use pipeline::manifest::MANIFEST_FILE;
 use serde::Serialize;
 
-use super::provenance::{LedgerArgs, Provenance, check_dataset, check_model};
 use super::cluster::EngineArgs;
+use super::provenance::{LedgerArgs, Provenance, check_dataset, check_model};
 use super::{ExitStatus, print_json, print_lines, progress};
 
 #[derive(Debug, Args)]
