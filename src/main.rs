@@ -12,7 +12,7 @@ use commands::{Cli, ExitStatus};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    commands::init_tracing(cli.global.verbose);
+    commands::init_tracing(cli.global.verbose, cli.command.is_server());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

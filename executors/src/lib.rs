@@ -88,7 +88,11 @@ pub fn function_registry() -> BallistaFunctionRegistry {
 /// The configuration each task starts from before the client's settings are applied: it must
 /// know emrflow's options, or `emrflow.pseudonym_key` would be dropped as an unknown key.
 fn session_config() -> SessionConfig {
-    SessionConfig::new_with_ballista().with_option_extension(EmrflowOptions::default())
+    // Matches the scheduler's defaults (see `scheduler::session_config`); a client's settings
+    // are applied over it per task.
+    SessionConfig::new_with_ballista()
+        .with_ballista_adaptive_query_planner(false)
+        .with_option_extension(EmrflowOptions::default())
 }
 
 /// Runs an executor until SIGTERM or Ctrl-C (Ballista installs those handlers and tells the
@@ -140,7 +144,7 @@ pub async fn serve(options: &ExecutorOptions) -> Result<(), Error> {
             options.concurrent_tasks
         },
         work_dir: Some(work_dir_str),
-        task_scheduling_policy: TaskSchedulingPolicy::PushStaged,
+        task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
         executor_heartbeat_interval_seconds: options.heartbeat_interval_seconds.max(1),
         scheduler_connect_timeout_seconds: options.scheduler_connect_timeout_seconds,
         memory_pool_size: options.memory_pool_bytes,

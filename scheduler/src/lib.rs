@@ -79,8 +79,16 @@ impl Default for SchedulerOptions {
 /// The session configuration every emrflow engine in a cluster starts from: Ballista's, plus
 /// emrflow's session options, so that settings a client sends (`emrflow.pseudonym_key`) are
 /// accepted instead of being dropped as unknown keys.
+///
+/// Ballista 55's adaptive planner is turned off: after an executor is lost mid-job its graph
+/// re-runs the map stage but then rejects the new stage outputs ("Can't find active stage to
+/// update stage outputs") and the job never finishes. The static planner recovers (the lost
+/// tasks and the map stage are re-run and the job completes), and emrflow's jobs gain nothing
+/// from adaptive joins: their right-hand inputs are small dimension tables.
 pub fn session_config() -> SessionConfig {
-    SessionConfig::new_with_ballista().with_option_extension(EmrflowOptions::default())
+    SessionConfig::new_with_ballista()
+        .with_ballista_adaptive_query_planner(false)
+        .with_option_extension(EmrflowOptions::default())
 }
 
 /// A scheduler-side session state built from the configuration a client sent: Ballista's
@@ -124,7 +132,7 @@ pub async fn serve(
     let mut config = SchedulerConfig::default()
         .with_hostname(options.external_host.clone())
         .with_port(options.port)
-        .with_scheduler_policy(TaskSchedulingPolicy::PushStaged)
+        .with_scheduler_policy(TaskSchedulingPolicy::PullStaged)
         .with_no_executors_grace_period_seconds(options.executor_timeout_seconds)
         .with_override_config_producer(Arc::new(session_config))
         .with_override_session_builder(Arc::new(session_state));

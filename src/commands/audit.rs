@@ -26,8 +26,10 @@ pub(crate) struct AuditArgs {
     /// Print JSON (one array of events) on stdout
     #[arg(long)]
     json: bool,
-    #[command(flatten)]
-    ledger: LedgerArgs,
+    /// The ledger: a directory holds an embedded four-peer ledger; a genesis.json file names the
+    /// peers of a running cluster [default: $EMRFLOW_HOME/ledger]
+    #[arg(long, env = "EMRFLOW_LEDGER", value_name = "DIR|GENESIS")]
+    ledger: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -46,7 +48,13 @@ struct Row {
 }
 
 pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<ExitStatus> {
-    let provenance = Provenance::open(&args.ledger).await?;
+    // `--identity` here names whose events to list; the key this command signs its query
+    // with comes from EMRFLOW_IDENTITY (or the ledger directory's per-role identities).
+    let ledger = LedgerArgs {
+        ledger: args.ledger.clone(),
+        identity: std::env::var_os("EMRFLOW_IDENTITY").map(std::path::PathBuf::from),
+    };
+    let provenance = Provenance::open(&ledger).await?;
     let rows = collect(&args, &provenance).await;
     provenance.close().await?;
     let rows = rows?;

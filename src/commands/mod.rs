@@ -114,11 +114,20 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
     }
 }
 
-/// Logs go to stderr through `tracing`; `RUST_LOG` wins over `-v`.
-pub(crate) fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
+impl Command {
+    /// Cluster services log what they do (executors joining and lost, jobs, task retries) by
+    /// default; other commands only warnings.
+    pub(crate) fn is_server(&self) -> bool {
+        matches!(self, Command::Scheduler(_) | Command::Executor(_))
+    }
+}
+
+/// Logs go to stderr through `tracing`; `RUST_LOG` wins over `-v`. Ballista logs through the
+/// `log` crate; its records are forwarded to the same output under the target `ballista`.
+pub(crate) fn init_tracing(verbose: u8, server: bool) {
+    let default = match (verbose, server) {
+        (0, false) => "warn",
+        (0, true) | (1, _) => "info",
         _ => "debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -128,6 +137,42 @@ pub(crate) fn init_tracing(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if log::set_logger(&LOG_BRIDGE).is_ok() {
+        log::set_max_level(log::LevelFilter::Trace);
+    }
+}
+
+static LOG_BRIDGE: LogBridge = LogBridge;
+
+/// Forwards `log` records (Ballista's) to `tracing`.
+struct LogBridge;
+
+impl log::Log for LogBridge {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        match metadata.level() {
+            log::Level::Error => tracing::enabled!(target: "ballista", tracing::Level::ERROR),
+            log::Level::Warn => tracing::enabled!(target: "ballista", tracing::Level::WARN),
+            log::Level::Info => tracing::enabled!(target: "ballista", tracing::Level::INFO),
+            log::Level::Debug => tracing::enabled!(target: "ballista", tracing::Level::DEBUG),
+            log::Level::Trace => tracing::enabled!(target: "ballista", tracing::Level::TRACE),
+        }
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let (from, args) = (record.target(), record.args());
+        match record.level() {
+            log::Level::Error => tracing::error!(target: "ballista", "{from}: {args}"),
+            log::Level::Warn => tracing::warn!(target: "ballista", "{from}: {args}"),
+            log::Level::Info => tracing::info!(target: "ballista", "{from}: {args}"),
+            log::Level::Debug => tracing::debug!(target: "ballista", "{from}: {args}"),
+            log::Level::Trace => tracing::trace!(target: "ballista", "{from}: {args}"),
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 /// One line on stderr: the error and its causes, outermost first.
@@ -179,4 +224,16 @@ pub(crate) fn progress(message: &str) -> ProgressBar {
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     bar.set_message(message.to_string());
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // Catches two flags of one command sharing a name (a flattened group and the command's
+        // own), which clap otherwise resolves silently by handing both the same value.
+        <Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

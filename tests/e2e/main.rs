@@ -1,6 +1,7 @@
 //! End-to-end tests of the `emrflow` binary, one test binary with a module per area.
 
 mod cli;
+mod cluster;
 mod ledger;
 mod ml;
 mod pipeline;

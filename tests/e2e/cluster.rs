@@ -1,0 +1,383 @@
+//! `emrflow scheduler` and `emrflow executor` as separate processes on 127.0.0.1: the same job,
+//! training and fingerprint give the same dataset root, model root and metrics as embedded, and
+//! a job that loses an executor to SIGKILL either completes with the same root or fails without
+//! publishing or anchoring anything.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{emrflow, generate, run, stderr, stdout};
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// Polls until `port` accepts connections or the process exits. Start-up is not a speed
+/// target: the bound only keeps a broken build from hanging the suite.
+fn wait_for_port(port: u16, child: &mut Child, log: &Path) {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..600 {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "server exited with {status} before listening on {port}: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "nothing listens on {port}: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// One scheduler and some executors, killed when dropped.
+struct Cluster {
+    url: String,
+    scheduler: Child,
+    executors: Vec<Child>,
+    logs: PathBuf,
+}
+
+impl Cluster {
+    fn start(dir: &Path, executors: usize) -> Self {
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs).unwrap_or_else(|e| panic!("{e}"));
+        let port = free_port();
+        let spawn = |args: &[String], log: &Path| -> Child {
+            let file = std::fs::File::create(log).unwrap_or_else(|e| panic!("{e}"));
+            let mut cmd: Command = emrflow(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            cmd.env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(file));
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("cannot start emrflow: {e}"))
+        };
+        let s = |v: &str| v.to_string();
+        let scheduler_log = logs.join("scheduler.log");
+        let mut scheduler = spawn(
+            &[
+                s("scheduler"),
+                s("--bind-host"),
+                s("127.0.0.1"),
+                s("--port"),
+                port.to_string(),
+                // A lost executor is noticed after 3 s without a heartbeat.
+                s("--executor-timeout"),
+                s("3"),
+            ],
+            &scheduler_log,
+        );
+        wait_for_port(port, &mut scheduler, &scheduler_log);
+        let mut cluster = Cluster {
+            url: format!("df://127.0.0.1:{port}"),
+            scheduler,
+            executors: Vec::new(),
+            logs,
+        };
+        for i in 0..executors {
+            let (flight, grpc) = (free_port(), free_port());
+            let log = cluster.executor_log(i);
+            let mut child = spawn(
+                &[
+                    s("executor"),
+                    s("--scheduler-host"),
+                    s("127.0.0.1"),
+                    s("--scheduler-port"),
+                    port.to_string(),
+                    s("--bind-host"),
+                    s("127.0.0.1"),
+                    s("--port"),
+                    flight.to_string(),
+                    s("--grpc-port"),
+                    grpc.to_string(),
+                    s("--concurrent-tasks"),
+                    s("1"),
+                    s("--heartbeat-interval"),
+                    s("1"),
+                    s("--work-dir"),
+                    dir.join(format!("work-{i}")).display().to_string(),
+                ],
+                &log,
+            );
+            wait_for_port(flight, &mut child, &log);
+            cluster.executors.push(child);
+        }
+        cluster
+    }
+
+    fn executor_log(&self, i: usize) -> PathBuf {
+        self.logs.join(format!("executor-{i}.log"))
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        if let Ok(entries) = std::fs::read_dir(&self.logs) {
+            for e in entries.flatten() {
+                all.push_str(&format!("== {}\n", e.path().display()));
+                all.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+            }
+        }
+        all
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self
+            .executors
+            .iter_mut()
+            .chain(std::iter::once(&mut self.scheduler))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A job run over the generated data in `data`, publishing to `out`.
+fn run_job(data: &Path, out: &Path, ledger: &Path, cluster: Option<&str>) -> std::process::Output {
+    let mut args = vec![
+        "run".to_string(),
+        "examples/stroke-synthetic.toml".to_string(),
+        "--input".to_string(),
+        format!("visits={}", data.join("visits.csv").display()),
+        "--input".to_string(),
+        format!("patients={}", data.join("patients.csv").display()),
+        "--out".to_string(),
+        out.display().to_string(),
+        "--ledger".to_string(),
+        ledger.display().to_string(),
+        "--json".to_string(),
+    ];
+    if let Some(url) = cluster {
+        args.extend(["--cluster".to_string(), url.to_string()]);
+    }
+    run(&mut emrflow(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ))
+}
+
+fn json(out: &std::process::Output, what: &str) -> serde_json::Value {
+    assert!(out.status.success(), "{what} failed: {}", stderr(out));
+    serde_json::from_str(stdout(out).trim())
+        .unwrap_or_else(|e| panic!("{what}: {e}: {}", stdout(out)))
+}
+
+fn train(dataset: &Path, out: &Path, ledger: &Path, cluster: Option<&str>) -> serde_json::Value {
+    let mut args = vec![
+        "train".to_string(),
+        "--dataset".to_string(),
+        dataset.display().to_string(),
+        "--out".to_string(),
+        out.display().to_string(),
+        "--max-depth".to_string(),
+        "6".to_string(),
+        "--folds".to_string(),
+        "2".to_string(),
+        "--ledger".to_string(),
+        ledger.display().to_string(),
+        "--json".to_string(),
+    ];
+    if let Some(url) = cluster {
+        args.extend(["--cluster".to_string(), url.to_string()]);
+    }
+    json(
+        &run(&mut emrflow(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )),
+        "train",
+    )
+}
+
+fn fingerprint(path: &Path, cluster: Option<&str>) -> String {
+    let path = path.display().to_string();
+    let mut args = vec!["fingerprint", path.as_str(), "--json"];
+    if let Some(url) = cluster {
+        args.extend(["--cluster", url]);
+    }
+    json(&run(&mut emrflow(&args)), "fingerprint")["root"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_cluster_gives_the_embedded_dataset_model_and_metrics() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data = tmp.path().join("data");
+    generate(&data, 20_000);
+    let ledger = tmp.path().join("ledger");
+    let cluster = Cluster::start(tmp.path(), 2);
+    let url = Some(cluster.url.as_str());
+
+    let embedded = json(
+        &run_job(&data, &tmp.path().join("ds-embedded"), &ledger, None),
+        "embedded run",
+    );
+    let distributed = run_job(&data, &tmp.path().join("ds-cluster"), &ledger, url);
+    assert!(
+        distributed.status.success(),
+        "cluster run failed: {}\n{}",
+        stderr(&distributed),
+        cluster.logs()
+    );
+    let distributed = json(&distributed, "cluster run");
+    assert_eq!(distributed["root"], embedded["root"], "dataset roots");
+    assert_eq!(distributed["rows_out"], embedded["rows_out"]);
+    assert_eq!(distributed["rows_dropped"], embedded["rows_dropped"]);
+
+    let root = embedded["root"].as_str().unwrap_or_default().to_string();
+    assert_eq!(fingerprint(&tmp.path().join("ds-embedded"), url), root);
+    assert_eq!(fingerprint(&tmp.path().join("ds-cluster"), None), root);
+
+    let model_embedded = train(
+        &tmp.path().join("ds-embedded"),
+        &tmp.path().join("model-embedded"),
+        &ledger,
+        None,
+    );
+    let model_cluster = train(
+        &tmp.path().join("ds-cluster"),
+        &tmp.path().join("model-cluster"),
+        &ledger,
+        url,
+    );
+    for key in [
+        "model_root",
+        "dataset_root",
+        "model_sha256",
+        "test",
+        "cross_validation",
+        "feature_importances",
+        "nodes",
+        "depth",
+    ] {
+        assert_eq!(model_cluster[key], model_embedded[key], "{key}");
+    }
+    let model =
+        |dir: &str| std::fs::read(tmp.path().join(dir).join("model.json")).unwrap_or_default();
+    assert_eq!(model("model-cluster"), model("model-embedded"));
+}
+
+#[test]
+fn an_unreachable_cluster_is_a_one_line_error_and_publishes_nothing() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data = tmp.path().join("data");
+    generate(&data, 500);
+    let url = format!("df://127.0.0.1:{}", free_port());
+    let out = tmp.path().join("out");
+    let result = run_job(&data, &out, &tmp.path().join("ledger"), Some(&url));
+    crate::support::assert_one_line_error(&result, &["cannot reach the scheduler", &url]);
+    crate::support::assert_nothing_published(&out);
+}
+
+/// Waits until the executor's log shows it has started a task of the job.
+fn wait_for_task(log: &Path, job: &mut Child) -> bool {
+    for _ in 0..600 {
+        if std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("Received task")
+        {
+            return true;
+        }
+        if let Ok(Some(_)) = job.try_wait() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn an_executor_killed_mid_job_is_survived_or_fails_cleanly_and_a_rerun_gives_the_same_root() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data = tmp.path().join("data");
+    // Large enough that each executor runs several tasks of every stage.
+    generate(&data, 300_000);
+    let ledger = tmp.path().join("ledger");
+    let mut cluster = Cluster::start(tmp.path(), 2);
+    let out = tmp.path().join("ds-killed");
+
+    let mut args = vec![
+        "run".to_string(),
+        "examples/stroke-synthetic.toml".to_string(),
+        "--input".to_string(),
+        format!("visits={}", data.join("visits.csv").display()),
+        "--input".to_string(),
+        format!("patients={}", data.join("patients.csv").display()),
+        "--out".to_string(),
+        out.display().to_string(),
+        "--ledger".to_string(),
+        ledger.display().to_string(),
+        "--json".to_string(),
+        "--cluster".to_string(),
+        cluster.url.clone(),
+    ];
+    let mut job = emrflow(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    // SIGKILL the second executor as soon as it works on the job.
+    let started = wait_for_task(&cluster.executor_log(1), &mut job);
+    assert!(
+        started,
+        "executor 1 never received a task:\n{}",
+        cluster.logs()
+    );
+    let mut victim = cluster.executors.remove(1);
+    victim.kill().unwrap_or_else(|e| panic!("{e}"));
+    let _ = victim.wait();
+    let result = job.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+
+    // The reference: the same job on the surviving executor alone.
+    let rerun_out = tmp.path().join("ds-rerun");
+    args[7] = rerun_out.display().to_string();
+    let rerun = run(&mut emrflow(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert!(
+        rerun.status.success(),
+        "rerun failed: {}\n{}",
+        stderr(&rerun),
+        cluster.logs()
+    );
+    let rerun = json(&rerun, "rerun");
+
+    if result.status.success() {
+        // The lost tasks (and the map output they had written) were re-run elsewhere.
+        let survived = json(&result, "killed run");
+        assert_eq!(survived["root"], rerun["root"], "{}", cluster.logs());
+        let logs = cluster.logs();
+        assert!(
+            ["lost Executor", "heartbeat timed out", "already dead"]
+                .iter()
+                .any(|s| logs.contains(s)),
+            "the scheduler did not see the executor go: {logs}"
+        );
+    } else {
+        assert_eq!(result.status.code(), Some(2), "{}", stderr(&result));
+        let err = stderr(&result);
+        assert!(
+            err.contains("nothing was published") && err.contains("executor"),
+            "{err}"
+        );
+        crate::support::assert_nothing_published(&out);
+    }
+    // The embedded engine agrees with what the cluster produced after the loss.
+    let embedded = json(
+        &run_job(&data, &tmp.path().join("ds-embedded"), &ledger, None),
+        "embedded run",
+    );
+    assert_eq!(embedded["root"], rerun["root"]);
+}
