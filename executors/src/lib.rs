@@ -39,8 +39,6 @@ pub struct ExecutorOptions {
     pub external_host: Option<String>,
     /// Arrow Flight port: shuffle data and results are fetched from here.
     pub port: u16,
-    /// gRPC port the scheduler pushes tasks to.
-    pub grpc_port: u16,
     /// Tasks run at once (0: one per core).
     pub concurrent_tasks: usize,
     /// Where shuffle files are written; a fresh temporary directory when absent.
@@ -62,7 +60,6 @@ impl Default for ExecutorOptions {
             bind_host: "0.0.0.0".into(),
             external_host: None,
             port: 50051,
-            grpc_port: 50052,
             concurrent_tasks: 0,
             work_dir: None,
             heartbeat_interval_seconds: 5,
@@ -137,7 +134,6 @@ pub async fn serve(options: &ExecutorOptions) -> Result<(), Error> {
         bind_host: options.bind_host.clone(),
         external_host: options.external_host.clone(),
         port: options.port,
-        grpc_port: options.grpc_port,
         vcores: if options.concurrent_tasks == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {

@@ -111,7 +111,7 @@ def main():
         wait_port(port, sched, log)
         executors = []
         for i in range(n):
-            flight, grpc = free_port(), free_port()
+            flight = free_port()
             elog = os.path.join(work, f"executor-{i}.log")
             # BENCH_PIN=1: each executor gets one core of its own and runs one task at a time,
             # so that on one host "2 executors" has twice the CPU of "1 executor", as two
@@ -120,8 +120,8 @@ def main():
             slots = ["--concurrent-tasks", "1"] if pin else []
             p = subprocess.Popen(
                 [*pin, binary, "executor", *slots, "--scheduler-host", "127.0.0.1", "--scheduler-port",
-                 str(port), "--bind-host", "127.0.0.1", "--port", str(flight), "--grpc-port",
-                 str(grpc), "--work-dir", os.path.join(work, f"work-{i}")],
+                 str(port), "--bind-host", "127.0.0.1", "--port", str(flight),
+                 "--work-dir", os.path.join(work, f"work-{i}")],
                 env=env, stdout=subprocess.DEVNULL, stderr=open(elog, "w"),
             )
             procs.append(p)

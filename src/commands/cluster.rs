@@ -75,7 +75,8 @@ pub(crate) struct SchedulerArgs {
 
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Registers with the scheduler and runs the tasks it pushes. Shuffle \
+    after_help = "Registers with the scheduler and fetches tasks from it. It listens only on \
+--port (Arrow Flight), where other executors read its shuffle output and clients its results. Shuffle \
 files go under --work-dir; job inputs and outputs must be at the same paths as on the client \
 (a shared filesystem) or in an object store (s3:// with the standard AWS_* variables). Stops on \
 SIGTERM or Ctrl-C after telling the scheduler."
@@ -96,9 +97,6 @@ pub(crate) struct ExecutorArgs {
     /// Arrow Flight port (shuffle data and results)
     #[arg(long, env = "EMRFLOW_EXECUTOR_PORT", default_value_t = 50051)]
     port: u16,
-    /// gRPC port the scheduler pushes tasks to
-    #[arg(long, env = "EMRFLOW_EXECUTOR_GRPC_PORT", default_value_t = 50052)]
-    grpc_port: u16,
     /// Tasks run at once (0: one per core)
     #[arg(long, env = "EMRFLOW_CONCURRENT_TASKS", default_value_t = 0)]
     concurrent_tasks: usize,
@@ -150,7 +148,6 @@ pub(crate) async fn run_executor(args: ExecutorArgs) -> anyhow::Result<ExitStatu
         bind_host: args.bind_host,
         external_host,
         port: args.port,
-        grpc_port: args.grpc_port,
         concurrent_tasks: args.concurrent_tasks,
         work_dir: args.work_dir,
         heartbeat_interval_seconds: args.heartbeat_interval,
@@ -158,10 +155,9 @@ pub(crate) async fn run_executor(args: ExecutorArgs) -> anyhow::Result<ExitStatu
         memory_pool_bytes: args.memory_mb.map(|mb| mb * 1024 * 1024),
     };
     tracing::info!(
-        "emrflow executor on {}:{} (gRPC {}), scheduler {}:{}",
+        "emrflow executor on {}:{}, scheduler {}:{}",
         options.bind_host,
         options.port,
-        options.grpc_port,
         options.scheduler_host,
         options.scheduler_port
     );

@@ -85,7 +85,7 @@ impl Cluster {
             logs,
         };
         for i in 0..executors {
-            let (flight, grpc) = (free_port(), free_port());
+            let flight = free_port();
             let log = cluster.executor_log(i);
             let mut child = spawn(
                 &[
@@ -98,8 +98,6 @@ impl Cluster {
                     s("127.0.0.1"),
                     s("--port"),
                     flight.to_string(),
-                    s("--grpc-port"),
-                    grpc.to_string(),
                     s("--concurrent-tasks"),
                     s("1"),
                     s("--heartbeat-interval"),
