@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ballista_core::RuntimeProducer;
 use ballista_core::config::TaskSchedulingPolicy;
@@ -19,6 +20,16 @@ pub enum Error {
     /// A flag that cannot work.
     #[error("{0}")]
     Config(String),
+    /// The scheduler did not answer within the start-up timeout.
+    #[error("cannot reach the scheduler at {address} (tried for {seconds} s): {message}")]
+    SchedulerUnreachable {
+        /// `host:port`.
+        address: String,
+        /// How long it was tried.
+        seconds: u64,
+        /// The last connection error.
+        message: String,
+    },
     /// Ballista refused to start, could not reach the scheduler, or stopped with an error.
     #[error("executor: {0}")]
     Ballista(#[from] ballista_core::error::BallistaError),
@@ -95,6 +106,12 @@ fn session_config() -> SessionConfig {
 /// Runs an executor until SIGTERM or Ctrl-C (Ballista installs those handlers and tells the
 /// scheduler it is leaving), or until it fails.
 pub async fn serve(options: &ExecutorOptions) -> Result<(), Error> {
+    wait_for_scheduler(
+        &options.scheduler_host,
+        options.scheduler_port,
+        Duration::from_secs(u64::from(options.scheduler_connect_timeout_seconds)),
+    )
+    .await?;
     // Kept alive for the whole run when the directory is a temporary one.
     let mut _temp = None;
     let work_dir = match &options.work_dir {
@@ -142,7 +159,9 @@ pub async fn serve(options: &ExecutorOptions) -> Result<(), Error> {
         work_dir: Some(work_dir_str),
         task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
         executor_heartbeat_interval_seconds: options.heartbeat_interval_seconds.max(1),
-        scheduler_connect_timeout_seconds: options.scheduler_connect_timeout_seconds,
+        // Reached above; Ballista 55's own retry loop measures elapsed time from a fresh
+        // `Instant` each round, so its timeout never expires.
+        scheduler_connect_timeout_seconds: 0,
         memory_pool_size: options.memory_pool_bytes,
         override_function_registry: Some(Arc::new(function_registry())),
         override_config_producer: Some(Arc::new(session_config)),
@@ -151,6 +170,34 @@ pub async fn serve(options: &ExecutorOptions) -> Result<(), Error> {
     };
     start_executor_process(Arc::new(config)).await?;
     Ok(())
+}
+
+/// Retries a TCP connection to the scheduler until it answers or `timeout` has passed, so that
+/// executors started before their scheduler (as on Kubernetes) wait for it, and a wrong address
+/// ends in an error naming it.
+async fn wait_for_scheduler(host: &str, port: u16, timeout: Duration) -> Result<(), Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await;
+        let message = match attempt {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 2 s".to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::SchedulerUnreachable {
+                address: format!("{host}:{port}"),
+                seconds: timeout.as_secs(),
+                message,
+            });
+        }
+        tracing::warn!("scheduler {host}:{port} not reachable yet ({message}); retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +220,31 @@ mod tests {
                 "{name} missing"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_scheduler_ends_start_up_with_its_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .port();
+        drop(listener);
+        let options = ExecutorOptions {
+            scheduler_host: "127.0.0.1".into(),
+            scheduler_port: port,
+            scheduler_connect_timeout_seconds: 1,
+            ..ExecutorOptions::default()
+        };
+        let e = serve(&options)
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains(&format!("127.0.0.1:{port}")) && e.contains("cannot reach"),
+            "{e}"
+        );
     }
 
     #[test]
