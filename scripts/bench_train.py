@@ -89,7 +89,7 @@ def metrics(y, p):
 
 
 def emrflow_train(args, dataset, out, extra):
-    cmd = [args.emrflow, "train", "--dataset", dataset, "--out", out, "--json"] + extra
+    cmd = [args.emrflow, "train", "--dataset", dataset, "--out", out, "--overwrite", "--json"] + extra
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
@@ -191,17 +191,19 @@ def main():
     out_dir = os.path.join(args.work, "model")
     cmd = [args.emrflow, "train", "--dataset", args.dataset, "--out", out_dir,
            "--max-depth", str(args.depth), "--max-bins", str(args.bins), "--folds", "0",
-           "--seed", str(args.seed), "--json"]
-    runs = []
+           "--seed", str(args.seed), "--overwrite", "--json"]
+    runs, fits = [], []
     for _ in range(3):
         start = time.perf_counter()
         out = subprocess.run(cmd, check=True, capture_output=True, text=True)
         runs.append(time.perf_counter() - start)
+        fits.append(json.loads(out.stdout)["training_seconds"])
     summary = json.loads(out.stdout)
     if summary["test_rows"] != len(y_test):
         raise SystemExit(f"split mismatch: emrflow tested {summary['test_rows']} rows, this script {len(y_test)}")
     t = summary["test"]
     results["emrflow"] = {"seconds": min(runs), "accuracy": t["accuracy"], "f1": t["f1"], "auc": t["roc_auc"]}
+    fit_only = {"seconds": min(fits), "verify": summary["verify_seconds"]}
     print("emrflow", results["emrflow"], flush=True)
 
     # scikit-learn: fit only.
@@ -271,17 +273,26 @@ def main():
     for name, r in results.items():
         ratio = "1×" if name == "emrflow" else f"{r['seconds'] / ours['seconds']:.1f}× slower"
         lines.append(f"| {name} | {r['seconds']:.2f} | {ratio} | {r['accuracy']:.4f} | {r['f1']:.4f} | {r['auc']:.4f} |")
+    spark_s = results["Spark MLlib local[2]"]["seconds"]
+    sk_s = results["scikit-learn"]["seconds"]
     lines += [
         "",
-        "- emrflow: wall time of the whole `emrflow train --folds 0` command (best of 3): reading Parquet, "
-        "profiling, sketching, binning, one histogram pass per level, evaluating on the test rows. "
+        "- emrflow: wall time of the whole `emrflow train --folds 0` command (best of 3): checking the "
+        "dataset against its ledger anchor (fingerprinting every row, "
+        f"{fit_only['verify']:.2f} s in the last run), reading Parquet, "
+        "profiling, sketching, binning, one histogram pass per level, evaluating on the test rows, "
+        "anchoring the model. "
         "Built in the dev profile (optimized: opt-level 2 for emrflow's crates, 3 for dependencies).",
         f"- scikit-learn {sklearn.__version__}: `DecisionTreeClassifier(max_depth={args.depth})` `fit` only (best of 3), "
         "exact splits, one core.",
         f"- Spark {spark_version}: `DecisionTreeClassifier(maxDepth={args.depth}, maxBins={args.bins})` `fit` only "
         "(best of 2) on a cached DataFrame, `local[2]`.",
-        f"- Targets: ≥ 3× faster than scikit-learn (measured {results['scikit-learn']['seconds'] / ours['seconds']:.1f}×), "
-        f"≥ 20× faster than Spark (measured {results['Spark MLlib local[2]']['seconds'] / ours['seconds']:.1f}×), "
+        f"- emrflow's training alone (the command's `training_seconds`: reading, binning, growing and "
+        f"evaluating, what the peers' `fit` covers and more): {fit_only['seconds']:.2f} s (best of 3), "
+        f"{sk_s / fit_only['seconds']:.1f}× faster than scikit-learn, {spark_s / fit_only['seconds']:.1f}× faster than Spark.",
+        f"- Targets: ≥ 3× faster than scikit-learn (measured {sk_s / ours['seconds']:.1f}× for the whole "
+        f"command, {sk_s / fit_only['seconds']:.1f}× for training), "
+        f"≥ 20× faster than Spark (measured {spark_s / ours['seconds']:.1f}× and {spark_s / fit_only['seconds']:.1f}×), "
         "accuracy within 0.5 points of both (measured "
         f"{100 * (ours['accuracy'] - results['scikit-learn']['accuracy']):+.2f} and "
         f"{100 * (ours['accuracy'] - results['Spark MLlib local[2]']['accuracy']):+.2f} points).",

@@ -209,6 +209,10 @@ struct TrainSummary<'a> {
     cross_validation: Option<CvSummary>,
     feature_importances: Vec<ml::report::Importance>,
     seconds: f64,
+    /// Of `seconds`: checking the dataset against its anchor.
+    verify_seconds: f64,
+    /// Of `seconds`: reading, binning, growing and evaluating (what a `fit` call does).
+    training_seconds: f64,
 }
 
 #[derive(Serialize)]
@@ -231,6 +235,10 @@ pub(crate) struct Trained {
     pub(crate) dataset_root: Digest,
     /// Block height of the anchor.
     pub(crate) height: u64,
+    /// Seconds spent checking the dataset against its anchor (fingerprinting it).
+    pub(crate) verify_seconds: f64,
+    /// Seconds spent training and evaluating (reading, binning, growing, scoring).
+    pub(crate) training_seconds: f64,
 }
 
 /// Trains on an anchored dataset directory and publishes the anchored model directory; shared
@@ -261,13 +269,18 @@ pub(crate) async fn train_dataset(
     let mut staging = Staging::begin(target.clone(), overwrite).await?;
 
     // Only a dataset that is exactly what was anchored is trained on; the read is audited.
+    #[allow(clippy::disallowed_methods)] // the command reports where its time went
+    let verify_started = std::time::Instant::now();
     let check = check_dataset(&ctx, dataset, provenance).await?;
+    let verify_seconds = verify_started.elapsed().as_secs_f64();
     check.ensure_matches(dataset)?;
     let dataset_root = check.anchor.root;
     provenance
         .record_read(Role::MlEngineer, dataset_root, "train")
         .await?;
 
+    #[allow(clippy::disallowed_methods)] // the command reports where its time went
+    let training_started = std::time::Instant::now();
     let df = read_dataset(&ctx, dataset, &manifest).await?;
     // On a cluster every pass must be a plan the executors can run on their own, so the binned
     // rows are recomputed per pass rather than held in this process's memory.
@@ -279,6 +292,7 @@ pub(crate) async fn train_dataset(
     let report = ml::train_and_evaluate(df, &spec, params, evaluation, storage, on_step)
         .await
         .with_context(|| format!("training on {}", dataset.display()));
+    let training_seconds = training_started.elapsed().as_secs_f64();
     let anchored = match report {
         Ok(report) => {
             let anchored = stage_model(
@@ -307,6 +321,8 @@ pub(crate) async fn train_dataset(
         root,
         dataset_root,
         height,
+        verify_seconds,
+        training_seconds,
     })
 }
 
@@ -442,6 +458,8 @@ pub(crate) async fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
         cross_validation: cv,
         feature_importances: report.importances(),
         seconds,
+        verify_seconds: trained.verify_seconds,
+        training_seconds: trained.training_seconds,
     };
     if args.json {
         print_json(&summary)?;
