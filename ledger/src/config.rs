@@ -173,6 +173,10 @@ pub struct InitOptions {
     pub base_port: u16,
     /// Number of peers (`3f + 1`).
     pub peers: usize,
+    /// Peer addresses from a template instead of `host` and `base_port`: `{i}` becomes the
+    /// peer's index (`emrflow-ledger-{i}.emrflow-ledger:7400` names the pods of a Kubernetes
+    /// StatefulSet). The peer configs then listen on every interface at the address's port.
+    pub address_template: Option<String>,
     /// Ledger name.
     pub chain_id: String,
     /// Name of the admin identity.
@@ -187,6 +191,7 @@ impl Default for InitOptions {
             host: "127.0.0.1".into(),
             base_port: 7400,
             peers: DEFAULT_N,
+            address_template: None,
             chain_id: "emrflow".into(),
             admin_name: "admin".into(),
             consensus: ConsensusParams::default(),
@@ -220,6 +225,39 @@ pub fn init(out: &Path, opts: &InitOptions) -> Result<InitOutput> {
     init_with(out, opts, &mut new_key)
 }
 
+/// Each peer's (address in the genesis, address its config listens on).
+fn peer_addresses(opts: &InitOptions) -> Result<Vec<(String, String)>> {
+    let Some(template) = &opts.address_template else {
+        return Ok((0..opts.peers)
+            .map(|i| {
+                let a = format!("{}:{}", opts.host, opts.base_port as usize + i);
+                (a.clone(), a)
+            })
+            .collect());
+    };
+    if !template.contains("{i}") {
+        return Err(Error::Config(format!(
+            "--peer-address-template {template:?} has no {{i}}: every peer would get the same address"
+        )));
+    }
+    let port = template
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "--peer-address-template {template:?} must end in :PORT"
+            ))
+        })?;
+    Ok((0..opts.peers)
+        .map(|i| {
+            (
+                template.replace("{i}", &i.to_string()),
+                format!("0.0.0.0:{port}"),
+            )
+        })
+        .collect())
+}
+
 /// [`init`] with the keys supplied by `new_key` (deterministic in tests).
 pub fn init_with(
     out: &Path,
@@ -236,6 +274,7 @@ pub fn init_with(
     if opts.peers < 4 {
         return Err(Error::Config("a ledger needs at least 4 peers".into()));
     }
+    let addresses = peer_addresses(opts)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let admin = new_key();
     let keys: Vec<KeyPair> = (0..opts.peers).map(|_| new_key()).collect();
@@ -247,7 +286,7 @@ pub fn init_with(
             .map(|(i, k)| PeerInfo {
                 id: ReplicaId(i as u32),
                 public_key: k.public(),
-                address: format!("{}:{}", opts.host, opts.base_port as usize + i),
+                address: addresses[i].0.clone(),
             })
             .collect(),
         admin: admin.public(),
@@ -265,7 +304,7 @@ pub fn init_with(
             genesis: PathBuf::from("genesis.json"),
             key: PathBuf::from(format!("peer{i}/key")),
             data_dir: PathBuf::from(format!("peer{i}")),
-            listen: genesis.peers[i].address.clone(),
+            listen: addresses[i].1.clone(),
             consensus: opts.consensus.clone(),
         };
         let path = out.join(format!("peer{i}.toml"));
@@ -280,4 +319,60 @@ pub fn init_with(
         configs,
         ledger_id: genesis.hash().to_hex(),
     })
+}
+
+#[cfg(test)]
+mod address_tests {
+    use super::*;
+
+    fn seeded() -> impl FnMut() -> KeyPair {
+        let mut n = 0u8;
+        move || {
+            n += 1;
+            KeyPair::from_seed([n; 32])
+        }
+    }
+
+    #[test]
+    fn a_template_names_each_peer_and_its_config_listens_on_every_interface() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let opts = InitOptions {
+            address_template: Some("emrflow-ledger-{i}.emrflow-ledger:7400".into()),
+            ..InitOptions::default()
+        };
+        init_with(dir.path(), &opts, &mut seeded()).unwrap_or_else(|e| panic!("{e}"));
+        let genesis: Genesis = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("genesis.json")).unwrap_or_default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let addresses: Vec<&str> = genesis.peers.iter().map(|p| p.address.as_str()).collect();
+        assert_eq!(
+            addresses,
+            [
+                "emrflow-ledger-0.emrflow-ledger:7400",
+                "emrflow-ledger-1.emrflow-ledger:7400",
+                "emrflow-ledger-2.emrflow-ledger:7400",
+                "emrflow-ledger-3.emrflow-ledger:7400"
+            ]
+        );
+        let peer2 = std::fs::read_to_string(dir.path().join("peer2.toml")).unwrap_or_default();
+        assert!(peer2.contains("listen = \"0.0.0.0:7400\""), "{peer2}");
+    }
+
+    #[test]
+    fn a_template_without_index_or_port_is_refused() {
+        for bad in ["ledger:7400", "ledger-{i}", "ledger-{i}:port"] {
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let opts = InitOptions {
+                address_template: Some(bad.into()),
+                ..InitOptions::default()
+            };
+            let e = init_with(dir.path(), &opts, &mut seeded())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(bad), "{bad}: {e}");
+            assert!(!dir.path().join("genesis.json").exists());
+        }
+    }
 }

@@ -69,6 +69,10 @@ pub(crate) struct InitArgs {
     /// Number of peers (3f + 1)
     #[arg(long, default_value_t = 4)]
     peers: usize,
+    /// Peer addresses from a template instead of --host/--base-port: {i} is the peer index, e.g.
+    /// emrflow-ledger-{i}.emrflow-ledger:7400 for the Kubernetes StatefulSet
+    #[arg(long, value_name = "HOST_WITH_{i}:PORT", conflicts_with_all = ["host", "base_port"])]
+    peer_address_template: Option<String>,
     /// Print a JSON summary on stdout
     #[arg(long)]
     json: bool,
@@ -165,6 +169,7 @@ fn init(a: InitArgs) -> anyhow::Result<ExitStatus> {
         host: a.host,
         base_port: a.base_port,
         peers: a.peers,
+        address_template: a.peer_address_template,
         ..InitOptions::default()
     };
     let out = config::init(&a.out, &opts)?;
