@@ -684,13 +684,18 @@ impl Plan {
                     available: names(&right.schema),
                 });
             }
-            from.push_str(&format!(
-                " LEFT JOIN {} {alias} ON {}.{} = {alias}.{}",
+            // Every row of the left side is kept, so this is a left join; it is written as the
+            // right input RIGHT JOIN the rows so far because DataFusion builds its hash table
+            // from the join's left input when it has no statistics to choose by (CSV inputs),
+            // and the table to hold in memory is the lookup table, not the stream of visits.
+            let left_side = if j == 0 { from } else { format!("({from})") };
+            from = format!(
+                "{} {alias} RIGHT JOIN {left_side} ON {}.{} = {alias}.{}",
                 right.table,
                 left_col.0,
                 ident(&join.on),
                 ident(&join.on)
-            ));
+            );
             let marker = format!("__emr_join_{j}");
             join_markers.push((
                 marker.clone(),
