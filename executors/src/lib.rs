@@ -5,14 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ballista_core::RuntimeProducer;
-use ballista_core::config::TaskSchedulingPolicy;
-use ballista_core::extension::SessionConfigExt;
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::SessionConfig;
 use pipeline::store::EngineStores;
-use pipeline::udf::EmrflowOptions;
 
 /// Why an executor could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -93,25 +90,18 @@ pub fn function_registry() -> BallistaFunctionRegistry {
     registry
 }
 
-/// The configuration each task starts from before the client's settings are applied: it must
-/// know emrflow's options, or `emrflow.pseudonym_key` would be dropped as an unknown key.
-fn session_config() -> SessionConfig {
-    // Matches the scheduler's defaults (see `scheduler::session_config`); a client's settings
-    // are applied over it per task.
-    SessionConfig::new_with_ballista()
-        .with_ballista_adaptive_query_planner(false)
-        .with_option_extension(EmrflowOptions::default())
-}
-
 /// Runs an executor until SIGTERM or Ctrl-C (Ballista installs those handlers and tells the
 /// scheduler it is leaving), or until it fails.
 pub async fn serve(options: &ExecutorOptions) -> Result<(), Error> {
-    wait_for_scheduler(
-        &options.scheduler_host,
-        options.scheduler_port,
-        Duration::from_secs(u64::from(options.scheduler_connect_timeout_seconds)),
-    )
-    .await?;
+    // Executors started before their scheduler (as on Kubernetes) wait for it.
+    let retry_for = Duration::from_secs(u64::from(options.scheduler_connect_timeout_seconds));
+    scheduler::reach(&options.scheduler_host, options.scheduler_port, retry_for)
+        .await
+        .map_err(|message| Error::SchedulerUnreachable {
+            address: format!("{}:{}", options.scheduler_host, options.scheduler_port),
+            seconds: retry_for.as_secs(),
+            message,
+        })?;
     // Kept alive for the whole run when the directory is a temporary one.
     let mut _temp = None;
     let work_dir = match &options.work_dir {
@@ -157,47 +147,21 @@ pub async fn serve(options: &ExecutorOptions) -> Result<(), Error> {
             options.concurrent_tasks
         },
         work_dir: Some(work_dir_str),
-        task_scheduling_policy: TaskSchedulingPolicy::PullStaged,
+        task_scheduling_policy: scheduler::SCHEDULING_POLICY,
         executor_heartbeat_interval_seconds: options.heartbeat_interval_seconds.max(1),
         // Reached above; Ballista 55's own retry loop measures elapsed time from a fresh
         // `Instant` each round, so its timeout never expires.
         scheduler_connect_timeout_seconds: 0,
         memory_pool_size: options.memory_pool_bytes,
         override_function_registry: Some(Arc::new(function_registry())),
-        override_config_producer: Some(Arc::new(session_config)),
+        // Each task's configuration is the cluster's defaults with the client's settings
+        // applied over them; it must know emrflow's options or the pseudonym key is dropped.
+        override_config_producer: Some(Arc::new(scheduler::session_config)),
         override_runtime_producer: Some(runtime_producer),
         ..ExecutorProcessConfig::default()
     };
     start_executor_process(Arc::new(config)).await?;
     Ok(())
-}
-
-/// Retries a TCP connection to the scheduler until it answers or `timeout` has passed, so that
-/// executors started before their scheduler (as on Kubernetes) wait for it, and a wrong address
-/// ends in an error naming it.
-async fn wait_for_scheduler(host: &str, port: u16, timeout: Duration) -> Result<(), Error> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let attempt = tokio::time::timeout(
-            Duration::from_secs(2),
-            tokio::net::TcpStream::connect((host, port)),
-        )
-        .await;
-        let message = match attempt {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no answer within 2 s".to_string(),
-        };
-        if tokio::time::Instant::now() >= deadline {
-            return Err(Error::SchedulerUnreachable {
-                address: format!("{host}:{port}"),
-                seconds: timeout.as_secs(),
-                message,
-            });
-        }
-        tracing::warn!("scheduler {host}:{port} not reachable yet ({message}); retrying");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 #[cfg(test)]
@@ -249,7 +213,7 @@ mod tests {
 
     #[test]
     fn task_configuration_accepts_emrflow_settings() {
-        let mut config = session_config();
+        let mut config = scheduler::session_config();
         assert!(
             config
                 .options_mut()

@@ -10,7 +10,7 @@ use arrow::array::{Array, ArrayRef, Date32Array, Int64Array, StringArray, String
 use arrow::datatypes::DataType;
 use datafusion::common::config::{ConfigEntry, ConfigExtension, ExtensionOptions};
 use datafusion::common::{config_err, exec_err};
-use datafusion::error::Result as DfResult;
+use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{
     AggregateUDF, ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
@@ -132,13 +132,13 @@ pub fn engine_aggregate_functions() -> Vec<Arc<AggregateUDF>> {
 /// embedded context, a Ballista scheduler's sessions and its executors all call this, so a plan
 /// built on one decodes and runs on the others.
 pub fn register_functions(registry: &mut dyn FunctionRegistry) -> DfResult<()> {
-    for f in engine_functions() {
+    for f in functions() {
         registry.register_udf(f)?;
     }
-    for f in engine_aggregate_functions() {
+    for f in aggregate_functions() {
         registry.register_udaf(f)?;
     }
-    Ok(())
+    ml::register_functions(registry).map_err(|e| DataFusionError::External(Box::new(e)))
 }
 
 /// `hex(HMAC-SHA256(key, value))`; null stays null.

@@ -76,6 +76,12 @@ impl Default for SchedulerOptions {
     }
 }
 
+/// How tasks reach executors: they fetch them (Ballista's pull-staged policy). With push-staged,
+/// a task cancelled because its stage was rolled back after an executor loss never returns its
+/// slot to the scheduler's books and the job waits forever; pull-staged re-runs the lost work and
+/// finishes. Executors must use the same policy.
+pub const SCHEDULING_POLICY: TaskSchedulingPolicy = TaskSchedulingPolicy::PullStaged;
+
 /// The session configuration every emrflow engine in a cluster starts from: Ballista's, plus
 /// emrflow's session options, so that settings a client sends (`emrflow.pseudonym_key`) are
 /// accepted instead of being dropped as unknown keys.
@@ -94,17 +100,9 @@ pub fn session_config() -> SessionConfig {
 /// A scheduler-side session state built from the configuration a client sent: Ballista's
 /// defaults, emrflow's functions (so plans naming them decode), and object stores that resolve
 /// the `s3://` buckets a job names from the scheduler's environment.
+///
+/// `config` comes from [`session_config`] with the client's settings applied.
 pub fn session_state(config: SessionConfig) -> datafusion::error::Result<SessionState> {
-    let config = if config
-        .options()
-        .extensions
-        .get::<EmrflowOptions>()
-        .is_some()
-    {
-        config
-    } else {
-        config.with_option_extension(EmrflowOptions::default())
-    };
     let runtime = RuntimeEnvBuilder::new()
         .with_object_store_registry(Arc::new(EngineStores::new()))
         .build_arc()?;
@@ -132,7 +130,7 @@ pub async fn serve(
     let mut config = SchedulerConfig::default()
         .with_hostname(options.external_host.clone())
         .with_port(options.port)
-        .with_scheduler_policy(TaskSchedulingPolicy::PullStaged)
+        .with_scheduler_policy(SCHEDULING_POLICY)
         .with_no_executors_grace_period_seconds(options.executor_timeout_seconds)
         .with_override_config_producer(Arc::new(session_config))
         .with_override_session_builder(Arc::new(session_state));
@@ -153,26 +151,12 @@ pub async fn serve(
 /// address is reported as such rather than as a failed query.
 pub async fn connect(url: &str, target_partitions: Option<usize>) -> Result<SessionContext, Error> {
     let (host, port) = parse_url(url)?;
-    let probe = tokio::time::timeout(
-        Duration::from_secs(10),
-        tokio::net::TcpStream::connect((host.as_str(), port)),
-    )
-    .await;
-    match probe {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            return Err(Error::Unreachable {
-                url: url.to_string(),
-                message: e.to_string(),
-            });
-        }
-        Err(_) => {
-            return Err(Error::Unreachable {
-                url: url.to_string(),
-                message: "no answer within 10 s".into(),
-            });
-        }
-    }
+    reach(&host, port, Duration::ZERO)
+        .await
+        .map_err(|message| Error::Unreachable {
+            url: url.to_string(),
+            message,
+        })?;
     let mut config = session_config();
     if let Some(n) = target_partitions {
         config = config.with_target_partitions(n.max(1));
@@ -186,6 +170,30 @@ pub async fn connect(url: &str, target_partitions: Option<usize>) -> Result<Sess
     // are registered on the context it returns.
     pipeline::udf::register_functions(&mut ctx)?;
     Ok(ctx)
+}
+
+/// Opens a TCP connection to a scheduler, retrying every half second for `retry_for` (at least
+/// one attempt, each given 5 s); the last error when it never answers. Clients try once, so a
+/// wrong address fails at once; executors started before their scheduler wait for it.
+pub async fn reach(host: &str, port: u16, retry_for: Duration) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + retry_for;
+    loop {
+        let attempt = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await;
+        let message = match attempt {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 5 s".to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(message);
+        }
+        tracing::warn!("scheduler {host}:{port} not reachable yet ({message}); retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// `df://HOST[:PORT]` → host and port (50050 when absent).
