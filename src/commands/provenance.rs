@@ -251,17 +251,18 @@ impl Provenance {
 
     /// Anchors `spec`, or, when the same root is already anchored (a rerun that produced
     /// identical content), returns the receipt of the existing anchor: identical content has one
-    /// anchor. The flag says whether it was already there.
+    /// anchor. The existing anchor is returned too, for callers that must check it anchored the
+    /// same thing.
     pub(crate) async fn anchor_once(
         &self,
         role: Role,
         spec: AnchorSpec,
-    ) -> anyhow::Result<(Receipt, bool)> {
+    ) -> anyhow::Result<(Receipt, Option<AnchorRecord>)> {
         if let Some(existing) = self.anchor_of(spec.root).await? {
             let receipt = self.receipt_of(existing.tx).await?;
-            return Ok((receipt, true));
+            return Ok((receipt, Some(existing)));
         }
-        Ok((self.anchor(role, spec).await?, false))
+        Ok((self.anchor(role, spec).await?, None))
     }
 
     /// The receipt of a committed transaction, checked against the genesis.

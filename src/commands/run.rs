@@ -175,9 +175,8 @@ async fn anchor_staged(
         code_version: CODE_VERSION.to_string(),
     };
     let params_hash = spec.params_hash;
-    let (receipt, reused) = provenance.anchor_once(Role::DataEngineer, spec).await?;
-    if reused
-        && let Some(existing) = provenance.anchor_of(digest(&fp.root)).await?
+    let (receipt, existing) = provenance.anchor_once(Role::DataEngineer, spec).await?;
+    if let Some(existing) = existing
         && existing.spec.params_hash != params_hash
     {
         // The ledger holds one anchor per root; publishing these rows under another manifest
