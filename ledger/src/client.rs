@@ -164,32 +164,9 @@ impl<'a, L: LedgerApi> Client<'a, L> {
         .await
     }
 
-    /// The anchor of a root.
-    pub async fn anchor_of(&self, root: Digest) -> Result<Option<AnchorRecord>> {
-        Reader::new(self.ledger).anchor_of(root).await
-    }
-
-    /// The lineage DAG of a root.
-    pub async fn lineage(&self, root: Digest, max_depth: u32) -> Result<Lineage> {
-        Reader::new(self.ledger).lineage(root, max_depth).await
-    }
-
-    /// Audit events of a subject and/or an identity over a block-time range (ms since epoch).
-    pub async fn audit(
-        &self,
-        subject: Option<Digest>,
-        actor: Option<PublicKey>,
-        from: Time,
-        to: Time,
-    ) -> Result<Vec<AuditEvent>> {
+    /// Read-only queries on the same ledger.
+    pub fn reader(&self) -> Reader<'a, L> {
         Reader::new(self.ledger)
-            .audit(subject, actor, from, to)
-            .await
-    }
-
-    /// A registered identity.
-    pub async fn identity(&self, key: PublicKey) -> Result<Option<Identity>> {
-        Reader::new(self.ledger).identity(key).await
     }
 }
 

@@ -92,10 +92,11 @@ async fn anchors_lineage_audit_receipts_restart_and_tamper_detection() {
     bad.certificate.signatures.truncate(2);
     assert!(bad.verify(&genesis).is_err());
 
-    let lineage = auditor.lineage(model, 10).await.expect("lineage");
+    let lineage = auditor.reader().lineage(model, 10).await.expect("lineage");
     let roots: Vec<Digest> = lineage.nodes.iter().map(|n| n.spec.root).collect();
     assert_eq!(roots, vec![model, clean, raw]);
     let a = auditor
+        .reader()
         .anchor_of(model)
         .await
         .expect("anchor")
@@ -124,6 +125,7 @@ async fn anchors_lineage_audit_receipts_restart_and_tamper_detection() {
         .expect("read");
     assert!(r.outcome.is_accepted());
     let events = auditor
+        .reader()
         .audit(Some(clean), Some(doc_key.public()), Time(0), Time(u64::MAX))
         .await
         .expect("audit");
@@ -157,7 +159,14 @@ async fn anchors_lineage_audit_receipts_restart_and_tamper_detection() {
     // Restart from disk: nothing lost, anchors and receipts still there.
     let ledger = Ledger::start(&dir).expect("restart");
     let auditor = Client::new(&ledger, auditor_key);
-    assert!(auditor.anchor_of(model).await.expect("anchor").is_some());
+    assert!(
+        auditor
+            .reader()
+            .anchor_of(model)
+            .await
+            .expect("anchor")
+            .is_some()
+    );
     let r2 = admin_after_restart(&ledger).await;
     r2.verify(&genesis).expect("new receipt after restart");
     ledger.shutdown().expect("shutdown");
