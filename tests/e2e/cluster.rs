@@ -142,8 +142,8 @@ impl Drop for Cluster {
     }
 }
 
-/// A job run over the generated data in `data`, publishing to `out`.
-fn run_job(data: &Path, out: &Path, ledger: &Path, cluster: Option<&str>) -> std::process::Output {
+/// The command line of the stroke job over the generated data in `data`, publishing to `out`.
+fn run_args(data: &Path, out: &Path, ledger: &Path, cluster: Option<&str>) -> Vec<String> {
     let mut args = vec![
         "run".to_string(),
         "examples/stroke-synthetic.toml".to_string(),
@@ -160,6 +160,12 @@ fn run_job(data: &Path, out: &Path, ledger: &Path, cluster: Option<&str>) -> std
     if let Some(url) = cluster {
         args.extend(["--cluster".to_string(), url.to_string()]);
     }
+    args
+}
+
+/// Runs the stroke job over the generated data in `data`, publishing to `out`.
+fn run_job(data: &Path, out: &Path, ledger: &Path, cluster: Option<&str>) -> std::process::Output {
+    let args = run_args(data, out, ledger, cluster);
     run(&mut emrflow(
         &args.iter().map(String::as_str).collect::<Vec<_>>(),
     ))
@@ -172,29 +178,12 @@ fn json(out: &std::process::Output, what: &str) -> serde_json::Value {
 }
 
 fn train(dataset: &Path, out: &Path, ledger: &Path, cluster: Option<&str>) -> serde_json::Value {
-    let mut args = vec![
-        "train".to_string(),
-        "--dataset".to_string(),
-        dataset.display().to_string(),
-        "--out".to_string(),
-        out.display().to_string(),
-        "--max-depth".to_string(),
-        "6".to_string(),
-        "--folds".to_string(),
-        "2".to_string(),
-        "--ledger".to_string(),
-        ledger.display().to_string(),
-        "--json".to_string(),
-    ];
+    let ledger = ledger.display().to_string();
+    let mut extra = vec!["--max-depth", "6", "--folds", "2", "--ledger", &ledger];
     if let Some(url) = cluster {
-        args.extend(["--cluster".to_string(), url.to_string()]);
+        extra.extend(["--cluster", url]);
     }
-    json(
-        &run(&mut emrflow(
-            &args.iter().map(String::as_str).collect::<Vec<_>>(),
-        )),
-        "train",
-    )
+    crate::ml::train(dataset, out, &extra)
 }
 
 fn fingerprint(path: &Path, cluster: Option<&str>) -> String {
@@ -307,21 +296,7 @@ fn an_executor_killed_mid_job_is_survived_or_fails_cleanly_and_a_rerun_gives_the
     let mut cluster = Cluster::start(tmp.path(), 2);
     let out = tmp.path().join("ds-killed");
 
-    let mut args = vec![
-        "run".to_string(),
-        "examples/stroke-synthetic.toml".to_string(),
-        "--input".to_string(),
-        format!("visits={}", data.join("visits.csv").display()),
-        "--input".to_string(),
-        format!("patients={}", data.join("patients.csv").display()),
-        "--out".to_string(),
-        out.display().to_string(),
-        "--ledger".to_string(),
-        ledger.display().to_string(),
-        "--json".to_string(),
-        "--cluster".to_string(),
-        cluster.url.clone(),
-    ];
+    let args = run_args(&data, &out, &ledger, Some(&cluster.url));
     let mut job = emrflow(&args.iter().map(String::as_str).collect::<Vec<_>>())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -341,10 +316,7 @@ fn an_executor_killed_mid_job_is_survived_or_fails_cleanly_and_a_rerun_gives_the
 
     // The reference: the same job on the surviving executor alone.
     let rerun_out = tmp.path().join("ds-rerun");
-    args[7] = rerun_out.display().to_string();
-    let rerun = run(&mut emrflow(
-        &args.iter().map(String::as_str).collect::<Vec<_>>(),
-    ));
+    let rerun = run_job(&data, &rerun_out, &ledger, Some(&cluster.url));
     assert!(
         rerun.status.success(),
         "rerun failed: {}\n{}",

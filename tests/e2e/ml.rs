@@ -24,7 +24,7 @@ fn run_synthetic(data: &Path, out: &Path) {
     assert!(result.status.success(), "run failed: {}", stderr(&result));
 }
 
-fn train(dataset: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+pub(crate) fn train(dataset: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
     let mut args = vec![
         "train".to_string(),
         "--dataset".to_string(),
