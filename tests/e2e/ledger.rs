@@ -194,12 +194,17 @@ fn primary_killed_mid_stream_loses_nothing_and_catches_up() {
     let h1 = head(&dir, 1).expect("peer 1 head");
     assert!(h1["log_size"].as_u64().unwrap_or(0) >= total as u64);
 
-    // The killed peer restarts from its store and reaches the same head hash.
+    // The killed peer restarts from its store and reaches the same head hash, with the
+    // certificates up to it: a receipt needs its block's certificate, which can arrive after
+    // the block itself, so an equal hash alone is not yet "caught up".
     peers.0[0] = Some(node(&dir, 0));
     wait_for(Duration::from_secs(60), "peer 0 to catch up", || {
         let h0 = head(&dir, 0)?;
         let h1 = head(&dir, 1)?;
-        (h0["height"] == h1["height"] && h0["hash"] == h1["hash"]).then_some(())
+        (h0["height"] == h1["height"]
+            && h0["hash"] == h1["hash"]
+            && h0["certified"] == h1["certified"])
+            .then_some(())
     });
     let (ok, out) = has(&dir, 0, &receipts);
     assert!(ok, "restarted peer lacks acknowledged transactions: {out}");
