@@ -4,8 +4,8 @@
 //! string type is `string`, every integer that fits an `i64` is `int`, every float is `float`.
 //!
 //! Rows are encoded column by column into one buffer (static dispatch per column, no per-row
-//! allocation), each row starting with the RFC 6962 leaf prefix `0x00`, so a row's leaf hash is
-//! one SHA-256 call over its slice.
+//! allocation, a thousand rows at a time so the buffer stays in cache), and a row's leaf hash,
+//! `SHA-256(0x00 ‖ row)`, is computed for many rows at once in SIMD lanes.
 
 use std::sync::Arc;
 
@@ -231,40 +231,91 @@ impl CanonicalSchema {
     }
 }
 
-/// Leaf hashes of the rows of `columns`, which must be in canonical order and of the kinds the
-/// canonical schema names (any Arrow layout of that kind).
+/// Rows encoded and hashed per step. A step's buffer (about 330 KiB for the stroke dataset's
+/// rows) stays in the core's L2 cache while every column is written into it and while it is
+/// hashed; a whole 8192-row batch would not.
+const CHUNK_ROWS: usize = 1024;
+
+/// Encodes and hashes rows with buffers that live as long as the encoder. An aggregate feeds it
+/// batch after batch; fresh buffers per batch would fault new pages in every time.
+#[derive(Debug, Default)]
+pub struct LeafEncoder {
+    lens: Vec<usize>,
+    offsets: Vec<usize>,
+    cursor: Vec<usize>,
+    buf: Vec<u8>,
+}
+
+impl LeafEncoder {
+    /// Appends the leaf hashes of the rows of `columns` to `out`. The columns must be in
+    /// canonical order and of the kinds the canonical schema names (any Arrow layout of that
+    /// kind).
+    pub fn hash(&mut self, columns: &[ArrayRef], out: &mut Vec<Hash32>) -> Result<()> {
+        let Some(first) = columns.first() else {
+            return Ok(());
+        };
+        let rows = first.len();
+        if rows == 0 {
+            return Ok(());
+        }
+        let columns: Vec<ArrayRef> = columns.iter().map(canonical_array).collect::<Result<_>>()?;
+        out.reserve(rows);
+        let mut start = 0;
+        while start < rows {
+            let n = CHUNK_ROWS.min(rows - start);
+            let chunk: Vec<ArrayRef> = columns.iter().map(|c| c.slice(start, n)).collect();
+            self.hash_chunk(&chunk, n, out)?;
+            start += n;
+        }
+        Ok(())
+    }
+
+    fn hash_chunk(
+        &mut self,
+        columns: &[ArrayRef],
+        rows: usize,
+        out: &mut Vec<Hash32>,
+    ) -> Result<()> {
+        // Pass 1: the length of every row's encoding.
+        self.lens.clear();
+        self.lens.resize(rows, 0);
+        for col in columns {
+            add_lengths(col, &mut self.lens)?;
+        }
+        self.offsets.clear();
+        self.offsets.push(0);
+        let mut total = 0usize;
+        for len in &self.lens {
+            total += len;
+            self.offsets.push(total);
+        }
+        self.buf.clear();
+        self.buf.resize(total, 0);
+        self.cursor.clear();
+        self.cursor.extend_from_slice(&self.offsets[..rows]);
+        for col in columns {
+            write_column(col, &mut self.buf, &mut self.cursor)?;
+        }
+        let messages: Vec<&[u8]> = self
+            .offsets
+            .windows(2)
+            .map(|w| &self.buf[w[0]..w[1]])
+            .collect();
+        let from = out.len();
+        out.resize(from + rows, [0u8; 32]);
+        // The rows are independent messages, so they are hashed many at a time in SIMD or
+        // SHA-NI lanes: about twice the throughput of one SHA-256 stream per core. The leaf
+        // prefix goes in as the hasher's shared prefix (its fast path) rather than into the
+        // buffer: tape-sha256 0.2.2 compares every message's empty prefix with memcmp, which
+        // made `hash_many` slower than one stream.
+        tape_sha256::hash_many_prefixed(&[0x00], &messages, &mut out[from..]);
+        Ok(())
+    }
+}
+
+/// Leaf hashes of the rows of `columns` (see [`LeafEncoder::hash`]), with buffers of its own.
 pub fn leaf_hashes(columns: &[ArrayRef], out: &mut Vec<Hash32>) -> Result<()> {
-    let Some(first) = columns.first() else {
-        return Ok(());
-    };
-    let rows = first.len();
-    if rows == 0 {
-        return Ok(());
-    }
-    let columns: Vec<ArrayRef> = columns.iter().map(canonical_array).collect::<Result<_>>()?;
-    // Pass 1: the length of every row (the leading 0x00 included).
-    let mut lens = vec![1usize; rows];
-    for col in &columns {
-        add_lengths(col, &mut lens)?;
-    }
-    let mut offsets = Vec::with_capacity(rows + 1);
-    let mut total = 0usize;
-    offsets.push(0);
-    for len in &lens {
-        total += len;
-        offsets.push(total);
-    }
-    let mut buf = vec![0u8; total];
-    // Each row's leaf prefix is the 0x00 the buffer already holds; writing starts after it.
-    let mut cursor: Vec<usize> = offsets[..rows].iter().map(|o| o + 1).collect();
-    for col in &columns {
-        write_column(col, &mut buf, &mut cursor)?;
-    }
-    out.reserve(rows);
-    for w in offsets.windows(2) {
-        out.push(Sha256::digest(&buf[w[0]..w[1]]).into());
-    }
-    Ok(())
+    LeafEncoder::default().hash(columns, out)
 }
 
 /// The leaf hash of one row of a batch whose columns are already in canonical order.

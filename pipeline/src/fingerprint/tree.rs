@@ -6,6 +6,12 @@
 //! RFC 6962's shape (split at the largest power of two below `n`), which the RFC test vectors in
 //! the tests check for sizes 1 to 8 and a brute-force recursion checks up to 300.
 //!
+//! Proofs and their verification go through `rs_merkle`. Roots, which hash every interior node
+//! of a million-leaf dataset, are built level by level by [`merkle_root`] instead: the nodes of a
+//! level are independent, so they are hashed many at a time in SIMD lanes, and only two levels
+//! are held at once where `rs_merkle` keeps the whole tree. The tests check that both give the
+//! same root for every size up to 300 and for large random sets.
+//!
 //! Layout: leaves are sorted; bucket `b` holds the leaves whose first byte is `b`
 //! ([`BUCKETS`] = 256). A bucket root is the RFC 6962 root of its sorted leaves (`SHA-256("")`
 //! when empty). The top tree has one leaf per bucket, `SHA-256(0x00 ‖ count_be64 ‖ bucket_root)`,
@@ -63,14 +69,44 @@ pub fn empty_root() -> Hash32 {
     Sha256::digest(b"").into()
 }
 
-/// The RFC 6962 root of already-hashed leaves.
+/// The RFC 6962 root of already-hashed leaves, level by level: each level pairs its nodes from
+/// the left and promotes an odd last node unchanged, as `rs_merkle` does.
 pub fn merkle_root(leaves: &[Hash32]) -> Hash32 {
-    if leaves.is_empty() {
-        return empty_root();
+    match leaves {
+        [] => return empty_root(),
+        [only] => return *only,
+        _ => {}
     }
-    MerkleTree::<Rfc6962>::from_leaves(leaves)
-        .root()
-        .unwrap_or_else(empty_root)
+    let mut level = node_level(leaves);
+    while level.len() > 1 {
+        level = node_level(&level);
+    }
+    level[0]
+}
+
+/// Pairs processed per call into the lane hasher, so the slice tables stay small.
+const PAIRS_PER_CALL: usize = 512;
+
+/// The next level up: `SHA-256(0x01 ‖ left ‖ right)` for each pair, then an odd last node.
+fn node_level(level: &[Hash32]) -> Vec<Hash32> {
+    let (pairs, odd) = level.as_chunks::<2>();
+    let mut next = vec![[0u8; 32]; pairs.len()];
+    let mut lefts: Vec<&[u8]> = Vec::with_capacity(PAIRS_PER_CALL);
+    let mut rights: Vec<&[u8]> = Vec::with_capacity(PAIRS_PER_CALL);
+    for (pairs, out) in pairs
+        .chunks(PAIRS_PER_CALL)
+        .zip(next.chunks_mut(PAIRS_PER_CALL))
+    {
+        lefts.clear();
+        rights.clear();
+        for [left, right] in pairs {
+            lefts.push(left);
+            rights.push(right);
+        }
+        tape_sha256::hash_pairs(&[0x01], &lefts, &rights, out);
+    }
+    next.extend_from_slice(odd);
+    next
 }
 
 /// The audit path of the leaves at `indices` (ascending) of `leaves`.
@@ -192,7 +228,7 @@ pub fn bucket_table(leaves: Vec<Hash32>) -> (Vec<Hash32>, Vec<(u64, Hash32)>) {
                     group
                         .into_iter()
                         .map(|bucket| {
-                            bucket.sort_unstable();
+                            sort_leaves(bucket);
                             (bucket.len() as u64, merkle_root(bucket))
                         })
                         .collect::<Vec<_>>()
@@ -205,6 +241,17 @@ pub fn bucket_table(leaves: Vec<Hash32>) -> (Vec<Hash32>, Vec<(u64, Hash32)>) {
             .collect()
     });
     (sorted, table)
+}
+
+/// Sorts leaves in byte order. Leaves are uniformly random, so comparing their first eight
+/// bytes as one integer settles almost every comparison without a call to `memcmp`, which the
+/// derived order of `[u8; 32]` makes for each one.
+fn sort_leaves(leaves: &mut [Hash32]) {
+    leaves.sort_unstable_by(|a, b| {
+        let head =
+            |l: &Hash32| u64::from_be_bytes([l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]]);
+        head(a).cmp(&head(b)).then_with(|| a.cmp(b))
+    });
 }
 
 /// The top root over a bucket table.
@@ -290,6 +337,43 @@ mod tests {
         }
     }
 
+    fn rs_merkle_root(leaves: &[Hash32]) -> Hash32 {
+        MerkleTree::<Rfc6962>::from_leaves(leaves)
+            .root()
+            .unwrap_or_else(empty_root)
+    }
+
+    #[test]
+    fn level_wise_root_matches_rs_merkle() {
+        let leaves: Vec<Hash32> = (0u32..300).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        for n in 0..=leaves.len() {
+            assert_eq!(
+                merkle_root(&leaves[..n]),
+                rs_merkle_root(&leaves[..n]),
+                "size {n}"
+            );
+        }
+        // Sizes that cross the lane hasher's chunk boundary and have odd nodes on many levels.
+        for n in [1023usize, 1024, 1025, 4097, 100_003] {
+            let leaves: Vec<Hash32> = (0..n as u64).map(|i| leaf_hash(&i.to_le_bytes())).collect();
+            assert_eq!(merkle_root(&leaves), rs_merkle_root(&leaves), "size {n}");
+        }
+    }
+
+    #[test]
+    fn lane_node_hashes_match_node_hash() {
+        let level: Vec<Hash32> = (0u32..2051).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let next = node_level(&level);
+        assert_eq!(next.len(), 1026);
+        for (i, pair) in level.chunks(2).enumerate() {
+            match pair {
+                [l, r] => assert_eq!(next[i], node_hash(l, r), "pair {i}"),
+                [odd] => assert_eq!(next[i], *odd),
+                _ => unreachable!(),
+            }
+        }
+    }
+
     #[test]
     fn proofs_verify_and_reject() {
         let leaves: Vec<Hash32> = (0u32..37).map(|i| leaf_hash(&i.to_be_bytes())).collect();
@@ -322,5 +406,21 @@ mod tests {
         assert_eq!(table.len(), BUCKETS);
         assert_eq!(table.iter().map(|(n, _)| n).sum::<u64>(), 5000);
         assert!(leaves.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn leaves_sharing_their_first_eight_bytes_still_sort_by_the_rest() {
+        let mut leaves: Vec<Hash32> = (0u8..50)
+            .map(|i| {
+                let mut l = [7u8; 32];
+                l[31] = 49 - i;
+                l[8] = i % 3;
+                l
+            })
+            .collect();
+        let mut want = leaves.clone();
+        want.sort_unstable();
+        sort_leaves(&mut leaves);
+        assert_eq!(leaves, want);
     }
 }

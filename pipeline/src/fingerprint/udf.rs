@@ -19,7 +19,7 @@ use datafusion::logical_expr::{
     ScalarUDFImpl, Signature, Volatility,
 };
 
-use super::encode::{Hash32, leaf_hashes};
+use super::encode::{Hash32, LeafEncoder, leaf_hashes};
 use super::tree::{BUCKETS, bucket_table};
 use crate::error::Error;
 
@@ -79,7 +79,7 @@ impl AggregateUDFImpl for FingerprintUdaf {
     }
 
     fn accumulator(&self, _acc_args: AccumulatorArgs<'_>) -> DfResult<Box<dyn Accumulator>> {
-        Ok(Box::new(LeafAccumulator { leaves: Vec::new() }))
+        Ok(Box::new(LeafAccumulator::default()))
     }
 
     fn state_fields(&self, args: StateFieldsArgs<'_>) -> DfResult<Vec<FieldRef>> {
@@ -93,14 +93,15 @@ impl AggregateUDFImpl for FingerprintUdaf {
 }
 
 /// The leaves of the rows seen so far.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct LeafAccumulator {
     leaves: Vec<Hash32>,
+    encoder: LeafEncoder,
 }
 
 impl Accumulator for LeafAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
-        leaf_hashes(values, &mut self.leaves)?;
+        self.encoder.hash(values, &mut self.leaves)?;
         Ok(())
     }
 
@@ -129,8 +130,10 @@ impl Accumulator for LeafAccumulator {
 
     fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
         // Unsorted: the final step buckets by first byte and sorts the buckets on all cores.
+        // The leaves move into the state rather than being copied: DataFusion's contract is
+        // that state() consumes the intermediate state and is called once.
         Ok(vec![ScalarValue::LargeBinary(Some(
-            self.leaves.as_flattened().to_vec(),
+            std::mem::take(&mut self.leaves).into_flattened(),
         ))])
     }
 
