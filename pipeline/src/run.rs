@@ -249,7 +249,10 @@ pub async fn stage_job(
 
     // Pass 1: drop reasons, fitted statistics, encodings, and the right-hand inputs' counts.
     progress.stage("fitting statistics");
+    let phase = Instant::now();
     let fit = diagnose_on_error(fit(ctx, &plan).await, &inputs).await?;
+    tracing::debug!(seconds = phase.elapsed().as_secs_f64(), "pass 1: fitted statistics");
+    let phase = Instant::now();
     let mut rows_in = BTreeMap::new();
     rows_in.insert(job.base_input().to_string(), fit.total);
     for (j, join) in job.join.iter().enumerate() {
@@ -290,6 +293,7 @@ pub async fn stage_job(
     if let Some(label) = &job.label {
         check_label(label, &fit)?;
     }
+    tracing::debug!(seconds = phase.elapsed().as_secs_f64(), "join keys checked");
 
     // Pass 2: write the kept rows, transformed, into staging, scanning for PII.
     progress.stage("writing dataset");
@@ -310,6 +314,7 @@ pub async fn stage_job(
         .collect();
     guard_schema(job, &out_schema)?;
     let mut staging = Staging::begin(target, options.overwrite).await?;
+    let phase = Instant::now();
     let written = match write_partitions(df, &mut staging, &scanned, progress).await {
         Ok(w) => w,
         Err(e) => {
@@ -320,6 +325,7 @@ pub async fn stage_job(
                 .unwrap_or_else(|| Error::invalid("output", "writing failed")));
         }
     };
+    tracing::debug!(seconds = phase.elapsed().as_secs_f64(), "pass 2: dataset written");
     if let Err(e) = written.scanner.verdict() {
         staging.abort().await;
         return Err(e);

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
@@ -145,8 +146,10 @@ async fn anchor_staged(
     bar: &ProgressBar,
 ) -> anyhow::Result<(String, Vec<String>, u64)> {
     bar.set_message("fingerprinting");
+    let phase = Instant::now();
     let df = fingerprint::read_dataset(ctx, &staged.staging_url()).await?;
     let fp = fingerprint::fingerprint(df).await?;
+    tracing::debug!(seconds = phase.elapsed().as_secs_f64(), "dataset fingerprinted");
     if fp.row_count != staged.summary().rows_out {
         bail!(
             "the staged dataset has {} rows, {} were written",
@@ -156,10 +159,13 @@ async fn anchor_staged(
     }
     bar.set_message("anchoring");
     let summary = staged.summary();
+    let phase = Instant::now();
     let mut parents = Vec::new();
     for input in &summary.manifest.inputs {
         parents.push(input_root(ctx, provenance, input, summary).await?);
     }
+    tracing::debug!(seconds = phase.elapsed().as_secs_f64(), "inputs hashed and anchored");
+    let phase = Instant::now();
     let target = pipeline::store::Location::resolve(ctx, &summary.output)?;
     let spec = AnchorSpec {
         kind: AnchorKind::Dataset,
@@ -189,6 +195,7 @@ async fn anchor_staged(
             existing.position.seq.0
         );
     }
+    tracing::debug!(seconds = phase.elapsed().as_secs_f64(), "dataset anchored");
     let height = receipt.header.height.0;
     let file = AnchorFile::new(
         AnchorKind::Dataset,
