@@ -251,7 +251,10 @@ pub async fn stage_job(
     progress.stage("fitting statistics");
     let phase = Instant::now();
     let fit = diagnose_on_error(fit(ctx, &plan).await, &inputs).await?;
-    tracing::debug!(seconds = phase.elapsed().as_secs_f64(), "pass 1: fitted statistics");
+    tracing::debug!(
+        seconds = phase.elapsed().as_secs_f64(),
+        "pass 1: fitted statistics"
+    );
     let phase = Instant::now();
     let mut rows_in = BTreeMap::new();
     rows_in.insert(job.base_input().to_string(), fit.total);
@@ -325,7 +328,10 @@ pub async fn stage_job(
                 .unwrap_or_else(|| Error::invalid("output", "writing failed")));
         }
     };
-    tracing::debug!(seconds = phase.elapsed().as_secs_f64(), "pass 2: dataset written");
+    tracing::debug!(
+        seconds = phase.elapsed().as_secs_f64(),
+        "pass 2: dataset written"
+    );
     if let Err(e) = written.scanner.verdict() {
         staging.abort().await;
         return Err(e);
@@ -641,6 +647,8 @@ fn float(x: f64) -> String {
 struct Plan {
     src_sql: String,
     tagged_sql: String,
+    /// The rows pass 2 keeps: `__emr_tagged`'s rows whose reason is NULL, without the reason.
+    kept_sql: String,
     /// Output columns in order with their base expression over `__emr_tagged`'s columns.
     outputs: Vec<OutputColumn>,
     pseudonymized_out: Vec<String>,
@@ -942,9 +950,26 @@ impl Plan {
             "SELECT *, {reason_expr} AS __emr_reason FROM (SELECT {} FROM __emr_src)",
             inner_cols.join(", ")
         );
+        // Pass 2 keeps the rows no reason matched. Saying so as a conjunction of `IS NOT TRUE`
+        // (a NULL condition does not match a CASE branch either) spares it building the reason
+        // strings only to test them for NULL.
+        let kept_predicate = if cases.is_empty() {
+            "TRUE".to_string()
+        } else {
+            cases
+                .iter()
+                .map(|(cond, _)| format!("({cond}) IS NOT TRUE"))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        let kept_sql = format!(
+            "SELECT * FROM (SELECT {} FROM __emr_src) WHERE {kept_predicate}",
+            inner_cols.join(", ")
+        );
         Ok(Self {
             src_sql,
             tagged_sql,
+            kept_sql,
             outputs,
             pseudonymized_out,
             minmax: job.normalize.minmax.clone(),
@@ -987,10 +1012,7 @@ impl Plan {
                 }
             })
             .collect();
-        format!(
-            "SELECT {} FROM __emr_tagged WHERE __emr_reason IS NULL",
-            cols.join(", ")
-        )
+        format!("SELECT {} FROM ({})", cols.join(", "), self.kept_sql)
     }
 
     fn features(&self, job: &Job, schema: &Schema, fit: &Fit) -> Result<Vec<FeatureSpec>> {

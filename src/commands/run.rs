@@ -149,7 +149,10 @@ async fn anchor_staged(
     let phase = Instant::now();
     let df = fingerprint::read_dataset(ctx, &staged.staging_url()).await?;
     let fp = fingerprint::fingerprint(df).await?;
-    tracing::debug!(seconds = phase.elapsed().as_secs_f64(), "dataset fingerprinted");
+    tracing::debug!(
+        seconds = phase.elapsed().as_secs_f64(),
+        "dataset fingerprinted"
+    );
     if fp.row_count != staged.summary().rows_out {
         bail!(
             "the staged dataset has {} rows, {} were written",
@@ -164,7 +167,10 @@ async fn anchor_staged(
     for input in &summary.manifest.inputs {
         parents.push(input_root(ctx, provenance, input, summary).await?);
     }
-    tracing::debug!(seconds = phase.elapsed().as_secs_f64(), "inputs hashed and anchored");
+    tracing::debug!(
+        seconds = phase.elapsed().as_secs_f64(),
+        "inputs hashed and anchored"
+    );
     let phase = Instant::now();
     let target = pipeline::store::Location::resolve(ctx, &summary.output)?;
     let spec = AnchorSpec {
