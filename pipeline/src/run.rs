@@ -649,6 +649,8 @@ struct Plan {
     tagged_sql: String,
     /// The rows pass 2 keeps: `__emr_tagged`'s rows whose reason is NULL, without the reason.
     kept_sql: String,
+    /// Drop reasons by the number `__emr_reason` holds.
+    reasons: Vec<String>,
     /// Output columns in order with their base expression over `__emr_tagged`'s columns.
     outputs: Vec<OutputColumn>,
     pseudonymized_out: Vec<String>,
@@ -928,15 +930,19 @@ impl Plan {
                 format!("out of range: {c}"),
             ));
         }
+        // The reason is a number into `reasons`: pass 1 groups by it, and grouping a million
+        // rows by a small integer costs far less than building and hashing their strings.
         let reason_expr = if cases.is_empty() {
-            "CAST(NULL AS VARCHAR)".to_string()
+            "CAST(NULL AS INT)".to_string()
         } else {
             let whens: Vec<String> = cases
                 .iter()
-                .map(|(cond, reason)| format!("WHEN {cond} THEN {}", literal(reason)))
+                .enumerate()
+                .map(|(i, (cond, _))| format!("WHEN {cond} THEN CAST({i} AS INT)"))
                 .collect();
             format!("CASE {} END", whens.join(" "))
         };
+        let reasons: Vec<String> = cases.iter().map(|(_, reason)| reason.clone()).collect();
         let label_type = match &job.label {
             Some(l) => Some(out_type(l, "label")?),
             None => None,
@@ -970,6 +976,7 @@ impl Plan {
             src_sql,
             tagged_sql,
             kept_sql,
+            reasons,
             outputs,
             pseudonymized_out,
             minmax: job.normalize.minmax.clone(),
@@ -1117,16 +1124,19 @@ async fn fit(ctx: &SessionContext, plan: &Plan) -> Result<Fit> {
         ..Fit::default()
     };
     for batch in &batches {
-        // String results may come back as Utf8 or Utf8View depending on session settings.
-        let reasons = arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
-        let reasons = reasons.as_string_opt::<i32>();
+        let reasons = arrow::compute::cast(batch.column(0), &DataType::Int64)?;
+        let reasons = reasons.as_primitive_opt::<Int64Type>();
         let counts = batch.column(1).as_primitive::<Int64Type>();
         for row in 0..batch.num_rows() {
             let n = counts.value(row) as u64;
             fit.total += n;
-            let reason = reasons
-                .filter(|r| r.is_valid(row))
-                .map(|r| r.value(row).to_string());
+            let reason = reasons.filter(|r| r.is_valid(row)).map(|r| {
+                usize::try_from(r.value(row))
+                    .ok()
+                    .and_then(|i| plan.reasons.get(i))
+                    .cloned()
+                    .unwrap_or_else(|| format!("reason {}", r.value(row)))
+            });
             if let Some(reason) = reason {
                 fit.dropped.insert(reason, n);
                 continue;

@@ -163,9 +163,19 @@ async fn anchor_staged(
     bar.set_message("anchoring");
     let summary = staged.summary();
     let phase = Instant::now();
+    // Raw inputs are hashed all at once (one file is one sequential SHA-256 stream), then
+    // anchored one after another, in the manifest's order.
+    let sources = futures::future::try_join_all(
+        summary
+            .manifest
+            .inputs
+            .iter()
+            .map(|input| source_digest(ctx, input)),
+    )
+    .await?;
     let mut parents = Vec::new();
-    for input in &summary.manifest.inputs {
-        parents.push(input_root(ctx, provenance, input, summary).await?);
+    for (input, source) in summary.manifest.inputs.iter().zip(sources) {
+        parents.push(input_root(ctx, provenance, input, source, summary).await?);
     }
     tracing::debug!(
         seconds = phase.elapsed().as_secs_f64(),
@@ -219,27 +229,47 @@ async fn anchor_staged(
     ))
 }
 
+/// The emrflow dataset an input reads, if it reads one (a directory with an anchor file).
+fn anchored_input(location: &pipeline::store::Location) -> Option<PathBuf> {
+    location
+        .local_path()
+        .filter(|p| p.join(ANCHOR_FILE).is_file())
+}
+
+/// The source root of an input of raw files; `None` for an emrflow dataset.
+async fn source_digest(
+    ctx: &SessionContext,
+    input: &pipeline::manifest::InputSpec,
+) -> anyhow::Result<Option<Digest>> {
+    let location = pipeline::store::Location::resolve(ctx, &input.location)?;
+    if anchored_input(&location).is_some() {
+        return Ok(None);
+    }
+    let files: Vec<String> = input.files.iter().map(|f| f.path.clone()).collect();
+    Ok(Some(Digest(fingerprint::source_root(ctx, &files).await?)))
+}
+
 /// The anchored root of an input: the anchor of an emrflow dataset read as input, or the
-/// source root of raw files, anchored (stage `source`) if it is new.
+/// source root of raw files (`source`, from [`source_digest`]), anchored (stage `source`) if it
+/// is new.
 async fn input_root(
     ctx: &SessionContext,
     provenance: &Provenance,
     input: &pipeline::manifest::InputSpec,
+    source: Option<Digest>,
     summary: &RunSummary,
 ) -> anyhow::Result<Digest> {
     let location = pipeline::store::Location::resolve(ctx, &input.location)?;
     // An emrflow dataset read as input is its anchored root, once its content is checked
     // against that anchor: a parent must be what the child was really made from.
-    if let Some(dir) = location
-        .local_path()
-        .filter(|p| p.join(ANCHOR_FILE).is_file())
-    {
+    if let Some(dir) = anchored_input(&location) {
         let check = check_dataset(ctx, &dir, provenance).await?;
         check.ensure_matches(&dir)?;
         return Ok(check.anchor.root);
     }
-    let files: Vec<String> = input.files.iter().map(|f| f.path.clone()).collect();
-    let root = Digest(fingerprint::source_root(ctx, &files).await?);
+    let Some(root) = source else {
+        bail!("input {} was not hashed", input.name);
+    };
     let listing = serde_json::to_vec(&input.files)?;
     let spec = AnchorSpec {
         kind: AnchorKind::Dataset,
