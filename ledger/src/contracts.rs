@@ -334,7 +334,15 @@ impl Outcome {
     pub fn is_accepted(&self) -> bool {
         matches!(self, Self::Accepted)
     }
+
+    /// Whether the call was refused because its signer had used its nonce before.
+    pub fn is_replay(&self) -> bool {
+        matches!(self, Self::Denied { reason } if reason.starts_with(REPLAYED))
+    }
 }
+
+/// How the reason of a replayed transaction's denial starts.
+const REPLAYED: &str = "replayed nonce";
 
 /// A registered identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -504,7 +512,7 @@ impl State {
                     .get(&tx.signer)
                     .is_some_and(|n| n.contains(&body.nonce))
                 {
-                    Outcome::denied(format!("replayed nonce {}", body.nonce))
+                    Outcome::denied(format!("{REPLAYED} {}", body.nonce))
                 } else {
                     self.nonces.entry(tx.signer).or_default().insert(body.nonce);
                     self.apply(tx.signer, &body.call, action, id, position, time)

@@ -8,6 +8,7 @@ use crate::codec;
 use crate::contracts::Call;
 use crate::crypto::{Digest, Enc, KeyPair, PublicKey, Signature};
 use crate::error::Result;
+use crate::sigcheck;
 
 /// Domain tag of client transaction signatures.
 pub const TX_DOMAIN: &[u8] = b"emrflow-ledger/tx/v1";
@@ -56,13 +57,22 @@ impl SignedTx {
         e.finish().to_vec()
     }
 
-    /// Whether the signature is valid for the signer.
+    /// The signature check of this transaction, for [`sigcheck`].
+    pub fn sig_item(&self) -> sigcheck::Item {
+        let signed = Self::signed_bytes(&self.signer, &self.payload);
+        sigcheck::Item::new(&self.signer, &self.signature, &[TX_DOMAIN, &signed])
+    }
+
+    /// Whether the signature is valid for the signer, under the rule of [`sigcheck`]: the same
+    /// verdict [`SignedTx::verify_all`] reaches for it in a batch.
     pub fn verify(&self) -> bool {
-        self.signer.verify(
-            TX_DOMAIN,
-            &Self::signed_bytes(&self.signer, &self.payload),
-            &self.signature,
-        )
+        sigcheck::verify(&self.sig_item())
+    }
+
+    /// [`SignedTx::verify`] of each transaction, checked as one batch.
+    pub fn verify_all<'a>(txs: impl IntoIterator<Item = &'a SignedTx>) -> Vec<bool> {
+        let items: Vec<sigcheck::Item> = txs.into_iter().map(Self::sig_item).collect();
+        sigcheck::verify_batch(&items)
     }
 
     /// The transaction id: SHA-256 over signer, payload and signature.

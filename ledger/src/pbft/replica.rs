@@ -80,10 +80,10 @@ impl Config {
 /// What the host feeds into the replica.
 #[derive(Debug, Clone)]
 pub enum Input {
-    /// A client request received by this replica's host (paper §4.1).
-    Request(SignedTx),
-    /// A client request relayed by another replica.
-    Relayed(SignedTx),
+    /// Client requests received by this replica's host (paper §4.1), checked as one batch.
+    Request(Vec<SignedTx>),
+    /// Client requests relayed by other replicas, checked as one batch.
+    Relayed(Vec<SignedTx>),
     /// A consensus message from another replica.
     Message(Message),
     /// The current time.
@@ -131,8 +131,11 @@ pub enum Output {
     },
     /// Send to every other replica.
     Broadcast(Message),
-    /// Relay a client request to every other replica.
-    Relay(SignedTx),
+    /// Relay these client requests to every other replica.
+    Relay(Vec<SignedTx>),
+    /// A request handed in through [`Input::Request`] failed its client signature check and
+    /// was dropped: the host can answer its client.
+    Rejected(Digest),
     /// The consensus state changed: persist [`Replica::persistent_state`] durably before
     /// carrying out any later `Send`/`Broadcast`. Always the first output when present.
     Persist,
@@ -403,8 +406,8 @@ impl Replica {
     pub fn handle(&mut self, input: Input) -> Vec<Output> {
         let mut out = Out::default();
         match input {
-            Input::Request(tx) => self.on_request(tx, false, &mut out),
-            Input::Relayed(tx) => self.on_request(tx, true, &mut out),
+            Input::Request(txs) => self.on_requests(txs, false, &mut out),
+            Input::Relayed(txs) => self.on_requests(txs, true, &mut out),
             Input::Message(m) => self.on_message(m, &mut out),
             Input::Tick(now) => self.on_tick(now, &mut out),
             Input::Executed { seq, digest } => self.on_executed(seq, digest, &mut out),
@@ -473,24 +476,52 @@ impl Replica {
 
     // ----- requests and the primary (§4.1, §4.2 batching) -----
 
-    fn on_request(&mut self, tx: SignedTx, relayed: bool, out: &mut Out) {
-        let d = tx.digest();
-        if self.pending.contains_key(&d) || self.in_log.contains(&d) || self.recent_set.contains(&d)
-        {
-            self.note(format!("drop duplicate request {d:?}"));
-            return;
+    /// Whether a request with id `d` is known to carry a valid client signature: it is
+    /// pending (checked on arrival), in an accepted pre-prepare of the log (checked when the
+    /// pre-prepare was accepted, or backed by a prepared certificate, so by `f + 1` correct
+    /// replicas that checked it), or recently executed (by this replica, or by the `2f + 1`
+    /// signers of the blocks it installed by state transfer). The id hashes the signer, payload
+    /// and signature, so any other transaction, even one reusing a known signer and nonce, has
+    /// another id and is checked on its own. The three sets are bounded by the log window and
+    /// emptied as checkpoints become stable (§4.3), so this cache needs no collection of its own.
+    fn known_valid(&self, d: &Digest) -> bool {
+        self.pending.contains_key(d) || self.in_log.contains(d) || self.recent_set.contains(d)
+    }
+
+    fn on_requests(&mut self, txs: Vec<SignedTx>, relayed: bool, out: &mut Out) {
+        let mut fresh: Vec<(Digest, SignedTx)> = Vec::with_capacity(txs.len());
+        let mut seen = BTreeSet::new();
+        for tx in txs {
+            let d = tx.digest();
+            if self.known_valid(&d) || !seen.insert(d) {
+                self.note(format!("drop duplicate request {d:?}"));
+                continue;
+            }
+            fresh.push((d, tx));
         }
-        // Validity: only requests signed by their client are ever ordered.
-        if !tx.verify() {
-            self.dropped += 1;
-            self.note(format!("drop request {d:?}: bad client signature"));
-            return;
+        // Validity: only requests signed by their client are ever ordered. Each request is
+        // checked once per replica; the batch check gives each the verdict a single check
+        // would (see `sigcheck`), so replicas that saw it by other paths agree with us.
+        let verdicts = SignedTx::verify_all(fresh.iter().map(|(_, tx)| tx));
+        let mut relay = Vec::new();
+        for ((d, tx), ok) in fresh.into_iter().zip(verdicts) {
+            if !ok {
+                self.dropped += 1;
+                self.note(format!("drop request {d:?}: bad client signature"));
+                if !relayed {
+                    out.push(Output::Rejected(d));
+                }
+                continue;
+            }
+            if !relayed {
+                relay.push(tx.clone());
+            }
+            self.pending.insert(d, (tx, self.now));
+            self.queue.push_back(d);
         }
-        if !relayed {
-            out.push(Output::Relay(tx.clone()));
+        if !relay.is_empty() {
+            out.push(Output::Relay(relay));
         }
-        self.pending.insert(d, (tx, self.now));
-        self.queue.push_back(d);
         self.try_propose(out);
     }
 
@@ -627,17 +658,25 @@ impl Replica {
             return self.start_view_change(v.next(), out);
         }
         let mut seen = BTreeSet::new();
+        let mut unchecked = Vec::new();
         for tx in &m.body.batch.txs {
             let td = tx.digest();
-            let known = self.pending.contains_key(&td);
-            if !seen.insert(td) || (!known && !tx.verify()) {
-                self.drop_msg(
-                    "pre-prepare",
-                    m.from,
-                    "batch holds an invalid or repeated request",
-                );
+            if !seen.insert(td) {
+                self.drop_msg("pre-prepare", m.from, "batch repeats a request");
                 return self.start_view_change(v.next(), out);
             }
+            if !self.known_valid(&td) {
+                unchecked.push(tx);
+            }
+        }
+        // The requests this replica has not checked yet, as one batch.
+        if !SignedTx::verify_all(unchecked).into_iter().all(|ok| ok) {
+            self.drop_msg(
+                "pre-prepare",
+                m.from,
+                "batch holds a request without a valid client signature",
+            );
+            return self.start_view_change(v.next(), out);
         }
         self.accept_pre_prepare(m, out);
     }
