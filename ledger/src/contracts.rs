@@ -485,7 +485,17 @@ impl State {
 
     /// Executes one committed transaction and records its audit event.
     pub fn execute(&mut self, tx: &SignedTx, position: Position, time: Time) -> Outcome {
-        let id = tx.digest();
+        self.execute_known(tx, tx.digest(), position, time)
+    }
+
+    /// [`State::execute`] of a transaction whose id `id` the caller computed already.
+    pub(crate) fn execute_known(
+        &mut self,
+        tx: &SignedTx,
+        id: Digest,
+        position: Position,
+        time: Time,
+    ) -> Outcome {
         let (action, subject, purpose, outcome) = match tx.body() {
             Err(e) => (
                 Action::Malformed,

@@ -220,7 +220,12 @@ impl Peer {
                     Output::Rejected(d) => effects.push(Effect::Rejected(d)),
                     Output::Persist => effects.push(Effect::PersistState),
                     Output::SetTimer(t) => effects.push(Effect::SetTimer(t)),
-                    Output::Committed { seq, digest, batch } => {
+                    Output::Committed {
+                        seq,
+                        digest,
+                        batch,
+                        ids,
+                    } => {
                         if seq <= self.chain.height() {
                             // Already installed by state transfer.
                             match self.chain.block(seq) {
@@ -236,7 +241,7 @@ impl Peer {
                             }
                             continue;
                         }
-                        match self.chain.apply(seq, &batch) {
+                        match self.chain.apply_owned(seq, batch, &ids) {
                             Ok(block) => {
                                 let hash = block.header.hash();
                                 effects.push(Effect::PersistBlock(Box::new(block.clone())));

@@ -150,6 +150,9 @@ pub enum Output {
         digest: Digest,
         /// The batch.
         batch: Batch,
+        /// The ids of the batch's transactions, in order (so the host need not hash them
+        /// again).
+        ids: Vec<Digest>,
     },
     /// `2f + 1` replicas signed the state digest at `seq`: the block's commit certificate.
     Certified {
@@ -230,6 +233,8 @@ pub struct PersistentState {
 #[derive(Debug, Clone, Default)]
 struct Slot {
     pre_prepare: Option<Signed<PrePrepare>>,
+    /// The transaction ids of `pre_prepare`'s batch, hashed once when it was accepted.
+    ids: Vec<Digest>,
     prepares: BTreeMap<(View, Digest), BTreeMap<ReplicaId, Signed<Prepare>>>,
     commits: BTreeMap<(View, Digest), BTreeMap<ReplicaId, Signed<Commit>>>,
     prepared: Option<PreparedProof>,
@@ -537,6 +542,7 @@ impl Replica {
                 return;
             }
             let mut txs = Vec::new();
+            let mut ids = Vec::new();
             while txs.len() < self.cfg.max_batch {
                 let Some(d) = self.queue.pop_front() else {
                     break;
@@ -546,24 +552,24 @@ impl Replica {
                 }
                 if let Some((tx, _)) = self.pending.get(&d) {
                     txs.push(tx.clone());
+                    ids.push(d);
                 }
             }
             if txs.is_empty() {
                 return;
             }
             self.last_ts = self.last_ts.max(self.now);
-            let batch = Batch {
-                timestamp: self.last_ts,
-                txs,
-            };
             let pp = self.sign(PrePrepare {
                 view: self.view,
                 seq,
-                digest: batch.digest(),
-                batch,
+                digest: Batch::digest_of(self.last_ts, &ids),
+                batch: Batch {
+                    timestamp: self.last_ts,
+                    txs,
+                },
             });
             self.next_seq = seq;
-            self.accept_pre_prepare(pp.clone(), out);
+            self.accept_pre_prepare(pp.clone(), ids, out);
             out.broadcast(Message::PrePrepare(pp));
         }
     }
@@ -653,14 +659,15 @@ impl Replica {
         }
         // The primary signed a digest that does not match its batch, or ordered a request no
         // client signed: provably faulty (§4.2 "d is the digest for m"; validity, §2).
-        if m.body.batch.digest() != d {
+        let ids = m.body.batch.ids();
+        if Batch::digest_of(m.body.batch.timestamp, &ids) != d {
             self.drop_msg("pre-prepare", m.from, "digest does not match the batch");
             return self.start_view_change(v.next(), out);
         }
         let mut seen = BTreeSet::new();
         let mut unchecked = Vec::new();
-        for tx in &m.body.batch.txs {
-            let td = tx.digest();
+        for (tx, td) in m.body.batch.txs.iter().zip(&ids) {
+            let td = *td;
             if !seen.insert(td) {
                 self.drop_msg("pre-prepare", m.from, "batch repeats a request");
                 return self.start_view_change(v.next(), out);
@@ -678,14 +685,13 @@ impl Replica {
             );
             return self.start_view_change(v.next(), out);
         }
-        self.accept_pre_prepare(m, out);
+        self.accept_pre_prepare(m, ids, out);
     }
 
-    fn accept_pre_prepare(&mut self, m: Signed<PrePrepare>, out: &mut Out) {
+    /// Accepts `m`, whose batch has the transaction ids `ids`.
+    fn accept_pre_prepare(&mut self, m: Signed<PrePrepare>, ids: Vec<Digest>, out: &mut Out) {
         let (v, seq, d) = (m.body.view, m.body.seq, m.body.digest);
-        for tx in &m.body.batch.txs {
-            self.in_log.insert(tx.digest());
-        }
+        self.in_log.extend(ids.iter().copied());
         let me = self.cfg.id;
         let is_backup = self.primary(v) != me;
         let prepare = is_backup.then(|| {
@@ -697,6 +703,7 @@ impl Replica {
         });
         let slot = self.log.entry(seq).or_default();
         slot.pre_prepare = Some(m);
+        slot.ids = ids;
         if let Some(p) = &prepare {
             slot.prepares
                 .entry((v, d))
@@ -839,27 +846,31 @@ impl Replica {
             let Some(d) = slot.committed else {
                 return;
             };
-            let batch = match (&slot.pre_prepare, &slot.prepared) {
-                (Some(pp), _) if pp.body.digest == d => pp.body.batch.clone(),
-                (_, Some(p)) if p.digest() == d => p.pre_prepare.body.batch.clone(),
+            let (batch, ids) = match (&slot.pre_prepare, &slot.prepared) {
+                (Some(pp), _) if pp.body.digest == d => (pp.body.batch.clone(), slot.ids.clone()),
+                (_, Some(p)) if p.digest() == d => {
+                    let batch = p.pre_prepare.body.batch.clone();
+                    let ids = batch.ids();
+                    (batch, ids)
+                }
                 _ => {
                     self.note(format!("committed {seq} without its batch"));
                     return;
                 }
             };
             self.delivered = seq;
-            let ids: Vec<Digest> = batch.txs.iter().map(SignedTx::digest).collect();
             for id in &ids {
                 self.pending.remove(id);
                 self.in_log.remove(id);
                 self.recent_set.insert(*id);
             }
-            self.recent.insert(seq, ids);
+            self.recent.insert(seq, ids.clone());
             self.progress();
             out.push(Output::Committed {
                 seq,
                 digest: d,
                 batch,
+                ids,
             });
         }
     }
@@ -1350,6 +1361,7 @@ impl Replica {
         for slot in self.log.values_mut() {
             if slot.pre_prepare.as_ref().is_some_and(|p| p.body.view < v) {
                 slot.pre_prepare = None;
+                slot.ids.clear();
             }
             slot.prepares.retain(|(pv, _), _| *pv >= v);
             slot.commits.retain(|(cv, _), _| *cv >= v);
@@ -1367,15 +1379,10 @@ impl Replica {
                     "new view {v} re-proposes {seq} with another digest"
                 ));
             }
-            self.accept_pre_prepare(pp, out);
+            let ids = pp.body.batch.ids();
+            self.accept_pre_prepare(pp, ids, out);
         }
-        self.in_log = self
-            .log
-            .iter()
-            .filter(|(s, _)| **s > self.delivered)
-            .filter_map(|(_, slot)| slot.pre_prepare.as_ref())
-            .flat_map(|pp| pp.body.batch.txs.iter().map(SignedTx::digest))
-            .collect();
+        self.in_log = self.ids_in_log();
         self.next_seq = max_s.max(self.stable.seq).max(self.delivered);
         let mut waiting: Vec<(Time, Digest)> = self
             .pending
@@ -1389,6 +1396,15 @@ impl Replica {
             self.deadline = Some(self.now.plus(self.timeout_ms));
         }
         self.try_propose(out);
+    }
+
+    /// The ids of the requests in accepted pre-prepares not yet delivered.
+    fn ids_in_log(&self) -> BTreeSet<Digest> {
+        self.log
+            .range(self.delivered.next()..)
+            .filter(|(_, slot)| slot.pre_prepare.is_some())
+            .flat_map(|(_, slot)| slot.ids.iter().copied())
+            .collect()
     }
 
     // ----- persistence and restart -----
@@ -1468,6 +1484,11 @@ impl Replica {
                         slot.commits.entry((v, d)).or_default().insert(me, c);
                     }
                 }
+                slot.ids = s
+                    .pre_prepare
+                    .as_ref()
+                    .map(|pp| pp.body.batch.ids())
+                    .unwrap_or_default();
                 slot.pre_prepare = s.pre_prepare;
                 self.log.insert(s.seq, slot);
             }
@@ -1481,13 +1502,7 @@ impl Replica {
                 self.check_stable(stable.seq, stable.digest, out);
             }
         }
-        self.in_log = self
-            .log
-            .iter()
-            .filter(|(s, _)| **s > self.delivered)
-            .filter_map(|(_, slot)| slot.pre_prepare.as_ref())
-            .flat_map(|pp| pp.body.batch.txs.iter().map(SignedTx::digest))
-            .collect();
+        self.in_log = self.ids_in_log();
         self.note(format!(
             "restored at {} in {} ({:?})",
             self.executed, self.view, self.status
