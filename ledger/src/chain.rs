@@ -409,6 +409,21 @@ impl Chain {
 
     /// Executes the batch committed at `seq` and appends its block.
     pub fn apply(&mut self, seq: SeqNo, batch: &Batch) -> Result<&Block> {
+        let ids = batch.ids();
+        self.apply_owned(seq, batch.clone(), &ids)
+    }
+
+    /// [`Chain::apply`] for a batch the caller gives away, whose transaction ids it knows
+    /// (the replica hashed them when it accepted the batch).
+    pub fn apply_owned(&mut self, seq: SeqNo, batch: Batch, ids: &[Digest]) -> Result<&Block> {
+        if ids.len() != batch.txs.len() {
+            return Err(Error::Invariant(format!(
+                "block {}: {} ids for {} transactions",
+                seq.0,
+                ids.len(),
+                batch.txs.len()
+            )));
+        }
         if seq != self.height().next() {
             return Err(Error::Invariant(format!(
                 "block {} applied at height {}",
@@ -420,15 +435,14 @@ impl Chain {
         let time = prev_time.max(batch.timestamp);
         let mut outcomes = Vec::with_capacity(batch.txs.len());
         let mut leaves = Vec::with_capacity(batch.txs.len());
-        for (i, tx) in batch.txs.iter().enumerate() {
+        for (i, (tx, id)) in batch.txs.iter().zip(ids).enumerate() {
             let position = Position {
                 seq,
                 index: i as u32,
             };
-            let outcome = self.state.execute(tx, position, time);
-            let id = tx.digest();
-            leaves.push(tx_leaf(&id, &outcome));
-            self.tx_index.entry(id).or_insert(position);
+            let outcome = self.state.execute_known(tx, *id, position, time);
+            leaves.push(tx_leaf(id, &outcome));
+            self.tx_index.entry(*id).or_insert(position);
             outcomes.push(outcome);
         }
         for l in &leaves {
@@ -439,7 +453,7 @@ impl Chain {
             height: seq,
             prev: self.head_hash(),
             time,
-            batch: batch.digest(),
+            batch: Batch::digest_of(batch.timestamp, ids),
             tx_count: batch.txs.len() as u32,
             tx_root: merkle::root(&leaves),
             log_size: self.frontier.size(),
@@ -448,7 +462,7 @@ impl Chain {
         self.blocks.push(Block {
             header,
             batch_time: batch.timestamp,
-            txs: batch.txs.clone(),
+            txs: batch.txs,
             outcomes,
         });
         self.leaves.push(leaves);
@@ -465,7 +479,8 @@ impl Chain {
             txs: block.txs.clone(),
         };
         let seq = block.header.height;
-        let got = self.apply(seq, &batch)?.header.hash();
+        let ids = batch.ids();
+        let got = self.apply_owned(seq, batch, &ids)?.header.hash();
         if got != block.header.hash() {
             // The contract state has moved on: this chain must be discarded and rebuilt.
             return Err(Error::CorruptChain {

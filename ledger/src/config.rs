@@ -34,7 +34,11 @@ impl Default for ConsensusParams {
         Self {
             window: 256,
             max_batch: 2048,
-            max_inflight: 4,
+            // Two batches in flight keep the pipeline busy while the previous one commits;
+            // more only splits the same load into smaller blocks, and every block costs its
+            // own votes, checkpoint signatures, certificate and durable write (on four peers
+            // sharing two cores, 4 in flight cost about 15% more CPU per transaction than 2).
+            max_inflight: 2,
             request_timeout_ms: 1_000,
             retransmit_ms: 200,
         }

@@ -334,7 +334,15 @@ impl Outcome {
     pub fn is_accepted(&self) -> bool {
         matches!(self, Self::Accepted)
     }
+
+    /// Whether the call was refused because its signer had used its nonce before.
+    pub fn is_replay(&self) -> bool {
+        matches!(self, Self::Denied { reason } if reason.starts_with(REPLAYED))
+    }
 }
+
+/// How the reason of a replayed transaction's denial starts.
+const REPLAYED: &str = "replayed nonce";
 
 /// A registered identity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -477,7 +485,17 @@ impl State {
 
     /// Executes one committed transaction and records its audit event.
     pub fn execute(&mut self, tx: &SignedTx, position: Position, time: Time) -> Outcome {
-        let id = tx.digest();
+        self.execute_known(tx, tx.digest(), position, time)
+    }
+
+    /// [`State::execute`] of a transaction whose id `id` the caller computed already.
+    pub(crate) fn execute_known(
+        &mut self,
+        tx: &SignedTx,
+        id: Digest,
+        position: Position,
+        time: Time,
+    ) -> Outcome {
         let (action, subject, purpose, outcome) = match tx.body() {
             Err(e) => (
                 Action::Malformed,
@@ -504,7 +522,7 @@ impl State {
                     .get(&tx.signer)
                     .is_some_and(|n| n.contains(&body.nonce))
                 {
-                    Outcome::denied(format!("replayed nonce {}", body.nonce))
+                    Outcome::denied(format!("{REPLAYED} {}", body.nonce))
                 } else {
                     self.nonces.entry(tx.signer).or_default().insert(body.nonce);
                     self.apply(tx.signer, &body.call, action, id, position, time)

@@ -18,6 +18,7 @@ pub mod merkle;
 pub mod node;
 pub mod pbft;
 pub mod peer;
+pub mod sigcheck;
 #[cfg(feature = "sim")]
 pub mod sim;
 #[cfg(feature = "net")]

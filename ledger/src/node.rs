@@ -175,6 +175,13 @@ const MAX_STEP: usize = 4096;
 /// Longest sleep without a tick.
 const IDLE: Duration = Duration::from_millis(50);
 
+/// The client requests of one step, handed to the peer together.
+#[derive(Default)]
+struct Requests {
+    client: Vec<SignedTx>,
+    relayed: Vec<SignedTx>,
+}
+
 struct Host {
     peer: Peer,
     store: Store,
@@ -204,6 +211,7 @@ impl Host {
             let mut stop = false;
             let mut next = first;
             let mut taken = 0;
+            let mut requests = Requests::default();
             while let Some(cmd) = next {
                 taken += 1;
                 match cmd {
@@ -211,13 +219,21 @@ impl Host {
                         stop = true;
                         break;
                     }
-                    c => self.command(c, &mut effects),
+                    c => self.command(c, &mut requests, &mut effects),
                 }
                 next = if taken < MAX_STEP {
                     commands.try_recv().ok()
                 } else {
                     None
                 };
+            }
+            // The step's client requests go in together, so the replica checks their
+            // signatures as one batch (and relays them in one message per peer).
+            if !requests.relayed.is_empty() {
+                effects.extend(self.peer.handle(PeerInput::Relayed(requests.relayed)));
+            }
+            if !requests.client.is_empty() {
+                effects.extend(self.peer.handle(PeerInput::Client(requests.client)));
             }
             self.carry_out(effects)?;
             if stop {
@@ -226,23 +242,22 @@ impl Host {
         }
     }
 
-    fn command(&mut self, cmd: Command, effects: &mut Vec<Effect>) {
+    fn command(&mut self, cmd: Command, requests: &mut Requests, effects: &mut Vec<Effect>) {
         match cmd {
+            Command::Wire(_, Wire::Requests(txs)) => requests.relayed.extend(txs),
             Command::Wire(from, wire) => {
                 effects.extend(self.peer.handle(PeerInput::Wire { from, wire }));
             }
             Command::Submit(tx, reply) => {
-                if !tx.verify() {
-                    let _ = reply.send(Err(Error::Verification("bad client signature".into())));
-                    return;
-                }
+                // The replica checks the signature (once, in the step's batch) and answers
+                // with `Effect::Rejected` if it is bad.
                 let id = tx.digest();
                 if let Some(r) = self.peer.chain().receipt(&id) {
                     let _ = reply.send(Ok(r));
                     return;
                 }
                 self.waiters.entry(id).or_default().push(reply);
-                effects.extend(self.peer.handle(PeerInput::Client(tx)));
+                requests.client.push(tx);
             }
             Command::Query(q, reply) => {
                 let _ = reply.send(self.peer.chain().query(&q));
@@ -263,6 +278,11 @@ impl Host {
                 Effect::PersistCertificate(c) => batch.certs.push(c),
                 Effect::SetTimer(t) => self.timer = Some(t),
                 Effect::Certified(seq) => certified.push(seq),
+                Effect::Rejected(id) => {
+                    for w in self.waiters.remove(&id).into_iter().flatten() {
+                        let _ = w.send(Err(Error::Verification("bad client signature".into())));
+                    }
+                }
                 other => sends.push(other),
             }
         }

@@ -26,8 +26,9 @@ pub const MAX_BLOCKS_PER_REPLY: u64 = 64;
 pub enum Wire {
     /// A signed consensus message.
     Consensus(Message),
-    /// A client request relayed to every replica (clients multicast, paper §4.1).
-    Request(SignedTx),
+    /// Client requests relayed to every replica (clients multicast, paper §4.1), as many as
+    /// the sender gathered in one step.
+    Requests(Vec<SignedTx>),
     /// Asks for blocks `from..=to` with their certificates (state transfer).
     FetchBlocks {
         /// First height.
@@ -43,8 +44,11 @@ pub enum Wire {
 /// What the host feeds into a peer.
 #[derive(Debug, Clone)]
 pub enum PeerInput {
-    /// A transaction submitted by a client to this peer.
-    Client(SignedTx),
+    /// Transactions submitted by clients to this peer.
+    Client(Vec<SignedTx>),
+    /// Client requests relayed by other peers, gathered from one or more [`Wire::Requests`]
+    /// so that their signatures are checked as one batch.
+    Relayed(Vec<SignedTx>),
     /// A message from another peer.
     Wire {
         /// The sending peer (as the transport knows it).
@@ -78,6 +82,8 @@ pub enum Effect {
     SetTimer(Time),
     /// Block `seq` is certified: receipts of its transactions are available.
     Certified(SeqNo),
+    /// A transaction of [`PeerInput::Client`] was dropped for a bad signature.
+    Rejected(Digest),
 }
 
 /// One peer: replica, chain and state transfer.
@@ -166,7 +172,8 @@ impl Peer {
     pub fn handle(&mut self, input: PeerInput) -> Vec<Effect> {
         let mut effects = Vec::new();
         let inputs = match input {
-            PeerInput::Client(tx) => VecDeque::from([Input::Request(tx)]),
+            PeerInput::Client(txs) => VecDeque::from([Input::Request(txs)]),
+            PeerInput::Relayed(txs) => VecDeque::from([Input::Relayed(txs)]),
             PeerInput::Tick(now) => {
                 self.now = self.now.max(now);
                 self.retry_fetch(&mut effects);
@@ -174,7 +181,7 @@ impl Peer {
             }
             PeerInput::Wire { from, wire } => match wire {
                 Wire::Consensus(m) => VecDeque::from([Input::Message(m)]),
-                Wire::Request(tx) => VecDeque::from([Input::Relayed(tx)]),
+                Wire::Requests(txs) => VecDeque::from([Input::Relayed(txs)]),
                 Wire::FetchBlocks { from: lo, to } => {
                     let hi = SeqNo(to.0.min(lo.0.saturating_add(MAX_BLOCKS_PER_REPLY - 1)));
                     let blocks = self.chain.certified_blocks(lo, hi);
@@ -209,10 +216,16 @@ impl Peer {
                         wire: Wire::Consensus(msg),
                     }),
                     Output::Broadcast(msg) => effects.push(Effect::Broadcast(Wire::Consensus(msg))),
-                    Output::Relay(tx) => effects.push(Effect::Broadcast(Wire::Request(tx))),
+                    Output::Relay(txs) => effects.push(Effect::Broadcast(Wire::Requests(txs))),
+                    Output::Rejected(d) => effects.push(Effect::Rejected(d)),
                     Output::Persist => effects.push(Effect::PersistState),
                     Output::SetTimer(t) => effects.push(Effect::SetTimer(t)),
-                    Output::Committed { seq, digest, batch } => {
+                    Output::Committed {
+                        seq,
+                        digest,
+                        batch,
+                        ids,
+                    } => {
                         if seq <= self.chain.height() {
                             // Already installed by state transfer.
                             match self.chain.block(seq) {
@@ -228,7 +241,7 @@ impl Peer {
                             }
                             continue;
                         }
-                        match self.chain.apply(seq, &batch) {
+                        match self.chain.apply_owned(seq, batch, &ids) {
                             Ok(block) => {
                                 let hash = block.header.hash();
                                 effects.push(Effect::PersistBlock(Box::new(block.clone())));

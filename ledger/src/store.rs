@@ -12,7 +12,7 @@ use crate::chain::{Block, CertifiedBlock, CommitCertificate};
 use crate::codec;
 use crate::crypto::Digest;
 use crate::error::{Error, Result};
-use crate::pbft::{Batch, PersistentState, PrePrepare, Signed};
+use crate::pbft::{Batch, PersistentState, PrePrepare, PreparedProof, Signed, SlotState};
 
 const BLOCKS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("blocks");
 const CERTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("certs");
@@ -47,23 +47,54 @@ pub struct Store {
     written: Mutex<BTreeSet<Digest>>,
 }
 
-/// Moves the batches out of a state's pre-prepares (they are bound by their digest, not by the
-/// signature bytes), so the often-rewritten state stays small.
-fn strip(state: &PersistentState) -> (PersistentState, BTreeMap<Digest, Batch>) {
-    let mut st = state.clone();
+/// The state without the batches of its pre-prepares (they are bound by their digest, not by
+/// the signature bytes), so the often-rewritten state stays small; and the batches, by digest.
+/// Only the small parts are copied: a batch is encoded from the state it sits in.
+fn strip(state: &PersistentState) -> (PersistentState, BTreeMap<Digest, &Batch>) {
     let mut batches = BTreeMap::new();
-    let mut take = |pp: &mut Signed<PrePrepare>| {
-        let b = std::mem::replace(&mut pp.body.batch, Batch::null());
-        batches.insert(pp.body.digest, b);
+    let slim = |pp: &Signed<PrePrepare>| -> Signed<PrePrepare> {
+        Signed {
+            from: pp.from,
+            sig: pp.sig,
+            body: PrePrepare {
+                view: pp.body.view,
+                seq: pp.body.seq,
+                digest: pp.body.digest,
+                batch: Batch::null(),
+            },
+        }
     };
-    for slot in &mut st.slots {
-        if let Some(pp) = slot.pre_prepare.as_mut() {
-            take(pp);
-        }
-        if let Some(p) = slot.prepared.as_mut() {
-            take(&mut p.pre_prepare);
-        }
+    let mut slots = Vec::with_capacity(state.slots.len());
+    for slot in &state.slots {
+        let pre_prepare = slot.pre_prepare.as_ref().map(|pp| {
+            batches.insert(pp.body.digest, &pp.body.batch);
+            slim(pp)
+        });
+        let prepared = slot.prepared.as_ref().map(|p| {
+            batches.insert(p.pre_prepare.body.digest, &p.pre_prepare.body.batch);
+            PreparedProof {
+                pre_prepare: slim(&p.pre_prepare),
+                prepares: p.prepares.clone(),
+            }
+        });
+        slots.push(SlotState {
+            seq: slot.seq,
+            pre_prepare,
+            prepared,
+            sent_commit: slot.sent_commit,
+            committed: slot.committed,
+        });
     }
+    let st = PersistentState {
+        view: state.view,
+        status: state.status,
+        next_seq: state.next_seq,
+        stable: state.stable.clone(),
+        slots,
+        view_change: state.view_change.clone(),
+        new_view: state.new_view.clone(),
+        timeout_ms: state.timeout_ms,
+    };
     (st, batches)
 }
 

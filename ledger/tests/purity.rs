@@ -14,6 +14,7 @@ const PURE: &[&str] = &[
     "src/peer.rs",
     "src/merkle.rs",
     "src/crypto.rs",
+    "src/sigcheck.rs",
     "src/tx.rs",
     "src/ids.rs",
     "src/sim",

@@ -80,10 +80,10 @@ impl Config {
 /// What the host feeds into the replica.
 #[derive(Debug, Clone)]
 pub enum Input {
-    /// A client request received by this replica's host (paper §4.1).
-    Request(SignedTx),
-    /// A client request relayed by another replica.
-    Relayed(SignedTx),
+    /// Client requests received by this replica's host (paper §4.1), checked as one batch.
+    Request(Vec<SignedTx>),
+    /// Client requests relayed by other replicas, checked as one batch.
+    Relayed(Vec<SignedTx>),
     /// A consensus message from another replica.
     Message(Message),
     /// The current time.
@@ -131,8 +131,11 @@ pub enum Output {
     },
     /// Send to every other replica.
     Broadcast(Message),
-    /// Relay a client request to every other replica.
-    Relay(SignedTx),
+    /// Relay these client requests to every other replica.
+    Relay(Vec<SignedTx>),
+    /// A request handed in through [`Input::Request`] failed its client signature check and
+    /// was dropped: the host can answer its client.
+    Rejected(Digest),
     /// The consensus state changed: persist [`Replica::persistent_state`] durably before
     /// carrying out any later `Send`/`Broadcast`. Always the first output when present.
     Persist,
@@ -147,6 +150,9 @@ pub enum Output {
         digest: Digest,
         /// The batch.
         batch: Batch,
+        /// The ids of the batch's transactions, in order (so the host need not hash them
+        /// again).
+        ids: Vec<Digest>,
     },
     /// `2f + 1` replicas signed the state digest at `seq`: the block's commit certificate.
     Certified {
@@ -227,6 +233,8 @@ pub struct PersistentState {
 #[derive(Debug, Clone, Default)]
 struct Slot {
     pre_prepare: Option<Signed<PrePrepare>>,
+    /// The transaction ids of `pre_prepare`'s batch, hashed once when it was accepted.
+    ids: Vec<Digest>,
     prepares: BTreeMap<(View, Digest), BTreeMap<ReplicaId, Signed<Prepare>>>,
     commits: BTreeMap<(View, Digest), BTreeMap<ReplicaId, Signed<Commit>>>,
     prepared: Option<PreparedProof>,
@@ -403,8 +411,8 @@ impl Replica {
     pub fn handle(&mut self, input: Input) -> Vec<Output> {
         let mut out = Out::default();
         match input {
-            Input::Request(tx) => self.on_request(tx, false, &mut out),
-            Input::Relayed(tx) => self.on_request(tx, true, &mut out),
+            Input::Request(txs) => self.on_requests(txs, false, &mut out),
+            Input::Relayed(txs) => self.on_requests(txs, true, &mut out),
             Input::Message(m) => self.on_message(m, &mut out),
             Input::Tick(now) => self.on_tick(now, &mut out),
             Input::Executed { seq, digest } => self.on_executed(seq, digest, &mut out),
@@ -473,24 +481,52 @@ impl Replica {
 
     // ----- requests and the primary (§4.1, §4.2 batching) -----
 
-    fn on_request(&mut self, tx: SignedTx, relayed: bool, out: &mut Out) {
-        let d = tx.digest();
-        if self.pending.contains_key(&d) || self.in_log.contains(&d) || self.recent_set.contains(&d)
-        {
-            self.note(format!("drop duplicate request {d:?}"));
-            return;
+    /// Whether a request with id `d` is known to carry a valid client signature: it is
+    /// pending (checked on arrival), in an accepted pre-prepare of the log (checked when the
+    /// pre-prepare was accepted, or backed by a prepared certificate, so by `f + 1` correct
+    /// replicas that checked it), or recently executed (by this replica, or by the `2f + 1`
+    /// signers of the blocks it installed by state transfer). The id hashes the signer, payload
+    /// and signature, so any other transaction, even one reusing a known signer and nonce, has
+    /// another id and is checked on its own. The three sets are bounded by the log window and
+    /// emptied as checkpoints become stable (§4.3), so this cache needs no collection of its own.
+    fn known_valid(&self, d: &Digest) -> bool {
+        self.pending.contains_key(d) || self.in_log.contains(d) || self.recent_set.contains(d)
+    }
+
+    fn on_requests(&mut self, txs: Vec<SignedTx>, relayed: bool, out: &mut Out) {
+        let mut fresh: Vec<(Digest, SignedTx)> = Vec::with_capacity(txs.len());
+        let mut seen = BTreeSet::new();
+        for tx in txs {
+            let d = tx.digest();
+            if self.known_valid(&d) || !seen.insert(d) {
+                self.note(format!("drop duplicate request {d:?}"));
+                continue;
+            }
+            fresh.push((d, tx));
         }
-        // Validity: only requests signed by their client are ever ordered.
-        if !tx.verify() {
-            self.dropped += 1;
-            self.note(format!("drop request {d:?}: bad client signature"));
-            return;
+        // Validity: only requests signed by their client are ever ordered. Each request is
+        // checked once per replica; the batch check gives each the verdict a single check
+        // would (see `sigcheck`), so replicas that saw it by other paths agree with us.
+        let verdicts = SignedTx::verify_all(fresh.iter().map(|(_, tx)| tx));
+        let mut relay = Vec::new();
+        for ((d, tx), ok) in fresh.into_iter().zip(verdicts) {
+            if !ok {
+                self.dropped += 1;
+                self.note(format!("drop request {d:?}: bad client signature"));
+                if !relayed {
+                    out.push(Output::Rejected(d));
+                }
+                continue;
+            }
+            if !relayed {
+                relay.push(tx.clone());
+            }
+            self.pending.insert(d, (tx, self.now));
+            self.queue.push_back(d);
         }
-        if !relayed {
-            out.push(Output::Relay(tx.clone()));
+        if !relay.is_empty() {
+            out.push(Output::Relay(relay));
         }
-        self.pending.insert(d, (tx, self.now));
-        self.queue.push_back(d);
         self.try_propose(out);
     }
 
@@ -506,6 +542,7 @@ impl Replica {
                 return;
             }
             let mut txs = Vec::new();
+            let mut ids = Vec::new();
             while txs.len() < self.cfg.max_batch {
                 let Some(d) = self.queue.pop_front() else {
                     break;
@@ -515,24 +552,24 @@ impl Replica {
                 }
                 if let Some((tx, _)) = self.pending.get(&d) {
                     txs.push(tx.clone());
+                    ids.push(d);
                 }
             }
             if txs.is_empty() {
                 return;
             }
             self.last_ts = self.last_ts.max(self.now);
-            let batch = Batch {
-                timestamp: self.last_ts,
-                txs,
-            };
             let pp = self.sign(PrePrepare {
                 view: self.view,
                 seq,
-                digest: batch.digest(),
-                batch,
+                digest: Batch::digest_of(self.last_ts, &ids),
+                batch: Batch {
+                    timestamp: self.last_ts,
+                    txs,
+                },
             });
             self.next_seq = seq;
-            self.accept_pre_prepare(pp.clone(), out);
+            self.accept_pre_prepare(pp.clone(), ids, out);
             out.broadcast(Message::PrePrepare(pp));
         }
     }
@@ -622,31 +659,39 @@ impl Replica {
         }
         // The primary signed a digest that does not match its batch, or ordered a request no
         // client signed: provably faulty (§4.2 "d is the digest for m"; validity, §2).
-        if m.body.batch.digest() != d {
+        let ids = m.body.batch.ids();
+        if Batch::digest_of(m.body.batch.timestamp, &ids) != d {
             self.drop_msg("pre-prepare", m.from, "digest does not match the batch");
             return self.start_view_change(v.next(), out);
         }
         let mut seen = BTreeSet::new();
-        for tx in &m.body.batch.txs {
-            let td = tx.digest();
-            let known = self.pending.contains_key(&td);
-            if !seen.insert(td) || (!known && !tx.verify()) {
-                self.drop_msg(
-                    "pre-prepare",
-                    m.from,
-                    "batch holds an invalid or repeated request",
-                );
+        let mut unchecked = Vec::new();
+        for (tx, td) in m.body.batch.txs.iter().zip(&ids) {
+            let td = *td;
+            if !seen.insert(td) {
+                self.drop_msg("pre-prepare", m.from, "batch repeats a request");
                 return self.start_view_change(v.next(), out);
             }
+            if !self.known_valid(&td) {
+                unchecked.push(tx);
+            }
         }
-        self.accept_pre_prepare(m, out);
+        // The requests this replica has not checked yet, as one batch.
+        if !SignedTx::verify_all(unchecked).into_iter().all(|ok| ok) {
+            self.drop_msg(
+                "pre-prepare",
+                m.from,
+                "batch holds a request without a valid client signature",
+            );
+            return self.start_view_change(v.next(), out);
+        }
+        self.accept_pre_prepare(m, ids, out);
     }
 
-    fn accept_pre_prepare(&mut self, m: Signed<PrePrepare>, out: &mut Out) {
+    /// Accepts `m`, whose batch has the transaction ids `ids`.
+    fn accept_pre_prepare(&mut self, m: Signed<PrePrepare>, ids: Vec<Digest>, out: &mut Out) {
         let (v, seq, d) = (m.body.view, m.body.seq, m.body.digest);
-        for tx in &m.body.batch.txs {
-            self.in_log.insert(tx.digest());
-        }
+        self.in_log.extend(ids.iter().copied());
         let me = self.cfg.id;
         let is_backup = self.primary(v) != me;
         let prepare = is_backup.then(|| {
@@ -658,6 +703,7 @@ impl Replica {
         });
         let slot = self.log.entry(seq).or_default();
         slot.pre_prepare = Some(m);
+        slot.ids = ids;
         if let Some(p) = &prepare {
             slot.prepares
                 .entry((v, d))
@@ -800,27 +846,31 @@ impl Replica {
             let Some(d) = slot.committed else {
                 return;
             };
-            let batch = match (&slot.pre_prepare, &slot.prepared) {
-                (Some(pp), _) if pp.body.digest == d => pp.body.batch.clone(),
-                (_, Some(p)) if p.digest() == d => p.pre_prepare.body.batch.clone(),
+            let (batch, ids) = match (&slot.pre_prepare, &slot.prepared) {
+                (Some(pp), _) if pp.body.digest == d => (pp.body.batch.clone(), slot.ids.clone()),
+                (_, Some(p)) if p.digest() == d => {
+                    let batch = p.pre_prepare.body.batch.clone();
+                    let ids = batch.ids();
+                    (batch, ids)
+                }
                 _ => {
                     self.note(format!("committed {seq} without its batch"));
                     return;
                 }
             };
             self.delivered = seq;
-            let ids: Vec<Digest> = batch.txs.iter().map(SignedTx::digest).collect();
             for id in &ids {
                 self.pending.remove(id);
                 self.in_log.remove(id);
                 self.recent_set.insert(*id);
             }
-            self.recent.insert(seq, ids);
+            self.recent.insert(seq, ids.clone());
             self.progress();
             out.push(Output::Committed {
                 seq,
                 digest: d,
                 batch,
+                ids,
             });
         }
     }
@@ -1311,6 +1361,7 @@ impl Replica {
         for slot in self.log.values_mut() {
             if slot.pre_prepare.as_ref().is_some_and(|p| p.body.view < v) {
                 slot.pre_prepare = None;
+                slot.ids.clear();
             }
             slot.prepares.retain(|(pv, _), _| *pv >= v);
             slot.commits.retain(|(cv, _), _| *cv >= v);
@@ -1328,15 +1379,10 @@ impl Replica {
                     "new view {v} re-proposes {seq} with another digest"
                 ));
             }
-            self.accept_pre_prepare(pp, out);
+            let ids = pp.body.batch.ids();
+            self.accept_pre_prepare(pp, ids, out);
         }
-        self.in_log = self
-            .log
-            .iter()
-            .filter(|(s, _)| **s > self.delivered)
-            .filter_map(|(_, slot)| slot.pre_prepare.as_ref())
-            .flat_map(|pp| pp.body.batch.txs.iter().map(SignedTx::digest))
-            .collect();
+        self.in_log = self.ids_in_log();
         self.next_seq = max_s.max(self.stable.seq).max(self.delivered);
         let mut waiting: Vec<(Time, Digest)> = self
             .pending
@@ -1350,6 +1396,15 @@ impl Replica {
             self.deadline = Some(self.now.plus(self.timeout_ms));
         }
         self.try_propose(out);
+    }
+
+    /// The ids of the requests in accepted pre-prepares not yet delivered.
+    fn ids_in_log(&self) -> BTreeSet<Digest> {
+        self.log
+            .range(self.delivered.next()..)
+            .filter(|(_, slot)| slot.pre_prepare.is_some())
+            .flat_map(|(_, slot)| slot.ids.iter().copied())
+            .collect()
     }
 
     // ----- persistence and restart -----
@@ -1429,6 +1484,11 @@ impl Replica {
                         slot.commits.entry((v, d)).or_default().insert(me, c);
                     }
                 }
+                slot.ids = s
+                    .pre_prepare
+                    .as_ref()
+                    .map(|pp| pp.body.batch.ids())
+                    .unwrap_or_default();
                 slot.pre_prepare = s.pre_prepare;
                 self.log.insert(s.seq, slot);
             }
@@ -1442,13 +1502,7 @@ impl Replica {
                 self.check_stable(stable.seq, stable.digest, out);
             }
         }
-        self.in_log = self
-            .log
-            .iter()
-            .filter(|(s, _)| **s > self.delivered)
-            .filter_map(|(_, slot)| slot.pre_prepare.as_ref())
-            .flat_map(|pp| pp.body.batch.txs.iter().map(SignedTx::digest))
-            .collect();
+        self.in_log = self.ids_in_log();
         self.note(format!(
             "restored at {} in {} ({:?})",
             self.executed, self.view, self.status

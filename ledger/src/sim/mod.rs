@@ -3,7 +3,8 @@
 //! `StdRng::seed_from_u64(seed)`, so a seed replays exactly. Faults are switched on per
 //! scenario: drop, duplicate, delay/reorder, partition and heal, crash and restart from the
 //! persisted state, and one Byzantine peer (equivocating primary, bad signatures, wrong
-//! digests, conflicting votes, forged client requests). After every step the checkers of the
+//! digests, conflicting votes, forged client requests relayed or slipped into pre-prepares,
+//! replayed requests). After every step the checkers of the
 //! `invariants` module run. It owns no async code and touches no clock, file or socket.
 
 mod invariants;
@@ -34,6 +35,14 @@ pub enum Byzantine {
     WrongDigest,
     /// Sends prepares, commits and checkpoints for conflicting digests to some peers.
     ConflictingVotes,
+    /// As primary, adds to every pre-prepare a twin of one of its requests: same signer,
+    /// nonce and signature, another call. The batch digest and the primary's signature are
+    /// right, so only the client signature check can catch it.
+    ForgedRequest,
+    /// As primary, adds to every pre-prepare the requests it proposed at the sequence number
+    /// before: validly signed and already ordered, so the second copy must execute as a denied
+    /// replay.
+    Replay,
 }
 
 /// The faults of one run.
@@ -78,7 +87,7 @@ impl Scenario {
         };
         let byz_node = rng.random_range(0..4usize);
         let byz = |kind| Some((byz_node, kind));
-        match seed % 8 {
+        match seed % 10 {
             0 => base,
             1 => Self {
                 name: "partition and heal",
@@ -108,6 +117,16 @@ impl Scenario {
             6 => Self {
                 name: "byzantine conflicting votes",
                 byzantine: byz(Byzantine::ConflictingVotes),
+                ..base
+            },
+            7 => Self {
+                name: "byzantine primary forges a request",
+                byzantine: Some((0, Byzantine::ForgedRequest)),
+                ..base
+            },
+            8 => Self {
+                name: "byzantine primary replays requests",
+                byzantine: Some((0, Byzantine::Replay)),
                 ..base
             },
             _ => Self {
@@ -223,6 +242,8 @@ pub struct Sim {
     side: Option<BTreeSet<usize>>,
     faults_pending: usize,
     lost: u64,
+    /// What a replaying primary first proposed at each sequence number.
+    proposed: BTreeMap<SeqNo, Vec<SignedTx>>,
     agreement: Agreement,
     validity: Validity,
     order: Order,
@@ -314,6 +335,7 @@ impl Sim {
             side: None,
             faults_pending: 0,
             lost: 0,
+            proposed: BTreeMap::new(),
             agreement: Agreement::default(),
             order: Order::new(n),
             liveness: Liveness::default(),
@@ -375,7 +397,7 @@ impl Sim {
                             Event::Deliver {
                                 to,
                                 from: b,
-                                wire: Wire::Request(forged.clone()),
+                                wire: Wire::Requests(vec![forged.clone()]),
                             },
                         );
                     }
@@ -525,7 +547,7 @@ impl Sim {
             ),
             Event::Submit(to, t) => {
                 let tx = self.txs[t].clone();
-                self.input(to, PeerInput::Client(tx))
+                self.input(to, PeerInput::Client(vec![tx]))
             }
             Event::ClientRetry => {
                 // PBFT clients re-send unanswered requests to every replica (paper §4.1).
@@ -639,7 +661,7 @@ impl Sim {
                     }
                     sends.push(Effect::SetTimer(t));
                 }
-                Effect::Certified(_) => {}
+                Effect::Certified(_) | Effect::Rejected(_) => {}
                 other => sends.push(other),
             }
         }
@@ -753,6 +775,49 @@ impl Sim {
                 body.digest = random;
                 Message::Checkpoint(Signed::new(&key, me, body))
             }
+            (Byzantine::ForgedRequest, Message::PrePrepare(pp)) => {
+                let mut batch = pp.body.batch.clone();
+                if let Some(twin) = batch.txs.first().and_then(forged_twin) {
+                    batch.txs.push(twin);
+                }
+                Message::PrePrepare(Signed::new(
+                    &key,
+                    me,
+                    PrePrepare {
+                        digest: batch.digest(),
+                        batch,
+                        ..pp.body
+                    },
+                ))
+            }
+            (Byzantine::Replay, Message::PrePrepare(pp)) => {
+                // The same corruption for every backup and every retransmission: the requests
+                // first proposed at the previous sequence number.
+                let seq = pp.body.seq;
+                self.proposed
+                    .entry(seq)
+                    .or_insert_with(|| pp.body.batch.txs.clone());
+                let mut batch = pp.body.batch.clone();
+                let before = self
+                    .proposed
+                    .get(&SeqNo(seq.0.saturating_sub(1)))
+                    .cloned()
+                    .unwrap_or_default();
+                batch.txs.extend(
+                    before
+                        .into_iter()
+                        .filter(|tx| !pp.body.batch.txs.contains(tx)),
+                );
+                Message::PrePrepare(Signed::new(
+                    &key,
+                    me,
+                    PrePrepare {
+                        digest: batch.digest(),
+                        batch,
+                        ..pp.body
+                    },
+                ))
+            }
             (_, m) => m,
         };
         Some(Wire::Consensus(msg))
@@ -767,6 +832,21 @@ impl Sim {
             .max()
             .unwrap_or_default()
     }
+}
+
+/// `tx` with another call under its signature: the same signer and nonce, another id, and no
+/// valid signature.
+fn forged_twin(tx: &SignedTx) -> Option<SignedTx> {
+    let mut body = tx.body().ok()?;
+    body.call = Call::RecordAccess {
+        subject: Digest::of(b"forged"),
+        access: Access::Export,
+        purpose: "forged".into(),
+    };
+    Some(SignedTx {
+        payload: crate::codec::encode(&body).ok()?,
+        ..tx.clone()
+    })
 }
 
 /// Runs the scenario of `seed`.

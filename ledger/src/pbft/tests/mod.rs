@@ -96,7 +96,7 @@ fn normal_case_pre_prepare_prepare_commit() {
         vec![TestStep {
             desc: "primary 0 batches a request, relays it and persists before sending",
             replica: 0,
-            input: Input::Request(tx(1)),
+            input: Input::Request(vec![tx(1)]),
             expected_outputs: |o| {
                 matches!(o.first(), Some(Output::Persist))
                     && o.iter().any(|x| matches!(x, Output::Relay(_)))
@@ -164,7 +164,7 @@ fn normal_case_pre_prepare_prepare_commit() {
 #[test]
 fn invalid_pre_prepares_are_dropped_and_faulty_primaries_replaced() {
     let mut r = replicas();
-    let out = r[0].handle(Input::Request(tx(1)));
+    let out = r[0].handle(Input::Request(vec![tx(1)]));
     let pp = pre_prepare_of(&out);
     let keys = keys();
 
@@ -270,13 +270,130 @@ fn forged_client_requests_are_never_ordered() {
         vec![TestStep {
             desc: "bad client signature: dropped, no pre-prepare",
             replica: 0,
-            input: Input::Request(forged),
+            input: Input::Request(vec![forged]),
             expected_outputs: |o| {
-                broadcasts(o).is_empty() && !o.iter().any(|x| matches!(x, Output::Relay(_)))
+                broadcasts(o).is_empty()
+                    && !o.iter().any(|x| matches!(x, Output::Relay(_)))
+                    && o.iter().any(|x| matches!(x, Output::Rejected(_)))
             },
             expected_state: |r| r.pending() == 0 && r.dropped() == 1,
         }],
     );
+}
+
+/// `tx(n)` with another call but the very signature of `tx(n)`: the same signer and nonce, a
+/// different id, and no valid signature.
+fn forged_twin(n: u64) -> SignedTx {
+    let body = TxBody {
+        ledger: genesis(),
+        nonce: n,
+        call: crate::contracts::Call::RecordAccess {
+            subject: Digest::of(b"another subject"),
+            access: crate::contracts::Access::Read,
+            purpose: String::new(),
+        },
+    };
+    let mut twin = SignedTx::sign(&KeyPair::from_label("client"), &body).expect("sign");
+    twin.signature = tx(n).signature;
+    twin
+}
+
+/// A pre-prepare signed by replica 0 (the primary of view 0) for `seq` with `txs`.
+fn pre_prepare(seq: u64, txs: Vec<SignedTx>) -> Signed<PrePrepare> {
+    let batch = Batch {
+        timestamp: Time(1),
+        txs,
+    };
+    Signed::new(
+        &keys()[0],
+        ReplicaId(0),
+        PrePrepare {
+            view: View(0),
+            seq: SeqNo(seq),
+            digest: batch.digest(),
+            batch,
+        },
+    )
+}
+
+fn starts_view_change(out: &[Output]) -> bool {
+    broadcasts(out)
+        .iter()
+        .any(|m| matches!(m, Message::ViewChange(v) if v.body.new_view == View(1)))
+}
+
+fn prepares(out: &[Output]) -> bool {
+    broadcasts(out)
+        .iter()
+        .any(|m| matches!(m, Message::Prepare(_)))
+}
+
+#[test]
+fn a_checked_request_does_not_vouch_for_another_with_the_same_signer_and_nonce() {
+    let mut r = replicas();
+    run(
+        &mut r,
+        vec![
+            TestStep {
+                desc: "the genuine request arrives relayed, is checked and is pending",
+                replica: 1,
+                input: Input::Relayed(vec![tx(1)]),
+                expected_outputs: |o| broadcasts(o).is_empty(),
+                expected_state: |r| r.pending() == 1 && r.dropped() == 0,
+            },
+            TestStep {
+                desc: "a pre-prepare with a twin under the genuine signature: the twin has \
+                       its own id, is checked, fails, and the primary is replaced",
+                replica: 1,
+                input: Input::Message(Message::PrePrepare(pre_prepare(1, vec![forged_twin(1)]))),
+                expected_outputs: |o| starts_view_change(o) && !prepares(o),
+                expected_state: |r| r.status() == Status::ViewChange,
+            },
+        ],
+    );
+    // The same twin handed in by a client is dropped and reported to the host.
+    let mut r = replicas();
+    let _ = r[2].handle(Input::Request(vec![tx(1)]));
+    let twin = forged_twin(1);
+    let id = twin.digest();
+    let out = r[2].handle(Input::Request(vec![twin]));
+    assert!(out.contains(&Output::Rejected(id)), "{out:#?}");
+    assert_eq!(r[2].pending(), 1);
+}
+
+#[test]
+fn pre_prepared_requests_are_checked_once_and_forged_ones_still_fail() {
+    let mut r = replicas();
+    // Replica 1 has tx(1) pending (checked); tx(2) and tx(3) it sees first in the pre-prepare,
+    // where they are checked as one batch.
+    let _ = r[1].handle(Input::Relayed(vec![tx(1)]));
+    let out = r[1].handle(Input::Message(Message::PrePrepare(pre_prepare(
+        1,
+        vec![tx(1), tx(2), tx(3)],
+    ))));
+    assert!(prepares(&out), "valid batch prepared: {out:#?}");
+    // The relays that arrive afterwards are duplicates: known valid, not checked or queued again.
+    let dropped = r[1].dropped();
+    let out = r[1].handle(Input::Relayed(vec![tx(2), tx(3)]));
+    assert!(out.iter().all(|o| !matches!(o, Output::Relay(_))));
+    assert_eq!((r[1].pending(), r[1].dropped()), (1, dropped));
+
+    // A batch mixing valid requests with one forged request is rejected as a whole, whether
+    // the valid ones were known already (tx(1)) or not (tx(4)).
+    let mut forged = tx(5);
+    forged.payload.push(0);
+    let out = r[2].handle(Input::Message(Message::PrePrepare(pre_prepare(
+        1,
+        vec![tx(4), forged, tx(1)],
+    ))));
+    assert!(starts_view_change(&out) && !prepares(&out), "{out:#?}");
+
+    // A request repeated inside one batch is a faulty primary too, however valid.
+    let out = r[3].handle(Input::Message(Message::PrePrepare(pre_prepare(
+        1,
+        vec![tx(1), tx(1)],
+    ))));
+    assert!(starts_view_change(&out) && !prepares(&out), "{out:#?}");
 }
 
 /// Delivers every message until quiet; `Executed` answers every `Committed` with a digest
@@ -292,9 +409,9 @@ fn settle(r: &mut [Replica], queue: Vec<(usize, Output)>, down: &[usize]) -> Vec
                 .map(|t| (t, m.clone()))
                 .collect(),
             Output::Send { to, msg } => vec![(to.0 as usize, msg)],
-            Output::Relay(tx) => {
+            Output::Relay(txs) => {
                 for t in (0..4).filter(|t| *t != from && !down.contains(t)) {
-                    let out = r[t].handle(Input::Relayed(tx.clone()));
+                    let out = r[t].handle(Input::Relayed(txs.clone()));
                     queue.extend(out.into_iter().map(|o| (t, o)));
                 }
                 continue;
@@ -323,7 +440,7 @@ fn checkpoints_become_stable_and_collect_garbage() {
     let mut r = replicas();
     let mut queue = Vec::new();
     for n in 1..=3 {
-        let out = r[0].handle(Input::Request(tx(n)));
+        let out = r[0].handle(Input::Request(vec![tx(n)]));
         queue.extend(out.into_iter().map(|o| (0, o)));
         let committed = settle(&mut r, std::mem::take(&mut queue), &[]);
         assert!(committed.iter().any(|(_, s)| *s == SeqNo(n)));
@@ -343,12 +460,12 @@ fn view_change_re_proposes_prepared_requests_and_restart_keeps_votes() {
     let mut r = replicas();
     // The primary proposes; backups prepare and commit, but replica 0 (the primary) never
     // sees the commits, so it is not the only one to know.
-    let out = r[0].handle(Input::Request(tx(1)));
+    let out = r[0].handle(Input::Request(vec![tx(1)]));
     let queue: Vec<_> = out.into_iter().map(|o| (0, o)).collect();
     let committed = settle(&mut r, queue, &[]);
     assert!(!committed.is_empty());
     // A second request reaches the backups only: the primary is down.
-    let out = r[1].handle(Input::Request(tx(2)));
+    let out = r[1].handle(Input::Request(vec![tx(2)]));
     let queue: Vec<_> = out.into_iter().map(|o| (1, o)).collect();
     settle(&mut r, queue, &[0]);
     // Their timers expire: view change to 1; replica 1 is the new primary.

@@ -1,9 +1,11 @@
 //! Validity: only transactions that a client signed and submitted ever commit; forged or
-//! altered requests injected by a Byzantine peer never do.
+//! altered requests injected by a Byzantine peer never do, and a request committed again (a
+//! replay) never takes effect a second time.
 
 use std::collections::BTreeSet;
 
 use crate::chain::Chain;
+use crate::contracts::Position;
 use crate::crypto::Digest;
 use crate::ids::SeqNo;
 
@@ -20,8 +22,18 @@ impl Validity {
             let Some(b) = chain.block(SeqNo(h)) else {
                 continue;
             };
-            for tx in &b.txs {
+            for (i, (tx, outcome)) in b.txs.iter().zip(&b.outcomes).enumerate() {
                 let id = tx.digest();
+                let here = Position {
+                    seq: SeqNo(h),
+                    index: i as u32,
+                };
+                if chain.position(&id) != Some(here) && !outcome.is_replay() {
+                    return Err(format!(
+                        "validity: peer{node} executed tx {id:?} again at #{h} \
+                         without denying it as a replay: {outcome:?}"
+                    ));
+                }
                 if !tx.verify() {
                     return Err(format!(
                         "validity: peer{node} committed unsigned tx {id:?} at #{h}"
