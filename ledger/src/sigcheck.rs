@@ -296,9 +296,9 @@ mod tests {
         )
         .expect("hex");
         let mut carry = 0u16;
-        for (s_byte, l_byte) in sig.0[32..].iter_mut().zip(ell) {
-            let v = u16::from(*s_byte) + u16::from(l_byte) + carry;
-            *s_byte = v as u8;
+        for (s, l) in sig.0[32..].iter_mut().zip(ell) {
+            let v = u16::from(*s) + u16::from(l) + carry;
+            *s = v as u8;
             carry = v >> 8;
         }
         items[20] = Item::new(&key.public(), &sig, &[&20u32.to_be_bytes()]);
