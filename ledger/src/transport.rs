@@ -334,15 +334,47 @@ pub async fn run_node(
         .map_err(|e| Error::Config(format!("listen address {listen:?}: {e}")))?;
     let store = crate::store::Store::open(&cfg.store_path())?;
     let (handle, rx) = crate::node::channel_for(id);
-    let net = Arc::new(GrpcNetwork::start(&genesis, id));
     let replica = cfg.consensus.replica_config(&genesis, id);
-    let node = crate::node::start(handle.clone(), rx, genesis, replica, key, store, net)?;
-    // Stop at once on shutdown: a graceful drain would wait for the other peers' streams,
-    // which never end.
-    let served = tokio::select! {
-        r = serve(handle, addr, std::future::pending()) => r,
-        () = shutdown => Ok(()),
+    // The peer's network IO (its gRPC server and its links to the other peers) runs on one
+    // thread of its own, next to the consensus thread of `node::start`, instead of on the
+    // caller's multi-threaded runtime: every message crosses from IO to consensus anyway, and
+    // with several workers it also hops between workers, which on a small machine hosting
+    // several peers costs more CPU in context switches than the IO itself.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<Result<()>>();
+    std::thread::Builder::new()
+        .name(format!("ledger-io{}", id.0))
+        .spawn(move || {
+            let io = || -> Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::io("io runtime", e))?;
+                rt.block_on(async move {
+                    let net = Arc::new(GrpcNetwork::start(&genesis, id));
+                    let node =
+                        crate::node::start(handle.clone(), rx, genesis, replica, key, store, net)?;
+                    // Stop at once on shutdown: a graceful drain would wait for the other
+                    // peers' streams, which never end.
+                    let served = tokio::select! {
+                        r = serve(handle, addr, std::future::pending()) => r,
+                        _ = stop_rx => Ok(()),
+                    };
+                    node.stop()?;
+                    served
+                })
+                // The runtime is dropped here, closing the listener before `done` is sent.
+            };
+            let _ = done_tx.send(io());
+        })
+        .map_err(|e| Error::io("io thread", e))?;
+    let stopped = |r: std::result::Result<Result<()>, _>| {
+        r.unwrap_or_else(|_| Err(Error::Stopped(format!("{id}: the io thread died"))))
     };
-    node.stop()?;
-    served
+    tokio::select! {
+        r = &mut done_rx => return stopped(r),
+        () = shutdown => {}
+    }
+    let _ = stop_tx.send(());
+    stopped(done_rx.await)
 }
