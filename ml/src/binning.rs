@@ -32,7 +32,7 @@ pub const MISSING_BIN: u16 = 0;
 #[serde(rename_all = "snake_case", tag = "type")]
 pub enum FeatureBins {
     /// Value bin `k` (stored as `k + 1`) holds the values with exactly `k` edges below them, so
-    /// "bin ≤ k + 1" is "value ≤ edges[k]".
+    /// `bin ≤ k + 1` is `value ≤ edges[k]`.
     Continuous {
         /// Strictly increasing candidate thresholds.
         #[serde(with = "crate::exact::vec")]
