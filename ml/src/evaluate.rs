@@ -58,6 +58,7 @@ pub async fn train_and_evaluate(
     on_step: &(dyn Fn(Step) + Send + Sync),
 ) -> Result<TrainingReport> {
     on_step(Step::Binning);
+    tracing::debug!("training starts");
     let binned = BinnedDataset::prepare(data, spec, params, evaluation, storage).await?;
     let mut folds = Vec::new();
     for k in 0..evaluation.folds {
@@ -73,6 +74,7 @@ pub async fn train_and_evaluate(
         RowSet::All
     };
     let model = binned.fit(train).await?;
+    tracing::debug!("trained");
     on_step(Step::Test);
     let (test, baseline, roc, test_rows) = if evaluation.test_fraction > 0.0 {
         let (labels, scores) = binned.score(&model, RowSet::Test).await?;
@@ -90,6 +92,7 @@ pub async fn train_and_evaluate(
     } else {
         (None, None, Vec::new(), 0)
     };
+    tracing::debug!("evaluated");
     Ok(TrainingReport {
         train_rows: model.training.rows,
         rows: binned.profile().rows,

@@ -8,7 +8,8 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, Float64Array, Int64Array, StringArray, UInt64Array,
+    Array, ArrayRef, AsArray, Float64Array, Int64Array, LargeStringArray, StringArray,
+    StringViewArray, UInt64Array,
 };
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
@@ -93,11 +94,14 @@ impl RowHasher {
     }
 }
 
-/// A column brought to one of the three canonical types the hash reads.
+/// A column brought to one of the three canonical types the hash reads. Strings are read in
+/// place in any of Arrow's string layouts (they hash alike), which spares a copy of the column.
 enum Canonical {
     Int(Int64Array),
     Float(Float64Array),
     Str(StringArray),
+    LargeStr(LargeStringArray),
+    ViewStr(StringViewArray),
     Null,
 }
 
@@ -118,6 +122,10 @@ fn canonical(array: &ArrayRef) -> DfResult<Canonical> {
                 .as_primitive::<Float64Type>()
                 .clone(),
         )
+    } else if dt == &DataType::Utf8View {
+        Canonical::ViewStr(array.as_string_view().clone())
+    } else if dt == &DataType::LargeUtf8 {
+        Canonical::LargeStr(array.as_string::<i64>().clone())
     } else {
         Canonical::Str(cast(array, &DataType::Utf8)?.as_string::<i32>().clone())
     })
@@ -138,6 +146,8 @@ pub(crate) fn hash_columns(seed: u64, columns: &[ArrayRef], rows: usize) -> DfRe
                 Canonical::Int(a) if a.is_valid(row) => h.int(a.value(row)),
                 Canonical::Float(a) if a.is_valid(row) => h.float(a.value(row)),
                 Canonical::Str(a) if a.is_valid(row) => h.bytes(a.value(row).as_bytes()),
+                Canonical::LargeStr(a) if a.is_valid(row) => h.bytes(a.value(row).as_bytes()),
+                Canonical::ViewStr(a) if a.is_valid(row) => h.bytes(a.value(row).as_bytes()),
                 _ => h.null(),
             }
         }
@@ -224,7 +234,7 @@ pub(crate) fn fraction_threshold(fraction: f64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::array::{Int32Array, Int64Array, LargeStringArray, StringArray};
+    use datafusion::arrow::array::Int32Array;
 
     use super::*;
 
@@ -236,12 +246,18 @@ mod tests {
             hash_columns(7, &[a], 3).unwrap(),
             hash_columns(7, &[b], 3).unwrap()
         );
-        let s: ArrayRef = Arc::new(StringArray::from(vec!["v1", "v2"]));
-        let l: ArrayRef = Arc::new(LargeStringArray::from(vec!["v1", "v2"]));
-        assert_eq!(
-            hash_columns(7, &[s], 2).unwrap(),
-            hash_columns(7, &[l], 2).unwrap()
-        );
+        // Long enough for views that point into a data buffer, with a null among them.
+        let values = vec![
+            Some("v1"),
+            None,
+            Some("a visit key longer than twelve bytes"),
+        ];
+        let s: ArrayRef = Arc::new(StringArray::from(values.clone()));
+        let l: ArrayRef = Arc::new(LargeStringArray::from(values.clone()));
+        let v: ArrayRef = Arc::new(StringViewArray::from(values));
+        let expected = hash_columns(7, &[s], 3).unwrap();
+        assert_eq!(expected, hash_columns(7, &[l], 3).unwrap());
+        assert_eq!(expected, hash_columns(7, &[v], 3).unwrap());
     }
 
     #[test]

@@ -58,7 +58,8 @@ fn ratio(a: u64, b: u64) -> f64 {
 /// (score, positives, negatives) for each distinct score, highest first.
 fn groups(labels: &[u8], scores: &[f64]) -> Vec<(f64, u64, u64)> {
     let mut pairs: Vec<(f64, u8)> = scores.iter().copied().zip(labels.iter().copied()).collect();
-    pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+    // Rows with equal scores are summed into one group, so their order does not matter.
+    pairs.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
     let mut out: Vec<(f64, u64, u64)> = Vec::new();
     for (s, l) in pairs {
         match out.last_mut() {

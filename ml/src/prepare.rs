@@ -9,8 +9,12 @@
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast as cast_array;
 use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type};
-use datafusion::functions_aggregate::expr_fn::{count, max, min, sum};
+use datafusion::common::stats::Precision;
+use datafusion::functions::core::expr_fn::named_struct;
+use datafusion::functions_aggregate::expr_fn::{array_agg, count, max, min, sum};
+use datafusion::logical_expr::ExprFunctionExt;
 use datafusion::logical_expr::{ExprSchemable, when};
+use datafusion::physical_plan::{StatisticsArgs, StatisticsContext};
 use datafusion::prelude::{DataFrame, Expr, cast, lit};
 
 use crate::binning::{FeatureBins, bin_expr, candidate_edges};
@@ -132,12 +136,110 @@ async fn one_row(df: DataFrame) -> Result<Row> {
     Ok(Row(batch))
 }
 
-/// Profiles the dataset and reports the first bad input, naming the column.
+/// Which rows and values the sketch samples.
+struct SampleQuery {
+    /// Indices of the continuous features.
+    continuous: Vec<usize>,
+    /// Sampled values as `f{i}` (feature `i` as Float64) and `w` (the row weight).
+    values: Vec<Expr>,
+    /// Rows in the sample (`None`: every row).
+    filter: Option<Expr>,
+}
+
+impl SampleQuery {
+    /// The sample of a dataset of `rows` rows; `None` with no continuous feature.
+    fn new(spec: &DatasetSpec, params: &DecisionTreeParams, rows: u64) -> Option<Self> {
+        let continuous: Vec<usize> = spec
+            .features
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| matches!(f.kind, FeatureKind::Continuous { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        if continuous.is_empty() {
+            return None;
+        }
+        let wanted = MIN_SKETCH_ROWS.max((params.max_bins * params.max_bins) as f64);
+        let fraction = wanted / rows as f64;
+        let filter = (fraction < 1.0).then(|| {
+            row_hash_expr(derive_seed(params.seed, SALT_SAMPLE), spec.key_exprs())
+                .lt(lit(fraction_threshold(fraction)))
+        });
+        let mut values: Vec<Expr> = continuous
+            .iter()
+            .map(|i| {
+                cast(column(&spec.features[*i].name), DataType::Float64).alias(format!("f{i}"))
+            })
+            .collect();
+        if let Some(w) = &params.weight_column {
+            values.push(cast(column(w), DataType::Float64).alias("w"));
+        }
+        Some(SampleQuery {
+            continuous,
+            values,
+            filter,
+        })
+    }
+
+    /// `array_agg` of the sampled rows' values as one struct per row.
+    fn aggregate(&self) -> Result<Expr> {
+        let mut fields = Vec::with_capacity(2 * self.values.len());
+        for value in &self.values {
+            let (inner, name) = match value {
+                Expr::Alias(a) => ((*a.expr).clone(), a.name.clone()),
+                other => (other.clone(), other.schema_name().to_string()),
+            };
+            fields.push(lit(name));
+            fields.push(inner);
+        }
+        let agg = array_agg(named_struct(fields));
+        Ok(match &self.filter {
+            Some(f) => agg.filter(f.clone()).build()?,
+            None => agg,
+        })
+    }
+
+    /// Adds a batch of sampled values (columns named as in [`SampleQuery::values`]).
+    fn add(&self, batch: &RecordBatch, samples: &mut [Vec<(f64, f64)>]) {
+        let weights = batch
+            .column_by_name("w")
+            .map(|w| w.as_primitive::<Float64Type>().clone());
+        for i in &self.continuous {
+            let Some(values) = batch.column_by_name(&format!("f{i}")) else {
+                continue;
+            };
+            let values = values.as_primitive::<Float64Type>();
+            for r in 0..values.len() {
+                if values.is_valid(r) {
+                    let w = weights.as_ref().map_or(1.0, |w| w.value(r));
+                    samples[*i].push((values.value(r), w));
+                }
+            }
+        }
+    }
+
+    /// The sample drawn by a scan of its own.
+    async fn collect(&self, data: &DataFrame, features: usize) -> Result<Vec<Vec<(f64, f64)>>> {
+        let mut sample = data.clone();
+        if let Some(f) = &self.filter {
+            sample = sample.filter(f.clone())?;
+        }
+        let mut samples = vec![Vec::new(); features];
+        for batch in sample.select(self.values.clone())?.collect().await? {
+            self.add(&batch, &mut samples);
+        }
+        Ok(samples)
+    }
+}
+
+/// Profiles the dataset and reports the first bad input, naming the column. With a sample
+/// query, the same scan also draws the sketch sample.
 async fn profile(
     data: &DataFrame,
     spec: &DatasetSpec,
     params: &DecisionTreeParams,
-) -> Result<Profile> {
+    sample: Option<&SampleQuery>,
+) -> Result<(Profile, Option<Vec<Vec<(f64, f64)>>>)> {
     let label = column(&spec.label);
     let label_i = cast(label.clone(), DataType::Int64);
     let mut aggs = vec![
@@ -170,6 +272,9 @@ async fn profile(
         aggs.push(count(c.clone()).alias("weight_present"));
         aggs.push(min(c.clone()).alias("weight_min"));
         aggs.push(max(c).alias("weight_max"));
+    }
+    if let Some(sample) = sample {
+        aggs.push(sample.aggregate()?.alias("sample"));
     }
     let row = one_row(data.clone().aggregate(vec![], aggs)?).await?;
     let rows = row.int("rows")?.unwrap_or(0) as u64;
@@ -262,65 +367,35 @@ async fn profile(
             ));
         }
     }
-    Ok(Profile {
-        rows,
-        positives,
-        present,
-    })
+    let sampled = match (sample, row.0.column_by_name("sample")) {
+        (Some(query), Some(list)) => {
+            let mut samples = vec![Vec::new(); spec.features.len()];
+            let list = list.as_list::<i32>();
+            if list.is_valid(0) {
+                let rows = RecordBatch::from(list.value(0).as_struct());
+                query.add(&rows, &mut samples);
+            }
+            Some(samples)
+        }
+        _ => None,
+    };
+    Ok((
+        Profile {
+            rows,
+            positives,
+            present,
+        },
+        sampled,
+    ))
 }
 
-/// Split candidates for every feature from a hash-selected sample.
-async fn sketch(
-    data: &DataFrame,
+/// Split candidates for every feature from its sampled values.
+fn feature_bins(
     spec: &DatasetSpec,
     params: &DecisionTreeParams,
-    rows: u64,
-) -> Result<Vec<FeatureBins>> {
-    let continuous: Vec<usize> = spec
-        .features
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| matches!(f.kind, FeatureKind::Continuous { .. }))
-        .map(|(i, _)| i)
-        .collect();
-    let mut samples: Vec<Vec<(f64, f64)>> = vec![Vec::new(); spec.features.len()];
-    if !continuous.is_empty() {
-        let wanted = MIN_SKETCH_ROWS.max((params.max_bins * params.max_bins) as f64);
-        let fraction = wanted / rows as f64;
-        let mut sample = data.clone();
-        if fraction < 1.0 {
-            let h = row_hash_expr(derive_seed(params.seed, SALT_SAMPLE), spec.key_exprs());
-            sample = sample.filter(h.lt(lit(fraction_threshold(fraction))))?;
-        }
-        let mut select: Vec<Expr> = continuous
-            .iter()
-            .map(|i| {
-                cast(column(&spec.features[*i].name), DataType::Float64).alias(format!("f{i}"))
-            })
-            .collect();
-        if let Some(w) = &params.weight_column {
-            select.push(cast(column(w), DataType::Float64).alias("w"));
-        }
-        for batch in sample.select(select)?.collect().await? {
-            let weights = batch
-                .column_by_name("w")
-                .map(|w| w.as_primitive::<Float64Type>().clone());
-            for i in &continuous {
-                let Some(values) = batch.column_by_name(&format!("f{i}")) else {
-                    continue;
-                };
-                let values = values.as_primitive::<Float64Type>();
-                for r in 0..values.len() {
-                    if values.is_valid(r) {
-                        let w = weights.as_ref().map_or(1.0, |w| w.value(r));
-                        samples[*i].push((values.value(r), w));
-                    }
-                }
-            }
-        }
-    }
-    Ok(spec
-        .features
+    samples: Vec<Vec<(f64, f64)>>,
+) -> Vec<FeatureBins> {
+    spec.features
         .iter()
         .zip(samples)
         .map(|(f, sample)| match f.kind {
@@ -329,7 +404,18 @@ async fn sketch(
             },
             FeatureKind::Categorical { categories, .. } => FeatureBins::Categorical { categories },
         })
-        .collect())
+        .collect()
+}
+
+/// The row count of `data` when its plan knows it without a scan (Parquet footers, tables in
+/// memory).
+async fn known_rows(data: &DataFrame) -> Result<Option<u64>> {
+    let plan = data.clone().create_physical_plan().await?;
+    let stats = StatisticsContext::new().compute(plan.as_ref(), &StatisticsArgs::new())?;
+    Ok(match stats.num_rows {
+        Precision::Exact(n) => Some(n as u64),
+        _ => None,
+    })
 }
 
 impl BinnedDataset {
@@ -344,8 +430,22 @@ impl BinnedDataset {
         params.validate()?;
         evaluation.validate()?;
         spec.check_schema(data.schema().as_arrow(), params.weight_column.as_deref())?;
-        let profile = profile(&data, spec, params).await?;
-        let bins = sketch(&data, spec, params, profile.rows).await?;
+        // Which rows the sketch samples depends on the row count. When the plan knows it, the
+        // profile's scan draws the sample too; otherwise a second scan does, once the profile
+        // has counted.
+        let known = known_rows(&data).await?;
+        let early = known.and_then(|rows| SampleQuery::new(spec, params, rows));
+        let (profile, sampled) = profile(&data, spec, params, early.as_ref()).await?;
+        tracing::debug!(rows = profile.rows, "profiled");
+        let samples = match sampled {
+            Some(samples) if known == Some(profile.rows) => samples,
+            _ => match SampleQuery::new(spec, params, profile.rows) {
+                Some(query) => query.collect(&data, spec.features.len()).await?,
+                None => vec![Vec::new(); spec.features.len()],
+            },
+        };
+        let bins = feature_bins(spec, params, samples);
+        tracing::debug!("sketched");
 
         let keys = spec.key_exprs();
         let mut select = vec![cast(column(&spec.label), DataType::UInt8).alias(LABEL_COL)];
@@ -370,13 +470,22 @@ impl BinnedDataset {
             lit(0u32)
         };
         select.push(fold.alias(FOLD_COL));
+        // One byte per bin when every feature fits: each pass reads half as much.
+        let narrow = bins.iter().all(|b| b.num_bins() <= 256);
         for (i, (f, b)) in spec.features.iter().zip(&bins).enumerate() {
-            select.push(bin_expr(column(&f.name), &f.name, b)?.alias(bin_col(i)));
+            let bin = bin_expr(column(&f.name), &f.name, b)?;
+            let bin = if narrow {
+                cast(bin, DataType::UInt8)
+            } else {
+                bin
+            };
+            select.push(bin.alias(bin_col(i)));
         }
         let mut df = data.select(select)?;
         if storage == Storage::Memory {
             df = df.cache().await?;
         }
+        tracing::debug!("binned");
         // The schema is known now; make sure the plan is well typed before training starts.
         let _ = column(LABEL_COL).get_type(df.schema())?;
         Ok(BinnedDataset {
@@ -411,5 +520,66 @@ impl BinnedDataset {
             None => self.df.clone(),
         };
         Ok(df.count().await? as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::Float64Array;
+    use datafusion::arrow::datatypes::{Field, Schema};
+    use datafusion::datasource::MemTable;
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+    use crate::synthetic::{stroke_spec, stroke_table};
+
+    #[tokio::test]
+    async fn the_profile_draws_the_same_sample_as_a_scan_of_its_own() {
+        // More rows than the sketch samples, so the sample is a hash-selected subset; a weight
+        // column, so values travel with their row's weight.
+        let batch = stroke_table(30_000, 11, false).unwrap();
+        let weights = Float64Array::from_iter_values((0..30_000).map(|i| f64::from(1 + i % 3)));
+        let mut fields = batch.schema().fields().to_vec();
+        fields.push(Arc::new(Field::new("w", DataType::Float64, false)));
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(weights));
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
+        let ctx = SessionContext::new();
+        let known = ctx.read_table(Arc::new(table)).unwrap();
+        // A filter that keeps every row, but leaves the row count unknown to the plan.
+        let unknown = known
+            .clone()
+            .filter(column("stroke").gt_eq(lit(0i64)))
+            .unwrap();
+        assert_eq!(known_rows(&known).await.unwrap(), Some(30_000));
+        assert_eq!(known_rows(&unknown).await.unwrap(), None);
+        let spec = stroke_spec();
+        for weight_column in [None, Some("w".to_string())] {
+            let params = DecisionTreeParams {
+                weight_column,
+                ..Default::default()
+            };
+            let mut bins = Vec::new();
+            for data in [known.clone(), unknown.clone()] {
+                let binned = BinnedDataset::prepare(
+                    data,
+                    &spec,
+                    &params,
+                    &EvaluationConfig::default(),
+                    Storage::Inline,
+                )
+                .await
+                .unwrap();
+                bins.push(binned.bins().to_vec());
+            }
+            assert_eq!(bins[0], bins[1]);
+            match &bins[0][0] {
+                FeatureBins::Continuous { edges } => assert_eq!(edges.len(), 31),
+                other => panic!("age is continuous: {other:?}"),
+            }
+        }
     }
 }

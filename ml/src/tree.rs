@@ -73,6 +73,20 @@ struct GrowNode {
     stats: Option<Stats>,
     split: Option<Candidate>,
     children: Option<(usize, usize)>,
+    /// This node's histogram, kept only while one child's histogram is still to be derived
+    /// from it.
+    hist: Option<Vec<u64>>,
+}
+
+/// A node whose histogram the next passes accumulate.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    node: usize,
+    /// Whether to look for a split of `node` itself (it may be accumulated only so that its
+    /// sibling can be derived).
+    split: bool,
+    /// The sibling whose histogram is the parent's minus this one's, and the parent.
+    sibling: Option<(usize, usize)>,
 }
 
 impl BinnedDataset {
@@ -99,10 +113,17 @@ impl BinnedDataset {
             .weight_column
             .as_ref()
             .map(|_| column(WEIGHT_COL));
-        let agg =
-            histogram_expr(spec, column(LABEL_COL), weight, self.bin_exprs())?.alias("histogram");
+        let agg = histogram_expr(
+            spec,
+            column(LABEL_COL),
+            weight,
+            rows.filter(),
+            self.bin_exprs(),
+        )?
+        .alias("histogram");
         let batches = self
-            .rows_df(rows)?
+            .df
+            .clone()
             .aggregate(vec![], vec![agg])?
             .collect()
             .await?;
@@ -146,77 +167,89 @@ impl BinnedDataset {
     }
 
     /// Trains a tree on a row set: one pass per level (more if the memory budget is tight).
+    ///
+    /// Only the smaller child of each split is accumulated in a pass; the larger one's
+    /// histogram is its parent's minus the smaller one's (LightGBM's subtraction). Counters are
+    /// integers, so a derived histogram is exactly the one a pass would have returned, and the
+    /// tree is the same as if every node were accumulated.
     pub async fn fit(&self, rows: RowSet) -> Result<DecisionTreeModel> {
         let params = &self.params;
         let weighted = params.weight_column.is_some();
         let layout = self.layout();
         let budget = params.max_memory_mb.saturating_mul(1 << 20);
         let per_pass = (budget / layout.bytes_per_node().max(1)).max(1);
-        let mut scoring = Scoring {
-            impurity: params.impurity,
-            class_weights: [1.0, 1.0],
-            weighted,
-            min_instances: params.min_instances_per_node,
-            min_info_gain: params.min_info_gain,
+        let mut grower = Grower {
+            dataset: self,
+            layout: &layout,
+            scoring: Scoring {
+                impurity: params.impurity,
+                class_weights: [1.0, 1.0],
+                weighted,
+                min_instances: params.min_instances_per_node,
+                min_info_gain: params.min_info_gain,
+            },
+            nodes: vec![GrowNode {
+                id: 1,
+                depth: 0,
+                stats: None,
+                split: None,
+                children: None,
+                hist: None,
+            }],
+            queue: VecDeque::from([Pending {
+                node: 0,
+                split: true,
+                sibling: None,
+            }]),
         };
-        let mut nodes = vec![GrowNode {
-            id: 1,
-            depth: 0,
-            stats: None,
-            split: None,
-            children: None,
-        }];
-        let mut queue: VecDeque<usize> = VecDeque::from([0]);
         let mut passes = 0u32;
-        while !queue.is_empty() {
-            let group: Vec<usize> = queue.drain(..per_pass.min(queue.len())).collect();
-            let spec = route_spec(&nodes, &group, &layout, weighted, |_| 0.0);
+        while !grower.queue.is_empty() {
+            let group: Vec<Pending> = grower
+                .queue
+                .drain(..per_pass.min(grower.queue.len()))
+                .collect();
+            let open: Vec<usize> = group.iter().map(|p| p.node).collect();
+            let spec = route_spec(
+                &grower.nodes,
+                &open,
+                &layout,
+                weighted,
+                rows.filter().is_some(),
+                |_| 0.0,
+            );
             let hist = self.pass(&spec, &layout, rows).await?;
             passes += 1;
             tracing::debug!(pass = passes, nodes = group.len(), "histogram pass");
-            for (slot, &index) in group.iter().enumerate() {
+            for (slot, pending) in group.iter().enumerate() {
                 let block = &hist[slot * layout.node_stride..(slot + 1) * layout.node_stride];
-                if nodes[index].stats.is_none() {
+                if grower.nodes[pending.node].stats.is_none() {
                     let stats = node_stats(block, &layout);
                     if stats.rows() == 0 {
                         return Err(Error::EmptyDataset {
                             what: format!("no training rows in {rows:?}"),
                         });
                     }
-                    scoring.class_weights = self.class_weights(&stats, weighted)?;
-                    nodes[index].stats = Some(stats);
+                    grower.scoring.class_weights = self.class_weights(&stats, weighted)?;
+                    grower.nodes[pending.node].stats = Some(stats);
                 }
-                let Some(candidate) = best_split(block, &layout, &self.bins, &scoring) else {
-                    continue;
-                };
-                let depth = nodes[index].depth + 1;
-                let id = nodes[index].id;
-                let mut child = |stats: Stats, id: u64| {
-                    nodes.push(GrowNode {
-                        id,
-                        depth,
-                        stats: Some(stats),
-                        split: None,
-                        children: None,
-                    });
-                    nodes.len() - 1
-                };
-                let left = child(candidate.left, 2 * id);
-                let right = child(candidate.right, 2 * id + 1);
-                nodes[index].split = Some(candidate);
-                nodes[index].children = Some((left, right));
-                for c in [left, right] {
-                    let stats = nodes[c].stats.unwrap_or_default();
-                    let splittable = (depth as usize) < params.max_depth
-                        && stats.rows() >= 2 * params.min_instances_per_node
-                        && stats.count[0] > 0
-                        && stats.count[1] > 0;
-                    if splittable {
-                        queue.push_back(c);
+                if pending.split {
+                    grower.split(pending.node, block);
+                }
+                if let Some((sibling, parent)) = pending.sibling {
+                    let Some(mut parent_hist) = grower.nodes[parent].hist.take() else {
+                        return Err(Error::Model {
+                            path: "(training)".into(),
+                            reason: format!("node {} lost its histogram", grower.nodes[parent].id),
+                        });
+                    };
+                    for (p, c) in parent_hist.iter_mut().zip(block.iter()) {
+                        *p = p.wrapping_sub(*c);
                     }
+                    grower.split(sibling, &parent_hist);
                 }
             }
         }
+        let Grower { scoring, nodes, .. } = grower;
         let root = nodes[0].stats.unwrap_or_default();
         let mut out = Vec::with_capacity(nodes.len());
         self.emit(&nodes, 0, &scoring, &mut out)?;
@@ -361,6 +394,7 @@ impl BinnedDataset {
         Ok(PassSpec {
             bins: layout.bins.iter().map(|b| *b as u32).collect(),
             weighted: false,
+            filtered: false,
             nodes: route,
             slots: 0,
         })
@@ -389,14 +423,83 @@ impl BinnedDataset {
     }
 }
 
+/// The growing tree and the nodes waiting for a pass.
+struct Grower<'a> {
+    dataset: &'a BinnedDataset,
+    layout: &'a Layout,
+    scoring: Scoring,
+    nodes: Vec<GrowNode>,
+    queue: VecDeque<Pending>,
+}
+
+impl Grower<'_> {
+    /// Splits `index` by its histogram if a split is allowed, and queues the pass work its
+    /// children need: the smaller child is accumulated (if either child may split), the larger
+    /// one derived from this node's histogram (if it may split).
+    fn split(&mut self, index: usize, block: &[u64]) {
+        let params = &self.dataset.params;
+        let Some(candidate) = best_split(block, self.layout, &self.dataset.bins, &self.scoring)
+        else {
+            return;
+        };
+        let depth = self.nodes[index].depth + 1;
+        let id = self.nodes[index].id;
+        let splittable = |stats: &Stats| {
+            (depth as usize) < params.max_depth
+                && stats.rows() >= 2 * params.min_instances_per_node
+                && stats.count[0] > 0
+                && stats.count[1] > 0
+        };
+        let (left_ok, right_ok) = (splittable(&candidate.left), splittable(&candidate.right));
+        let left_smaller = candidate.left.rows() <= candidate.right.rows();
+        let mut child = |stats: Stats, id: u64| {
+            self.nodes.push(GrowNode {
+                id,
+                depth,
+                stats: Some(stats),
+                split: None,
+                children: None,
+                hist: None,
+            });
+            self.nodes.len() - 1
+        };
+        let left = child(candidate.left, 2 * id);
+        let right = child(candidate.right, 2 * id + 1);
+        self.nodes[index].split = Some(candidate);
+        self.nodes[index].children = Some((left, right));
+        if !(left_ok || right_ok) {
+            return;
+        }
+        let ((small, small_ok), (large, large_ok)) = if left_smaller {
+            ((left, left_ok), (right, right_ok))
+        } else {
+            ((right, right_ok), (left, left_ok))
+        };
+        let sibling = large_ok.then_some((large, index));
+        if sibling.is_some() {
+            self.nodes[index].hist = Some(block.to_vec());
+        }
+        self.queue.push_back(Pending {
+            node: small,
+            split: small_ok,
+            sibling,
+        });
+    }
+}
+
 /// The tree as a pass sees it: splits so far, the group's nodes open, everything else a leaf.
 fn route_spec(
     nodes: &[GrowNode],
     group: &[usize],
     layout: &Layout,
     weighted: bool,
+    filtered: bool,
     score: impl Fn(&GrowNode) -> f64,
 ) -> PassSpec {
+    let mut slots = vec![None; nodes.len()];
+    for (slot, &node) in group.iter().enumerate() {
+        slots[node] = Some(slot as u32);
+    }
     let route = nodes
         .iter()
         .enumerate()
@@ -407,8 +510,8 @@ fn route_spec(
                 left: l as u32,
                 right: r as u32,
             },
-            _ => match group.iter().position(|g| *g == i) {
-                Some(slot) => RouteNode::Open { slot: slot as u32 },
+            _ => match slots[i] {
+                Some(slot) => RouteNode::Open { slot },
                 None => RouteNode::Leaf { score: score(n) },
             },
         })
@@ -416,7 +519,78 @@ fn route_spec(
     PassSpec {
         bins: layout.bins.iter().map(|b| *b as u32).collect(),
         weighted,
+        filtered,
         nodes: route,
         slots: group.len() as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::datasource::MemTable;
+    use datafusion::prelude::SessionContext;
+
+    use super::*;
+    use crate::synthetic::{stroke_spec, stroke_table};
+
+    #[tokio::test]
+    async fn a_derived_histogram_is_the_one_a_pass_accumulates() {
+        let batch = stroke_table(2000, 5, false).unwrap();
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
+        let data = SessionContext::new().read_table(Arc::new(table)).unwrap();
+        let params = DecisionTreeParams::default();
+        let binned = BinnedDataset::prepare(
+            data,
+            &stroke_spec(),
+            &params,
+            &EvaluationConfig::default(),
+            Storage::Memory,
+        )
+        .await
+        .unwrap();
+        let layout = binned.layout();
+        let scoring = Scoring {
+            impurity: params.impurity,
+            class_weights: [1.0, 1.0],
+            weighted: false,
+            min_instances: 1,
+            min_info_gain: 0.0,
+        };
+        let mut nodes = vec![GrowNode {
+            id: 1,
+            depth: 0,
+            stats: None,
+            split: None,
+            children: None,
+            hist: None,
+        }];
+        let spec = route_spec(&nodes, &[0], &layout, false, true, |_| 0.0);
+        let root = binned.pass(&spec, &layout, RowSet::Train).await.unwrap();
+        let split = best_split(&root, &layout, &binned.bins, &scoring).unwrap();
+        for (id, stats) in [(2, split.left), (3, split.right)] {
+            nodes.push(GrowNode {
+                id,
+                depth: 1,
+                stats: Some(stats),
+                split: None,
+                children: None,
+                hist: None,
+            });
+        }
+        nodes[0].split = Some(split);
+        nodes[0].children = Some((1, 2));
+        // Both children accumulated in one pass.
+        let spec = route_spec(&nodes, &[1, 2], &layout, false, true, |_| 0.0);
+        let both = binned.pass(&spec, &layout, RowSet::Train).await.unwrap();
+        let (left, right) = both.split_at(layout.node_stride);
+        let derived: Vec<u64> = root
+            .iter()
+            .zip(left)
+            .map(|(p, l)| p.wrapping_sub(*l))
+            .collect();
+        assert_eq!(derived, right);
+        assert!(right.iter().any(|c| *c > 0));
     }
 }
