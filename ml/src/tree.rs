@@ -78,6 +78,20 @@ struct GrowNode {
     hist: Option<Vec<u64>>,
 }
 
+impl GrowNode {
+    /// The root, before any pass has seen it.
+    fn root() -> Self {
+        Self {
+            id: 1,
+            depth: 0,
+            stats: None,
+            split: None,
+            children: None,
+            hist: None,
+        }
+    }
+}
+
 /// A node whose histogram the next passes accumulate.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
@@ -188,14 +202,7 @@ impl BinnedDataset {
                 min_instances: params.min_instances_per_node,
                 min_info_gain: params.min_info_gain,
             },
-            nodes: vec![GrowNode {
-                id: 1,
-                depth: 0,
-                stats: None,
-                split: None,
-                children: None,
-                hist: None,
-            }],
+            nodes: vec![GrowNode::root()],
             queue: VecDeque::from([Pending {
                 node: 0,
                 split: true,
@@ -558,14 +565,7 @@ mod tests {
             min_instances: 1,
             min_info_gain: 0.0,
         };
-        let mut nodes = vec![GrowNode {
-            id: 1,
-            depth: 0,
-            stats: None,
-            split: None,
-            children: None,
-            hist: None,
-        }];
+        let mut nodes = vec![GrowNode::root()];
         let spec = route_spec(&nodes, &[0], &layout, false, true, |_| 0.0);
         let root = binned.pass(&spec, &layout, RowSet::Train).await.unwrap();
         let split = best_split(&root, &layout, &binned.bins, &scoring).unwrap();

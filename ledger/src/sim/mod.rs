@@ -19,7 +19,7 @@ use crate::chain::{CertifiedBlock, Genesis, PeerInfo};
 use crate::contracts::{Access, Call};
 use crate::crypto::{Digest, KeyPair};
 use crate::ids::{ReplicaId, SeqNo, Time, View};
-use crate::pbft::{Config, Message, PersistentState, PrePrepare, Signed};
+use crate::pbft::{Batch, Config, Message, PersistentState, PrePrepare, Signed};
 use crate::peer::{Effect, Peer, PeerInput, Wire};
 use crate::tx::{SignedTx, TxBody};
 use invariants::{Agreement, Liveness, Order, Validity};
@@ -726,20 +726,25 @@ impl Sim {
             return Some(wire);
         };
         let random = Digest::of(&self.rng.random::<u64>().to_be_bytes());
+        // A pre-prepare for another batch, with its digest, signed by this peer: what an
+        // equivocating, forging or replaying primary sends.
+        let repropose = |body: PrePrepare, batch: Batch| {
+            Message::PrePrepare(Signed::new(
+                &key,
+                me,
+                PrePrepare {
+                    digest: batch.digest(),
+                    batch,
+                    ..body
+                },
+            ))
+        };
         let msg = match (kind, msg) {
             (Byzantine::Equivocate, Message::PrePrepare(pp)) if to.is_multiple_of(2) => {
                 let mut batch = pp.body.batch.clone();
                 batch.timestamp = batch.timestamp.plus(1);
                 batch.txs.reverse();
-                Message::PrePrepare(Signed::new(
-                    &key,
-                    me,
-                    PrePrepare {
-                        digest: batch.digest(),
-                        batch,
-                        ..pp.body
-                    },
-                ))
+                repropose(pp.body, batch)
             }
             (Byzantine::WrongDigest, Message::PrePrepare(pp)) => Message::PrePrepare(Signed::new(
                 &key,
@@ -780,15 +785,7 @@ impl Sim {
                 if let Some(twin) = batch.txs.first().and_then(forged_twin) {
                     batch.txs.push(twin);
                 }
-                Message::PrePrepare(Signed::new(
-                    &key,
-                    me,
-                    PrePrepare {
-                        digest: batch.digest(),
-                        batch,
-                        ..pp.body
-                    },
-                ))
+                repropose(pp.body, batch)
             }
             (Byzantine::Replay, Message::PrePrepare(pp)) => {
                 // The same corruption for every backup and every retransmission: the requests
@@ -808,15 +805,7 @@ impl Sim {
                         .into_iter()
                         .filter(|tx| !pp.body.batch.txs.contains(tx)),
                 );
-                Message::PrePrepare(Signed::new(
-                    &key,
-                    me,
-                    PrePrepare {
-                        digest: batch.digest(),
-                        batch,
-                        ..pp.body
-                    },
-                ))
+                repropose(pp.body, batch)
             }
             (_, m) => m,
         };

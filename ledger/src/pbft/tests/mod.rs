@@ -34,11 +34,16 @@ fn replicas() -> Vec<Replica> {
 }
 
 fn tx(n: u64) -> SignedTx {
+    tx_about(n, b"s")
+}
+
+/// The client's read of `subject`, signed, with nonce `n`.
+fn tx_about(n: u64, subject: &[u8]) -> SignedTx {
     let body = TxBody {
         ledger: genesis(),
         nonce: n,
         call: crate::contracts::Call::RecordAccess {
-            subject: Digest::of(b"s"),
+            subject: Digest::of(subject),
             access: crate::contracts::Access::Read,
             purpose: String::new(),
         },
@@ -284,16 +289,7 @@ fn forged_client_requests_are_never_ordered() {
 /// `tx(n)` with another call but the very signature of `tx(n)`: the same signer and nonce, a
 /// different id, and no valid signature.
 fn forged_twin(n: u64) -> SignedTx {
-    let body = TxBody {
-        ledger: genesis(),
-        nonce: n,
-        call: crate::contracts::Call::RecordAccess {
-            subject: Digest::of(b"another subject"),
-            access: crate::contracts::Access::Read,
-            purpose: String::new(),
-        },
-    };
-    let mut twin = SignedTx::sign(&KeyPair::from_label("client"), &body).expect("sign");
+    let mut twin = tx_about(n, b"another subject");
     twin.signature = tx(n).signature;
     twin
 }
