@@ -24,6 +24,7 @@ use object_store::buffered::BufWriter;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use regex::Regex;
 use serde::Serialize;
 
@@ -318,7 +319,8 @@ pub async fn stage_job(
     guard_schema(job, &out_schema)?;
     let mut staging = Staging::begin(target, options.overwrite).await?;
     let phase = Instant::now();
-    let written = match write_partitions(df, &mut staging, &scanned, progress).await {
+    let props = writer_properties(&plan.pseudonymized_out);
+    let written = match write_partitions(df, &mut staging, &scanned, &props, progress).await {
         Ok(w) => w,
         Err(e) => {
             staging.abort().await;
@@ -1279,11 +1281,35 @@ struct Written {
     scanner: PiiScanner,
 }
 
+/// Rows per output row group. A reader fetches a whole row group's column chunks before it
+/// decodes the first row; groups of this size let it start at once, hold a few megabytes
+/// rather than the whole file, and split a file between cores.
+const ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// How output files are written.
+///
+/// - LZ4_RAW, not Snappy: on these datasets both leave the same size (the pseudonyms are hex
+///   of random bytes, which neither compresses, and the numeric columns are dictionary codes
+///   already), and LZ4 pages decode about twice as fast for every later reader.
+/// - No dictionary for pseudonymized columns: their values are (nearly) all distinct, so the
+///   writer would build a dictionary for every page only to fall back to plain encoding.
+fn writer_properties(pseudonymized: &[String]) -> WriterProperties {
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::LZ4_RAW)
+        .set_max_row_group_size(ROW_GROUP_ROWS)
+        .set_created_by(format!("emrflow {}", env!("CARGO_PKG_VERSION")));
+    for column in pseudonymized {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false);
+    }
+    props.build()
+}
+
 /// Streams each output partition into its own Parquet file in staging.
 async fn write_partitions(
     df: DataFrame,
     staging: &mut Staging,
     scanned: &[String],
+    props: &WriterProperties,
     progress: &dyn Progress,
 ) -> Result<Written> {
     let streams = df.execute_stream_partitioned().await?;
@@ -1294,8 +1320,9 @@ async fn write_partitions(
         let path = staging.path_for(&name);
         let store = Arc::clone(&store);
         let scanned = scanned.to_vec();
+        let props = props.clone();
         tasks.push(tokio::spawn(async move {
-            write_one(stream, store, path, &scanned)
+            write_one(stream, store, path, &scanned, props)
                 .await
                 .map(|(rows, scanner)| (name, rows, scanner))
         }));
@@ -1325,6 +1352,7 @@ async fn write_one(
     store: Arc<dyn object_store::ObjectStore>,
     path: object_store::path::Path,
     scanned: &[String],
+    props: WriterProperties,
 ) -> Result<(u64, PiiScanner)> {
     let mut scanner = PiiScanner::new(scanned);
     let mut writer: Option<AsyncArrowWriter<BufWriter>> = None;
@@ -1337,14 +1365,10 @@ async fn write_one(
         scanner.scan(&batch);
         rows += batch.num_rows() as u64;
         if writer.is_none() {
-            let props = WriterProperties::builder()
-                .set_compression(Compression::SNAPPY)
-                .set_created_by(format!("emrflow {}", env!("CARGO_PKG_VERSION")))
-                .build();
             writer = Some(AsyncArrowWriter::try_new(
                 BufWriter::new(Arc::clone(&store), path.clone()),
                 batch.schema(),
-                Some(props),
+                Some(props.clone()),
             )?);
         }
         if let Some(w) = writer.as_mut() {

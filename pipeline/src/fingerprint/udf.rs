@@ -2,8 +2,9 @@
 //! Ballista executors, where functions travel by name):
 //!
 //! - `emr_fingerprint(c1, c2, …)`: an aggregate over the columns in canonical order. Each
-//!   partition hashes its rows into leaves and sorts them; partial states (the sorted leaves)
-//!   merge like any aggregate state; the final step buckets them and returns the bucket table
+//!   partition hashes its rows into leaves, groups them by bucket and sorts each bucket; its
+//!   partial state is that buffer ([`sort_into_buckets`]). The final step merges the sorted
+//!   runs bucket by bucket, hashes the buckets on all cores and returns the bucket table
 //!   (256 × `count_be64 ‖ root`) as bytes.
 //! - `emr_row_leaf(c1, c2, …)`: the leaf hash of each row, for proofs.
 
@@ -20,7 +21,7 @@ use datafusion::logical_expr::{
 };
 
 use super::encode::{Hash32, LeafEncoder, leaf_hashes};
-use super::tree::{BUCKETS, bucket_table};
+use super::tree::{BUCKETS, SortedLeaves, available_threads, merged_table, sort_into_buckets};
 use crate::error::Error;
 
 /// Name of the fingerprint aggregate.
@@ -92,11 +93,49 @@ impl AggregateUDFImpl for FingerprintUdaf {
     }
 }
 
-/// The leaves of the rows seen so far.
+/// The leaves of the rows this accumulator hashed, and the partial states it merged.
 #[derive(Debug, Default)]
 struct LeafAccumulator {
     leaves: Vec<Hash32>,
     encoder: LeafEncoder,
+    /// Partial states (see [`state_fields`](FingerprintUdaf::state_fields)), kept as the
+    /// arrays they arrived in rather than copied.
+    merged: Vec<ArrayRef>,
+}
+
+impl LeafAccumulator {
+    /// Own leaves as a sorted-leaf buffer (`None` when there are none), sorted on `threads`.
+    fn own_sorted(&mut self, threads: usize) -> Option<Vec<u8>> {
+        let leaves = std::mem::take(&mut self.leaves);
+        (!leaves.is_empty()).then(|| sort_into_buckets(&leaves, threads))
+    }
+
+    /// Runs `f` over every sorted-leaf buffer this accumulator holds.
+    fn with_parts<T>(
+        &mut self,
+        threads: usize,
+        f: impl FnOnce(&[SortedLeaves<'_>]) -> DfResult<T>,
+    ) -> DfResult<T> {
+        let own = self.own_sorted(threads);
+        let mut parts: Vec<SortedLeaves<'_>> = Vec::with_capacity(self.merged.len() + 1);
+        if let Some(own) = &own {
+            parts.extend(SortedLeaves::parse(own));
+        }
+        for state in &self.merged {
+            let state = state.as_binary::<i64>();
+            for bytes in state.iter().flatten() {
+                parts.push(SortedLeaves::parse(bytes).ok_or_else(|| corrupt(bytes.len()))?);
+            }
+        }
+        f(&parts)
+    }
+}
+
+fn corrupt(len: usize) -> datafusion::error::DataFusionError {
+    Error::Fingerprint(format!(
+        "a partial {FINGERPRINT_FN} state of {len} bytes does not match its bucket counts"
+    ))
+    .into()
 }
 
 impl Accumulator for LeafAccumulator {
@@ -109,36 +148,44 @@ impl Accumulator for LeafAccumulator {
         let Some(state) = states.first() else {
             return Ok(());
         };
-        let state = state.as_binary::<i64>();
-        for i in 0..state.len() {
-            if state.is_null(i) {
-                continue;
-            }
-            let bytes = state.value(i);
-            let (leaves, rest) = bytes.as_chunks::<32>();
-            if !rest.is_empty() {
-                return Err(Error::Fingerprint(format!(
-                    "a partial {FINGERPRINT_FN} state has {} bytes, not a multiple of 32",
-                    bytes.len()
-                ))
-                .into());
-            }
-            self.leaves.extend_from_slice(leaves);
+        // Checked now, so a bad state is reported by the step that received it.
+        for bytes in state.as_binary::<i64>().iter().flatten() {
+            SortedLeaves::parse(bytes).ok_or_else(|| corrupt(bytes.len()))?;
         }
+        self.merged.push(Arc::clone(state));
         Ok(())
     }
 
     fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
-        // Unsorted: the final step buckets by first byte and sorts the buckets on all cores.
-        // The leaves move into the state rather than being copied: DataFusion's contract is
-        // that state() consumes the intermediate state and is called once.
-        Ok(vec![ScalarValue::LargeBinary(Some(
-            std::mem::take(&mut self.leaves).into_flattened(),
-        ))])
+        // A partition sorts its own leaves, on its own thread: the partitions run in parallel,
+        // and the final step is left with merging sorted runs.
+        let bytes = if self.merged.is_empty() {
+            self.own_sorted(1)
+        } else {
+            // A state that merged others (a multi-stage plan): one buffer again.
+            self.with_parts(1, |parts| {
+                let all: Vec<Hash32> = parts
+                    .iter()
+                    .flat_map(|p| p.leaves().iter().copied())
+                    .collect();
+                Ok((!all.is_empty()).then(|| sort_into_buckets(&all, 1)))
+            })?
+        };
+        self.merged.clear();
+        Ok(vec![ScalarValue::LargeBinary(bytes)])
     }
 
     fn evaluate(&mut self) -> DfResult<ScalarValue> {
-        let (_, table) = bucket_table(std::mem::take(&mut self.leaves));
+        let threads = available_threads();
+        let table = self.with_parts(threads, |parts| {
+            merged_table(parts, threads).ok_or_else(|| {
+                Error::Fingerprint(format!(
+                    "a partial {FINGERPRINT_FN} state holds leaves out of order"
+                ))
+                .into()
+            })
+        })?;
+        self.merged.clear();
         let mut out = Vec::with_capacity(BUCKETS * BUCKET_BYTES);
         for (count, root) in table {
             out.extend_from_slice(&count.to_be_bytes());
@@ -148,7 +195,13 @@ impl Accumulator for LeafAccumulator {
     }
 
     fn size(&self) -> usize {
-        size_of_val(self) + self.leaves.capacity() * 32
+        size_of_val(self)
+            + self.leaves.capacity() * 32
+            + self
+                .merged
+                .iter()
+                .map(|a| a.get_array_memory_size())
+                .sum::<usize>()
     }
 }
 
@@ -184,5 +237,70 @@ impl ScalarUDFImpl for RowLeaf {
             out.append_value(leaf)?;
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Float64Array, Int64Array, StringArray};
+
+    use super::*;
+
+    fn columns(rows: usize, from: usize) -> Vec<ArrayRef> {
+        let ids: Vec<String> = (from..from + rows).map(|i| format!("row-{i}")).collect();
+        vec![
+            Arc::new(Float64Array::from_iter_values(
+                (from..from + rows).map(|i| i as f64 / 7.0),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                (from..from + rows).map(|i| i as i64 % 5),
+            )),
+            Arc::new(StringArray::from_iter_values(ids)),
+        ]
+    }
+
+    fn state_of(acc: &mut LeafAccumulator) -> ArrayRef {
+        acc.state().unwrap()[0].to_array().unwrap()
+    }
+
+    #[test]
+    fn partial_states_merge_to_the_single_step_result() {
+        let mut single = LeafAccumulator::default();
+        single.update_batch(&columns(9_000, 0)).unwrap();
+        let want = single.evaluate().unwrap();
+
+        // Three partitions (one empty); two of them merged by an intermediate step whose own
+        // state is merged again, as a multi-stage plan does.
+        let mut parts: Vec<LeafAccumulator> = (0..3).map(|_| LeafAccumulator::default()).collect();
+        parts[0].update_batch(&columns(4_000, 0)).unwrap();
+        parts[0].update_batch(&columns(1_000, 4_000)).unwrap();
+        parts[2].update_batch(&columns(4_000, 5_000)).unwrap();
+        let states: Vec<ArrayRef> = parts.iter_mut().map(state_of).collect();
+        let mut middle = LeafAccumulator::default();
+        middle.merge_batch(&states[..1]).unwrap();
+        middle.merge_batch(&states[1..2]).unwrap();
+        let middle_state = state_of(&mut middle);
+        let mut last = LeafAccumulator::default();
+        last.merge_batch(&[middle_state]).unwrap();
+        last.merge_batch(&states[2..]).unwrap();
+        assert_eq!(last.evaluate().unwrap(), want);
+    }
+
+    #[test]
+    fn a_corrupt_partial_state_is_an_error() {
+        let mut part = LeafAccumulator::default();
+        part.update_batch(&columns(100, 0)).unwrap();
+        let ScalarValue::LargeBinary(Some(mut bytes)) = part.state().unwrap().remove(0) else {
+            panic!("the state is large binary");
+        };
+        bytes.pop();
+        let truncated = ScalarValue::LargeBinary(Some(bytes)).to_array().unwrap();
+        let err = LeafAccumulator::default()
+            .merge_batch(&[truncated])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("does not match its bucket counts"),
+            "{err}"
+        );
     }
 }
