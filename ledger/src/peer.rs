@@ -7,7 +7,7 @@
 //! `Persist*` effect durably (in one store transaction) *before* carrying out any `Send` or
 //! `Broadcast`, so nothing this peer has said or certified is forgotten by a crash.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -93,7 +93,8 @@ pub struct Peer {
     chain: Chain,
     peers: Vec<crate::crypto::PublicKey>,
     pending_certs: BTreeMap<SeqNo, CommitCertificate>,
-    uncertified: BTreeSet<SeqNo>,
+    /// Blocks we hold without their certificate, with when we got them.
+    uncertified: BTreeMap<SeqNo, Time>,
     target: Option<(SeqNo, Digest, Vec<ReplicaId>)>,
     last_fetch: Time,
     fetch_round: usize,
@@ -113,7 +114,7 @@ impl Peer {
             chain: Chain::new(genesis),
             peers,
             pending_certs: BTreeMap::new(),
-            uncertified: BTreeSet::new(),
+            uncertified: BTreeMap::new(),
             target: None,
             last_fetch: Time(0),
             fetch_round: 0,
@@ -138,7 +139,7 @@ impl Peer {
             match cb.certificate {
                 Some(c) => peer.chain.attach_certificate(c)?,
                 None => {
-                    peer.uncertified.insert(height);
+                    peer.uncertified.insert(height, Time(0));
                 }
             }
         }
@@ -245,7 +246,7 @@ impl Peer {
                             Ok(block) => {
                                 let hash = block.header.hash();
                                 effects.push(Effect::PersistBlock(Box::new(block.clone())));
-                                self.uncertified.insert(seq);
+                                self.uncertified.insert(seq, self.now);
                                 inputs.push_back(Input::Executed { seq, digest: hash });
                                 if let Some(c) = self.pending_certs.remove(&seq) {
                                     self.attach(c, &mut effects);
@@ -329,16 +330,28 @@ impl Peer {
                 return;
             }
         }
+        // A block's certificate normally forms here from the commit votes within milliseconds.
+        // One still missing after a retransmission period, or below the stable checkpoint,
+        // will not: the votes were lost (a crash between persisting the block and its
+        // certificate, dropped messages) and a quiet ledger sends no more. Without it this
+        // peer could never serve those transactions' receipts, so it asks a peer for it.
         let low = self.replica.low_watermark();
-        if let Some(first) = self.uncertified.iter().next().copied().filter(|s| *s < low) {
+        let now = self.now;
+        let first = self
+            .uncertified
+            .iter()
+            .find(|(seq, since)| **seq < low || now >= since.plus(retry))
+            .map(|(seq, _)| *seq);
+        if let Some(first) = first {
             let to_peer = ReplicaId((me.0 + 1 + (self.fetch_round as u32 % (n - 1))) % n);
             self.fetch_round += 1;
             self.last_fetch = self.now.max(Time(1));
+            let last_held = self.chain.height().0;
             effects.push(Effect::Send {
                 to: to_peer,
                 wire: Wire::FetchBlocks {
                     from: first,
-                    to: SeqNo(low.0.min(first.0 + MAX_BLOCKS_PER_REPLY - 1)),
+                    to: SeqNo(last_held.min(first.0 + MAX_BLOCKS_PER_REPLY - 1)),
                 },
             });
         }
@@ -408,7 +421,7 @@ impl Peer {
             }
             txs.extend(cb.block.txs.iter().map(SignedTx::digest));
             effects.push(Effect::PersistBlock(Box::new(cb.block)));
-            self.uncertified.insert(height);
+            self.uncertified.insert(height, self.now);
             match cb.certificate.filter(|c| c.verify(&self.peers).is_ok()) {
                 Some(c) => self.attach(c, effects),
                 None => {

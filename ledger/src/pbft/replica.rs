@@ -1118,15 +1118,19 @@ impl Replica {
                 out.broadcast(Message::Commit(c.clone()));
             }
         }
-        for seq in (self.stable.seq.0 + 1)..self.executed.0 {
+        // Own votes for blocks still without a certificate, below the stable checkpoint too
+        // (down to the certificate horizon): the checkpoint can become stable on votes for a
+        // later block while every vote for an earlier one was lost, and then no replica would
+        // ever certify it, and no receipt for its transactions could be given.
+        for seq in (self.cert_horizon().0 + 1)..self.executed.0 {
             let seq = SeqNo(seq);
             if self.certified.contains(&seq) {
                 continue;
             }
             if let Some(cp) = self
-                .own_digests
+                .checkpoints
                 .get(&seq)
-                .and_then(|d| self.checkpoints.get(&seq)?.get(d)?.get(&me))
+                .and_then(|by_digest| by_digest.values().find_map(|votes| votes.get(&me)))
             {
                 out.broadcast(Message::Checkpoint(cp.clone()));
             }

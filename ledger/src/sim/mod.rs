@@ -470,8 +470,11 @@ impl Sim {
                 .iter()
                 .filter(|id| p.chain().position(id).is_none())
                 .count();
+            let uncertified: Vec<u64> = (1..=p.chain().height().0)
+                .filter(|h| p.chain().certificate(SeqNo(*h)).is_none())
+                .collect();
             out.push_str(&format!(
-                "  peer{i}{}: height {} view {} {:?} h={} pending {} missing {} dropped {}\n",
+                "  peer{i}{}: height {} view {} {:?} h={} pending {} missing {} uncertified {uncertified:?} dropped {}\n",
                 if self.is_correct(i) {
                     ""
                 } else {

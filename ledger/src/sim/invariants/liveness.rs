@@ -1,5 +1,6 @@
 //! Liveness: once every fault has healed, every submitted transaction commits on every correct
-//! peer, and their heads meet, within a bounded stretch of virtual time.
+//! peer with its block certified (so every peer can serve its receipt), and their heads meet,
+//! within a bounded stretch of virtual time.
 
 use std::collections::BTreeSet;
 
@@ -24,7 +25,12 @@ impl Liveness {
     ) -> bool {
         let mut head = None;
         for c in chains {
-            if submitted.iter().any(|id| c.position(id).is_none()) {
+            // Committed is not enough: a peer serves a transaction's receipt only once it holds
+            // the certificate of the transaction's block.
+            if submitted
+                .iter()
+                .any(|id| c.position(id).and_then(|p| c.certificate(p.seq)).is_none())
+            {
                 return false;
             }
             let h = (c.height(), c.head_hash());
