@@ -1296,7 +1296,7 @@ const ROW_GROUP_ROWS: usize = 128 * 1024;
 fn writer_properties(pseudonymized: &[String]) -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::LZ4_RAW)
-        .set_max_row_group_size(ROW_GROUP_ROWS)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(format!("emrflow {}", env!("CARGO_PKG_VERSION")));
     for column in pseudonymized {
         props = props.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false);

@@ -182,12 +182,16 @@ pub const HEADER_BYTES: usize = BUCKETS * 8;
 /// (`u64`, big-endian), then the leaves, bucket after bucket. It is the fingerprint
 /// aggregate's partial state, so each partition sorts its own leaves where it ran and the final
 /// step only merges sorted runs.
-pub fn sort_into_buckets(leaves: &[Hash32], threads: usize) -> Vec<u8> {
+/// The leaves may come in several slices (an accumulator keeps them in chunks so that they are
+/// never copied to grow).
+pub fn sort_into_buckets(chunks: &[&[Hash32]], threads: usize) -> Vec<u8> {
+    let leaves = || chunks.iter().flat_map(|c| c.iter());
+    let total: usize = chunks.iter().map(|c| c.len()).sum();
     let mut counts = [0usize; BUCKETS];
-    for l in leaves {
+    for l in leaves() {
         counts[usize::from(l[0])] += 1;
     }
-    let mut out = vec![0u8; HEADER_BYTES + leaves.len() * 32];
+    let mut out = vec![0u8; HEADER_BYTES + total * 32];
     let (header, body) = out.split_at_mut(HEADER_BYTES);
     for (slot, count) in header.chunks_exact_mut(8).zip(counts) {
         slot.copy_from_slice(&(count as u64).to_be_bytes());
@@ -197,13 +201,13 @@ pub fn sort_into_buckets(leaves: &[Hash32], threads: usize) -> Vec<u8> {
     for b in 1..BUCKETS {
         next[b] = next[b - 1] + counts[b - 1];
     }
-    for l in leaves {
+    for l in leaves() {
         let b = usize::from(l[0]);
         sorted[next[b]] = *l;
         next[b] += 1;
     }
     let buckets = split_buckets(sorted, &counts);
-    for_each_group(buckets, leaves.len(), threads, |bucket| sort_leaves(bucket));
+    for_each_group(buckets, threads, sort_leaves);
     out
 }
 
@@ -249,20 +253,7 @@ pub fn merged_table(parts: &[SortedLeaves<'_>], threads: usize) -> Option<Vec<(u
     let sizes: Vec<usize> = (0..BUCKETS)
         .map(|b| parts.iter().map(|p| p.bucket(b).len()).sum())
         .collect();
-    let total: usize = sizes.iter().sum();
-    let per_thread = total.div_ceil(threads.max(1)).max(1);
-    let mut groups: Vec<std::ops::Range<usize>> = vec![0..0];
-    let mut in_group = 0;
-    for (b, size) in sizes.iter().enumerate() {
-        if in_group >= per_thread {
-            groups.push(b..b);
-            in_group = 0;
-        }
-        in_group += size;
-        if let Some(g) = groups.last_mut() {
-            g.end = b + 1;
-        }
-    }
+    let groups = balanced_groups(&sizes, threads);
     let hash_group = |range: std::ops::Range<usize>| -> Option<Vec<(u64, Hash32)>> {
         let mut scratch: Vec<Hash32> = Vec::new();
         range
@@ -332,7 +323,7 @@ fn merge_runs(runs: &[&[Hash32]], out: &mut Vec<Hash32>) {
 /// `(count, root)` per bucket, hashed on all cores.
 pub fn bucket_table(leaves: Vec<Hash32>) -> (Vec<Hash32>, Vec<(u64, Hash32)>) {
     let threads = available_threads();
-    let buffer = sort_into_buckets(&leaves, threads);
+    let buffer = sort_into_buckets(&[&leaves], threads);
     let sorted = SortedLeaves::parse(&buffer).unwrap_or_else(|| unreachable!("own buffer"));
     let table = merged_table(&[sorted], threads).unwrap_or_else(|| unreachable!("sorted"));
     (sorted.leaves().to_vec(), table)
@@ -357,35 +348,40 @@ fn split_buckets<'a>(mut rest: &'a mut [Hash32], counts: &[usize]) -> Vec<&'a mu
 
 /// Runs `f` on every bucket, on up to `threads` threads, each taking a contiguous run of
 /// buckets with about the same number of leaves.
-fn for_each_group(
-    buckets: Vec<&mut [Hash32]>,
-    total: usize,
-    threads: usize,
-    f: impl Fn(&mut [Hash32]) + Sync,
-) {
+fn for_each_group(buckets: Vec<&mut [Hash32]>, threads: usize, f: impl Fn(&mut [Hash32]) + Sync) {
     if threads <= 1 {
         buckets.into_iter().for_each(f);
         return;
     }
-    let per_thread = total.div_ceil(threads).max(1);
-    let mut groups: Vec<Vec<&mut [Hash32]>> = vec![Vec::new()];
-    let mut in_group = 0;
-    for bucket in buckets {
-        if in_group >= per_thread {
-            groups.push(Vec::new());
-            in_group = 0;
-        }
-        in_group += bucket.len();
-        if let Some(g) = groups.last_mut() {
-            g.push(bucket);
-        }
-    }
+    let sizes: Vec<usize> = buckets.iter().map(|b| b.len()).collect();
+    let mut buckets = buckets.into_iter();
+    let groups: Vec<Vec<&mut [Hash32]>> = balanced_groups(&sizes, threads)
+        .into_iter()
+        .map(|range| buckets.by_ref().take(range.len()).collect())
+        .collect();
     let f = &f;
     std::thread::scope(|scope| {
         for group in groups {
             scope.spawn(move || group.into_iter().for_each(f));
         }
     });
+}
+
+/// Contiguous runs of buckets holding about the same number of leaves, one per thread.
+fn balanced_groups(sizes: &[usize], threads: usize) -> Vec<std::ops::Range<usize>> {
+    let total: usize = sizes.iter().sum();
+    let per_thread = total.div_ceil(threads.max(1)).max(1);
+    let mut groups = Vec::with_capacity(threads.max(1));
+    let (mut start, mut in_group) = (0, 0);
+    for (b, size) in sizes.iter().enumerate() {
+        if in_group >= per_thread {
+            groups.push(start..b);
+            (start, in_group) = (b, 0);
+        }
+        in_group += size;
+    }
+    groups.push(start..sizes.len());
+    groups
 }
 
 /// Byte order of leaves. Leaves are uniformly random, so comparing their first eight bytes as
@@ -563,7 +559,7 @@ mod tests {
             bounds.push(all.len());
             let buffers: Vec<Vec<u8>> = bounds
                 .windows(2)
-                .map(|w| sort_into_buckets(&all[w[0]..w[1]], 1))
+                .map(|w| sort_into_buckets(&[&all[w[0]..w[1]]], 1))
                 .collect();
             let parts: Vec<SortedLeaves<'_>> = buffers
                 .iter()
@@ -582,7 +578,7 @@ mod tests {
     #[test]
     fn a_sorted_buffer_holds_each_bucket_sorted_after_its_counts() {
         let all = leaves(3_000, 2);
-        let buffer = sort_into_buckets(&all, 2);
+        let buffer = sort_into_buckets(&[&all[..1000], &all[1000..]], 2);
         let sorted = SortedLeaves::parse(&buffer).unwrap();
         assert_eq!(sorted.leaves().len(), all.len());
         assert!(sorted.leaves().is_sorted());
@@ -596,7 +592,7 @@ mod tests {
 
     #[test]
     fn malformed_or_disordered_buffers_are_refused() {
-        let buffer = sort_into_buckets(&leaves(1_000, 3), 1);
+        let buffer = sort_into_buckets(&[&leaves(1_000, 3)], 1);
         assert!(SortedLeaves::parse(&buffer[..buffer.len() - 1]).is_none());
         assert!(SortedLeaves::parse(&buffer[..buffer.len() - 32]).is_none());
         assert!(SortedLeaves::parse(&buffer[..HEADER_BYTES - 8]).is_none());
@@ -619,7 +615,7 @@ mod tests {
         let bad = SortedLeaves::parse(&swapped).unwrap();
         assert!(merged_table(&[bad], 1).is_none());
         // Merged with a good part, the disorder survives the merge and is still caught.
-        let other = sort_into_buckets(&leaves(1_000, 4), 1);
+        let other = sort_into_buckets(&[&leaves(1_000, 4)], 1);
         let good = SortedLeaves::parse(&other).unwrap();
         assert!(merged_table(&[bad, good], 1).is_none());
 

@@ -93,10 +93,15 @@ impl AggregateUDFImpl for FingerprintUdaf {
     }
 }
 
+/// Leaves per chunk of an accumulator's own leaves (2 MiB).
+const CHUNK_LEAVES: usize = 64 * 1024;
+
 /// The leaves of the rows this accumulator hashed, and the partial states it merged.
 #[derive(Debug, Default)]
 struct LeafAccumulator {
-    leaves: Vec<Hash32>,
+    /// Own leaves, in chunks of [`CHUNK_LEAVES`]: a partition's leaves are tens of megabytes,
+    /// and a single vector would copy them each time it grew.
+    leaves: Vec<Vec<Hash32>>,
     encoder: LeafEncoder,
     /// Partial states (see [`state_fields`](FingerprintUdaf::state_fields)), kept as the
     /// arrays they arrived in rather than copied.
@@ -106,8 +111,9 @@ struct LeafAccumulator {
 impl LeafAccumulator {
     /// Own leaves as a sorted-leaf buffer (`None` when there are none), sorted on `threads`.
     fn own_sorted(&mut self, threads: usize) -> Option<Vec<u8>> {
-        let leaves = std::mem::take(&mut self.leaves);
-        (!leaves.is_empty()).then(|| sort_into_buckets(&leaves, threads))
+        let chunks = std::mem::take(&mut self.leaves);
+        let chunks: Vec<&[Hash32]> = chunks.iter().map(Vec::as_slice).collect();
+        (chunks.iter().any(|c| !c.is_empty())).then(|| sort_into_buckets(&chunks, threads))
     }
 
     /// Runs `f` over every sorted-leaf buffer this accumulator holds.
@@ -140,7 +146,17 @@ fn corrupt(len: usize) -> datafusion::error::DataFusionError {
 
 impl Accumulator for LeafAccumulator {
     fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
-        self.encoder.hash(values, &mut self.leaves)?;
+        let rows = values.first().map_or(0, |v| v.len());
+        if self
+            .leaves
+            .last()
+            .is_none_or(|c| c.capacity() - c.len() < rows)
+        {
+            self.leaves.push(Vec::with_capacity(CHUNK_LEAVES.max(rows)));
+        }
+        if let Some(chunk) = self.leaves.last_mut() {
+            self.encoder.hash(values, chunk)?;
+        }
         Ok(())
     }
 
@@ -168,7 +184,7 @@ impl Accumulator for LeafAccumulator {
                     .iter()
                     .flat_map(|p| p.leaves().iter().copied())
                     .collect();
-                Ok((!all.is_empty()).then(|| sort_into_buckets(&all, 1)))
+                Ok((!all.is_empty()).then(|| sort_into_buckets(&[&all], 1)))
             })?
         };
         self.merged.clear();
@@ -196,7 +212,7 @@ impl Accumulator for LeafAccumulator {
 
     fn size(&self) -> usize {
         size_of_val(self)
-            + self.leaves.capacity() * 32
+            + self.leaves.iter().map(|c| c.capacity() * 32).sum::<usize>()
             + self
                 .merged
                 .iter()
@@ -284,6 +300,23 @@ mod tests {
         last.merge_batch(&[middle_state]).unwrap();
         last.merge_batch(&states[2..]).unwrap();
         assert_eq!(last.evaluate().unwrap(), want);
+    }
+
+    #[test]
+    fn leaves_spanning_several_chunks_give_the_table_of_all_rows() {
+        let mut acc = LeafAccumulator::default();
+        let mut all = Vec::new();
+        for from in [0, 30_000, 60_000] {
+            let batch = columns(30_000, from);
+            acc.update_batch(&batch).unwrap();
+            leaf_hashes(&batch, &mut all).unwrap();
+        }
+        assert!(acc.leaves.len() > 1, "the rows should span chunks");
+        let (_, table) = crate::fingerprint::tree::bucket_table(all);
+        let ScalarValue::Binary(Some(bytes)) = acc.evaluate().unwrap() else {
+            panic!("the result is binary");
+        };
+        assert_eq!(parse_table(&bytes).unwrap(), table);
     }
 
     #[test]
