@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Float64Array};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Float64Type, UInt8Type, UInt16Type};
+use datafusion::arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Field, FieldRef, Float64Type, UInt8Type, UInt16Type,
+};
 use datafusion::common::ScalarValue;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::expr::AggregateFunctionParams;
@@ -486,6 +488,14 @@ impl BinColumns {
     }
 }
 
+/// The value slices of bin columns already of type `T`.
+fn value_slices<T: ArrowPrimitiveType>(columns: &[ArrayRef]) -> Vec<&[T::Native]> {
+    columns
+        .iter()
+        .map(|c| c.as_primitive::<T>().values().as_ref())
+        .collect()
+}
+
 /// The histogram aggregate. See the module docs.
 #[derive(Debug, PartialEq, Eq, Hash)]
 pub struct TreeHistogramUdaf {
@@ -725,17 +735,11 @@ impl Accumulator for HistogramAccumulator {
         let labels = label.values();
         match BinColumns::new(&values[next..])? {
             BinColumns::Narrow(columns) => {
-                let bins: Vec<&[u8]> = columns
-                    .iter()
-                    .map(|c| c.as_primitive::<UInt8Type>().values().as_ref())
-                    .collect();
+                let bins = value_slices::<UInt8Type>(&columns);
                 self.accumulate(&router, &bins, labels, weights.as_ref(), include, rows)
             }
             BinColumns::Wide(columns) => {
-                let bins: Vec<&[u16]> = columns
-                    .iter()
-                    .map(|c| c.as_primitive::<UInt16Type>().values().as_ref())
-                    .collect();
+                let bins = value_slices::<UInt16Type>(&columns);
                 self.accumulate(&router, &bins, labels, weights.as_ref(), include, rows)
             }
         }
@@ -847,19 +851,13 @@ impl ScalarUDFImpl for TreeScoreUdf {
         let mut nodes = Vec::new();
         let routed = match BinColumns::new(&arrays)? {
             BinColumns::Narrow(columns) => {
-                let bins: Vec<&[u8]> = columns
-                    .iter()
-                    .map(|c| c.as_primitive::<UInt8Type>().values().as_ref())
-                    .collect();
+                let bins = value_slices::<UInt8Type>(&columns);
                 router
                     .check_bins(SCORE_UDF, &bins)
                     .map(|()| router.route_batch(&bins, None, rows, &mut nodes))
             }
             BinColumns::Wide(columns) => {
-                let bins: Vec<&[u16]> = columns
-                    .iter()
-                    .map(|c| c.as_primitive::<UInt16Type>().values().as_ref())
-                    .collect();
+                let bins = value_slices::<UInt16Type>(&columns);
                 router
                     .check_bins(SCORE_UDF, &bins)
                     .map(|()| router.route_batch(&bins, None, rows, &mut nodes))

@@ -109,31 +109,15 @@ struct LeafAccumulator {
 }
 
 impl LeafAccumulator {
-    /// Own leaves as a sorted-leaf buffer (`None` when there are none), sorted on `threads`.
-    fn own_sorted(&mut self, threads: usize) -> Option<Vec<u8>> {
-        let chunks = std::mem::take(&mut self.leaves);
-        let chunks: Vec<&[Hash32]> = chunks.iter().map(Vec::as_slice).collect();
-        (chunks.iter().any(|c| !c.is_empty())).then(|| sort_into_buckets(&chunks, threads))
-    }
-
-    /// Runs `f` over every sorted-leaf buffer this accumulator holds.
-    fn with_parts<T>(
-        &mut self,
-        threads: usize,
-        f: impl FnOnce(&[SortedLeaves<'_>]) -> DfResult<T>,
-    ) -> DfResult<T> {
-        let own = self.own_sorted(threads);
-        let mut parts: Vec<SortedLeaves<'_>> = Vec::with_capacity(self.merged.len() + 1);
-        if let Some(own) = &own {
-            parts.extend(SortedLeaves::parse(own));
-        }
+    /// The partial states merged so far, read.
+    fn merged_parts(&self) -> DfResult<Vec<SortedLeaves<'_>>> {
+        let mut parts = Vec::with_capacity(self.merged.len());
         for state in &self.merged {
-            let state = state.as_binary::<i64>();
-            for bytes in state.iter().flatten() {
+            for bytes in state.as_binary::<i64>().iter().flatten() {
                 parts.push(SortedLeaves::parse(bytes).ok_or_else(|| corrupt(bytes.len()))?);
             }
         }
-        f(&parts)
+        Ok(parts)
     }
 }
 
@@ -174,32 +158,33 @@ impl Accumulator for LeafAccumulator {
 
     fn state(&mut self) -> DfResult<Vec<ScalarValue>> {
         // A partition sorts its own leaves, on its own thread: the partitions run in parallel,
-        // and the final step is left with merging sorted runs.
-        let bytes = if self.merged.is_empty() {
-            self.own_sorted(1)
-        } else {
-            // A state that merged others (a multi-stage plan): one buffer again.
-            self.with_parts(1, |parts| {
-                let all: Vec<Hash32> = parts
-                    .iter()
-                    .flat_map(|p| p.leaves().iter().copied())
-                    .collect();
-                Ok((!all.is_empty()).then(|| sort_into_buckets(&[&all], 1)))
-            })?
-        };
+        // and the final step is left with merging sorted runs. A step that merged others' states
+        // (a multi-stage plan) sorts them in with its own into one buffer.
+        let own = std::mem::take(&mut self.leaves);
+        let mut chunks: Vec<&[Hash32]> = own.iter().map(Vec::as_slice).collect();
+        chunks.extend(self.merged_parts()?.iter().map(SortedLeaves::leaves));
+        let bytes = chunks
+            .iter()
+            .any(|c| !c.is_empty())
+            .then(|| sort_into_buckets(&chunks, 1));
         self.merged.clear();
         Ok(vec![ScalarValue::LargeBinary(bytes)])
     }
 
     fn evaluate(&mut self) -> DfResult<ScalarValue> {
         let threads = available_threads();
-        let table = self.with_parts(threads, |parts| {
-            merged_table(parts, threads).ok_or_else(|| {
-                Error::Fingerprint(format!(
-                    "a partial {FINGERPRINT_FN} state holds leaves out of order"
-                ))
-                .into()
-            })
+        let own = std::mem::take(&mut self.leaves);
+        let own: Vec<&[Hash32]> = own.iter().map(Vec::as_slice).collect();
+        let own = own
+            .iter()
+            .any(|c| !c.is_empty())
+            .then(|| sort_into_buckets(&own, threads));
+        let mut parts = self.merged_parts()?;
+        parts.extend(own.as_deref().and_then(SortedLeaves::parse));
+        let table = merged_table(&parts, threads).ok_or_else(|| {
+            Error::Fingerprint(format!(
+                "a partial {FINGERPRINT_FN} state holds leaves out of order"
+            ))
         })?;
         self.merged.clear();
         let mut out = Vec::with_capacity(BUCKETS * BUCKET_BYTES);
