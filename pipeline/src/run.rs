@@ -4,16 +4,23 @@
 //! over registered tables and emrflow's functions), so the same plans run on any engine the
 //! caller's `SessionContext` points at.
 //!
-//! Two passes over the inputs: the first counts rows per drop reason and fits the statistics and
-//! encodings on the rows that survive; the second writes those rows transformed, scanning them
-//! for PII on the way. Nothing is held in memory beyond one batch per partition.
+//! Two passes: the first counts rows per drop reason and fits the statistics and encodings on
+//! the rows that survive; the second writes those rows transformed, scanning them for PII on the
+//! way. When the caller allows it ([`RunOptions::cache_limit`], embedded runs), the first pass
+//! keeps the surviving rows (joined, de-identified, not yet normalized) in memory, so the inputs
+//! are read and parsed once and the second pass starts from memory; a job whose rows outgrow
+//! the limit falls back to reading the inputs again, holding nothing beyond one batch per
+//! partition.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, SchemaRef};
+use arrow::compute::{filter_record_batch, is_null};
+use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef};
+use datafusion::datasource::MemTable;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::{
     CsvReadOptions, DataFrame, ParquetReadOptions, SessionConfig, SessionContext,
@@ -30,6 +37,7 @@ use serde::Serialize;
 
 use crate::csvcheck;
 use crate::error::{Error, Result};
+use crate::fingerprint::{Hash32, start_source_root};
 use crate::guard::PiiScanner;
 use crate::job::{InputFormat, Job};
 use crate::manifest::{
@@ -37,7 +45,7 @@ use crate::manifest::{
     MANIFEST_VERSION, Manifest, Normalizer, PiiReport,
 };
 use crate::store::{Location, Staging};
-use crate::udf::{self, AGE_FN, EmrflowOptions, PSEUDONYM_FN};
+use crate::udf::{self, AGE_FN, CATEGORY_INDEX_FN, EmrflowOptions, FIRST_TRUE_FN, PSEUDONYM_FN};
 
 /// How a job is run, beyond what the job file says.
 #[derive(Debug, Clone, Default)]
@@ -50,6 +58,29 @@ pub struct RunOptions {
     pub overwrite: bool,
     /// Read the pseudonymization key from this file instead of the job's key source.
     pub key_file_override: Option<String>,
+    /// Bytes of surviving rows the run may hold in this process's memory between its passes, so
+    /// it reads its inputs once. `None` reads them twice and holds nothing: the only choice
+    /// when the plans run on a cluster, whose executors cannot see this process's memory.
+    pub cache_limit: Option<u64>,
+    /// Inputs (by name) whose source roots ([`crate::fingerprint::source_root`], over the raw
+    /// files' bytes) to compute while the job runs; [`StagedRun::source_roots`] hands them
+    /// over. A single file's SHA-256 is one sequential stream that leaves the other cores
+    /// idle, so it costs least alongside the passes.
+    pub hash_inputs: Vec<String>,
+}
+
+/// A cache limit for an embedded run: a quarter of the memory this machine has available now
+/// (2 GiB where that cannot be read).
+pub fn default_cache_limit() -> u64 {
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024);
+    available.map_or(2 << 30, |bytes| bytes / 4)
 }
 
 /// Receives progress; the binary draws it, tests ignore it. Library code never prints.
@@ -93,6 +124,12 @@ pub struct RunSummary {
 /// (or `target_partitions` of them).
 pub fn embedded_context(target_partitions: Option<usize>) -> Result<SessionContext> {
     let mut config = SessionConfig::new().with_option_extension(EmrflowOptions::default());
+    // A join's build side (the lookup input, patients) goes into one hash table that every
+    // partition probes, instead of both sides being hash-partitioned: the stream side (visits)
+    // then flows through the join in the partition that read it rather than being copied row
+    // by row into another first. One process holds the whole table either way. (The engine
+    // would choose this by size, but CSV inputs report none.)
+    config.options_mut().optimizer.repartition_joins = false;
     if let Some(n) = target_partitions {
         config = config.with_target_partitions(n.max(1));
     }
@@ -163,13 +200,61 @@ pub async fn run_job(
 pub struct StagedRun {
     staging: Staging,
     summary: RunSummary,
+    hashing: InputHashing,
     started: Instant,
+}
+
+/// Source roots being computed in the background, by input name. Dropping it stops what has
+/// not started.
+#[derive(Debug, Default)]
+struct InputHashing(Vec<(String, tokio::task::JoinHandle<Result<Hash32>>)>);
+
+impl InputHashing {
+    fn start(ctx: &SessionContext, inputs: &BTreeMap<String, Input>, names: &[String]) -> Self {
+        let mut tasks = Vec::new();
+        for name in names {
+            let Some(input) = inputs.get(name) else {
+                continue;
+            };
+            let files: Vec<String> = input
+                .files
+                .iter()
+                .map(|(p, _)| input.location.url_of(p))
+                .collect();
+            let task = match start_source_root(ctx, &files) {
+                Ok(root) => tokio::spawn(root),
+                Err(e) => tokio::spawn(async move { Err(e) }),
+            };
+            tasks.push((name.clone(), task));
+        }
+        Self(tasks)
+    }
+}
+
+impl Drop for InputHashing {
+    fn drop(&mut self) {
+        for (_, task) in &self.0 {
+            task.abort();
+        }
+    }
 }
 
 impl StagedRun {
     /// What the run did (`output` is where it will be published).
     pub fn summary(&self) -> &RunSummary {
         &self.summary
+    }
+
+    /// The source roots of the inputs [`RunOptions::hash_inputs`] named, by input name.
+    pub async fn source_roots(&mut self) -> Result<BTreeMap<String, Hash32>> {
+        let mut roots = BTreeMap::new();
+        for (name, task) in std::mem::take(&mut self.hashing.0) {
+            let root = task
+                .await
+                .map_err(|e| Error::Fingerprint(format!("hashing input {name} stopped: {e}")))??;
+            roots.insert(name, root);
+        }
+        Ok(roots)
     }
 
     /// The URL the staged dataset can be read from.
@@ -239,7 +324,13 @@ pub async fn stage_job(
 
     progress.stage("reading inputs");
     let inputs = register_inputs(job, options, ctx).await?;
+    let hashing = InputHashing::start(ctx, &inputs, &options.hash_inputs);
     let plan = Plan::build(job, &inputs)?;
+    let mut cached_bytes = 0;
+    if let Some(limit) = options.cache_limit {
+        cached_bytes =
+            diagnose_on_error(cache_lookups(ctx, job, &inputs, limit).await, &inputs).await?;
+    }
     for (sql, name) in [
         (&plan.src_sql, "__emr_src"),
         (&plan.tagged_sql, "__emr_tagged"),
@@ -251,7 +342,35 @@ pub async fn stage_job(
     // Pass 1: drop reasons, fitted statistics, encodings, and the right-hand inputs' counts.
     progress.stage("fitting statistics");
     let phase = Instant::now();
-    let fit = diagnose_on_error(fit(ctx, &plan).await, &inputs).await?;
+    let cached = match options.cache_limit {
+        Some(limit) => {
+            let left = limit.saturating_sub(cached_bytes);
+            diagnose_on_error(cache_kept(ctx, &plan, left).await, &inputs).await?
+        }
+        None => None,
+    };
+    let mut fit = diagnose_on_error(
+        fit(
+            ctx,
+            &plan,
+            if cached.is_some() {
+                KEPT_TABLE
+            } else {
+                "__emr_tagged"
+            },
+        )
+        .await,
+        &inputs,
+    )
+    .await?;
+    if let Some(cached) = &cached {
+        for (reason, n) in plan.reasons.iter().zip(&cached.dropped) {
+            if *n > 0 {
+                fit.dropped.insert(reason.clone(), *n);
+                fit.total += n;
+            }
+        }
+    }
     tracing::debug!(
         seconds = phase.elapsed().as_secs_f64(),
         "pass 1: fitted statistics"
@@ -301,7 +420,10 @@ pub async fn stage_job(
 
     // Pass 2: write the kept rows, transformed, into staging, scanning for PII.
     progress.stage("writing dataset");
-    let final_sql = plan.final_sql(&fit);
+    let final_sql = match cached {
+        Some(_) => plan.final_sql(&fit, &format!("SELECT * FROM {KEPT_TABLE}")),
+        None => plan.final_sql(&fit, &plan.kept_sql),
+    };
     let df = ctx.sql(&final_sql).await?;
     let out_schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let scanned: Vec<String> = out_schema
@@ -330,6 +452,9 @@ pub async fn stage_job(
                 .unwrap_or_else(|| Error::invalid("output", "writing failed")));
         }
     };
+    if cached.is_some() {
+        ctx.deregister_table(KEPT_TABLE)?;
+    }
     tracing::debug!(
         seconds = phase.elapsed().as_secs_f64(),
         "pass 2: dataset written"
@@ -416,6 +541,7 @@ pub async fn stage_job(
             seconds: started.elapsed().as_secs_f64(),
             manifest,
         },
+        hashing,
         started,
     })
 }
@@ -742,6 +868,7 @@ impl Plan {
         }
         let src_select: Vec<String> = columns
             .iter()
+            .filter(|(_, name, _)| !never_read(job, name))
             .map(|(alias, name, _)| match name.strip_prefix("__emr_join_") {
                 Some(j) => {
                     let on = &job.join[j.parse::<usize>().unwrap_or(0)].on;
@@ -937,12 +1064,9 @@ impl Plan {
         let reason_expr = if cases.is_empty() {
             "CAST(NULL AS INT)".to_string()
         } else {
-            let whens: Vec<String> = cases
-                .iter()
-                .enumerate()
-                .map(|(i, (cond, _))| format!("WHEN {cond} THEN CAST({i} AS INT)"))
-                .collect();
-            format!("CASE {} END", whens.join(" "))
+            let conditions: Vec<String> =
+                cases.iter().map(|(cond, _)| format!("({cond})")).collect();
+            format!("{FIRST_TRUE_FN}({})", conditions.join(", "))
         };
         let reasons: Vec<String> = cases.iter().map(|(_, reason)| reason.clone()).collect();
         let label_type = match &job.label {
@@ -989,7 +1113,9 @@ impl Plan {
         })
     }
 
-    fn final_sql(&self, fit: &Fit) -> String {
+    /// The output rows: `kept` (the surviving rows, as `kept_sql` gives them) normalized and
+    /// encoded.
+    fn final_sql(&self, fit: &Fit, kept: &str) -> String {
         let cols: Vec<String> = self
             .outputs
             .iter()
@@ -1009,19 +1135,17 @@ impl Plan {
                     };
                     format!("{expr} AS {id}")
                 } else if let Some(enc) = fit.encodings.get(&c.name) {
-                    let whens: Vec<String> = enc
-                        .values
-                        .iter()
-                        .enumerate()
-                        .map(|(i, v)| format!("WHEN {} THEN CAST({i} AS INT)", literal(v)))
-                        .collect();
-                    format!("CASE CAST({id} AS VARCHAR) {} END AS {id}", whens.join(" "))
+                    let categories: Vec<String> = enc.values.iter().map(|v| literal(v)).collect();
+                    format!(
+                        "{CATEGORY_INDEX_FN}({id}, {}) AS {id}",
+                        categories.join(", ")
+                    )
                 } else {
                     id
                 }
             })
             .collect();
-        format!("SELECT {} FROM ({})", cols.join(", "), self.kept_sql)
+        format!("SELECT {} FROM ({kept})", cols.join(", "))
     }
 
     fn features(&self, job: &Job, schema: &Schema, fit: &Fit) -> Result<Vec<FeatureSpec>> {
@@ -1098,7 +1222,195 @@ fn int_at(batches: &[RecordBatch], col: usize) -> u64 {
         .unwrap_or(0) as u64
 }
 
-async fn fit(ctx: &SessionContext, plan: &Plan) -> Result<Fit> {
+/// Whether the job never reads a column past its input: the policy drops it and nothing
+/// derives from it (the age's dates do) or joins on it.
+fn never_read(job: &Job, column: &str) -> bool {
+    job.pii.drop.iter().any(|d| d == column)
+        && !job
+            .pii
+            .age
+            .as_ref()
+            .is_some_and(|a| a.dob == column || a.at == column)
+        && !job.join.iter().any(|j| j.on == column)
+}
+
+/// Holds each join's lookup input (its columns the job reads) in memory in place of its files,
+/// so it is parsed once for the join and the key check rather than once for each; returns the
+/// bytes held. An input that would take more than `limit` stays on its files.
+async fn cache_lookups(
+    ctx: &SessionContext,
+    job: &Job,
+    inputs: &BTreeMap<String, Input>,
+    limit: u64,
+) -> Result<u64> {
+    let mut used = 0u64;
+    for join in &job.join {
+        let input = &inputs[&join.right];
+        let columns: Vec<String> = input
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name())
+            .filter(|name| **name == join.on || !never_read(job, name))
+            .map(|name| ident(name))
+            .collect();
+        let df = ctx
+            .sql(&format!(
+                "SELECT {} FROM {}",
+                columns.join(", "),
+                input.table
+            ))
+            .await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let mut partitions = Vec::new();
+        let mut bytes = 0u64;
+        for stream in df.execute_stream_partitioned().await? {
+            partitions.push(tokio::spawn(
+                stream.map(|b| b.map_err(Error::from)).collect::<Vec<_>>(),
+            ));
+        }
+        let mut held = Vec::new();
+        for task in partitions {
+            let batches = task
+                .await
+                .map_err(|e| Error::invalid("inputs", format!("a reader task failed: {e}")))?
+                .into_iter()
+                .collect::<Result<Vec<_>>>()?;
+            bytes += batches
+                .iter()
+                .map(|b| b.get_array_memory_size() as u64)
+                .sum::<u64>();
+            held.push(batches);
+        }
+        if used + bytes > limit {
+            continue;
+        }
+        used += bytes;
+        ctx.deregister_table(input.table.as_str())?;
+        ctx.register_table(
+            input.table.as_str(),
+            Arc::new(MemTable::try_new(schema, held)?),
+        )?;
+    }
+    Ok(used)
+}
+
+/// Surviving rows held between the passes, and the rows each drop reason took.
+struct Cached {
+    /// Rows dropped, by index into [`Plan::reasons`].
+    dropped: Vec<u64>,
+}
+
+/// The in-memory table of surviving rows: `__emr_tagged`'s columns, reason always NULL.
+const KEPT_TABLE: &str = "__emr_kept";
+
+/// Runs `__emr_tagged` once, counting the rows each drop reason takes and keeping the rest in
+/// memory as [`KEPT_TABLE`], one partition per stream so pass 2 keeps the parallelism. `None`
+/// (and nothing registered) once the kept rows need more than `limit` bytes.
+async fn cache_kept(ctx: &SessionContext, plan: &Plan, limit: u64) -> Result<Option<Cached>> {
+    let started = Instant::now();
+    let df = ctx.table("__emr_tagged").await?;
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let reason = schema.index_of("__emr_reason")?;
+    let used = Arc::new(AtomicU64::new(0));
+    let reasons = plan.reasons.len();
+    let tasks: Vec<_> = df
+        .execute_stream_partitioned()
+        .await?
+        .into_iter()
+        .map(|stream| {
+            let used = Arc::clone(&used);
+            tokio::spawn(keep_partition(stream, reason, reasons, used, limit))
+        })
+        .collect();
+    let mut partitions = Vec::new();
+    let mut dropped = vec![0u64; reasons];
+    let mut over = false;
+    for task in tasks {
+        let kept = task
+            .await
+            .map_err(|e| Error::invalid("inputs", format!("a reader task failed: {e}")))??;
+        match kept {
+            Some((batches, counts)) => {
+                partitions.push(batches);
+                for (total, n) in dropped.iter_mut().zip(counts) {
+                    *total += n;
+                }
+            }
+            None => over = true,
+        }
+    }
+    if over {
+        tracing::info!(
+            limit,
+            "the surviving rows outgrow the cache limit; reading the inputs again"
+        );
+        return Ok(None);
+    }
+    tracing::debug!(
+        bytes = used.load(Ordering::Relaxed),
+        seconds = started.elapsed().as_secs_f64(),
+        "surviving rows held in memory"
+    );
+    let table = MemTable::try_new(schema, partitions)?;
+    ctx.register_table(KEPT_TABLE, Arc::new(table))?;
+    Ok(Some(Cached { dropped }))
+}
+
+/// One partition of [`cache_kept`]: its kept batches and its drops per reason, or `None` when
+/// all partitions together passed `limit`.
+async fn keep_partition(
+    mut stream: SendableRecordBatchStream,
+    reason: usize,
+    reasons: usize,
+    used: Arc<AtomicU64>,
+    limit: u64,
+) -> Result<Option<(Vec<RecordBatch>, Vec<u64>)>> {
+    let mut batches = Vec::new();
+    let mut dropped = vec![0u64; reasons];
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        let Some(tags) = batch.column(reason).as_primitive_opt::<Int32Type>() else {
+            return Err(Error::invalid(
+                "inputs",
+                "the drop reasons are not integers",
+            ));
+        };
+        let kept = if tags.null_count() == tags.len() {
+            batch
+        } else {
+            for r in tags.iter().flatten() {
+                let slot = usize::try_from(r).ok().and_then(|i| dropped.get_mut(i));
+                match slot {
+                    Some(n) => *n += 1,
+                    None => {
+                        return Err(Error::invalid(
+                            "inputs",
+                            format!("a row was dropped for an unknown reason {r}"),
+                        ));
+                    }
+                }
+            }
+            filter_record_batch(&batch, &is_null(tags)?)?
+        };
+        if kept.num_rows() == 0 {
+            continue;
+        }
+        let bytes = kept.get_array_memory_size() as u64;
+        if used.fetch_add(bytes, Ordering::Relaxed) + bytes > limit {
+            return Ok(None);
+        }
+        batches.push(kept);
+        // A sibling partition woken by this one (the join's shared build side finishing wakes
+        // every prober) lands in this worker's slot that other workers cannot steal from, and
+        // a stream that never waits would run to its end before it; yielding lets another
+        // worker take this task over and the sibling run at once.
+        tokio::task::yield_now().await;
+    }
+    Ok(Some((batches, dropped)))
+}
+
+async fn fit(ctx: &SessionContext, plan: &Plan, table: &str) -> Result<Fit> {
     let mut aggs = vec!["__emr_reason".to_string(), "count(*)".to_string()];
     let x = |c: &str| format!("CAST({} AS DOUBLE)", ident(c));
     for c in &plan.minmax {
@@ -1117,7 +1429,7 @@ async fn fit(ctx: &SessionContext, plan: &Plan) -> Result<Fit> {
         aggs.push(format!("max(CAST({} AS BIGINT))", ident(label)));
     }
     let sql = format!(
-        "SELECT {} FROM __emr_tagged GROUP BY __emr_reason",
+        "SELECT {} FROM {table} GROUP BY __emr_reason",
         aggs.join(", ")
     );
     let batches = collect(ctx, &sql).await?;

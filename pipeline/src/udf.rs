@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Date32Array, Int64Array, StringArray, StringBuilder};
+use arrow::array::{Array, ArrayRef, AsArray, Date32Array, Int32Array, Int64Array, StringBuilder};
 use arrow::datatypes::DataType;
 use datafusion::common::config::{ConfigEntry, ConfigExtension, ExtensionOptions};
 use datafusion::common::{config_err, exec_err};
@@ -91,6 +91,14 @@ pub const PSEUDONYM_FN: &str = "emr_pseudonym";
 /// Name of the age function: `emr_age_years(date32 dob, date32 at) -> int64`.
 pub const AGE_FN: &str = "emr_age_years";
 
+/// Name of the first-true function: `emr_first_true(bool, bool, …) -> int32`, the position
+/// of the first argument that is true (NULL and false do not count), or NULL when none is.
+pub const FIRST_TRUE_FN: &str = "emr_first_true";
+
+/// Name of the category function: `emr_category_index(value, 'c0', 'c1', …) -> int32`, the
+/// position of the value's text among the categories, or NULL when it is null or not one of them.
+pub const CATEGORY_INDEX_FN: &str = "emr_category_index";
+
 /// Ages above this are reported as this value (HIPAA Safe Harbor's "90 or older").
 pub const AGE_CAP: i64 = 90;
 
@@ -99,6 +107,8 @@ pub fn functions() -> Vec<Arc<ScalarUDF>> {
     vec![
         Arc::new(ScalarUDF::new_from_impl(Pseudonym::new())),
         Arc::new(ScalarUDF::new_from_impl(AgeYears::new())),
+        Arc::new(ScalarUDF::new_from_impl(FirstTrue::new())),
+        Arc::new(ScalarUDF::new_from_impl(CategoryIndex::new())),
         crate::fingerprint::row_leaf_udf(),
     ]
 }
@@ -224,18 +234,27 @@ impl ScalarUDFImpl for Pseudonym {
         let [arg] = args.args.as_slice() else {
             return exec_err!("{PSEUDONYM_FN} takes one argument");
         };
-        let array = arrow::compute::cast(&arg.to_array(args.number_rows)?, &DataType::Utf8)?;
-        let Some(strings) = array.as_any().downcast_ref::<StringArray>() else {
-            return exec_err!("{PSEUDONYM_FN} expects a Utf8 argument");
+        let array = arg.to_array(args.number_rows)?;
+        // Read in place whatever string layout arrives (the planner's VARCHAR is a view): a cast
+        // to one layout would copy every value first.
+        let array = match array.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => array,
+            _ => arrow::compute::cast(&array, &DataType::Utf8)?,
+        };
+        let strings: Vec<Option<&str>> = match array.data_type() {
+            DataType::Utf8 => array.as_string::<i32>().iter().collect(),
+            DataType::LargeUtf8 => array.as_string::<i64>().iter().collect(),
+            DataType::Utf8View => array.as_string_view().iter().collect(),
+            other => return exec_err!("{PSEUDONYM_FN} expects a string argument, got {other}"),
         };
         let keyed = HmacKey::new(&key);
-        let mut out = StringBuilder::with_capacity(strings.len(), strings.len() * 64);
-        let mut macs = vec![[0u8; 32]; strings.len() - strings.null_count()];
-        let values: Vec<&[u8]> = strings.iter().flatten().map(str::as_bytes).collect();
-        keyed.macs(&values, &mut macs);
+        let present: Vec<&[u8]> = strings.iter().flatten().map(|v| v.as_bytes()).collect();
+        let mut macs = vec![[0u8; 32]; present.len()];
+        keyed.macs(&present, &mut macs);
+        let mut out = StringBuilder::with_capacity(strings.len(), present.len() * 64);
         let mut macs = macs.iter();
         let mut buf = [0u8; 64];
-        for v in strings.iter() {
+        for v in &strings {
             if v.is_none() {
                 out.append_null();
                 continue;
@@ -250,6 +269,118 @@ impl ScalarUDFImpl for Pseudonym {
             }
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish()) as ArrayRef))
+    }
+}
+
+/// Which drop reason a row meets first. A `CASE WHEN c0 THEN 0 WHEN c1 THEN 1 …` says the
+/// same, but the engine evaluates each branch on the rows no earlier branch matched, copying
+/// every column of those rows per branch; this evaluates each condition once over the whole
+/// batch and never copies a row.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct FirstTrue {
+    signature: Signature,
+}
+
+impl FirstTrue {
+    fn new() -> Self {
+        Self {
+            signature: Signature::variadic(vec![DataType::Boolean], Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for FirstTrue {
+    fn name(&self) -> &str {
+        FIRST_TRUE_FN
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Int32)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let rows = args.number_rows;
+        let mut first = vec![i32::MAX; rows];
+        // Last to first, so the earliest true argument writes last.
+        for (i, arg) in args.args.iter().enumerate().rev() {
+            let array = arg.to_array(rows)?;
+            let Some(conditions) = array.as_boolean_opt() else {
+                return exec_err!("{FIRST_TRUE_FN} takes booleans, got {}", array.data_type());
+            };
+            let Ok(position) = i32::try_from(i) else {
+                return exec_err!("{FIRST_TRUE_FN} takes at most {} arguments", i32::MAX);
+            };
+            let met = match conditions.nulls() {
+                Some(valid) => conditions.values() & valid.inner(),
+                None => conditions.values().clone(),
+            };
+            for row in met.set_indices() {
+                first[row] = position;
+            }
+        }
+        let out: Int32Array = first
+            .into_iter()
+            .map(|p| (p != i32::MAX).then_some(p))
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// Categorical encoding by lookup. `CASE CAST(x AS VARCHAR) WHEN 'c0' THEN 0 …` says the same,
+/// but copies every value into a new string column and then compares it with each category in
+/// turn; this reads the values in place and looks each up once.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CategoryIndex {
+    signature: Signature,
+}
+
+impl CategoryIndex {
+    fn new() -> Self {
+        Self {
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for CategoryIndex {
+    fn name(&self) -> &str {
+        CATEGORY_INDEX_FN
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Int32)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let Some((value, categories)) = args.args.split_first() else {
+            return exec_err!("{CATEGORY_INDEX_FN} needs a value");
+        };
+        let mut index = std::collections::HashMap::with_capacity(categories.len());
+        for (i, category) in categories.iter().enumerate() {
+            let text = match category {
+                ColumnarValue::Scalar(s) => s.try_as_str().flatten(),
+                ColumnarValue::Array(_) => None,
+            };
+            let (Some(text), Ok(i)) = (text, i32::try_from(i)) else {
+                return exec_err!("{CATEGORY_INDEX_FN}: categories must be string literals");
+            };
+            index.entry(text).or_insert(i);
+        }
+        let array = value.to_array(args.number_rows)?;
+        let array = match array.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => array,
+            _ => arrow::compute::cast(&array, &DataType::Utf8)?,
+        };
+        let look = |v: Option<&str>| v.and_then(|v| index.get(v).copied());
+        let out: Int32Array = match array.data_type() {
+            DataType::Utf8 => array.as_string::<i32>().iter().map(look).collect(),
+            DataType::LargeUtf8 => array.as_string::<i64>().iter().map(look).collect(),
+            DataType::Utf8View => array.as_string_view().iter().map(look).collect(),
+            other => return exec_err!("{CATEGORY_INDEX_FN} cannot read {other} as text"),
+        };
+        Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
 

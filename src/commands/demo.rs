@@ -204,6 +204,8 @@ async fn demo(
         ),
         overwrite: true,
         key_file_override: Some(key_file.display().to_string()),
+        cache_limit: Some(pipeline::default_cache_limit()),
+        hash_inputs: Vec::new(),
     };
     let embedded = super::cluster::EngineArgs::embedded();
     let dataset = super::run::run_anchored(&job, &options, &embedded, provenance).await?;

@@ -37,6 +37,11 @@ pub(crate) struct RunArgs {
     /// Read the pseudonymization key from this file instead of the job's key source
     #[arg(long, env = "EMRFLOW_KEY_FILE")]
     key_file: Option<String>,
+    /// Hold up to this many MiB of surviving rows in memory so the inputs are read once
+    /// (default: a quarter of the available memory; 0 reads them twice; a cluster run always
+    /// reads them twice)
+    #[arg(long, env = "EMRFLOW_CACHE_MIB", value_name = "MIB")]
+    cache_mib: Option<u64>,
     #[command(flatten)]
     engine: EngineArgs,
     /// Print a JSON summary on stdout
@@ -72,6 +77,12 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitStatus> {
         output_override: args.out,
         overwrite: args.overwrite,
         key_file_override: args.key_file,
+        cache_limit: match args.cache_mib {
+            None => Some(pipeline::default_cache_limit()),
+            Some(0) => None,
+            Some(mib) => Some(mib << 20),
+        },
+        hash_inputs: Vec::new(),
     };
     let provenance = Provenance::open(&args.ledger).await?;
     let result = run_anchored(&job, &options, &args.engine, &provenance).await;
@@ -106,7 +117,24 @@ pub(crate) async fn run_anchored(
 ) -> anyhow::Result<Published> {
     let ctx = engine.context().await?;
     let bar = Arc::new(BarProgress(progress(&format!("job {}", job.name))));
-    let staged = pipeline::stage_job(job, options, &ctx, bar.as_ref()).await;
+    // Raw inputs are hashed while the job runs; emrflow datasets read as inputs are anchored
+    // already and are not.
+    let hash_inputs = job
+        .inputs
+        .iter()
+        .filter(|(name, input)| {
+            let raw = options.input_overrides.get(*name).unwrap_or(&input.path);
+            pipeline::store::Location::resolve(&ctx, raw)
+                .is_ok_and(|location| anchored_input(&location).is_none())
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    let options = RunOptions {
+        cache_limit: options.cache_limit.filter(|_| !engine.is_cluster()),
+        hash_inputs,
+        ..options.clone()
+    };
+    let staged = pipeline::stage_job(job, &options, &ctx, bar.as_ref()).await;
     let result = match staged {
         Ok(mut staged) => match anchor_staged(&ctx, &mut staged, provenance, &bar.0).await {
             Ok(anchored) => {
@@ -161,17 +189,20 @@ async fn anchor_staged(
         );
     }
     bar.set_message("anchoring");
-    let summary = staged.summary();
     let phase = Instant::now();
-    // Raw inputs are hashed all at once (one file is one sequential SHA-256 stream), then
-    // anchored one after another, in the manifest's order.
-    let sources = futures::future::try_join_all(
-        summary
-            .manifest
-            .inputs
-            .iter()
-            .map(|input| source_digest(ctx, input)),
-    )
+    // Raw inputs were hashed while the job ran (any that were not are hashed now, all at
+    // once); they are anchored one after another, in the manifest's order.
+    let hashed = staged.source_roots().await?;
+    let summary = staged.summary();
+    let sources = futures::future::try_join_all(summary.manifest.inputs.iter().map(|input| {
+        let hashed = hashed.get(&input.name).map(|root| Digest(*root));
+        async move {
+            match hashed {
+                Some(root) => Ok(Some(root)),
+                None => source_digest(ctx, input).await,
+            }
+        }
+    }))
     .await?;
     let mut parents = Vec::new();
     for (input, source) in summary.manifest.inputs.iter().zip(sources) {
@@ -250,8 +281,8 @@ async fn source_digest(
 }
 
 /// The anchored root of an input: the anchor of an emrflow dataset read as input, or the
-/// source root of raw files (`source`, from [`source_digest`]), anchored (stage `source`) if it
-/// is new.
+/// source root of raw files (`source`, from the run or [`source_digest`]), anchored (stage
+/// `source`) if it is new.
 async fn input_root(
     ctx: &SessionContext,
     provenance: &Provenance,

@@ -253,37 +253,55 @@ pub fn model_root(params_hash: &Hash32, dataset_root: &Hash32, parts: &[Vec<u8>]
 /// `SHA-256(0x00 ‖ sha256(file) ‖ size_be64)`. Raw exports carry identifiers in clear, so they
 /// are never hashed row by row: a row leaf of a raw export could be confirmed by guessing.
 pub async fn source_root(ctx: &SessionContext, files: &[String]) -> Result<Hash32> {
+    start_source_root(ctx, files)?.await
+}
+
+/// [`source_root`], begun now: local files start hashing on blocking threads before this
+/// returns, so they progress even while every async worker is busy with other work; the
+/// future finishes the remote ones and assembles the root.
+pub fn start_source_root(
+    ctx: &SessionContext,
+    files: &[String],
+) -> Result<impl Future<Output = Result<Hash32>> + Send + 'static> {
     use sha2::{Digest as _, Sha256};
     // Every file at once: a file's SHA-256 is one sequential stream, so several files are the
     // only parallelism there is.
-    let hashed =
-        futures::future::try_join_all(files.iter().map(|url| file_digest(ctx, url))).await?;
-    let mut leaves: Vec<Hash32> = hashed
-        .into_iter()
-        .map(|(digest, size)| {
-            let mut data = Vec::with_capacity(40);
-            data.extend_from_slice(&digest);
-            data.extend_from_slice(&size.to_be_bytes());
-            tree::leaf_hash(&data)
-        })
-        .collect();
-    leaves.sort_unstable();
-    let mut h = Sha256::new();
-    h.update(b"emrflow.source.v1");
-    h.update((leaves.len() as u64).to_be_bytes());
-    h.update(tree::merkle_root(&leaves));
-    Ok(h.finalize().into())
+    let digests = files
+        .iter()
+        .map(|url| file_digest(ctx, url))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(async move {
+        let hashed = futures::future::try_join_all(digests).await?;
+        let mut leaves: Vec<Hash32> = hashed
+            .into_iter()
+            .map(|(digest, size)| {
+                let mut data = Vec::with_capacity(40);
+                data.extend_from_slice(&digest);
+                data.extend_from_slice(&size.to_be_bytes());
+                tree::leaf_hash(&data)
+            })
+            .collect();
+        leaves.sort_unstable();
+        let mut h = Sha256::new();
+        h.update(b"emrflow.source.v1");
+        h.update((leaves.len() as u64).to_be_bytes());
+        h.update(tree::merkle_root(&leaves));
+        Ok(h.finalize().into())
+    })
 }
 
-/// SHA-256 and size of one file. A local file is read on a blocking thread in large reads;
-/// the object store's stream hands a local file over in small chunks, one task hop each, and
-/// took three times as long as the hashing.
-async fn file_digest(ctx: &SessionContext, url: &str) -> Result<(Hash32, u64)> {
+type Digesting = futures::future::BoxFuture<'static, Result<(Hash32, u64)>>;
+
+/// SHA-256 and size of one file. A local file is read on a blocking thread in large reads,
+/// started at once; the object store's stream hands a local file over in small chunks, one
+/// task hop each, and took three times as long as the hashing.
+fn file_digest(ctx: &SessionContext, url: &str) -> Result<Digesting> {
     use sha2::{Digest as _, Sha256};
     let loc = Location::resolve(ctx, url)?;
     if let Some(path) = loc.local_path() {
         let origin = path.display().to_string();
-        return tokio::task::spawn_blocking(move || -> Result<(Hash32, u64)> {
+        let url = url.to_string();
+        let task = tokio::task::spawn_blocking(move || -> Result<(Hash32, u64)> {
             use std::io::Read as _;
             let io = |e: std::io::Error| Error::Fingerprint(format!("{origin}: {e}"));
             let mut file = std::fs::File::open(&path).map_err(io)?;
@@ -299,19 +317,23 @@ async fn file_digest(ctx: &SessionContext, url: &str) -> Result<(Hash32, u64)> {
                 hasher.update(&buf[..n]);
             }
             Ok((hasher.finalize().into(), size))
-        })
-        .await
-        .map_err(|e| Error::Fingerprint(format!("{url}: hashing stopped: {e}")))?;
+        });
+        return Ok(Box::pin(async move {
+            task.await
+                .map_err(|e| Error::Fingerprint(format!("{url}: hashing stopped: {e}")))?
+        }));
     }
-    let mut stream = loc.store.get(&loc.path).await?.into_stream();
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        size += chunk.len() as u64;
-        hasher.update(&chunk);
-    }
-    Ok((hasher.finalize().into(), size))
+    Ok(Box::pin(async move {
+        let mut stream = loc.store.get(&loc.path).await?.into_stream();
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            hasher.update(&chunk);
+        }
+        Ok((hasher.finalize().into(), size))
+    }))
 }
 
 /// The dataset's columns in canonical order, as expressions.
