@@ -130,6 +130,93 @@ impl ExactSum {
     }
 }
 
+/// Limbs of a [`FixedSum`]: enough 32-bit digits for every finite double and its square's
+/// parts, with room above for carries.
+const LIMBS: usize = 68;
+
+/// Values at least this large (or NaN, or infinite) take the partial-by-partial path, so a
+/// [`FixedSum`] of a batch's squares can never leave f64's range.
+const FIXED_MAX: f64 = 1e120;
+
+/// An exact sum in fixed point: the value is Σ `limbs[k]`·2^(32k − 1074), which covers every
+/// finite double down to the smallest subnormal. Adding a double is three integer additions
+/// (carries wait until [`FixedSum::drain_into`]), where an [`ExactSum`] walks its partials: a
+/// batch is summed here and its total handed to the `ExactSum` as a few exact doubles, which
+/// leaves the exact sum, and so every rounded result, unchanged.
+struct FixedSum {
+    limbs: [i64; LIMBS],
+}
+
+impl FixedSum {
+    fn new() -> Self {
+        Self { limbs: [0; LIMBS] }
+    }
+
+    fn add(&mut self, x: f64) {
+        let bits = x.to_bits();
+        let exponent = (bits >> 52) & 0x7ff;
+        let fraction = bits & ((1 << 52) - 1);
+        // x = m·2^(s − 1074), with m < 2^53 and s in 0..2046.
+        let (m, s) = if exponent == 0 {
+            (fraction, 0)
+        } else {
+            (fraction | (1 << 52), exponent - 1)
+        };
+        let at = (s / 32) as usize;
+        let v = u128::from(m) << (s % 32);
+        let digits = [
+            (v & 0xffff_ffff) as i64,
+            ((v >> 32) & 0xffff_ffff) as i64,
+            (v >> 64) as i64,
+        ];
+        let limbs = &mut self.limbs[at..at + 3];
+        if bits >> 63 == 0 {
+            limbs.iter_mut().zip(digits).for_each(|(l, d)| *l += d);
+        } else {
+            limbs.iter_mut().zip(digits).for_each(|(l, d)| *l -= d);
+        }
+    }
+
+    /// Settles carries so every limb but the top one is a digit in 0..2^32; the top one then
+    /// carries the sign.
+    fn normalize(&mut self) {
+        for k in 0..LIMBS - 1 {
+            let carry = self.limbs[k] >> 32;
+            self.limbs[k] -= carry << 32;
+            self.limbs[k + 1] += carry;
+        }
+    }
+
+    /// Adds the sum to `exact` and starts again from zero.
+    fn drain_into(&mut self, exact: &mut ExactSum) {
+        self.normalize();
+        // Digits of a negative total would borrow all the way up; take its magnitude instead.
+        let negative = self.limbs[LIMBS - 1] < 0;
+        if negative {
+            self.limbs.iter_mut().for_each(|l| *l = -*l);
+            self.normalize();
+        }
+        for (k, limb) in self.limbs.iter_mut().enumerate() {
+            if *limb != 0 {
+                // A digit below 2^32 times a power of two: exact, subnormal or not.
+                let part = *limb as f64 * pow2(32 * k as i32 - 1074);
+                exact.add(if negative { -part } else { part });
+                *limb = 0;
+            }
+        }
+    }
+}
+
+/// 2^e for e in −1074..=1023.
+fn pow2(e: i32) -> f64 {
+    debug_assert!((-1074..=1023).contains(&e), "2^{e} is not a double");
+    if e >= -1022 {
+        f64::from_bits(((e + 1023) as u64) << 52)
+    } else {
+        f64::from_bits(1u64 << (e + 1074))
+    }
+}
+
 /// `a·b` as `hi + lo` exactly.
 fn two_product(a: f64, b: f64) -> (f64, f64) {
     let hi = a * b;
@@ -156,6 +243,25 @@ impl Moments {
         let (hi, lo) = two_product(x, x);
         self.sum_sq.add(hi);
         self.sum_sq.add(lo);
+    }
+
+    /// Adds a batch of values (no nulls).
+    fn add_batch(&mut self, values: &[f64]) {
+        if !values.iter().all(|x| x.abs() < FIXED_MAX) {
+            values.iter().for_each(|&x| self.add(x));
+            return;
+        }
+        let mut sum = FixedSum::new();
+        let mut sum_sq = FixedSum::new();
+        for &x in values {
+            sum.add(x);
+            let (hi, lo) = two_product(x, x);
+            sum_sq.add(hi);
+            sum_sq.add(lo);
+        }
+        self.count += values.len() as u64;
+        sum.drain_into(&mut self.sum);
+        sum_sq.drain_into(&mut self.sum_sq);
     }
 
     fn mean_std(&self) -> Option<(f64, f64)> {
@@ -244,9 +350,10 @@ impl Accumulator for Moments {
             return exec_err!("{MOMENTS_FN} takes a DOUBLE, not {}", values.data_type());
         };
         if values.null_count() == 0 {
-            values.values().iter().for_each(|&x| self.add(x));
+            self.add_batch(values.values());
         } else {
-            values.iter().flatten().for_each(|x| self.add(x));
+            let present: Vec<f64> = values.iter().flatten().collect();
+            self.add_batch(&present);
         }
         Ok(())
     }
@@ -338,6 +445,40 @@ mod tests {
             assert_eq!(merged.mean_std(), whole, "{parts} parts");
             assert_eq!(merged.count, 5000);
         }
+    }
+
+    #[test]
+    fn a_batch_sums_exactly_what_its_values_sum_one_by_one() {
+        // Mixed signs and magnitudes (down to subnormals, whose squares vanish), a total that
+        // cancels to a tiny remainder, and an all-negative batch: the batch path must leave
+        // the same exact sums as adding partial by partial.
+        let mut values: Vec<f64> = (0..3000)
+            .map(|i| {
+                let x = (i as f64 * 0.37).sin() * 10f64.powi(i % 40 - 20);
+                if i % 3 == 0 { -x } else { x }
+            })
+            .collect();
+        values.extend([1e100, -1e100, 5e-324, -5e-324, 2.5e-310, 1e119, -1e119]);
+        let negative: Vec<f64> = values.iter().map(|x| -x.abs()).collect();
+        for batch in [
+            values.as_slice(),
+            negative.as_slice(),
+            &[0.1; 1000],
+            &[-0.0, 0.0],
+        ] {
+            let mut fast = Moments::default();
+            fast.add_batch(batch);
+            let slow = moments(batch);
+            assert_eq!(fast.sum.round(), slow.sum.round());
+            assert_eq!(fast.sum_sq.round(), slow.sum_sq.round());
+            assert_eq!(fast.mean_std(), slow.mean_std());
+            assert_eq!(fast.count, slow.count);
+        }
+        // Too large for the fixed-point path: the batch falls back and still agrees.
+        let mut fast = Moments::default();
+        fast.add_batch(&[1e200, 3.0, f64::NAN]);
+        let (m, s) = fast.mean_std().unwrap_or_default();
+        assert!(m.is_nan() && s.is_nan());
     }
 
     #[test]

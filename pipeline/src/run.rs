@@ -30,14 +30,16 @@ use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
 use parquet::arrow::AsyncArrowWriter;
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use regex::Regex;
 use serde::Serialize;
 
 use crate::csvcheck;
 use crate::error::{Error, Result};
-use crate::fingerprint::{Hash32, start_source_root};
+use crate::fingerprint::{
+    Fingerprint, Hash32, PartHasher, PartState, RowsFingerprint, start_source_root,
+};
 use crate::guard::PiiScanner;
 use crate::job::{InputFormat, Job};
 use crate::manifest::{
@@ -200,6 +202,7 @@ pub async fn run_job(
 pub struct StagedRun {
     staging: Staging,
     summary: RunSummary,
+    fingerprint: Fingerprint,
     hashing: InputHashing,
     started: Instant,
 }
@@ -257,6 +260,12 @@ impl StagedRun {
         Ok(roots)
     }
 
+    /// The fingerprint of the rows written, taken from the batches as the writers encoded them:
+    /// the root reading the staged files back gives.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+
     /// The URL the staged dataset can be read from.
     pub fn staging_url(&self) -> String {
         self.staging.url()
@@ -270,6 +279,10 @@ impl StagedRun {
     /// Moves the dataset into place.
     pub async fn publish(self) -> Result<RunSummary> {
         let output = self.staging.publish(MANIFEST_FILE).await?;
+        tracing::debug!(
+            seconds = self.started.elapsed().as_secs_f64(),
+            "dataset published"
+        );
         Ok(RunSummary {
             output,
             seconds: self.started.elapsed().as_secs_f64(),
@@ -326,14 +339,25 @@ pub async fn stage_job(
     let inputs = register_inputs(job, options, ctx).await?;
     let hashing = InputHashing::start(ctx, &inputs, &options.hash_inputs);
     let plan = Plan::build(job, &inputs)?;
+    tracing::debug!(
+        seconds = started.elapsed().as_secs_f64(),
+        "inputs registered"
+    );
     let mut cached_bytes = 0;
     if let Some(limit) = options.cache_limit {
+        let phase = Instant::now();
         cached_bytes =
             diagnose_on_error(cache_lookups(ctx, job, &inputs, limit).await, &inputs).await?;
+        tracing::debug!(
+            bytes = cached_bytes,
+            seconds = phase.elapsed().as_secs_f64(),
+            "lookup inputs held in memory"
+        );
     }
     for (sql, name) in [
         (&plan.src_sql, "__emr_src"),
         (&plan.tagged_sql, "__emr_tagged"),
+        (&plan.raw_tagged_sql, "__emr_tagged_raw"),
     ] {
         let df = ctx.sql(sql).await?;
         ctx.register_table(name, df.into_view())?;
@@ -421,8 +445,8 @@ pub async fn stage_job(
     // Pass 2: write the kept rows, transformed, into staging, scanning for PII.
     progress.stage("writing dataset");
     let final_sql = match cached {
-        Some(_) => plan.final_sql(&fit, &format!("SELECT * FROM {KEPT_TABLE}")),
-        None => plan.final_sql(&fit, &plan.kept_sql),
+        Some(_) => plan.final_sql(&fit, &format!("SELECT * FROM {KEPT_TABLE}"), true),
+        None => plan.final_sql(&fit, &plan.kept_sql, false),
     };
     let df = ctx.sql(&final_sql).await?;
     let out_schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
@@ -541,6 +565,7 @@ pub async fn stage_job(
             seconds: started.elapsed().as_secs_f64(),
             manifest,
         },
+        fingerprint: written.fingerprint,
         hashing,
         started,
     })
@@ -558,136 +583,169 @@ struct Input {
     nulls: Option<Regex>,
 }
 
+/// Opens every input at once, each on its own task: inferring a CSV's column types parses its
+/// first rows, which would otherwise happen one file after another while other cores wait. An
+/// error is reported for the first input (in the job's order) that has one.
 async fn register_inputs(
     job: &Job,
     options: &RunOptions,
     ctx: &SessionContext,
 ) -> Result<BTreeMap<String, Input>> {
+    let tasks: Vec<_> = job
+        .inputs
+        .iter()
+        .enumerate()
+        .map(|(i, (name, cfg))| {
+            let raw = options
+                .input_overrides
+                .get(name)
+                .unwrap_or(&cfg.path)
+                .clone();
+            let default_format = job.format_of(name);
+            let (ctx, name, cfg) = (ctx.clone(), name.clone(), cfg.clone());
+            tokio::spawn(
+                async move { open_input(&ctx, i, &name, &cfg, &raw, default_format).await },
+            )
+        })
+        .collect();
     let mut out = BTreeMap::new();
-    for (i, (name, cfg)) in job.inputs.iter().enumerate() {
-        let raw = options.input_overrides.get(name).unwrap_or(&cfg.path);
-        let location = Location::resolve(ctx, raw)?;
-        let files = location.files().await?;
-        if files.is_empty() {
-            return Err(Error::InputMissing {
-                input: name.clone(),
-                location: raw.clone(),
-            });
-        }
-        let format = match cfg.format {
-            Some(f) => f,
-            None if raw.ends_with(".parquet") || raw.ends_with(".parq") => InputFormat::Parquet,
-            None => job.format_of(name),
-        };
-        for (path, size) in &files {
-            if *size == 0 {
-                return Err(Error::InputEmpty {
-                    input: name.clone(),
-                    path: location.url_of(path),
-                });
-            }
-        }
-        let table = format!("__emr_in_{i}");
-        let url = location.table_url();
-        let delimiter = cfg.delimiter.map_or(b',', |c| c as u8);
-        let nulls = null_regex(name, &cfg.null_values)?;
-        let df = match format {
-            InputFormat::Csv => {
-                let read = |schema: Option<Schema>| {
-                    read_csv(
-                        ctx,
-                        url.clone(),
-                        schema,
-                        delimiter,
-                        nulls.as_str().to_string(),
-                    )
-                };
-                let inferred = match read(None).await {
-                    Ok(df) => df,
-                    Err(e) => {
-                        let probe = Input {
-                            table: table.clone(),
-                            location: location.clone(),
-                            format,
-                            files: files.clone(),
-                            schema: Arc::new(Schema::empty()),
-                            delimiter,
-                            nulls: Some(nulls.clone()),
-                        };
-                        return Err(diagnose(e.into(), &[&probe]).await);
-                    }
-                };
-                let schema = override_types(name, inferred.schema().as_arrow(), &cfg.types)?;
-                if cfg.null_values.is_empty() {
-                    read(Some(schema)).await?
-                } else {
-                    // The engine's CSV reader honours null strings only while inferring types, so
-                    // such inputs are read as text and typed here, with the null strings mapped
-                    // to null first.
-                    let text = Schema::new(
-                        schema
-                            .fields()
-                            .iter()
-                            .map(|f| Field::new(f.name(), DataType::Utf8, true))
-                            .collect::<Vec<_>>(),
-                    );
-                    let raw = read(Some(text)).await?;
-                    let raw_table = format!("{table}_text");
-                    ctx.register_table(raw_table.as_str(), raw.into_view())?;
-                    let nulls_sql: Vec<String> =
-                        cfg.null_values.iter().map(|v| literal(v)).collect();
-                    let cols: Vec<String> = schema
-                        .fields()
-                        .iter()
-                        .map(|f| {
-                            let c = ident(f.name());
-                            let value = match f.data_type() {
-                                DataType::Utf8 => c.clone(),
-                                t => format!("arrow_cast({c}, {})", literal(&t.to_string())),
-                            };
-                            format!(
-                                "CASE WHEN {c} IN ({}) THEN NULL ELSE {value} END AS {c}",
-                                nulls_sql.join(", ")
-                            )
-                        })
-                        .collect();
-                    ctx.sql(&format!("SELECT {} FROM {raw_table}", cols.join(", ")))
-                        .await?
-                }
-            }
-            InputFormat::Parquet => {
-                if !cfg.types.is_empty() {
-                    return Err(Error::invalid(
-                        format!("inputs.{name}.types"),
-                        "Parquet inputs carry their own types",
-                    ));
-                }
-                ctx.read_parquet(url, ParquetReadOptions::default().file_extension(""))
-                    .await?
-            }
-        };
-        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        if schema.fields().is_empty() {
-            return Err(Error::InputEmpty {
-                input: name.clone(),
-                path: raw.clone(),
-            });
-        }
-        ctx.register_table(table.as_str(), df.into_view())?;
-        out.insert(
-            name.clone(),
-            Input {
-                table,
-                location,
-                format,
-                files,
-                schema,
-                delimiter,
-                nulls: Some(nulls.clone()),
-            },
-        );
+    for task in tasks {
+        let (name, input) = task
+            .await
+            .map_err(|e| Error::invalid("inputs", format!("opening an input failed: {e}")))??;
+        out.insert(name, input);
     }
     Ok(out)
+}
+
+/// Resolves, lists and (for CSV) types input number `i`, and registers it as `__emr_in_{i}`.
+async fn open_input(
+    ctx: &SessionContext,
+    i: usize,
+    name: &str,
+    cfg: &crate::job::InputConfig,
+    raw: &str,
+    default_format: InputFormat,
+) -> Result<(String, Input)> {
+    let location = Location::resolve(ctx, raw)?;
+    let files = location.files().await?;
+    if files.is_empty() {
+        return Err(Error::InputMissing {
+            input: name.to_string(),
+            location: raw.to_string(),
+        });
+    }
+    let format = match cfg.format {
+        Some(f) => f,
+        None if raw.ends_with(".parquet") || raw.ends_with(".parq") => InputFormat::Parquet,
+        None => default_format,
+    };
+    for (path, size) in &files {
+        if *size == 0 {
+            return Err(Error::InputEmpty {
+                input: name.to_string(),
+                path: location.url_of(path),
+            });
+        }
+    }
+    let table = format!("__emr_in_{i}");
+    let url = location.table_url();
+    let delimiter = cfg.delimiter.map_or(b',', |c| c as u8);
+    let nulls = null_regex(name, &cfg.null_values)?;
+    let df = match format {
+        InputFormat::Csv => {
+            let read = |schema: Option<Schema>| {
+                read_csv(
+                    ctx,
+                    url.clone(),
+                    schema,
+                    delimiter,
+                    nulls.as_str().to_string(),
+                )
+            };
+            let inferred = match read(None).await {
+                Ok(df) => df,
+                Err(e) => {
+                    let probe = Input {
+                        table: table.clone(),
+                        location: location.clone(),
+                        format,
+                        files: files.clone(),
+                        schema: Arc::new(Schema::empty()),
+                        delimiter,
+                        nulls: Some(nulls.clone()),
+                    };
+                    return Err(diagnose(e.into(), &[&probe]).await);
+                }
+            };
+            let schema = override_types(name, inferred.schema().as_arrow(), &cfg.types)?;
+            if cfg.null_values.is_empty() {
+                read(Some(schema)).await?
+            } else {
+                // The engine's CSV reader honours null strings only while inferring types, so
+                // such inputs are read as text and typed here, with the null strings mapped
+                // to null first.
+                let text = Schema::new(
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| Field::new(f.name(), DataType::Utf8, true))
+                        .collect::<Vec<_>>(),
+                );
+                let raw = read(Some(text)).await?;
+                let raw_table = format!("{table}_text");
+                ctx.register_table(raw_table.as_str(), raw.into_view())?;
+                let nulls_sql: Vec<String> = cfg.null_values.iter().map(|v| literal(v)).collect();
+                let cols: Vec<String> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        let c = ident(f.name());
+                        let value = match f.data_type() {
+                            DataType::Utf8 => c.clone(),
+                            t => format!("arrow_cast({c}, {})", literal(&t.to_string())),
+                        };
+                        format!(
+                            "CASE WHEN {c} IN ({}) THEN NULL ELSE {value} END AS {c}",
+                            nulls_sql.join(", ")
+                        )
+                    })
+                    .collect();
+                ctx.sql(&format!("SELECT {} FROM {raw_table}", cols.join(", ")))
+                    .await?
+            }
+        }
+        InputFormat::Parquet => {
+            if !cfg.types.is_empty() {
+                return Err(Error::invalid(
+                    format!("inputs.{name}.types"),
+                    "Parquet inputs carry their own types",
+                ));
+            }
+            ctx.read_parquet(url, ParquetReadOptions::default().file_extension(""))
+                .await?
+        }
+    };
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    if schema.fields().is_empty() {
+        return Err(Error::InputEmpty {
+            input: name.to_string(),
+            path: raw.to_string(),
+        });
+    }
+    ctx.register_table(table.as_str(), df.into_view())?;
+    Ok((
+        name.to_string(),
+        Input {
+            table,
+            location,
+            format,
+            files,
+            schema,
+            delimiter,
+            nulls: Some(nulls),
+        },
+    ))
 }
 
 /// The empty field and every declared null string, matched whole.
@@ -755,6 +813,11 @@ fn names(schema: &Schema) -> String {
         .join(", ")
 }
 
+/// The pseudonym of a column, as SQL.
+fn pseudonym_of(column: &str) -> String {
+    format!("{PSEUDONYM_FN}(CAST({} AS VARCHAR))", ident(column))
+}
+
 /// Quotes an identifier for SQL.
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -775,6 +838,8 @@ fn float(x: f64) -> String {
 struct Plan {
     src_sql: String,
     tagged_sql: String,
+    /// `tagged_sql` with the pseudonymized columns in clear.
+    raw_tagged_sql: String,
     /// The rows pass 2 keeps: `__emr_tagged`'s rows whose reason is NULL, without the reason.
     kept_sql: String,
     /// Drop reasons by the number `__emr_reason` holds.
@@ -928,6 +993,7 @@ impl Plan {
             job.pii.drop.iter().any(|d| d == c) || job.pii.age.as_ref().is_some_and(|a| a.dob == c)
         };
         let mut tagged_select: Vec<String> = Vec::new();
+        let mut raw_select: Vec<String> = Vec::new();
         let mut outputs = Vec::new();
         let mut pseudonymized_out = Vec::new();
         for (name, t) in &data_cols {
@@ -940,6 +1006,7 @@ impl Plan {
                     ident(&age.at),
                     ident(&age.name)
                 ));
+                raw_select.extend(tagged_select.last().cloned());
                 outputs.push(OutputColumn {
                     name: age.name.clone(),
                     data_type: DataType::Int64,
@@ -950,10 +1017,8 @@ impl Plan {
                 continue;
             }
             if job.pii.pseudonymize.contains(name) {
-                tagged_select.push(format!(
-                    "{PSEUDONYM_FN}(CAST({c} AS VARCHAR)) AS {c}",
-                    c = ident(name)
-                ));
+                tagged_select.push(format!("{} AS {}", pseudonym_of(name), ident(name)));
+                raw_select.push(ident(name));
                 pseudonymized_out.push(name.clone());
                 outputs.push(OutputColumn {
                     name: name.clone(),
@@ -961,6 +1026,7 @@ impl Plan {
                 });
             } else {
                 tagged_select.push(ident(name));
+                raw_select.push(ident(name));
                 outputs.push(OutputColumn {
                     name: name.clone(),
                     data_type: t.clone(),
@@ -1082,6 +1148,19 @@ impl Plan {
             "SELECT *, {reason_expr} AS __emr_reason FROM (SELECT {} FROM __emr_src)",
             inner_cols.join(", ")
         );
+        // The same rows with pseudonymized columns still in clear, for a run that holds the
+        // surviving rows in memory: it pseudonymizes them on the way out, so it hashes only the
+        // rows it keeps and holds the short originals rather than 64-character pseudonyms.
+        // (In clear only in this process's memory: nothing is written before pass 2.)
+        let raw_cols: Vec<String> = raw_select
+            .iter()
+            .cloned()
+            .chain(join_markers.iter().map(|(m, _)| ident(m)))
+            .collect();
+        let raw_tagged_sql = format!(
+            "SELECT *, {reason_expr} AS __emr_reason FROM (SELECT {} FROM __emr_src)",
+            raw_cols.join(", ")
+        );
         // Pass 2 keeps the rows no reason matched. Saying so as a conjunction of `IS NOT TRUE`
         // (a NULL condition does not match a CASE branch either) spares it building the reason
         // strings only to test them for NULL.
@@ -1101,6 +1180,7 @@ impl Plan {
         Ok(Self {
             src_sql,
             tagged_sql,
+            raw_tagged_sql,
             kept_sql,
             reasons,
             outputs,
@@ -1113,9 +1193,9 @@ impl Plan {
         })
     }
 
-    /// The output rows: `kept` (the surviving rows, as `kept_sql` gives them) normalized and
-    /// encoded.
-    fn final_sql(&self, fit: &Fit, kept: &str) -> String {
+    /// The output rows: `kept` (the surviving rows, as `kept_sql` gives them, or in clear as
+    /// `raw_tagged_sql` does when `pseudonymize`) normalized, encoded and pseudonymized.
+    fn final_sql(&self, fit: &Fit, kept: &str, pseudonymize: bool) -> String {
         let cols: Vec<String> = self
             .outputs
             .iter()
@@ -1140,6 +1220,8 @@ impl Plan {
                         "{CATEGORY_INDEX_FN}({id}, {}) AS {id}",
                         categories.join(", ")
                     )
+                } else if pseudonymize && self.pseudonymized_out.contains(&c.name) {
+                    format!("{} AS {id}", pseudonym_of(&c.name))
                 } else {
                     id
                 }
@@ -1301,15 +1383,16 @@ struct Cached {
     dropped: Vec<u64>,
 }
 
-/// The in-memory table of surviving rows: `__emr_tagged`'s columns, reason always NULL.
+/// The in-memory table of surviving rows: `__emr_tagged_raw`'s columns (pseudonymized columns
+/// in clear), reason always NULL.
 const KEPT_TABLE: &str = "__emr_kept";
 
-/// Runs `__emr_tagged` once, counting the rows each drop reason takes and keeping the rest in
+/// Runs `__emr_tagged_raw` once, counting the rows each drop reason takes and keeping the rest in
 /// memory as [`KEPT_TABLE`], one partition per stream so pass 2 keeps the parallelism. `None`
 /// (and nothing registered) once the kept rows need more than `limit` bytes.
 async fn cache_kept(ctx: &SessionContext, plan: &Plan, limit: u64) -> Result<Option<Cached>> {
     let started = Instant::now();
-    let df = ctx.table("__emr_tagged").await?;
+    let df = ctx.table("__emr_tagged_raw").await?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let reason = schema.index_of("__emr_reason")?;
     let used = Arc::new(AtomicU64::new(0));
@@ -1591,6 +1674,7 @@ struct Written {
     rows: u64,
     files: Vec<String>,
     scanner: PiiScanner,
+    fingerprint: Fingerprint,
 }
 
 /// Rows per output row group. A reader fetches a whole row group's column chunks before it
@@ -1605,13 +1689,18 @@ const ROW_GROUP_ROWS: usize = 128 * 1024;
 ///   already), and LZ4 pages decode about twice as fast for every later reader.
 /// - No dictionary for pseudonymized columns: their values are (nearly) all distinct, so the
 ///   writer would build a dictionary for every page only to fall back to plain encoding.
+/// - No min/max statistics for them either: the range of a page of keyed hashes says nothing
+///   a reader could skip pages by, and finding it compares every 64-byte value.
 fn writer_properties(pseudonymized: &[String]) -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::LZ4_RAW)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(format!("emrflow {}", env!("CARGO_PKG_VERSION")));
     for column in pseudonymized {
-        props = props.set_column_dictionary_enabled(ColumnPath::from(column.as_str()), false);
+        let path = ColumnPath::from(column.as_str());
+        props = props
+            .set_column_dictionary_enabled(path.clone(), false)
+            .set_column_statistics_enabled(path, EnabledStatistics::None);
     }
     props.build()
 }
@@ -1624,6 +1713,7 @@ async fn write_partitions(
     props: &WriterProperties,
     progress: &dyn Progress,
 ) -> Result<Written> {
+    let fingerprint = RowsFingerprint::new(df.schema().as_arrow())?;
     let streams = df.execute_stream_partitioned().await?;
     let store = staging.store();
     let mut tasks = Vec::new();
@@ -1633,30 +1723,36 @@ async fn write_partitions(
         let store = Arc::clone(&store);
         let scanned = scanned.to_vec();
         let props = props.clone();
+        let hasher = fingerprint.part();
         tasks.push(tokio::spawn(async move {
-            write_one(stream, store, path, &scanned, props)
+            write_one(stream, store, path, &scanned, props, hasher)
                 .await
-                .map(|(rows, scanner)| (name, rows, scanner))
+                .map(|(rows, scanner, leaves)| (name, rows, scanner, leaves))
         }));
     }
-    let mut written = Written {
-        rows: 0,
-        files: Vec::new(),
-        scanner: PiiScanner::new(scanned),
-    };
+    let mut rows = 0;
+    let mut files = Vec::new();
+    let mut scanner = PiiScanner::new(scanned);
+    let mut parts = Vec::new();
     for task in tasks {
-        let (name, rows, scanner) = task
+        let (name, n, part_scanner, leaves) = task
             .await
             .map_err(|e| Error::invalid("output", format!("a writer task failed: {e}")))??;
-        progress.rows(rows);
-        written.rows += rows;
-        written.scanner.merge(scanner);
-        if rows > 0 {
-            written.files.push(name);
+        progress.rows(n);
+        rows += n;
+        scanner.merge(part_scanner);
+        parts.push(leaves);
+        if n > 0 {
+            files.push(name);
         }
     }
-    written.files.sort();
-    Ok(written)
+    files.sort();
+    Ok(Written {
+        rows,
+        files,
+        scanner,
+        fingerprint: fingerprint.finish(parts)?,
+    })
 }
 
 async fn write_one(
@@ -1665,7 +1761,8 @@ async fn write_one(
     path: object_store::path::Path,
     scanned: &[String],
     props: WriterProperties,
-) -> Result<(u64, PiiScanner)> {
+    mut hasher: PartHasher,
+) -> Result<(u64, PiiScanner, PartState)> {
     let mut scanner = PiiScanner::new(scanned);
     let mut writer: Option<AsyncArrowWriter<BufWriter>> = None;
     let mut rows = 0u64;
@@ -1675,6 +1772,7 @@ async fn write_one(
             continue;
         }
         scanner.scan(&batch);
+        hasher.update(&batch)?;
         rows += batch.num_rows() as u64;
         if writer.is_none() {
             writer = Some(AsyncArrowWriter::try_new(
@@ -1696,7 +1794,7 @@ async fn write_one(
             let _ = store.delete(&path).await;
         }
     }
-    Ok((rows, scanner))
+    Ok((rows, scanner, hasher.finish()?))
 }
 
 /// When a scan fails, finds the exact file and line in the CSV inputs; otherwise passes the

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, Date32Array, Int32Array, Int64Array, StringBuilder};
 use arrow::datatypes::DataType;
 use datafusion::common::config::{ConfigEntry, ConfigExtension, ExtensionOptions};
+use datafusion::common::format::DEFAULT_CAST_OPTIONS;
 use datafusion::common::{config_err, exec_err};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::FunctionRegistry;
@@ -239,7 +240,9 @@ impl ScalarUDFImpl for Pseudonym {
         // to one layout would copy every value first.
         let array = match array.data_type() {
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => array,
-            _ => arrow::compute::cast(&array, &DataType::Utf8)?,
+            // Text as the engine's CAST(x AS VARCHAR) writes it (durations, for one, differ
+            // from Arrow's default), so values match what pass 1 fitted.
+            _ => arrow::compute::cast_with_options(&array, &DataType::Utf8, &DEFAULT_CAST_OPTIONS)?,
         };
         let strings: Vec<Option<&str>> = match array.data_type() {
             DataType::Utf8 => array.as_string::<i32>().iter().collect(),
@@ -357,31 +360,112 @@ impl ScalarUDFImpl for CategoryIndex {
         let Some((value, categories)) = args.args.split_first() else {
             return exec_err!("{CATEGORY_INDEX_FN} needs a value");
         };
-        let mut index = std::collections::HashMap::with_capacity(categories.len());
-        for (i, category) in categories.iter().enumerate() {
+        let mut texts = Vec::with_capacity(categories.len());
+        for category in categories {
             let text = match category {
                 ColumnarValue::Scalar(s) => s.try_as_str().flatten(),
                 ColumnarValue::Array(_) => None,
             };
-            let (Some(text), Ok(i)) = (text, i32::try_from(i)) else {
+            let Some(text) = text else {
                 return exec_err!("{CATEGORY_INDEX_FN}: categories must be string literals");
             };
-            index.entry(text).or_insert(i);
+            texts.push(text);
         }
+        let index = CategoryLookup::new(&texts)?;
         let array = value.to_array(args.number_rows)?;
         let array = match array.data_type() {
             DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => array,
-            _ => arrow::compute::cast(&array, &DataType::Utf8)?,
+            // Text as the engine's CAST(x AS VARCHAR) writes it (durations, for one, differ
+            // from Arrow's default), so values match what pass 1 fitted.
+            _ => arrow::compute::cast_with_options(&array, &DataType::Utf8, &DEFAULT_CAST_OPTIONS)?,
         };
-        let look = |v: Option<&str>| v.and_then(|v| index.get(v).copied());
+        let look = |v: Option<&str>| v.and_then(|v| index.get(v));
         let out: Int32Array = match array.data_type() {
             DataType::Utf8 => array.as_string::<i32>().iter().map(look).collect(),
             DataType::LargeUtf8 => array.as_string::<i64>().iter().map(look).collect(),
-            DataType::Utf8View => array.as_string_view().iter().map(look).collect(),
+            DataType::Utf8View => {
+                // A value of up to 12 bytes sits whole in its view: one integer to look up.
+                let strings = array.as_string_view();
+                (0..strings.len())
+                    .map(|i| {
+                        if strings.is_null(i) {
+                            return None;
+                        }
+                        let view = strings.views()[i];
+                        if view as u32 <= INLINE_BYTES {
+                            index.get_inline(view)
+                        } else {
+                            index.get(strings.value(i))
+                        }
+                    })
+                    .collect()
+            }
             other => return exec_err!("{CATEGORY_INDEX_FN} cannot read {other} as text"),
         };
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
+}
+
+/// The longest string an Arrow string view holds inline.
+const INLINE_BYTES: u32 = 12;
+
+/// Categories by position; the first position of a repeated category wins.
+struct CategoryLookup<'a> {
+    /// Categories of up to [`INLINE_BYTES`] bytes by the view a string array gives them
+    /// (length and bytes in one integer), sorted.
+    short: Vec<(u128, i32)>,
+    long: std::collections::HashMap<&'a str, i32>,
+}
+
+impl<'a> CategoryLookup<'a> {
+    fn new(categories: &[&'a str]) -> DfResult<Self> {
+        let mut short: Vec<(u128, i32)> = Vec::new();
+        let mut long = std::collections::HashMap::new();
+        for (i, text) in categories.iter().enumerate() {
+            let Ok(i) = i32::try_from(i) else {
+                return exec_err!("{CATEGORY_INDEX_FN} takes at most {} categories", i32::MAX);
+            };
+            match inline_view(text) {
+                Some(view) => {
+                    if !short.iter().any(|(v, _)| *v == view) {
+                        short.push((view, i));
+                    }
+                }
+                None => {
+                    long.entry(*text).or_insert(i);
+                }
+            }
+        }
+        short.sort_unstable();
+        Ok(Self { short, long })
+    }
+
+    fn get(&self, text: &str) -> Option<i32> {
+        match inline_view(text) {
+            Some(view) => self.get_inline(view),
+            None => self.long.get(text).copied(),
+        }
+    }
+
+    fn get_inline(&self, view: u128) -> Option<i32> {
+        self.short
+            .binary_search_by_key(&view, |(v, _)| *v)
+            .ok()
+            .map(|at| self.short[at].1)
+    }
+}
+
+/// The view Arrow gives a string of up to [`INLINE_BYTES`] bytes: its length in the low 32
+/// bits, then its bytes, zero-padded.
+fn inline_view(text: &str) -> Option<u128> {
+    let bytes = text.as_bytes();
+    let len = u32::try_from(bytes.len())
+        .ok()
+        .filter(|n| *n <= INLINE_BYTES)?;
+    let mut view = [0u8; 16];
+    view[..4].copy_from_slice(&len.to_le_bytes());
+    view[4..4 + bytes.len()].copy_from_slice(bytes);
+    Some(u128::from_le_bytes(view))
 }
 
 /// Whole years between two dates, capped at [`AGE_CAP`]; null if either is null.
@@ -449,7 +533,15 @@ impl ScalarUDFImpl for AgeYears {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::{
+        BooleanArray, Date32Array, Decimal128Array, DurationMillisecondArray, DurationSecondArray,
+        Float64Array, LargeStringArray, RecordBatch, StringArray, StringViewArray,
+        TimestampNanosecondArray,
+    };
+    use arrow::datatypes::{Field, Int32Type, Schema};
+    use datafusion::datasource::MemTable;
     use datafusion::prelude::SessionConfig;
+    use datafusion::prelude::SessionContext;
 
     #[test]
     fn options_round_trip_through_their_listed_entries() {
@@ -532,5 +624,614 @@ mod tests {
         assert_eq!(age_years(day(1960, 6, 15), day(2020, 6, 14)), Some(59));
         assert_eq!(age_years(day(1960, 6, 15), day(2020, 6, 15)), Some(60));
         assert_eq!(age_years(day(1920, 1, 1), day(2020, 6, 15)), Some(AGE_CAP));
+    }
+
+    /// A context as every engine sets one up: emrflow's session options and functions.
+    fn context() -> SessionContext {
+        let config = SessionConfig::new().with_option_extension(EmrflowOptions::default());
+        let mut ctx = SessionContext::new_with_config(config);
+        register_functions(&mut ctx).unwrap_or_else(|e| panic!("{e}"));
+        ctx
+    }
+
+    /// Registers `columns` (plus `id`, the row number) as table `name`: rows `from..from+len`
+    /// of one batch. A slice that starts off a byte boundary hands the functions arrays with an
+    /// offset into their values and validity bits, as a limit upstream can.
+    fn register(
+        ctx: &SessionContext,
+        name: &str,
+        columns: &[(&str, ArrayRef)],
+        from: usize,
+        len: usize,
+    ) {
+        let rows = columns.first().map_or(0, |c| c.1.len());
+        let ids = Int32Array::from_iter_values(0..i32::try_from(rows).unwrap_or(i32::MAX));
+        let mut fields = vec![Field::new("id", DataType::Int32, false)];
+        let mut arrays: Vec<ArrayRef> = vec![Arc::new(ids)];
+        for (column, array) in columns {
+            fields.push(Field::new(*column, array.data_type().clone(), true));
+            arrays.push(Arc::clone(array));
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let batch = RecordBatch::try_new(Arc::clone(&schema), arrays)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .slice(from, len);
+        let table = MemTable::try_new(schema, vec![vec![batch]]).unwrap_or_else(|e| panic!("{e}"));
+        ctx.register_table(name, Arc::new(table))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// The first column of `sql`'s result.
+    async fn first_column(ctx: &SessionContext, sql: &str) -> Vec<ArrayRef> {
+        ctx.sql(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .iter()
+            .map(|b| Arc::clone(b.column(0)))
+            .collect()
+    }
+
+    /// The first column of `sql`'s result as Int32 values, in row order.
+    async fn int32s(ctx: &SessionContext, sql: &str) -> Vec<Option<i32>> {
+        let mut out = Vec::new();
+        for array in first_column(ctx, sql).await {
+            let Some(values) = array.as_primitive_opt::<Int32Type>() else {
+                panic!("{sql}: {} is not Int32", array.data_type());
+            };
+            out.extend(values.iter());
+        }
+        out
+    }
+
+    /// The first column of `sql`'s result as text, in row order.
+    async fn texts(ctx: &SessionContext, sql: &str) -> Vec<Option<String>> {
+        let mut out = Vec::new();
+        for array in first_column(ctx, sql).await {
+            let array = arrow::compute::cast(&array, &DataType::Utf8)
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            out.extend(
+                array
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|v| v.map(str::to_string)),
+            );
+        }
+        out
+    }
+
+    /// A SQL string literal.
+    fn quoted(text: &str) -> String {
+        format!("'{}'", text.replace('\'', "''"))
+    }
+
+    /// Every combination of three conditions (true, false, NULL) twice over: row `r` holds
+    /// `of((r / 9) % 3)`, `of((r / 3) % 3)`, `of(r % 3)` with 0 true, 1 false, 2 NULL.
+    fn conditions() -> [Vec<Option<bool>>; 3] {
+        let of = |k: usize| [Some(true), Some(false), None][k % 3];
+        let rows = 0..54usize;
+        [
+            rows.clone().map(|r| of(r / 9)).collect(),
+            rows.clone().map(|r| of(r / 3)).collect(),
+            rows.map(of).collect(),
+        ]
+    }
+
+    #[tokio::test]
+    async fn first_true_is_the_position_of_the_earliest_true_argument() {
+        // It replaced `CASE WHEN a THEN 0 WHEN b THEN 1 ...` as the drop reason: a row goes
+        // for the first reason it meets, a NULL or false condition is not met, and a row that
+        // meets none (NULL) is kept. Every combination, whole and from an unaligned slice.
+        let ctx = context();
+        let [a, b, c] = conditions();
+        let columns: Vec<(&str, ArrayRef)> = [("a", &a), ("b", &b), ("c", &c)]
+            .into_iter()
+            .map(|(n, v)| (n, Arc::new(BooleanArray::from(v.clone())) as ArrayRef))
+            .collect();
+        register(&ctx, "t", &columns, 0, a.len());
+        register(&ctx, "s", &columns, 3, 40);
+        let got = int32s(&ctx, "SELECT emr_first_true(a, b, c) FROM t ORDER BY id").await;
+        assert_eq!(got.len(), a.len());
+        // The rule on its own: every argument true (the earliest wins), several true after a
+        // false, NULL or false before the true one, all false, all NULL.
+        assert_eq!(got[0], Some(0), "true, true, true");
+        assert_eq!(got[9], Some(1), "false, true, true");
+        assert_eq!(got[20], Some(1), "NULL, true, NULL");
+        assert_eq!(got[21], Some(2), "NULL, false, true");
+        assert_eq!(got[15], Some(2), "false, NULL, true");
+        assert_eq!(got[13], None, "false, false, false");
+        assert_eq!(got[26], None, "NULL, NULL, NULL");
+        let expected: Vec<Option<i32>> = (0..a.len())
+            .map(|r| {
+                [a[r], b[r], c[r]]
+                    .iter()
+                    .position(|v| *v == Some(true))
+                    .and_then(|p| i32::try_from(p).ok())
+            })
+            .collect();
+        assert_eq!(got, expected);
+        let case = int32s(
+            &ctx,
+            "SELECT CAST(CASE WHEN a THEN 0 WHEN b THEN 1 WHEN c THEN 2 END AS INT) FROM t ORDER BY id",
+        )
+        .await;
+        assert_eq!(got, case, "differs from the CASE chain it replaced");
+        let sliced = int32s(&ctx, "SELECT emr_first_true(a, b, c) FROM s ORDER BY id").await;
+        assert_eq!(sliced, expected[3..43], "from a slice");
+    }
+
+    #[tokio::test]
+    async fn first_true_takes_scalar_and_computed_arguments() {
+        // A condition can fold to a constant (a range check on a literal, a NULL test of a
+        // column that cannot be null), so scalars mix with columns.
+        let ctx = context();
+        let [a, _, _] = conditions();
+        let x: Vec<Option<i64>> = (0..a.len() as i64)
+            .map(|i| (i % 5 != 0).then_some(i))
+            .collect();
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("a", Arc::new(BooleanArray::from(a.clone()))),
+            ("x", Arc::new(Int64Array::from(x.clone()))),
+        ];
+        register(&ctx, "t", &columns, 0, a.len());
+
+        let got = int32s(
+            &ctx,
+            "SELECT emr_first_true(false, a, true) FROM t ORDER BY id",
+        )
+        .await;
+        let expected: Vec<Option<i32>> = a
+            .iter()
+            .map(|v| Some(if *v == Some(true) { 1 } else { 2 }))
+            .collect();
+        assert_eq!(got, expected, "false, a, true");
+
+        let got = int32s(
+            &ctx,
+            "SELECT emr_first_true(CAST(NULL AS BOOLEAN), a) FROM t ORDER BY id",
+        )
+        .await;
+        let expected: Vec<Option<i32>> =
+            a.iter().map(|v| (*v == Some(true)).then_some(1)).collect();
+        assert_eq!(got, expected, "NULL, a");
+
+        // Conditions as the planner writes them: unmatched (NULL), then out of range.
+        let got = int32s(
+            &ctx,
+            "SELECT emr_first_true((x IS NULL), (x < 10 OR x > 40)) FROM t ORDER BY id",
+        )
+        .await;
+        let expected: Vec<Option<i32>> = x
+            .iter()
+            .map(|v| match v {
+                None => Some(0),
+                Some(v) if *v < 10 || *v > 40 => Some(1),
+                Some(_) => None,
+            })
+            .collect();
+        assert_eq!(got, expected, "x IS NULL, x out of range");
+
+        // Only scalars: one row.
+        assert_eq!(
+            int32s(
+                &ctx,
+                "SELECT emr_first_true(false, CAST(NULL AS BOOLEAN), true, true)"
+            )
+            .await,
+            vec![Some(2)]
+        );
+        assert_eq!(
+            int32s(&ctx, "SELECT emr_first_true(false, CAST(NULL AS BOOLEAN))").await,
+            vec![None]
+        );
+    }
+
+    /// The values the string tests look up: a NULL, an empty string, one that differs from a
+    /// category only in case, one with a NUL byte after a category's text, and texts on
+    /// either side of the 12 bytes a string view holds inline (one that shares its first 12
+    /// bytes with a 12-byte category).
+    const LONG: &str = "a category longer than twelve bytes";
+    fn words() -> Vec<Option<&'static str>> {
+        vec![
+            Some("a"),
+            Some("b"),
+            Some("c"),
+            None,
+            Some("zz"),
+            Some(""),
+            Some(LONG),
+            Some("B"),
+            Some("a"),
+            Some("c"),
+            Some(LONG),
+            None,
+            Some("twelve bytes"),
+            Some("twelve bytes!"),
+            Some("thirteen byte"),
+            Some("a\0"),
+        ]
+    }
+
+    #[tokio::test]
+    async fn category_index_reads_every_string_layout_and_integers() {
+        // The encoding's code is the value's position among the fitted categories; a value
+        // outside them (or NULL) has none. The planner's VARCHAR is a string view, Parquet
+        // inputs can carry Utf8 or LargeUtf8, and each is read in place.
+        let ctx = context();
+        let words = words();
+        let ints: Vec<Option<i64>> = vec![
+            Some(1),
+            Some(20),
+            Some(-3),
+            None,
+            Some(7),
+            Some(0),
+            Some(1),
+            Some(20),
+            Some(-3),
+            Some(100),
+            None,
+            Some(1),
+            Some(20),
+            None,
+            Some(-3),
+            Some(5),
+        ];
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("s", Arc::new(StringArray::from(words.clone()))),
+            ("l", Arc::new(LargeStringArray::from(words.clone()))),
+            ("v", Arc::new(StringViewArray::from(words.clone()))),
+            ("i", Arc::new(Int64Array::from(ints.clone()))),
+        ];
+        register(&ctx, "t", &columns, 0, words.len());
+        register(&ctx, "sl", &columns, 3, 12);
+
+        let categories = ["b", "a", "c", LONG, "twelve bytes", "thirteen byte"];
+        let list = categories.map(quoted).join(", ");
+        let expected = vec![
+            Some(1),
+            Some(0),
+            Some(2),
+            None,
+            None,
+            None,
+            Some(3),
+            None,
+            Some(1),
+            Some(2),
+            Some(3),
+            None,
+            Some(4),
+            None,
+            Some(5),
+            None,
+        ];
+        for value in [
+            "s",
+            "l",
+            "v",
+            "arrow_cast(s, 'Utf8View')",
+            "arrow_cast(s, 'LargeUtf8')",
+            "CAST(s AS VARCHAR)",
+        ] {
+            let sql = format!("SELECT emr_category_index({value}, {list}) FROM t ORDER BY id");
+            assert_eq!(int32s(&ctx, &sql).await, expected, "{value}");
+            let sql = format!("SELECT emr_category_index({value}, {list}) FROM sl ORDER BY id");
+            assert_eq!(int32s(&ctx, &sql).await, expected[3..15], "{value}, sliced");
+        }
+
+        // Integers are looked up by their text, as CAST(i AS VARCHAR) fitted them.
+        let list = ["-3", "1", "20"].map(quoted).join(", ");
+        let expected = vec![
+            Some(1),
+            Some(2),
+            Some(0),
+            None,
+            None,
+            None,
+            Some(1),
+            Some(2),
+            Some(0),
+            None,
+            None,
+            Some(1),
+            Some(2),
+            None,
+            Some(0),
+            None,
+        ];
+        for value in ["i", "arrow_cast(i, 'Int32')"] {
+            let sql = format!("SELECT emr_category_index({value}, {list}) FROM t ORDER BY id");
+            assert_eq!(int32s(&ctx, &sql).await, expected, "{value}");
+        }
+    }
+
+    #[tokio::test]
+    async fn category_index_gives_a_repeated_category_its_first_position() {
+        // Categories come from a fit and are distinct, but nothing stops a caller repeating
+        // one; the documented rule is that its first position wins, short or long.
+        let ctx = context();
+        let words = words();
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("s", Arc::new(StringArray::from(words.clone()))),
+            ("v", Arc::new(StringViewArray::from(words.clone()))),
+        ];
+        register(&ctx, "t", &columns, 0, words.len());
+        let list = [
+            "x",
+            "b",
+            "b",
+            "a",
+            "b",
+            "a",
+            LONG,
+            "twelve bytes",
+            LONG,
+            "twelve bytes",
+            "",
+            "",
+        ]
+        .map(quoted)
+        .join(", ");
+        let expected: Vec<Option<i32>> = words
+            .iter()
+            .map(|w| match *w {
+                Some("b") => Some(1),
+                Some("a") => Some(3),
+                Some(LONG) => Some(6),
+                Some("twelve bytes") => Some(7),
+                Some("") => Some(10),
+                _ => None,
+            })
+            .collect();
+        for value in ["s", "v"] {
+            let sql = format!("SELECT emr_category_index({value}, {list}) FROM t ORDER BY id");
+            assert_eq!(int32s(&ctx, &sql).await, expected, "{value}");
+        }
+        // A value alone (a constant) is looked up too.
+        assert_eq!(
+            int32s(&ctx, "SELECT emr_category_index('a', 'a', 'a')").await,
+            vec![Some(0)]
+        );
+        assert_eq!(
+            int32s(
+                &ctx,
+                "SELECT emr_category_index(CAST(NULL AS VARCHAR), 'a')"
+            )
+            .await,
+            vec![None]
+        );
+    }
+
+    /// Checks that `emr_category_index` finds every non-null value of column `x` of table `t`
+    /// among the categories pass 1 would fit for it: the sorted distinct texts of
+    /// `CAST(x AS VARCHAR)`, the pipeline's own fit. A value it reads differently from the fit
+    /// would be encoded as NULL.
+    async fn assert_codes_match_the_fit(ctx: &SessionContext, x: &str) {
+        let texts = texts(
+            ctx,
+            &format!("SELECT CAST({x} AS VARCHAR) FROM t ORDER BY id"),
+        )
+        .await;
+        let mut categories: Vec<String> = texts.iter().flatten().cloned().collect();
+        categories.sort();
+        categories.dedup();
+        let list: Vec<String> = categories.iter().map(|c| quoted(c)).collect();
+        let sql = format!(
+            "SELECT emr_category_index({x}, {}) FROM t ORDER BY id",
+            list.join(", ")
+        );
+        let got = int32s(ctx, &sql).await;
+        let expected: Vec<Option<i32>> = texts
+            .iter()
+            .map(|t| {
+                t.as_ref()
+                    .and_then(|t| categories.iter().position(|c| c == t))
+                    .and_then(|p| i32::try_from(p).ok())
+            })
+            .collect();
+        assert_eq!(
+            got, expected,
+            "{x}: codes differ from CAST({x} AS VARCHAR) among {categories:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn category_index_reads_a_value_as_cast_to_varchar_reads_it() {
+        // Encoded columns need not be text: pass 1 fits the categories as
+        // `array_agg(DISTINCT CAST(x AS VARCHAR))` and pass 2 looks each value up with
+        // `emr_category_index(x, ...)`, so the two must read a value as the same text.
+        let ctx = context();
+        let floats = Float64Array::from(vec![
+            Some(1.0),
+            Some(-0.0),
+            Some(0.1 + 0.2),
+            Some(1e21),
+            Some(2.5e-8),
+            None,
+            Some(f64::NAN),
+            Some(1.0),
+        ]);
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("f", Arc::new(floats)),
+            (
+                "b",
+                Arc::new(BooleanArray::from(vec![
+                    Some(true),
+                    Some(false),
+                    None,
+                    Some(true),
+                    Some(false),
+                    Some(true),
+                    None,
+                    Some(false),
+                ])),
+            ),
+            (
+                "i",
+                Arc::new(Int64Array::from(vec![
+                    Some(0),
+                    Some(-1),
+                    Some(i64::MAX),
+                    None,
+                    Some(42),
+                    Some(0),
+                    Some(i64::MIN),
+                    Some(42),
+                ])),
+            ),
+            (
+                "d",
+                Arc::new(
+                    Decimal128Array::from(vec![
+                        Some(12345),
+                        Some(-5),
+                        None,
+                        Some(0),
+                        Some(100),
+                        Some(12345),
+                        Some(1),
+                        Some(-100000),
+                    ])
+                    .with_precision_and_scale(10, 2)
+                    .unwrap_or_else(|e| panic!("{e}")),
+                ),
+            ),
+            (
+                "ts",
+                Arc::new(TimestampNanosecondArray::from(vec![
+                    Some(0),
+                    Some(1_600_000_000_123_456_789),
+                    None,
+                    Some(1_600_000_000_000_000_000),
+                    Some(-86_400_000_000_000),
+                    Some(0),
+                    Some(1),
+                    Some(1_600_000_000_000_000_000),
+                ])),
+            ),
+            (
+                "dt",
+                Arc::new(Date32Array::from(vec![
+                    Some(0),
+                    Some(19_000),
+                    None,
+                    Some(-1),
+                    Some(19_000),
+                    Some(3),
+                    Some(4),
+                    Some(5),
+                ])),
+            ),
+        ];
+        register(&ctx, "t", &columns, 0, 8);
+        for x in ["f", "b", "i", "d", "ts", "dt", "arrow_cast(i, 'Utf8View')"] {
+            assert_codes_match_the_fit(&ctx, x).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn category_index_reads_a_duration_as_cast_to_varchar_reads_it() {
+        // The same agreement for durations (a Parquet input written from Arrow carries them,
+        // and `encode.columns` accepts them). DataFusion's CAST writes a duration in its
+        // "pretty" form ("0 days 0 hours 1 mins 30 secs", `DEFAULT_CAST_OPTIONS`), Arrow's
+        // default cast in ISO 8601 ("PT90S"): reading values with the latter would find none
+        // of the fitted categories.
+        let ctx = context();
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            (
+                "s",
+                Arc::new(DurationSecondArray::from(vec![
+                    Some(0),
+                    Some(90),
+                    None,
+                    Some(86_400),
+                    Some(90),
+                ])),
+            ),
+            (
+                "ms",
+                Arc::new(DurationMillisecondArray::from(vec![
+                    Some(1),
+                    Some(1_500),
+                    Some(-2),
+                    None,
+                    Some(1),
+                ])),
+            ),
+        ];
+        register(&ctx, "t", &columns, 0, 5);
+        for x in ["s", "ms"] {
+            assert_codes_match_the_fit(&ctx, x).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn pseudonym_is_the_same_for_every_string_layout() {
+        // The planner hands `CAST(x AS VARCHAR)` over as a string view, and Parquet inputs can
+        // give Utf8 or LargeUtf8; each is read in place. The same text must give the same
+        // keyed pseudonym, `pseudonym(key, text)`, whatever its layout, or rows would stop
+        // linking across inputs and runs.
+        const KEY: &[u8] = b"a 32-byte key for the test run!!";
+        let ctx = context();
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .set("emrflow.pseudonym_key", &hex::encode(KEY))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut values: Vec<Option<String>> = [
+            Some("P00000001"),
+            Some(""),
+            None,
+            Some(LONG),
+            Some("\u{fc}n\u{ef}c\u{f6}d\u{e9} \u{2713}"),
+            None,
+            Some("P00000001"),
+        ]
+        .iter()
+        .map(|v| v.map(str::to_string))
+        .collect();
+        // More values than one batch of hash lanes (1024), NULLs among them: each MAC must
+        // land on its own row.
+        values.extend((0..2500).map(|i| (i % 7 != 3).then(|| format!("V{i:08}"))));
+        let strs: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
+        let columns: Vec<(&str, ArrayRef)> = vec![
+            ("s", Arc::new(StringArray::from(strs.clone()))),
+            ("l", Arc::new(LargeStringArray::from(strs.clone()))),
+            ("v", Arc::new(StringViewArray::from(strs.clone()))),
+        ];
+        register(&ctx, "t", &columns, 0, values.len());
+        register(&ctx, "sl", &columns, 5, 2000);
+        let expected: Vec<Option<String>> = values
+            .iter()
+            .map(|v| v.as_ref().map(|v| pseudonym(KEY, v.as_bytes())))
+            .collect();
+        assert_eq!(expected[0], expected[6], "same text, same pseudonym");
+        assert_ne!(expected[0], expected[1]);
+        for value in [
+            "s",
+            "l",
+            "v",
+            "arrow_cast(s, 'Utf8View')",
+            "arrow_cast(s, 'LargeUtf8')",
+            "CAST(s AS VARCHAR)",
+            "CAST(l AS VARCHAR)",
+        ] {
+            let sql = format!("SELECT emr_pseudonym({value}) FROM t ORDER BY id");
+            let got = texts(&ctx, &sql).await;
+            assert_eq!(got.len(), expected.len(), "{value}");
+            for (row, (g, e)) in got.iter().zip(&expected).enumerate() {
+                assert_eq!(g, e, "{value}, row {row} ({:?})", values[row]);
+            }
+            let sql = format!("SELECT emr_pseudonym({value}) FROM sl ORDER BY id");
+            assert_eq!(
+                texts(&ctx, &sql).await,
+                expected[5..2005],
+                "{value}, sliced"
+            );
+        }
     }
 }

@@ -367,6 +367,91 @@ pub async fn fingerprint(df: DataFrame) -> Result<Fingerprint> {
     Ok(Fingerprint::from_table(&schema, &table))
 }
 
+/// A fingerprint taken from batches as they pass (a writer's), without reading the dataset
+/// back: one [`PartHasher`] per partition, merged by [`RowsFingerprint::finish`]. The same
+/// encoding and tree as [`fingerprint`], so the root equals that of the rows read back.
+#[derive(Debug, Clone)]
+pub struct RowsFingerprint {
+    schema: CanonicalSchema,
+    /// For each canonical column, its index in the batches.
+    order: Vec<usize>,
+}
+
+impl RowsFingerprint {
+    /// For batches of `schema`; names the first column the fingerprint cannot encode.
+    pub fn new(schema: &arrow::datatypes::Schema) -> Result<Self> {
+        let canonical = CanonicalSchema::of(schema)?;
+        let order = canonical
+            .names()
+            .map(|n| schema.index_of(n))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok(Self {
+            schema: canonical,
+            order,
+        })
+    }
+
+    /// A hasher for one partition's batches.
+    pub fn part(&self) -> PartHasher {
+        PartHasher {
+            order: self.order.clone(),
+            acc: udf::LeafAccumulator::default(),
+        }
+    }
+
+    /// The fingerprint of every part's rows.
+    pub fn finish(&self, parts: Vec<PartState>) -> Result<Fingerprint> {
+        use datafusion::logical_expr::Accumulator as _;
+        let mut last = udf::LeafAccumulator::default();
+        for part in parts {
+            last.merge_batch(&[part.0])?;
+        }
+        let bytes = match last.evaluate()? {
+            datafusion::common::ScalarValue::Binary(Some(bytes)) => bytes,
+            _ => Vec::new(),
+        };
+        let table = udf::parse_table(&bytes).ok_or_else(|| {
+            Error::Fingerprint(format!("{FINGERPRINT_FN} returned {} bytes", bytes.len()))
+        })?;
+        Ok(Fingerprint::from_table(&self.schema, &table))
+    }
+}
+
+/// Hashes one partition's rows for a [`RowsFingerprint`].
+#[derive(Debug)]
+pub struct PartHasher {
+    order: Vec<usize>,
+    acc: udf::LeafAccumulator,
+}
+
+/// A partition's leaves, sorted: what [`PartHasher::finish`] hands to [`RowsFingerprint::finish`].
+#[derive(Debug)]
+pub struct PartState(ArrayRef);
+
+impl PartHasher {
+    /// Hashes a batch's rows.
+    pub fn update(&mut self, batch: &RecordBatch) -> Result<()> {
+        use datafusion::logical_expr::Accumulator as _;
+        let columns: Vec<ArrayRef> = self
+            .order
+            .iter()
+            .map(|&i| Arc::clone(batch.column(i)))
+            .collect();
+        Ok(self.acc.update_batch(&columns)?)
+    }
+
+    /// Sorts this partition's leaves, on the caller's thread (each writer's own).
+    pub fn finish(mut self) -> Result<PartState> {
+        use datafusion::logical_expr::Accumulator as _;
+        let state = self.acc.state()?;
+        let array = match state.first() {
+            Some(value) => value.to_array()?,
+            None => return Err(Error::Fingerprint("no partial state".into())),
+        };
+        Ok(PartState(array))
+    }
+}
+
 /// The Parquet files of a dataset location (every `*.parquet` under it) as one DataFrame.
 pub async fn read_dataset(ctx: &SessionContext, location: &str) -> Result<DataFrame> {
     let loc = Location::resolve(ctx, location)?;

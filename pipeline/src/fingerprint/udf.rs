@@ -98,7 +98,7 @@ const CHUNK_LEAVES: usize = 64 * 1024;
 
 /// The leaves of the rows this accumulator hashed, and the partial states it merged.
 #[derive(Debug, Default)]
-struct LeafAccumulator {
+pub(crate) struct LeafAccumulator {
     /// Own leaves, in chunks of [`CHUNK_LEAVES`]: a partition's leaves are tens of megabytes,
     /// and a single vector would copy them each time it grew.
     leaves: Vec<Vec<Hash32>>,
