@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod baseline;
+pub mod categories;
 pub mod csvcheck;
 pub mod error;
 pub mod fingerprint;

@@ -344,9 +344,10 @@ pub async fn stage_job(
         "inputs registered"
     );
     let mut cached_bytes = 0;
+    let mut key_counts = BTreeMap::new();
     if let Some(limit) = options.cache_limit {
         let phase = Instant::now();
-        cached_bytes =
+        (cached_bytes, key_counts) =
             diagnose_on_error(cache_lookups(ctx, job, &inputs, limit).await, &inputs).await?;
         tracing::debug!(
             bytes = cached_bytes,
@@ -403,13 +404,18 @@ pub async fn stage_job(
     let mut rows_in = BTreeMap::new();
     rows_in.insert(job.base_input().to_string(), fit.total);
     for (j, join) in job.join.iter().enumerate() {
-        let table = &inputs[&join.right].table;
-        let sql = format!(
-            "SELECT count(*) AS n, count(DISTINCT {k}) AS d FROM {table}",
-            k = ident(&join.on)
-        );
-        let batches = diagnose_on_error(collect(ctx, &sql).await, &inputs).await?;
-        let (n, d) = (int_at(&batches, 0), int_at(&batches, 1));
+        let (n, d) = match key_counts.get(&join.right) {
+            Some(counts) => *counts,
+            None => {
+                let table = &inputs[&join.right].table;
+                let sql = format!(
+                    "SELECT count(*) AS n, count(DISTINCT {k}) AS d FROM {table}",
+                    k = ident(&join.on)
+                );
+                let batches = diagnose_on_error(collect(ctx, &sql).await, &inputs).await?;
+                (int_at(&batches, 0), int_at(&batches, 1))
+            }
+        };
         if n != d {
             return Err(Error::invalid(
                 format!("join[{j}].on"),
@@ -1318,14 +1324,17 @@ fn never_read(job: &Job, column: &str) -> bool {
 
 /// Holds each join's lookup input (its columns the job reads) in memory in place of its files,
 /// so it is parsed once for the join and the key check rather than once for each; returns the
-/// bytes held. An input that would take more than `limit` stays on its files.
+/// bytes held and, by input name, the rows and distinct join keys of each input held (the key
+/// check's `count(*)` and `count(DISTINCT key)`). An input that would take more than `limit`
+/// stays on its files.
 async fn cache_lookups(
     ctx: &SessionContext,
     job: &Job,
     inputs: &BTreeMap<String, Input>,
     limit: u64,
-) -> Result<u64> {
+) -> Result<(u64, BTreeMap<String, (u64, u64)>)> {
     let mut used = 0u64;
+    let mut counts = BTreeMap::new();
     for join in &job.join {
         let input = &inputs[&join.right];
         let columns: Vec<String> = input
@@ -1368,13 +1377,57 @@ async fn cache_lookups(
             continue;
         }
         used += bytes;
+        let key = schema.index_of(&join.on)?;
+        counts.insert(join.right.clone(), key_counts(held.iter().flatten(), key)?);
         ctx.deregister_table(input.table.as_str())?;
         ctx.register_table(
             input.table.as_str(),
             Arc::new(MemTable::try_new(schema, held)?),
         )?;
     }
-    Ok(used)
+    Ok((used, counts))
+}
+
+/// Rows, and distinct non-null values of column `key`, over `batches`: what `count(*)` and
+/// `count(DISTINCT key)` give. A text key of up to 12 bytes is hashed as one integer (the
+/// string view it would have); other keys by their bytes or row encoding.
+fn key_counts<'a>(
+    batches: impl Iterator<Item = &'a RecordBatch>,
+    key: usize,
+) -> Result<(u64, u64)> {
+    use arrow::row::{RowConverter, SortField};
+    let batches: Vec<&RecordBatch> = batches.collect();
+    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut rows = 0u64;
+    let mut short =
+        std::collections::HashSet::with_capacity_and_hasher(total, udf::ViewHasher::seeded());
+    let mut other: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+    for batch in batches {
+        let column = batch.column(key);
+        rows += column.len() as u64;
+        let mut add = |key: &str| match udf::inline_view(key) {
+            Some(view) => {
+                short.insert(view);
+            }
+            None => {
+                other.insert(key.as_bytes().to_vec());
+            }
+        };
+        if let Some(strings) = column.as_string_view_opt() {
+            strings.iter().flatten().for_each(&mut add);
+        } else if let Some(strings) = column.as_string_opt::<i32>() {
+            strings.iter().flatten().for_each(&mut add);
+        } else if let Some(strings) = column.as_string_opt::<i64>() {
+            strings.iter().flatten().for_each(&mut add);
+        } else {
+            let converter = RowConverter::new(vec![SortField::new(column.data_type().clone())])?;
+            let encoded = converter.convert_columns(std::slice::from_ref(column))?;
+            for i in (0..column.len()).filter(|&i| column.is_valid(i)) {
+                other.insert(encoded.row(i).as_ref().to_vec());
+            }
+        }
+    }
+    Ok((rows, (short.len() + other.len()) as u64))
 }
 
 /// Surviving rows held between the passes, and the rows each drop reason took.
@@ -1494,7 +1547,15 @@ async fn keep_partition(
 }
 
 async fn fit(ctx: &SessionContext, plan: &Plan, table: &str) -> Result<Fit> {
-    let mut aggs = vec!["__emr_reason".to_string(), "count(*)".to_string()];
+    // The held rows are all kept (their reason is NULL): aggregated without a GROUP BY, the
+    // functions see whole batches instead of each group's rows gathered out of them.
+    let grouped = table != KEPT_TABLE;
+    let reason = if grouped {
+        "__emr_reason"
+    } else {
+        "CAST(NULL AS INT)"
+    };
+    let mut aggs = vec![reason.to_string(), "count(*)".to_string()];
     let x = |c: &str| format!("CAST({} AS DOUBLE)", ident(c));
     for c in &plan.minmax {
         aggs.push(format!("min({})", x(c)));
@@ -1505,16 +1566,24 @@ async fn fit(ctx: &SessionContext, plan: &Plan, table: &str) -> Result<Fit> {
         aggs.push(format!("{}({})", crate::moments::MOMENTS_FN, x(c)));
     }
     for c in &plan.encode {
-        aggs.push(format!("array_agg(DISTINCT CAST({} AS VARCHAR))", ident(c)));
+        aggs.push(format!(
+            "{}({})",
+            crate::categories::CATEGORIES_FN,
+            ident(c)
+        ));
     }
     if let Some(label) = &plan.label {
         aggs.push(format!("min(CAST({} AS BIGINT))", ident(label)));
         aggs.push(format!("max(CAST({} AS BIGINT))", ident(label)));
     }
-    let sql = format!(
-        "SELECT {} FROM {table} GROUP BY __emr_reason",
-        aggs.join(", ")
-    );
+    let sql = if grouped {
+        format!(
+            "SELECT {} FROM {table} GROUP BY __emr_reason",
+            aggs.join(", ")
+        )
+    } else {
+        format!("SELECT {} FROM {table}", aggs.join(", "))
+    };
     let batches = collect(ctx, &sql).await?;
     let mut fit = Fit {
         label_type: plan.label_type.clone(),
@@ -1526,6 +1595,10 @@ async fn fit(ctx: &SessionContext, plan: &Plan, table: &str) -> Result<Fit> {
         let counts = batch.column(1).as_primitive::<Int64Type>();
         for row in 0..batch.num_rows() {
             let n = counts.value(row) as u64;
+            if n == 0 {
+                // An aggregate without GROUP BY over no rows: nothing was kept to fit on.
+                continue;
+            }
             fit.total += n;
             let reason = reasons.filter(|r| r.is_valid(row)).map(|r| {
                 usize::try_from(r.value(row))
@@ -1863,4 +1936,49 @@ fn header_schema(bytes: &[u8], delimiter: u8) -> Schema {
         Err(_) => Vec::new(),
     };
     Schema::new(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{ArrayRef, Int64Array, StringViewArray};
+
+    use super::*;
+
+    fn batch(column: ArrayRef) -> RecordBatch {
+        RecordBatch::try_from_iter([("k", column)]).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn key_counts_count_rows_and_distinct_non_null_keys_as_sql_does() {
+        // Short keys (inline in their views) and long ones, split across batches, with a
+        // duplicate of each kind and nulls, which count(DISTINCT) skips but count(*) counts.
+        let long = "a key longer than twelve bytes";
+        let first = batch(Arc::new(StringViewArray::from(vec![
+            Some("P1"),
+            Some(long),
+            None,
+            Some("P2"),
+        ])));
+        let second = batch(Arc::new(StringViewArray::from(vec![
+            Some("P2"),
+            Some(long),
+            Some("a key longer than twelve bytez"),
+            None,
+        ])));
+        let counts = key_counts([&first, &second].into_iter(), 0).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(counts, (8, 4));
+        // Twelve and thirteen bytes sharing a prefix are different keys.
+        let edge = batch(Arc::new(StringViewArray::from(vec![
+            "twelve bytes",
+            "twelve bytes!",
+        ])));
+        assert_eq!(key_counts([&edge].into_iter(), 0).ok(), Some((2, 2)));
+        let ints = batch(Arc::new(Int64Array::from(vec![
+            Some(1),
+            Some(1),
+            None,
+            Some(3),
+        ])));
+        assert_eq!(key_counts([&ints].into_iter(), 0).ok(), Some((4, 2)));
+    }
 }

@@ -119,6 +119,7 @@ pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
     vec![
         crate::fingerprint::fingerprint_udaf(),
         crate::moments::moments_udaf(),
+        crate::categories::categories_udaf(),
     ]
 }
 
@@ -455,9 +456,56 @@ impl<'a> CategoryLookup<'a> {
     }
 }
 
+/// Hashes string views (128-bit integers) with one multiply-fold, seeded per process. The
+/// standard SipHash made counting a third of a million join keys slower than the SQL it
+/// replaced.
+#[derive(Debug, Clone)]
+pub(crate) struct ViewHasher {
+    seed: u64,
+}
+
+impl ViewHasher {
+    pub(crate) fn seeded() -> Self {
+        use std::hash::BuildHasher as _;
+        Self {
+            seed: std::collections::hash_map::RandomState::new().hash_one(0u8),
+        }
+    }
+}
+
+impl std::hash::BuildHasher for ViewHasher {
+    type Hasher = ViewHash;
+    fn build_hasher(&self) -> ViewHash {
+        ViewHash(self.seed)
+    }
+}
+
+pub(crate) struct ViewHash(u64);
+
+impl std::hash::Hasher for ViewHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        let folded = u128::from(self.0 ^ x) * 0x9e37_79b9_7f4a_7c15;
+        self.0 = (folded as u64) ^ ((folded >> 64) as u64);
+    }
+    fn write_u128(&mut self, x: u128) {
+        self.write_u64(x as u64);
+        self.write_u64((x >> 64) as u64);
+    }
+}
+
 /// The view Arrow gives a string of up to [`INLINE_BYTES`] bytes: its length in the low 32
 /// bits, then its bytes, zero-padded.
-fn inline_view(text: &str) -> Option<u128> {
+pub(crate) fn inline_view(text: &str) -> Option<u128> {
     let bytes = text.as_bytes();
     let len = u32::try_from(bytes.len())
         .ok()

@@ -463,3 +463,59 @@ fn generator_is_deterministic_through_the_cli() {
     let summary: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap_or_default();
     assert_eq!(summary["visits"].as_u64(), Some(500));
 }
+
+#[test]
+fn duplicate_join_key_is_refused_whether_rows_are_held_in_memory_or_not() {
+    // The key check runs on the lookup input held in memory by default, by SQL over its files
+    // with --cache-mib 0; both must refuse a lookup table with a key twice.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let job = r#"
+name = "joined"
+[inputs.visits]
+path = "visits.csv"
+[inputs.people]
+path = "people.csv"
+[[join]]
+left = "visits"
+right = "people"
+on = "pid"
+[output]
+path = "out"
+"#;
+    std::fs::write(dir.path().join("job.toml"), job).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.path().join("visits.csv"),
+        "vid,pid,bp\nv1,p1,120\nv2,p2,130\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.path().join("people.csv"),
+        "pid,age\np1,40\np2,50\np1,41\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for extra in [&[][..], &["--cache-mib", "0"][..]] {
+        let out_dir = dir.path().join("out");
+        let mut args = vec![
+            "run".to_string(),
+            dir.path().join("job.toml").display().to_string(),
+            "--input".to_string(),
+            format!("visits={}", dir.path().join("visits.csv").display()),
+            "--input".to_string(),
+            format!("people={}", dir.path().join("people.csv").display()),
+            "--out".to_string(),
+            out_dir.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&mut emrflow(&args));
+        assert_one_line_error(
+            &out,
+            &[
+                "join[0].on",
+                "pid is not unique in input people",
+                "1 duplicate keys",
+            ],
+        );
+        assert_nothing_published(&out_dir);
+    }
+}
