@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::format::DEFAULT_CAST_OPTIONS;
 use datafusion::common::{ScalarValue, exec_err};
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
@@ -18,7 +17,7 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility,
 };
 
-use crate::udf::{ViewHasher, inline_view};
+use crate::udf::{ViewHasher, as_text, inline_view};
 
 /// Name of the aggregate.
 pub const CATEGORIES_FN: &str = "emr_categories";
@@ -95,10 +94,7 @@ impl Categories {
 
     /// Adds every non-null value of `array`, read as text the way the engine's CAST does.
     fn add_array(&mut self, array: &ArrayRef) -> DfResult<()> {
-        let array = match array.data_type() {
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Arc::clone(array),
-            _ => arrow::compute::cast_with_options(array, &DataType::Utf8, &DEFAULT_CAST_OPTIONS)?,
-        };
+        let array = as_text(Arc::clone(array))?;
         match array.data_type() {
             DataType::Utf8 => array
                 .as_string::<i32>()

@@ -237,14 +237,7 @@ impl ScalarUDFImpl for Pseudonym {
             return exec_err!("{PSEUDONYM_FN} takes one argument");
         };
         let array = arg.to_array(args.number_rows)?;
-        // Read in place whatever string layout arrives (the planner's VARCHAR is a view): a cast
-        // to one layout would copy every value first.
-        let array = match array.data_type() {
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => array,
-            // Text as the engine's CAST(x AS VARCHAR) writes it (durations, for one, differ
-            // from Arrow's default), so values match what pass 1 fitted.
-            _ => arrow::compute::cast_with_options(&array, &DataType::Utf8, &DEFAULT_CAST_OPTIONS)?,
-        };
+        let array = as_text(array)?;
         let strings: Vec<Option<&str>> = match array.data_type() {
             DataType::Utf8 => array.as_string::<i32>().iter().collect(),
             DataType::LargeUtf8 => array.as_string::<i64>().iter().collect(),
@@ -374,12 +367,7 @@ impl ScalarUDFImpl for CategoryIndex {
         }
         let index = CategoryLookup::new(&texts)?;
         let array = value.to_array(args.number_rows)?;
-        let array = match array.data_type() {
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => array,
-            // Text as the engine's CAST(x AS VARCHAR) writes it (durations, for one, differ
-            // from Arrow's default), so values match what pass 1 fitted.
-            _ => arrow::compute::cast_with_options(&array, &DataType::Utf8, &DEFAULT_CAST_OPTIONS)?,
-        };
+        let array = as_text(array)?;
         let look = |v: Option<&str>| v.and_then(|v| index.get(v));
         let out: Int32Array = match array.data_type() {
             DataType::Utf8 => array.as_string::<i32>().iter().map(look).collect(),
@@ -405,6 +393,17 @@ impl ScalarUDFImpl for CategoryIndex {
         };
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
+}
+
+/// `array` as text: a string array of any layout as it is (read in place; the planner's
+/// VARCHAR is a view, and a cast to one layout would copy every value), anything else as the
+/// engine's `CAST(x AS VARCHAR)` writes it (durations, for one, differ from Arrow's default),
+/// so values read here match those a SQL cast fitted.
+pub(crate) fn as_text(array: ArrayRef) -> DfResult<ArrayRef> {
+    Ok(match array.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => array,
+        _ => arrow::compute::cast_with_options(&array, &DataType::Utf8, &DEFAULT_CAST_OPTIONS)?,
+    })
 }
 
 /// The longest string an Arrow string view holds inline.
