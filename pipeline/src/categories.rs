@@ -5,10 +5,9 @@
 //! scalar for every row; here a value of up to 12 bytes is hashed as the one integer of its
 //! string view and nothing is allocated for a value already seen.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::array::{ArrayRef, AsArray};
 use arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{ScalarValue, exec_err};
 use datafusion::error::Result as DfResult;
@@ -17,7 +16,7 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility,
 };
 
-use crate::udf::{ViewHasher, as_text, inline_view};
+use crate::udf::TextSet;
 
 /// Name of the aggregate.
 pub const CATEGORIES_FN: &str = "emr_categories";
@@ -65,68 +64,20 @@ impl AggregateUDFImpl for CategoriesUdaf {
 }
 
 #[derive(Debug)]
-struct Categories {
-    /// Values of up to 12 bytes, as their string views.
-    short: HashSet<u128, ViewHasher>,
-    long: HashSet<String>,
-}
+struct Categories(TextSet);
 
 impl Categories {
     fn new() -> Self {
-        Self {
-            short: HashSet::with_hasher(ViewHasher::seeded()),
-            long: HashSet::new(),
-        }
-    }
-
-    fn add(&mut self, text: &str) {
-        match inline_view(text) {
-            Some(view) => {
-                self.short.insert(view);
-            }
-            None => {
-                if !self.long.contains(text) {
-                    self.long.insert(text.to_string());
-                }
-            }
-        }
-    }
-
-    /// Adds every non-null value of `array`, read as text the way the engine's CAST does.
-    fn add_array(&mut self, array: &ArrayRef) -> DfResult<()> {
-        let array = as_text(Arc::clone(array))?;
-        match array.data_type() {
-            DataType::Utf8 => array
-                .as_string::<i32>()
-                .iter()
-                .flatten()
-                .for_each(|v| self.add(v)),
-            DataType::LargeUtf8 => array
-                .as_string::<i64>()
-                .iter()
-                .flatten()
-                .for_each(|v| self.add(v)),
-            DataType::Utf8View => array
-                .as_string_view()
-                .iter()
-                .flatten()
-                .for_each(|v| self.add(v)),
-            other => return exec_err!("{CATEGORIES_FN} cannot read {other} as text"),
-        }
-        Ok(())
+        Self(TextSet::with_capacity(0))
     }
 
     fn to_scalar(&self) -> ScalarValue {
-        let mut values: Vec<ScalarValue> = self
-            .short
-            .iter()
-            .map(|view| {
-                let len = (*view as u32) as usize;
-                let bytes = (view >> 32).to_le_bytes();
-                ScalarValue::Utf8(Some(String::from_utf8_lossy(&bytes[..len]).into_owned()))
-            })
+        let values: Vec<ScalarValue> = self
+            .0
+            .to_strings()
+            .into_iter()
+            .map(|v| ScalarValue::Utf8(Some(v)))
             .collect();
-        values.extend(self.long.iter().map(|v| ScalarValue::Utf8(Some(v.clone()))));
         ScalarValue::List(ScalarValue::new_list_nullable(&values, &DataType::Utf8))
     }
 }
@@ -134,7 +85,7 @@ impl Categories {
 impl Accumulator for Categories {
     fn update_batch(&mut self, values: &[ArrayRef]) -> DfResult<()> {
         match values.first() {
-            Some(array) => self.add_array(array),
+            Some(array) => self.0.insert_array(array),
             None => Ok(()),
         }
     }
@@ -147,7 +98,7 @@ impl Accumulator for Categories {
             return exec_err!("a partial {CATEGORIES_FN} state is not a list");
         };
         for list in lists.iter().flatten() {
-            self.add_array(&list)?;
+            self.0.insert_array(&list)?;
         }
         Ok(())
     }
@@ -161,9 +112,7 @@ impl Accumulator for Categories {
     }
 
     fn size(&self) -> usize {
-        size_of_val(self)
-            + self.short.capacity() * 16
-            + self.long.iter().map(|v| v.capacity() + 24).sum::<usize>()
+        size_of_val(self) + self.0.heap_size()
     }
 }
 

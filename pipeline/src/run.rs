@@ -358,7 +358,6 @@ pub async fn stage_job(
     for (sql, name) in [
         (&plan.src_sql, "__emr_src"),
         (&plan.tagged_sql, "__emr_tagged"),
-        (&plan.raw_tagged_sql, "__emr_tagged_raw"),
     ] {
         let df = ctx.sql(sql).await?;
         ctx.register_table(name, df.into_view())?;
@@ -367,29 +366,16 @@ pub async fn stage_job(
     // Pass 1: drop reasons, fitted statistics, encodings, and the right-hand inputs' counts.
     progress.stage("fitting statistics");
     let phase = Instant::now();
-    let cached = match options.cache_limit {
+    let held = match options.cache_limit {
         Some(limit) => {
             let left = limit.saturating_sub(cached_bytes);
             diagnose_on_error(cache_kept(ctx, &plan, left).await, &inputs).await?
         }
         None => None,
     };
-    let mut fit = diagnose_on_error(
-        fit(
-            ctx,
-            &plan,
-            if cached.is_some() {
-                KEPT_TABLE
-            } else {
-                "__emr_tagged"
-            },
-        )
-        .await,
-        &inputs,
-    )
-    .await?;
-    if let Some(cached) = &cached {
-        for (reason, n) in plan.reasons.iter().zip(&cached.dropped) {
+    let mut fit = diagnose_on_error(fit(ctx, &plan, held.is_some()).await, &inputs).await?;
+    if let Some(dropped) = &held {
+        for (reason, n) in plan.reasons.iter().zip(dropped) {
             if *n > 0 {
                 fit.dropped.insert(reason.clone(), *n);
                 fit.total += n;
@@ -450,9 +436,9 @@ pub async fn stage_job(
 
     // Pass 2: write the kept rows, transformed, into staging, scanning for PII.
     progress.stage("writing dataset");
-    let final_sql = match cached {
-        Some(_) => plan.final_sql(&fit, &format!("SELECT * FROM {KEPT_TABLE}"), true),
-        None => plan.final_sql(&fit, &plan.kept_sql, false),
+    let final_sql = match held {
+        Some(_) => plan.final_sql(&fit, &format!("SELECT * FROM {KEPT_TABLE}")),
+        None => plan.final_sql(&fit, &plan.kept_sql),
     };
     let df = ctx.sql(&final_sql).await?;
     let out_schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
@@ -482,7 +468,7 @@ pub async fn stage_job(
                 .unwrap_or_else(|| Error::invalid("output", "writing failed")));
         }
     };
-    if cached.is_some() {
+    if held.is_some() {
         ctx.deregister_table(KEPT_TABLE)?;
     }
     tracing::debug!(
@@ -819,11 +805,6 @@ fn names(schema: &Schema) -> String {
         .join(", ")
 }
 
-/// The pseudonym of a column, as SQL.
-fn pseudonym_of(column: &str) -> String {
-    format!("{PSEUDONYM_FN}(CAST({} AS VARCHAR))", ident(column))
-}
-
 /// Quotes an identifier for SQL.
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
@@ -843,9 +824,11 @@ fn float(x: f64) -> String {
 #[derive(Debug)]
 struct Plan {
     src_sql: String,
+    /// The joined rows with their drop reason; pseudonymized columns are still in clear, and
+    /// only the rows written are pseudonymized ([`Plan::final_sql`]): a held run then keeps
+    /// the short originals in memory rather than 64-character pseudonyms (in this process
+    /// only; nothing is written before pass 2), and no run hashes a row it drops.
     tagged_sql: String,
-    /// `tagged_sql` with the pseudonymized columns in clear.
-    raw_tagged_sql: String,
     /// The rows pass 2 keeps: `__emr_tagged`'s rows whose reason is NULL, without the reason.
     kept_sql: String,
     /// Drop reasons by the number `__emr_reason` holds.
@@ -999,7 +982,6 @@ impl Plan {
             job.pii.drop.iter().any(|d| d == c) || job.pii.age.as_ref().is_some_and(|a| a.dob == c)
         };
         let mut tagged_select: Vec<String> = Vec::new();
-        let mut raw_select: Vec<String> = Vec::new();
         let mut outputs = Vec::new();
         let mut pseudonymized_out = Vec::new();
         for (name, t) in &data_cols {
@@ -1012,7 +994,6 @@ impl Plan {
                     ident(&age.at),
                     ident(&age.name)
                 ));
-                raw_select.extend(tagged_select.last().cloned());
                 outputs.push(OutputColumn {
                     name: age.name.clone(),
                     data_type: DataType::Int64,
@@ -1023,8 +1004,7 @@ impl Plan {
                 continue;
             }
             if job.pii.pseudonymize.contains(name) {
-                tagged_select.push(format!("{} AS {}", pseudonym_of(name), ident(name)));
-                raw_select.push(ident(name));
+                tagged_select.push(ident(name));
                 pseudonymized_out.push(name.clone());
                 outputs.push(OutputColumn {
                     name: name.clone(),
@@ -1032,7 +1012,6 @@ impl Plan {
                 });
             } else {
                 tagged_select.push(ident(name));
-                raw_select.push(ident(name));
                 outputs.push(OutputColumn {
                     name: name.clone(),
                     data_type: t.clone(),
@@ -1154,19 +1133,6 @@ impl Plan {
             "SELECT *, {reason_expr} AS __emr_reason FROM (SELECT {} FROM __emr_src)",
             inner_cols.join(", ")
         );
-        // The same rows with pseudonymized columns still in clear, for a run that holds the
-        // surviving rows in memory: it pseudonymizes them on the way out, so it hashes only the
-        // rows it keeps and holds the short originals rather than 64-character pseudonyms.
-        // (In clear only in this process's memory: nothing is written before pass 2.)
-        let raw_cols: Vec<String> = raw_select
-            .iter()
-            .cloned()
-            .chain(join_markers.iter().map(|(m, _)| ident(m)))
-            .collect();
-        let raw_tagged_sql = format!(
-            "SELECT *, {reason_expr} AS __emr_reason FROM (SELECT {} FROM __emr_src)",
-            raw_cols.join(", ")
-        );
         // Pass 2 keeps the rows no reason matched. Saying so as a conjunction of `IS NOT TRUE`
         // (a NULL condition does not match a CASE branch either) spares it building the reason
         // strings only to test them for NULL.
@@ -1186,7 +1152,6 @@ impl Plan {
         Ok(Self {
             src_sql,
             tagged_sql,
-            raw_tagged_sql,
             kept_sql,
             reasons,
             outputs,
@@ -1199,9 +1164,9 @@ impl Plan {
         })
     }
 
-    /// The output rows: `kept` (the surviving rows, as `kept_sql` gives them, or in clear as
-    /// `raw_tagged_sql` does when `pseudonymize`) normalized, encoded and pseudonymized.
-    fn final_sql(&self, fit: &Fit, kept: &str, pseudonymize: bool) -> String {
+    /// The output rows: `kept` (the surviving rows, as `kept_sql` gives them) normalized,
+    /// encoded and pseudonymized.
+    fn final_sql(&self, fit: &Fit, kept: &str) -> String {
         let cols: Vec<String> = self
             .outputs
             .iter()
@@ -1226,8 +1191,8 @@ impl Plan {
                         "{CATEGORY_INDEX_FN}({id}, {}) AS {id}",
                         categories.join(", ")
                     )
-                } else if pseudonymize && self.pseudonymized_out.contains(&c.name) {
-                    format!("{} AS {id}", pseudonym_of(&c.name))
+                } else if self.pseudonymized_out.contains(&c.name) {
+                    format!("{PSEUDONYM_FN}(CAST({id} AS VARCHAR)) AS {id}")
                 } else {
                     id
                 }
@@ -1389,63 +1354,31 @@ async fn cache_lookups(
 }
 
 /// Rows, and distinct non-null values of column `key`, over `batches`: what `count(*)` and
-/// `count(DISTINCT key)` give. A text key of up to 12 bytes is hashed as one integer (the
-/// string view it would have); other keys by their bytes or row encoding.
+/// `count(DISTINCT key)` give, for keys compared as text (`CAST(key AS VARCHAR)`), which is
+/// what every key type a CSV or Parquet export joins on compares by.
 fn key_counts<'a>(
-    batches: impl Iterator<Item = &'a RecordBatch>,
+    batches: impl Iterator<Item = &'a RecordBatch> + Clone,
     key: usize,
 ) -> Result<(u64, u64)> {
-    use arrow::row::{RowConverter, SortField};
-    let batches: Vec<&RecordBatch> = batches.collect();
-    let total: usize = batches.iter().map(|b| b.num_rows()).sum();
-    let mut rows = 0u64;
-    let mut short =
-        std::collections::HashSet::with_capacity_and_hasher(total, udf::ViewHasher::seeded());
-    let mut other: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
+    let rows: usize = batches.clone().map(|b| b.num_rows()).sum();
+    let mut keys = udf::TextSet::with_capacity(rows);
     for batch in batches {
-        let column = batch.column(key);
-        rows += column.len() as u64;
-        let mut add = |key: &str| match udf::inline_view(key) {
-            Some(view) => {
-                short.insert(view);
-            }
-            None => {
-                other.insert(key.as_bytes().to_vec());
-            }
-        };
-        if let Some(strings) = column.as_string_view_opt() {
-            strings.iter().flatten().for_each(&mut add);
-        } else if let Some(strings) = column.as_string_opt::<i32>() {
-            strings.iter().flatten().for_each(&mut add);
-        } else if let Some(strings) = column.as_string_opt::<i64>() {
-            strings.iter().flatten().for_each(&mut add);
-        } else {
-            let converter = RowConverter::new(vec![SortField::new(column.data_type().clone())])?;
-            let encoded = converter.convert_columns(std::slice::from_ref(column))?;
-            for i in (0..column.len()).filter(|&i| column.is_valid(i)) {
-                other.insert(encoded.row(i).as_ref().to_vec());
-            }
-        }
+        keys.insert_array(batch.column(key))?;
     }
-    Ok((rows, (short.len() + other.len()) as u64))
+    Ok((rows as u64, keys.len() as u64))
 }
 
-/// Surviving rows held between the passes, and the rows each drop reason took.
-struct Cached {
-    /// Rows dropped, by index into [`Plan::reasons`].
-    dropped: Vec<u64>,
-}
-
-/// The in-memory table of surviving rows: `__emr_tagged_raw`'s columns (pseudonymized columns
+/// The in-memory table of surviving rows: `__emr_tagged`'s columns (pseudonymized columns still
 /// in clear), reason always NULL.
 const KEPT_TABLE: &str = "__emr_kept";
 
-/// Runs `__emr_tagged_raw` once, counting the rows each drop reason takes and keeping the rest in
-/// memory as [`KEPT_TABLE`], one partition per stream so pass 2 keeps the parallelism. `None`
-/// (and nothing registered) once the kept rows need more than `limit` bytes.
-async fn cache_kept(ctx: &SessionContext, plan: &Plan, limit: u64) -> Result<Option<Cached>> {
+/// Runs `__emr_tagged` once, counting the rows each drop reason takes and keeping the rest in
+/// memory as [`KEPT_TABLE`], one partition per stream so pass 2 keeps the parallelism; returns
+/// the rows dropped, by index into [`Plan::reasons`]. `None` (and nothing registered) once the
+/// kept rows need more than `limit` bytes.
+async fn cache_kept(ctx: &SessionContext, plan: &Plan, limit: u64) -> Result<Option<Vec<u64>>> {
     let started = Instant::now();
-    let df = ctx.table("__emr_tagged_raw").await?;
+    let df = ctx.table("__emr_tagged").await?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let reason = schema.index_of("__emr_reason")?;
     let used = Arc::new(AtomicU64::new(0));
@@ -1490,7 +1423,7 @@ async fn cache_kept(ctx: &SessionContext, plan: &Plan, limit: u64) -> Result<Opt
     );
     let table = MemTable::try_new(schema, partitions)?;
     ctx.register_table(KEPT_TABLE, Arc::new(table))?;
-    Ok(Some(Cached { dropped }))
+    Ok(Some(dropped))
 }
 
 /// One partition of [`cache_kept`]: its kept batches and its drops per reason, or `None` when
@@ -1546,14 +1479,14 @@ async fn keep_partition(
     Ok(Some((batches, dropped)))
 }
 
-async fn fit(ctx: &SessionContext, plan: &Plan, table: &str) -> Result<Fit> {
-    // The held rows are all kept (their reason is NULL): aggregated without a GROUP BY, the
-    // functions see whole batches instead of each group's rows gathered out of them.
-    let grouped = table != KEPT_TABLE;
-    let reason = if grouped {
-        "__emr_reason"
-    } else {
+/// Pass 1's aggregate: over `__emr_tagged` grouped by drop reason, or over the rows held in
+/// [`KEPT_TABLE`] (`held`), all kept, without a GROUP BY, so the functions see whole batches
+/// instead of each group's rows gathered out of them.
+async fn fit(ctx: &SessionContext, plan: &Plan, held: bool) -> Result<Fit> {
+    let reason = if held {
         "CAST(NULL AS INT)"
+    } else {
+        "__emr_reason"
     };
     let mut aggs = vec![reason.to_string(), "count(*)".to_string()];
     let x = |c: &str| format!("CAST({} AS DOUBLE)", ident(c));
@@ -1576,13 +1509,13 @@ async fn fit(ctx: &SessionContext, plan: &Plan, table: &str) -> Result<Fit> {
         aggs.push(format!("min(CAST({} AS BIGINT))", ident(label)));
         aggs.push(format!("max(CAST({} AS BIGINT))", ident(label)));
     }
-    let sql = if grouped {
+    let sql = if held {
+        format!("SELECT {} FROM {KEPT_TABLE}", aggs.join(", "))
+    } else {
         format!(
-            "SELECT {} FROM {table} GROUP BY __emr_reason",
+            "SELECT {} FROM __emr_tagged GROUP BY __emr_reason",
             aggs.join(", ")
         )
-    } else {
-        format!("SELECT {} FROM {table}", aggs.join(", "))
     };
     let batches = collect(ctx, &sql).await?;
     let mut fit = Fit {

@@ -14,7 +14,9 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use pipeline::fingerprint::{self, Fingerprint};
 use pipeline::generate::{GenerateConfig, OutputFormat, generate};
-use pipeline::{Job, Manifest, NoProgress, Progress, RunOptions, embedded_context, run_job};
+use pipeline::{
+    Job, Manifest, NoProgress, Progress, RunOptions, embedded_context, run_job, stage_job,
+};
 
 /// The example job, so the test covers what users run: a join, PII drops and pseudonyms, an age
 /// from dates, range checks, dropna, z-score and min-max normalization and string encodings.
@@ -145,7 +147,12 @@ async fn run(data: &(PathBuf, PathBuf, PathBuf), out: &Path, cache_limit: Option
         ctx: ctx.clone(),
         kept_held: Mutex::new(None),
     };
-    let summary = run_job(&job(), &options(data, out, cache_limit), &ctx, &probe)
+    let staged = stage_job(&job(), &options(data, out, cache_limit), &ctx, &probe)
+        .await
+        .unwrap_or_else(|e| panic!("cache limit {cache_limit:?}: {e}"));
+    let written = staged.fingerprint().clone();
+    let summary = staged
+        .publish()
         .await
         .unwrap_or_else(|e| panic!("cache limit {cache_limit:?}: {e}"));
     let kept_held = probe
@@ -165,6 +172,12 @@ async fn run(data: &(PathBuf, PathBuf, PathBuf), out: &Path, cache_limit: Option
     let fingerprint = fingerprint::fingerprint(df)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    // The root a run anchors is the one its writers took from the batches they encoded; the
+    // files read back must give exactly that.
+    assert_eq!(
+        written, fingerprint,
+        "cache limit {cache_limit:?}: the writers' fingerprint is not the files'"
+    );
     Outcome {
         manifest,
         fingerprint,
@@ -413,7 +426,7 @@ async fn inputs_hashed_during_the_run_have_their_source_roots() {
             ..options(&data, &tmp.path().join(format!("out-{i}")), Some(1 << 30))
         };
         let ctx = context();
-        let mut staged = pipeline::stage_job(&job(), &options, &ctx, &NoProgress)
+        let mut staged = stage_job(&job(), &options, &ctx, &NoProgress)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let roots = staged

@@ -205,7 +205,7 @@ async fn demo(
         overwrite: true,
         key_file_override: Some(key_file.display().to_string()),
         cache_limit: Some(pipeline::default_cache_limit()),
-        hash_inputs: Vec::new(),
+        ..RunOptions::default()
     };
     let embedded = super::cluster::EngineArgs::embedded();
     let dataset = super::run::run_anchored(&job, &options, &embedded, provenance).await?;

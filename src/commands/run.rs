@@ -11,7 +11,7 @@ use indicatif::ProgressBar;
 use ledger::contracts::{AnchorKind, AnchorSpec, Role};
 use ledger::crypto::Digest;
 use ml::datafusion::prelude::SessionContext;
-use pipeline::fingerprint::{self, FINGERPRINT_FILE};
+use pipeline::fingerprint::FINGERPRINT_FILE;
 use pipeline::{Job, Progress, RunOptions, RunSummary, StagedRun};
 use serde::Serialize;
 
@@ -82,7 +82,8 @@ pub(crate) async fn run(args: RunArgs) -> anyhow::Result<ExitStatus> {
             Some(0) => None,
             Some(mib) => Some(mib << 20),
         },
-        hash_inputs: Vec::new(),
+        // Named by `run_anchored`, which knows which inputs are raw files.
+        ..RunOptions::default()
     };
     let provenance = Provenance::open(&args.ledger).await?;
     let result = run_anchored(&job, &options, &args.engine, &provenance).await;
@@ -185,22 +186,13 @@ async fn anchor_staged(
     }
     bar.set_message("anchoring");
     let phase = Instant::now();
-    // Raw inputs were hashed while the job ran (any that were not are hashed now, all at
-    // once); they are anchored one after another, in the manifest's order.
-    let hashed = staged.source_roots().await?;
+    // Raw inputs were hashed while the job ran; they are anchored one after another, in the
+    // manifest's order.
+    let sources = staged.source_roots().await?;
     let summary = staged.summary();
-    let sources = futures::future::try_join_all(summary.manifest.inputs.iter().map(|input| {
-        let hashed = hashed.get(&input.name).map(|root| Digest(*root));
-        async move {
-            match hashed {
-                Some(root) => Ok(Some(root)),
-                None => source_digest(ctx, input).await,
-            }
-        }
-    }))
-    .await?;
     let mut parents = Vec::new();
-    for (input, source) in summary.manifest.inputs.iter().zip(sources) {
+    for input in &summary.manifest.inputs {
+        let source = sources.get(&input.name).map(|root| Digest(*root));
         parents.push(input_root(ctx, provenance, input, source, summary).await?);
     }
     tracing::debug!(
@@ -262,22 +254,9 @@ fn anchored_input(location: &pipeline::store::Location) -> Option<PathBuf> {
         .filter(|p| p.join(ANCHOR_FILE).is_file())
 }
 
-/// The source root of an input of raw files; `None` for an emrflow dataset.
-async fn source_digest(
-    ctx: &SessionContext,
-    input: &pipeline::manifest::InputSpec,
-) -> anyhow::Result<Option<Digest>> {
-    let location = pipeline::store::Location::resolve(ctx, &input.location)?;
-    if anchored_input(&location).is_some() {
-        return Ok(None);
-    }
-    let files: Vec<String> = input.files.iter().map(|f| f.path.clone()).collect();
-    Ok(Some(Digest(fingerprint::source_root(ctx, &files).await?)))
-}
-
 /// The anchored root of an input: the anchor of an emrflow dataset read as input, or the
-/// source root of raw files (`source`, from the run or [`source_digest`]), anchored (stage
-/// `source`) if it is new.
+/// source root of raw files (`source`, hashed while the job ran), anchored (stage `source`) if
+/// it is new.
 async fn input_root(
     ctx: &SessionContext,
     provenance: &Provenance,

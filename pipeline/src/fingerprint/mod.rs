@@ -361,10 +361,15 @@ pub async fn fingerprint(df: DataFrame) -> Result<Fingerprint> {
             (!c.is_null(0)).then(|| c.value(0).to_vec())
         })
         .unwrap_or_default();
-    let table = udf::parse_table(&bytes).ok_or_else(|| {
+    from_result(&schema, &bytes)
+}
+
+/// The fingerprint of `schema`'s rows from the aggregate's result (its bucket table).
+fn from_result(schema: &CanonicalSchema, bytes: &[u8]) -> Result<Fingerprint> {
+    let table = udf::parse_table(bytes).ok_or_else(|| {
         Error::Fingerprint(format!("{FINGERPRINT_FN} returned {} bytes", bytes.len()))
     })?;
-    Ok(Fingerprint::from_table(&schema, &table))
+    Ok(Fingerprint::from_table(schema, &table))
 }
 
 /// A fingerprint taken from batches as they pass (a writer's), without reading the dataset
@@ -410,10 +415,7 @@ impl RowsFingerprint {
             datafusion::common::ScalarValue::Binary(Some(bytes)) => bytes,
             _ => Vec::new(),
         };
-        let table = udf::parse_table(&bytes).ok_or_else(|| {
-            Error::Fingerprint(format!("{FINGERPRINT_FN} returned {} bytes", bytes.len()))
-        })?;
-        Ok(Fingerprint::from_table(&self.schema, &table))
+        from_result(&self.schema, &bytes)
     }
 }
 
