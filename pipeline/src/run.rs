@@ -46,7 +46,7 @@ use crate::manifest::{
     ColumnSpec, Encoding, FeatureKind, FeatureSpec, InputFile, InputSpec, MANIFEST_FILE,
     MANIFEST_VERSION, Manifest, Normalizer, PiiReport,
 };
-use crate::store::{Location, Staging};
+use crate::store::{Location, Sink, Staging};
 use crate::udf::{self, AGE_FN, CATEGORY_INDEX_FN, EmrflowOptions, FIRST_TRUE_FN, PSEUDONYM_FN};
 
 /// How a job is run, beyond what the job file says.
@@ -457,7 +457,7 @@ pub async fn stage_job(
     guard_schema(job, &out_schema)?;
     let mut staging = Staging::begin(target, options.overwrite).await?;
     let phase = Instant::now();
-    let props = writer_properties(&plan.pseudonymized_out);
+    let props = writer_properties(&plan.pseudonymized_out, job.row_key.as_deref());
     let written = match write_partitions(df, &mut staging, &scanned, &props, progress).await {
         Ok(w) => w,
         Err(e) => {
@@ -1697,13 +1697,20 @@ const ROW_GROUP_ROWS: usize = 128 * 1024;
 ///   writer would build a dictionary for every page only to fall back to plain encoding.
 /// - No min/max statistics for them either: the range of a page of keyed hashes says nothing
 ///   a reader could skip pages by, and finding it compares every 64-byte value.
-fn writer_properties(pseudonymized: &[String]) -> WriterProperties {
+/// - A pseudonymized row key is stored uncompressed. Hex of random bytes holds four bits per
+///   byte, which LZ4 (no entropy coder) cannot use, and a key repeats nowhere, so LZ4 only
+///   finds runs of a few bytes: 1.5 % smaller for a tenth of the job's compression time. Other
+///   pseudonyms repeat (a patient's visits sit together) and keep LZ4: 59 MB -> 22 MB.
+fn writer_properties(pseudonymized: &[String], row_key: Option<&str>) -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::LZ4_RAW)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(format!("emrflow {}", env!("CARGO_PKG_VERSION")));
     for column in pseudonymized {
         let path = ColumnPath::from(column.as_str());
+        if row_key == Some(column.as_str()) {
+            props = props.set_column_compression(path.clone(), Compression::UNCOMPRESSED);
+        }
         props = props
             .set_column_dictionary_enabled(path.clone(), false)
             .set_column_statistics_enabled(path, EnabledStatistics::None);
@@ -1721,17 +1728,15 @@ async fn write_partitions(
 ) -> Result<Written> {
     let fingerprint = RowsFingerprint::new(df.schema().as_arrow())?;
     let streams = df.execute_stream_partitioned().await?;
-    let store = staging.store();
     let mut tasks = Vec::new();
     for (i, stream) in streams.into_iter().enumerate() {
         let name = format!("part-{i:05}.parquet");
-        let path = staging.path_for(&name);
-        let store = Arc::clone(&store);
+        let sink = staging.sink_for(&name)?;
         let scanned = scanned.to_vec();
         let props = props.clone();
         let hasher = fingerprint.part();
         tasks.push(tokio::spawn(async move {
-            write_one(stream, store, path, &scanned, props, hasher)
+            write_one(stream, sink, &scanned, props, hasher)
                 .await
                 .map(|(rows, scanner, leaves)| (name, rows, scanner, leaves))
         }));
@@ -1763,14 +1768,13 @@ async fn write_partitions(
 
 async fn write_one(
     mut stream: SendableRecordBatchStream,
-    store: Arc<dyn object_store::ObjectStore>,
-    path: object_store::path::Path,
+    sink: Sink,
     scanned: &[String],
     props: WriterProperties,
     mut hasher: PartHasher,
 ) -> Result<(u64, PiiScanner, PartState)> {
     let mut scanner = PiiScanner::new(scanned);
-    let mut writer: Option<AsyncArrowWriter<BufWriter>> = None;
+    let mut writer: Option<PartWriter> = None;
     let mut rows = 0u64;
     while let Some(batch) = stream.next().await {
         let batch = batch?;
@@ -1780,27 +1784,76 @@ async fn write_one(
         scanner.scan(&batch);
         hasher.update(&batch)?;
         rows += batch.num_rows() as u64;
-        if writer.is_none() {
-            writer = Some(AsyncArrowWriter::try_new(
-                BufWriter::new(Arc::clone(&store), path.clone()),
-                batch.schema(),
-                Some(props.clone()),
-            )?);
-        }
-        if let Some(w) = writer.as_mut() {
-            w.write(&batch).await?;
-        }
+        let w = match writer.as_mut() {
+            Some(w) => w,
+            None => writer.insert(PartWriter::open(&sink, batch.schema(), &props)?),
+        };
+        w.write(&batch).await?;
     }
     match writer {
-        Some(w) => {
-            w.close().await?;
-        }
-        None => {
-            // An empty partition writes no file; make sure none is left half-created.
-            let _ = store.delete(&path).await;
-        }
+        Some(w) => w.close().await?,
+        // An empty partition writes no file; make sure none is left half-created.
+        None => sink.discard().await,
     }
     Ok((rows, scanner, hasher.finish()?))
+}
+
+/// One part file's Parquet writer. A local staging directory is written straight to the file:
+/// the async writer encodes each row group into a fresh in-memory buffer that grows by doubling
+/// (a tenth of the job's page faults, and a copy of every byte) before the store writes it out
+/// again. Writes to a local file land in the page cache, so they do not hold the worker up.
+enum PartWriter {
+    File(
+        parquet::arrow::ArrowWriter<std::io::BufWriter<std::fs::File>>,
+        std::path::PathBuf,
+    ),
+    Store(AsyncArrowWriter<BufWriter>),
+}
+
+impl PartWriter {
+    fn open(sink: &Sink, schema: SchemaRef, props: &WriterProperties) -> Result<Self> {
+        Ok(match sink {
+            Sink::File(path) => {
+                let file = std::fs::File::create(path)
+                    .map_err(|e| Error::io(path.display().to_string(), e))?;
+                Self::File(
+                    parquet::arrow::ArrowWriter::try_new(
+                        std::io::BufWriter::with_capacity(1 << 20, file),
+                        schema,
+                        Some(props.clone()),
+                    )?,
+                    path.clone(),
+                )
+            }
+            Sink::Store(store, path) => Self::Store(AsyncArrowWriter::try_new(
+                BufWriter::new(Arc::clone(store), path.clone()),
+                schema,
+                Some(props.clone()),
+            )?),
+        })
+    }
+
+    async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        match self {
+            Self::File(w, _) => w.write(batch)?,
+            Self::Store(w) => w.write(batch).await?,
+        }
+        Ok(())
+    }
+
+    async fn close(self) -> Result<()> {
+        match self {
+            Self::File(w, path) => {
+                w.into_inner()?
+                    .into_inner()
+                    .map_err(|e| Error::io(path.display().to_string(), e.into_error()))?;
+            }
+            Self::Store(w) => {
+                w.close().await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// When a scan fails, finds the exact file and line in the CSV inputs; otherwise passes the

@@ -291,6 +291,17 @@ impl Staging {
         path
     }
 
+    /// Where a file named `name` is staged, as a local file when staging is on the local
+    /// filesystem (its directory made), else as a store path.
+    pub fn sink_for(&mut self, name: &str) -> Result<Sink> {
+        let path = self.path_for(name);
+        let Some(dir) = self.local_dir() else {
+            return Ok(Sink::Store(self.store(), path));
+        };
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
+        Ok(Sink::File(dir.join(name)))
+    }
+
     /// Writes a small file (the manifest) into staging.
     pub async fn put(&mut self, name: &str, bytes: Vec<u8>) -> Result<()> {
         let path = self.path_for(name);
@@ -372,6 +383,28 @@ impl Staging {
             .unwrap_or_default();
         for path in staged.iter().chain(&self.written) {
             let _ = self.target.store.delete(path).await;
+        }
+    }
+}
+
+/// Where one staged file goes: see [`Staging::sink_for`].
+pub enum Sink {
+    /// A file in a local staging directory.
+    File(PathBuf),
+    /// An object in the target's store.
+    Store(Arc<dyn ObjectStore>, ObjectPath),
+}
+
+impl Sink {
+    /// Removes the file if it was begun.
+    pub async fn discard(&self) {
+        match self {
+            Sink::File(path) => {
+                let _ = std::fs::remove_file(path);
+            }
+            Sink::Store(store, path) => {
+                let _ = store.delete(path).await;
+            }
         }
     }
 }
