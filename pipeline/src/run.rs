@@ -1800,7 +1800,7 @@ async fn write_one(
 
 /// One part file's Parquet writer. A local staging directory is written straight to the file:
 /// the async writer encodes each row group into a fresh in-memory buffer that grows by doubling
-/// (a tenth of the job's page faults, and a copy of every byte) before the store writes it out
+/// (a sixth of the job's page faults, and a copy of every byte) before the store writes it out
 /// again. Writes to a local file land in the page cache, so they do not hold the worker up.
 enum PartWriter {
     File(
