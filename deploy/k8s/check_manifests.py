@@ -17,7 +17,8 @@ checks, across all files at once:
 - embedded configs: TOML and JSON in ConfigMaps parse;
 - Secrets: every Secret in the repository is a placeholder (annotated, all values REPLACE-ME);
 - the ledger: the StatefulSet runs exactly as many peers as there are peer configs (ids 0..n-1)
-  and genesis entries, each genesis address being its pod's stable name on the headless Service.
+  and genesis entries, each genesis address being its pod's stable name on the headless Service,
+  and every peer config has the same consensus parameters.
 
 Prints one line per problem and exits 1 if there is any.
 """
@@ -402,6 +403,11 @@ def check_ledger(objs, workloads, services, parsed_toml, index):
         for key, c in configs.items():
             if key != f"peer{c.get('id')}.toml":
                 problem(obj, f"{peer_cm[0]} {key} has id {c.get('id')}")
+        # Peers with different windows or batch limits disagree on which sequence numbers
+        # are valid, so a quorum may never form.
+        consensus = {json.dumps(c.get("consensus"), sort_keys=True) for c in configs.values()}
+        if len(consensus) > 1:
+            problem(obj, f"{peer_cm[0]}: the peers' [consensus] parameters differ")
         ports = {p.get("containerPort") for _, ct in containers(spec) for p in ct.get("ports") or []}
         for key, c in configs.items():
             listen_port = int(str(c.get("listen", ":0")).rsplit(":", 1)[1])
