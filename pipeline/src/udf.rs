@@ -731,13 +731,14 @@ mod tests {
         let macs: Vec<[u8; 32]> = (0..8u8)
             .map(|m| std::array::from_fn(|i| m * 32 + i as u8))
             .collect();
-        let present = ["a"; 8];
-        let strings: Vec<Option<&str>> = present
-            .iter()
-            .enumerate()
-            .flat_map(|(i, v)| [Some(*v), (i % 3 == 0).then_some("")].into_iter())
-            .map(|v| v.filter(|v| !v.is_empty()))
-            .collect();
+        // One present value per MAC, with a null after every third.
+        let mut strings: Vec<Option<&str>> = Vec::new();
+        for i in 0..macs.len() {
+            strings.push(Some("a"));
+            if i % 3 == 0 {
+                strings.push(None);
+            }
+        }
         let column = hex_strings(&strings, &macs).unwrap();
         assert_eq!(column.len(), strings.len());
         let mut macs = macs.iter();
