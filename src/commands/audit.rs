@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use anyhow::bail;
 use clap::Args;
-use ledger::contracts::{AuditEvent, Identity, Outcome};
+use ledger::contracts::{AuditEvent, Identity, Outcome, Role};
 use ledger::crypto::{Digest, PublicKey};
 use ledger::ids::Time;
 use serde::Serialize;
@@ -75,18 +75,18 @@ pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<ExitStatus> {
             let purpose = r
                 .purpose
                 .as_deref()
-                .map_or_else(String::new, |p| format!(" ({p})"));
+                .map_or_else(String::new, |p| format!(" ({})", escape(p)));
             format!(
                 "{} h{}.{} {} [{}] {}{}{} -> {}",
                 r.time,
                 r.height,
                 r.index,
-                r.actor_name,
+                escape(&r.actor_name),
                 r.role,
                 r.action,
                 subject,
                 purpose,
-                r.outcome
+                escape(&r.outcome)
             )
         })
         .collect();
@@ -104,30 +104,27 @@ async fn collect(args: &AuditArgs, provenance: &Provenance) -> anyhow::Result<Ve
         })
         .transpose()?;
     let mut names: BTreeMap<PublicKey, Option<Identity>> = BTreeMap::new();
+    // The audit trail is answered to the compliance role (or a subject's owner) only.
+    let reader = provenance.reader_as(Role::Compliance).await?;
     let events = match (&subject, &args.identity) {
         (Some(s), _) => {
-            provenance
-                .reader()
+            reader
                 .audit(Some(*s), None, Time(0), Time(u64::MAX))
                 .await?
         }
         (None, Some(who)) => match PublicKey::from_hex(who) {
             Ok(key) => {
-                provenance
-                    .reader()
+                reader
                     .audit(None, Some(key), Time(0), Time(u64::MAX))
                     .await?
             }
             Err(_) => {
                 // By name: every actor's registered name is looked up once.
-                let all = provenance
-                    .reader()
-                    .audit(None, None, Time(0), Time(u64::MAX))
-                    .await?;
+                let all = reader.audit(None, None, Time(0), Time(u64::MAX)).await?;
                 let mut found = None;
                 for e in &all {
                     if let std::collections::btree_map::Entry::Vacant(slot) = names.entry(e.actor) {
-                        slot.insert(provenance.reader().identity(e.actor).await?);
+                        slot.insert(reader.identity(e.actor).await?);
                     }
                     if names[&e.actor].as_ref().is_some_and(|i| i.name == *who) {
                         found = Some(e.actor);
@@ -144,11 +141,26 @@ async fn collect(args: &AuditArgs, provenance: &Provenance) -> anyhow::Result<Ve
     let mut rows = Vec::with_capacity(events.len());
     for e in events {
         if let std::collections::btree_map::Entry::Vacant(slot) = names.entry(e.actor) {
-            slot.insert(provenance.reader().identity(e.actor).await?);
+            slot.insert(reader.identity(e.actor).await?);
         }
         rows.push(row(&e, names[&e.actor].as_ref()));
     }
     Ok(rows)
+}
+
+/// `s` with every control character written as an escape (`\n`, `\u{1b}`): text from the
+/// ledger (names, purposes, denial reasons) is chosen by whoever signed the transaction, and
+/// printed raw a newline or a terminal escape sequence could fake or hide audit lines.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn row(e: &AuditEvent, who: Option<&Identity>) -> Row {
@@ -170,5 +182,20 @@ fn row(e: &AuditEvent, who: Option<&Identity>) -> Row {
             Outcome::Denied { reason } => format!("denied: {reason}"),
         },
         tx: e.tx.to_hex(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn control_characters_are_escaped_and_other_text_is_kept() {
+        assert_eq!(
+            escape("care\n2026-01-01T00:00:00.000Z h1.0 admin [admin] Grant -> accepted"),
+            "care\\n2026-01-01T00:00:00.000Z h1.0 admin [admin] Grant -> accepted"
+        );
+        assert_eq!(escape("\u{1b}[2K\rfake"), "\\u{1b}[2K\\rfake");
+        assert_eq!(escape("Zoë, café"), "Zoë, café");
     }
 }

@@ -41,7 +41,10 @@ pub(crate) async fn run(args: LineageArgs) -> anyhow::Result<ExitStatus> {
     let root = Digest::from_hex(&args.root)
         .map_err(|e| anyhow::anyhow!("ROOT {:?} is not a 64-digit hex root: {e}", args.root))?;
     let provenance = Provenance::open(&args.ledger).await?;
-    let lineage = provenance.reader().lineage(root, args.depth).await;
+    let lineage = match provenance.reader().await {
+        Ok(reader) => reader.lineage(root, args.depth).await.map_err(Into::into),
+        Err(e) => Err(e),
+    };
     provenance.close().await?;
     let lineage = lineage?;
     if lineage.nodes.is_empty() {

@@ -12,10 +12,10 @@ use clap::Args;
 use ledger::chain::{Genesis, QueryResult, Receipt};
 use ledger::client::{Client, Ledger, LedgerApi, Reader};
 use ledger::config;
-use ledger::contracts::{Access, AnchorKind, AnchorRecord, AnchorSpec, Call, Outcome, Query, Role};
+use ledger::contracts::{Access, AnchorKind, AnchorRecord, AnchorSpec, Call, Outcome, Role};
 use ledger::crypto::{Digest, KeyPair};
 use ledger::transport::RemoteLedger;
-use ledger::tx::SignedTx;
+use ledger::tx::{SignedQuery, SignedTx};
 use ml::datafusion::prelude::SessionContext;
 use pipeline::fingerprint::{self, BucketDiff, FINGERPRINT_FILE, Fingerprint, Hex};
 use pipeline::manifest::MANIFEST_FILE;
@@ -69,10 +69,24 @@ impl LedgerApi for Conn {
         }
     }
 
-    async fn query(&self, q: Query) -> ledger::Result<QueryResult> {
+    async fn query(&self, q: SignedQuery) -> ledger::Result<QueryResult> {
         match self {
             Conn::Embedded(l) => l.query(q).await,
             Conn::Remote(r) => r.query(q).await,
+        }
+    }
+
+    async fn query_all(&self, q: SignedQuery) -> Vec<ledger::Result<QueryResult>> {
+        match self {
+            Conn::Embedded(l) => l.query_all(q).await,
+            Conn::Remote(r) => r.query_all(q).await,
+        }
+    }
+
+    fn max_faulty(&self) -> usize {
+        match self {
+            Conn::Embedded(l) => l.max_faulty(),
+            Conn::Remote(r) => r.max_faulty(),
         }
     }
 
@@ -112,7 +126,7 @@ impl Provenance {
                 .parent()
                 .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
             return Ok(Self {
-                conn: Some(Conn::Remote(RemoteLedger::new(genesis))),
+                conn: Some(Conn::Remote(RemoteLedger::new(genesis)?)),
                 home,
                 identity: args.identity.clone(),
                 _lock: None,
@@ -269,23 +283,51 @@ impl Provenance {
     pub(crate) async fn receipt_of(&self, tx: Digest) -> anyhow::Result<Receipt> {
         let receipt = self
             .reader()
-            .receipt(tx)
             .await?
+            .receipt(tx)
+            .await
+            .context("the ledger returned a receipt that does not verify")?
             .with_context(|| format!("the ledger has no certified receipt for {tx}"))?;
-        receipt
-            .verify(self.genesis())
-            .context("the ledger returned a receipt that does not verify")?;
         Ok(receipt)
     }
 
-    /// Read-only queries.
-    pub(crate) fn reader(&self) -> Reader<'_, Conn> {
-        Reader::new(self.conn())
+    /// The key queries are signed with (the ledger answers registered identities only):
+    /// `--identity`, else the ledger directory's admin key, else a local per-role identity.
+    async fn query_key(&self) -> anyhow::Result<KeyPair> {
+        if let Some(path) = &self.identity {
+            return config::read_key(path)
+                .with_context(|| format!("cannot read the identity key {}", path.display()));
+        }
+        if let Some(admin) = self.admin_key() {
+            return Ok(admin);
+        }
+        for role in Role::ALL {
+            let path = self.home.join("identities").join(format!("{role}.key"));
+            if path.exists() {
+                return config::read_key(&path)
+                    .with_context(|| format!("cannot read the identity key {}", path.display()));
+            }
+        }
+        bail!(
+            "queries to {} are signed by a registered identity: pass --identity KEY",
+            self.describe
+        )
     }
 
-    /// The anchor of a root, if any.
+    /// Read-only queries, signed by the identity of [`Provenance::query_key`].
+    pub(crate) async fn reader(&self) -> anyhow::Result<Reader<'_, Conn>> {
+        Ok(Reader::new(self.conn(), self.query_key().await?))
+    }
+
+    /// Read-only queries signed as `role` (the audit trail needs the compliance role).
+    pub(crate) async fn reader_as(&self, role: Role) -> anyhow::Result<Reader<'_, Conn>> {
+        Ok(Reader::new(self.conn(), self.key_for(role).await?))
+    }
+
+    /// The anchor of a root, if any: a claimed anchor is checked against the receipt of its
+    /// transaction, a claimed absence against `f + 1` peers.
     pub(crate) async fn anchor_of(&self, root: Digest) -> anyhow::Result<Option<AnchorRecord>> {
-        Ok(self.reader().anchor_of(root).await?)
+        Ok(self.reader().await?.anchor_of(root).await?)
     }
 
     /// A client acting as `role`.
