@@ -93,8 +93,10 @@ impl Genesis {
                     "genesis peer {i} has an invalid or small-order key"
                 )));
             }
-            for (what, text) in [("address", &p.address), ("client address", &p.client_address)]
-            {
+            for (what, text) in [
+                ("address", &p.address),
+                ("client address", &p.client_address),
+            ] {
                 if text.len() > MAX_GENESIS_TEXT {
                     return Err(Error::Config(format!("genesis peer {i}: {what} too long")));
                 }
@@ -104,7 +106,9 @@ impl Genesis {
             return Err(Error::Config("the genesis admin key is invalid".into()));
         }
         if self.chain_id.len() > MAX_GENESIS_TEXT || self.admin_name.len() > MAX_GENESIS_TEXT {
-            return Err(Error::Config("genesis chain id or admin name too long".into()));
+            return Err(Error::Config(
+                "genesis chain id or admin name too long".into(),
+            ));
         }
         Ok(())
     }
@@ -191,9 +195,8 @@ impl Block {
     /// validly signed by its client, and returns their ids. This needs no execution: a block
     /// whose header is authenticated and that passes is exactly what the quorum committed.
     pub fn check_batch(&self) -> Result<Vec<Digest>> {
-        let bad = |reason: &str| {
-            Error::Verification(format!("block {}: {reason}", self.header.height.0))
-        };
+        let bad =
+            |reason: &str| Error::Verification(format!("block {}: {reason}", self.header.height.0));
         if self.txs.len() != self.header.tx_count as usize {
             return Err(bad("transaction count does not match the header"));
         }

@@ -267,8 +267,12 @@ fn peer_addresses(opts: &InitOptions) -> Result<Vec<Addresses>> {
     let n = opts.peers;
     let Some(template) = &opts.address_template else {
         let port = |k: usize| -> Result<u16> {
-            u16::try_from(opts.base_port as usize + k)
-                .map_err(|_| Error::Config(format!("--base-port {} leaves no room for {n} peers' two ports", opts.base_port)))
+            u16::try_from(opts.base_port as usize + k).map_err(|_| {
+                Error::Config(format!(
+                    "--base-port {} leaves no room for {n} peers' two ports",
+                    opts.base_port
+                ))
+            })
         };
         return (0..n)
             .map(|i| {
@@ -297,7 +301,9 @@ fn peer_addresses(opts: &InitOptions) -> Result<Vec<Addresses>> {
             ))
         })?;
     let client_port = port.checked_add(1).ok_or_else(|| {
-        Error::Config(format!("--peer-address-template {template:?}: no port after {port}"))
+        Error::Config(format!(
+            "--peer-address-template {template:?}: no port after {port}"
+        ))
     })?;
     Ok((0..n)
         .map(|i| {
@@ -438,7 +444,10 @@ mod address_tests {
         assert_eq!(clients[3], "emrflow-ledger-3.emrflow-ledger:7401");
         let peer2 = std::fs::read_to_string(dir.path().join("peer2.toml")).unwrap_or_default();
         assert!(peer2.contains("listen = \"0.0.0.0:7400\""), "{peer2}");
-        assert!(peer2.contains("client_listen = \"0.0.0.0:7401\""), "{peer2}");
+        assert!(
+            peer2.contains("client_listen = \"0.0.0.0:7401\""),
+            "{peer2}"
+        );
     }
 
     #[test]
@@ -469,10 +478,16 @@ mod address_tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("refusing to overwrite"), "{e}");
-        assert_eq!(std::fs::read(&out.admin_key).unwrap_or_default(), admin_before);
+        assert_eq!(
+            std::fs::read(&out.admin_key).unwrap_or_default(),
+            admin_before
+        );
         assert!(!out.genesis.exists());
         // A single identity key is never overwritten either.
-        let e = new_key_file(&out.admin_key).err().map(|e| e.to_string()).unwrap_or_default();
+        let e = new_key_file(&out.admin_key)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(e.contains("refusing to overwrite"), "{e}");
     }
 

@@ -46,7 +46,10 @@ pub const MAX_PARENTS: usize = 256;
 /// transaction ends up in the audit trail, which people read in terminals.
 fn check_text(what: &str, s: &str, max: usize) -> Result<(), String> {
     if s.len() > max {
-        return Err(format!("{what} of {} bytes is over the {max}-byte limit", s.len()));
+        return Err(format!(
+            "{what} of {} bytes is over the {max}-byte limit",
+            s.len()
+        ));
     }
     if s.chars().any(char::is_control) {
         return Err(format!("{what} holds a control character"));

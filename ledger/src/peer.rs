@@ -22,7 +22,9 @@ use crate::chain::{Block, CertifiedBlock, Chain, CommitCertificate, Genesis};
 use crate::crypto::{Digest, KeyPair, PublicKey};
 use crate::error::{Error, Result};
 use crate::ids::{ReplicaId, SeqNo, Time};
-use crate::pbft::{Config, Input, MAX_MESSAGE_BYTES, Message, Output, PersistentState, Replica, Restore};
+use crate::pbft::{
+    Config, Input, MAX_MESSAGE_BYTES, Message, Output, PersistentState, Replica, Restore,
+};
 use crate::tx::SignedTx;
 
 /// Most blocks in one state-transfer reply.
@@ -262,7 +264,9 @@ impl Peer {
                     // Only to the asker (the host authenticated `from`), and split to fit a
                     // message whatever the blocks hold.
                     let hi = SeqNo(to.0.min(lo.0.saturating_add(MAX_BLOCKS_PER_REPLY - 1)));
-                    let blocks = self.chain().certified_blocks_within(lo, hi, MAX_REPLY_BYTES);
+                    let blocks = self
+                        .chain()
+                        .certified_blocks_within(lo, hi, MAX_REPLY_BYTES);
                     if !blocks.is_empty() {
                         effects.push(Effect::Send {
                             to: from,
@@ -286,7 +290,12 @@ impl Peer {
     /// the others: a transaction nobody may make is never ordered (it would otherwise take a
     /// place in a block and the audit trail for good). Held back, not refused at once, because
     /// a signer registered in a block this peer has not executed yet is only a moment away.
-    fn admit(&mut self, txs: Vec<SignedTx>, client: bool, effects: &mut Vec<Effect>) -> VecDeque<Input> {
+    fn admit(
+        &mut self,
+        txs: Vec<SignedTx>,
+        client: bool,
+        effects: &mut Vec<Effect>,
+    ) -> VecDeque<Input> {
         let mut known = Vec::with_capacity(txs.len());
         {
             let chain = read_chain(&self.chain);
@@ -581,7 +590,10 @@ impl Peer {
                 .windows(2)
                 .all(|w| w[0].block.header.height < w[1].block.header.height);
         if !heights_ok {
-            self.refuse(from, format!("blocks outside the heights {lo}..={hi} asked"));
+            self.refuse(
+                from,
+                format!("blocks outside the heights {lo}..={hi} asked"),
+            );
             return VecDeque::new();
         }
         self.asked.remove(&from);
@@ -659,7 +671,10 @@ impl Peer {
             // Our own execution of it, which reproduced the certified header.
             effects.push(Effect::PersistBlock(Box::new(block)));
             self.uncertified.insert(height, self.now);
-            match cb.certificate.filter(|c| c.verify(&self.peers, &self.ledger).is_ok()) {
+            match cb
+                .certificate
+                .filter(|c| c.verify(&self.peers, &self.ledger).is_ok())
+            {
                 Some(c) => self.attach(c, effects),
                 None => {
                     if let Some(c) = self.pending_certs.remove(&height) {

@@ -67,11 +67,7 @@ impl Peer for PeerService {
     ) -> std::result::Result<Response<Ack>, Status> {
         // The sender is the genesis peer the TLS handshake proved; the listener accepts no
         // other connection, so a stream without one is a wiring error, refused all the same.
-        let Some(from) = request
-            .extensions()
-            .get::<PeerIdentity>()
-            .and_then(|p| p.0)
-        else {
+        let Some(from) = request.extensions().get::<PeerIdentity>().and_then(|p| p.0) else {
             return Err(Status::unauthenticated("not a genesis peer"));
         };
         let mut stream = request.into_inner();
@@ -291,7 +287,10 @@ impl RemoteLedger {
             .iter()
             .map(|p| {
                 let config = tls::ledger_client_config(p.public_key)?;
-                Ok((p.client_address.clone(), channel(&p.client_address, config)?))
+                Ok((
+                    p.client_address.clone(),
+                    channel(&p.client_address, config)?,
+                ))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {

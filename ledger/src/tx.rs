@@ -104,7 +104,9 @@ impl SignedTx {
                 self.payload.len()
             ));
         }
-        let body = self.body().map_err(|e| format!("malformed transaction: {e}"))?;
+        let body = self
+            .body()
+            .map_err(|e| format!("malformed transaction: {e}"))?;
         if body.ledger != *ledger {
             return Err("transaction is for another ledger".into());
         }

@@ -16,8 +16,7 @@ use ledger::crypto::{Digest, KeyPair};
 use ledger::ids::{ReplicaId, SeqNo, Time, View};
 use ledger::node::unix_ms;
 use ledger::pbft::{
-    Batch, Checkpoint, CheckpointProof, MAX_CLOCK_SKEW_MS, Message, PrePrepare, Signed,
-    ViewChange,
+    Batch, Checkpoint, CheckpointProof, MAX_CLOCK_SKEW_MS, Message, PrePrepare, Signed, ViewChange,
 };
 use ledger::peer::Wire;
 use ledger::tx::{MAX_TX_BYTES, SignedTx, TxBody};
@@ -47,7 +46,11 @@ async fn a_primary_stamping_batches_in_the_future_is_replaced() {
     let ledger_id = c.genesis.hash();
     let mut links = Vec::new();
     for to in 1..4 {
-        links.push(peer_link(&c.genesis, &key0, to).await.expect("link as peer 0"));
+        links.push(
+            peer_link(&c.genesis, &key0, to)
+                .await
+                .expect("link as peer 0"),
+        );
     }
     let tx = access(&c.admin, ledger_id, 7, "future".into());
     let submit = {
@@ -104,7 +107,11 @@ async fn a_peer_flooding_checkpoints_and_view_changes_changes_nothing() {
     let before = c.settled_heads(&[0, 1, 2]).await;
     let mut links = Vec::new();
     for to in 0..3 {
-        links.push(peer_link(&c.genesis, &key3, to).await.expect("link as peer 3"));
+        links.push(
+            peer_link(&c.genesis, &key3, to)
+                .await
+                .expect("link as peer 3"),
+        );
     }
     let flood = {
         let links = links.clone();
@@ -217,7 +224,9 @@ async fn forged_replayed_and_unrequested_blocks_and_bad_relays_are_refused() {
         Wire::Requests(vec![oversized.clone(), unregistered.clone()]),
     ];
     for to in 0..3 {
-        let link = peer_link(&c.genesis, &key3, to).await.expect("link as peer 3");
+        let link = peer_link(&c.genesis, &key3, to)
+            .await
+            .expect("link as peer 3");
         for w in &attacks {
             link.send(w.clone()).await.expect("send");
         }

@@ -39,7 +39,12 @@ fn keys(n: usize) -> Vec<KeyPair> {
 }
 
 /// A certificate for `header` signed by the peers `signers` of `genesis`.
-fn certificate(genesis: &Genesis, keys: &[KeyPair], signers: &[usize], header: &BlockHeader) -> CommitCertificate {
+fn certificate(
+    genesis: &Genesis,
+    keys: &[KeyPair],
+    signers: &[usize],
+    header: &BlockHeader,
+) -> CommitCertificate {
     let proof: Vec<Signed<Checkpoint>> = signers
         .iter()
         .map(|i| {
@@ -149,14 +154,18 @@ fn duplicate_and_small_order_peer_keys_are_refused() {
 
     // One key twice: one peer would cast two of the three votes of a quorum.
     publics[3] = publics[0];
-    let e = genesis_of(&publics).validate().expect_err("duplicate key accepted");
+    let e = genesis_of(&publics)
+        .validate()
+        .expect_err("duplicate key accepted");
     assert!(e.to_string().contains("same key"), "{e}");
 
     // The identity point has small order: a signature under it proves nothing.
     let mut identity = [0u8; 32];
     identity[0] = 1;
     publics[3] = PublicKey(identity);
-    let e = genesis_of(&publics).validate().expect_err("small-order key accepted");
+    let e = genesis_of(&publics)
+        .validate()
+        .expect_err("small-order key accepted");
     assert!(e.to_string().contains("small-order"), "{e}");
 }
 

@@ -41,10 +41,7 @@ async fn a_client_posing_as_a_peer_is_refused_before_any_message_is_decoded() {
     let before = c.settled_heads(&[0, 1, 2, 3]).await;
 
     // What an impostor would push: a block nobody asked for, and a request to send us blocks.
-    let stolen = c
-        .head(1)
-        .await
-        .expect("head");
+    let stolen = c.head(1).await.expect("head");
     assert_eq!(stolen, before);
     let bait = Wire::FetchBlocks {
         from: SeqNo(1),
@@ -78,14 +75,17 @@ async fn a_client_posing_as_a_peer_is_refused_before_any_message_is_decoded() {
 
     // 4. A peer's key on the client listener is no way in either: it serves only `Ledger`.
     let client_addr = c.genesis.peers[3].client_address.clone();
-    let wrong_door = peer_channel(&c.peer_key(0), c.genesis.peers[3].public_key, &client_addr)
-        .await;
+    let wrong_door =
+        peer_channel(&c.peer_key(0), c.genesis.peers[3].public_key, &client_addr).await;
     if let Ok(channel) = wrong_door {
         let body = ledger::codec::encode(&bait).expect("encode");
         let r = PeerClient::new(channel)
             .deliver(tokio_stream::iter(vec![Envelope { body: body.into() }]))
             .await;
-        assert!(r.is_err(), "the client listener served the peer service: {r:?}");
+        assert!(
+            r.is_err(),
+            "the client listener served the peer service: {r:?}"
+        );
     }
 
     // 5. A client dialing a peer's client listener with the wrong expected key (a spoofed
@@ -199,7 +199,10 @@ async fn unsigned_forged_and_wrong_role_queries_are_refused() {
         (&doctor, "doctor", Role::Clinician),
         (&auditor, "auditor", Role::Compliance),
     ] {
-        let r = admin.register(k.public(), name, role).await.expect("register");
+        let r = admin
+            .register(k.public(), name, role)
+            .await
+            .expect("register");
         assert!(r.outcome.is_accepted());
     }
     let root = Digest::of(b"dataset");
@@ -240,7 +243,11 @@ async fn unsigned_forged_and_wrong_role_queries_are_refused() {
         .sign(audit(None))
         .expect("sign");
     forged.signer = doctor.public();
-    let e = c.remote.query_peer(1, &forged).await.expect_err("forged query answered");
+    let e = c
+        .remote
+        .query_peer(1, &forged)
+        .await
+        .expect_err("forged query answered");
     assert!(format!("{e:?}").contains("InvalidArgument"), "{e:?}");
 
     // Wrong role: the data engineer, the clinician and the admin may not read the whole
@@ -257,7 +264,10 @@ async fn unsigned_forged_and_wrong_role_queries_are_refused() {
             .ask(q.clone())
             .await
             .expect_err("a query the role does not allow was answered");
-        assert!(format!("{e:?}").contains("PermissionDenied"), "{q:?}: {e:?}");
+        assert!(
+            format!("{e:?}").contains("PermissionDenied"),
+            "{q:?}: {e:?}"
+        );
     }
 
     // The right roles get their answers: compliance everything, the owner its subject.

@@ -208,7 +208,11 @@ fn a_lagging_peer_installs_only_the_certified_blocks_it_asked_for() {
     }
     let refused = net.peers[3].refused();
     let sent = net.to_behind(asked_peer, Wire::Blocks(forged));
-    assert_eq!(net.head(3), lagging, "a forged body changed the lagging peer");
+    assert_eq!(
+        net.head(3),
+        lagging,
+        "a forged body changed the lagging peer"
+    );
     assert_eq!(net.peers[3].refused(), refused + 1);
     assert!(net.peers[3].faults().is_empty());
 
@@ -226,10 +230,19 @@ fn a_lagging_peer_installs_only_the_certified_blocks_it_asked_for() {
 
     // 3. From the peer asked, but with a block outside the heights asked: refused whole.
     let mut outside = reply.clone();
-    outside.extend(genuine.iter().filter(|b| b.block.header.height > hi).cloned());
+    outside.extend(
+        genuine
+            .iter()
+            .filter(|b| b.block.header.height > hi)
+            .cloned(),
+    );
     if outside.len() > reply.len() {
         net.to_behind(asked_peer, Wire::Blocks(outside));
-        assert_eq!(net.head(3), lagging, "blocks outside the request were installed");
+        assert_eq!(
+            net.head(3),
+            lagging,
+            "blocks outside the request were installed"
+        );
         // The request is still open after a refused reply? It was refused before being
         // matched, so it is: the genuine answer below still comes from the asked peer.
     }
@@ -237,7 +250,10 @@ fn a_lagging_peer_installs_only_the_certified_blocks_it_asked_for() {
     // 4. The genuine reply from the peer asked: installed, re-executed, and the same head.
     net.to_behind(asked_peer, Wire::Blocks(reply.clone()));
     let installed = net.head(3);
-    assert_eq!(installed.0, reply.last().map(|b| b.block.header.height).unwrap_or(lo));
+    assert_eq!(
+        installed.0,
+        reply.last().map(|b| b.block.header.height).unwrap_or(lo)
+    );
     assert_eq!(
         installed.1,
         net.peers[0]

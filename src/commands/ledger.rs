@@ -217,7 +217,10 @@ fn remote(dir: &std::path::Path) -> anyhow::Result<RemoteLedger> {
 }
 
 /// The identity queries are signed with: `key`, else the ledger directory's admin key.
-fn query_key(dir: &std::path::Path, key: Option<&std::path::Path>) -> anyhow::Result<ledger::crypto::KeyPair> {
+fn query_key(
+    dir: &std::path::Path,
+    key: Option<&std::path::Path>,
+) -> anyhow::Result<ledger::crypto::KeyPair> {
     let path = key.map_or_else(|| dir.join("admin.key"), std::path::Path::to_path_buf);
     config::read_key(&path).with_context(|| {
         format!(
@@ -298,7 +301,10 @@ async fn has(a: HasArgs) -> anyhow::Result<ExitStatus> {
     let mut missing = Vec::new();
     for r in &receipts {
         let id = r.tx_id();
-        match remote.query_peer(a.peer, &reader.sign(Query::Receipt(id))?).await? {
+        match remote
+            .query_peer(a.peer, &reader.sign(Query::Receipt(id))?)
+            .await?
+        {
             QueryResult::Receipt(Some(_)) => {}
             _ => missing.push(id.to_hex()),
         }

@@ -397,8 +397,8 @@ fn a_staged_block_rolls_back_to_the_exact_state_before_it() {
             access: Access::Query,
         },
     );
-    assert!(!w
-        .exec(
+    assert!(
+        !w.exec(
             &victim,
             Call::RecordAccess {
                 subject: w.dataset,
@@ -406,7 +406,8 @@ fn a_staged_block_rolls_back_to_the_exact_state_before_it() {
                 purpose: "after revocation".into(),
             },
         )
-        .is_accepted());
+        .is_accepted()
+    );
     assert_ne!(w.state, before);
     w.state.rollback();
     assert_eq!(w.state, before);
@@ -431,7 +432,10 @@ fn over_long_strings_and_control_characters_are_denied_on_execution() {
     let mut long = spec(AnchorKind::Dataset, Digest::of(b"long"), vec![]);
     long.location = "x".repeat(MAX_LOCATION_LEN + 1);
     let o = w.exec(&owner, Call::Anchor(long));
-    assert!(matches!(&o, Outcome::Denied { reason } if reason.contains("limit")), "{o:?}");
+    assert!(
+        matches!(&o, Outcome::Denied { reason } if reason.contains("limit")),
+        "{o:?}"
+    );
     let o = w.exec(
         &owner,
         Call::RecordAccess {
@@ -440,7 +444,10 @@ fn over_long_strings_and_control_characters_are_denied_on_execution() {
             purpose: "fake\n2026-01-01 line\u{1b}[2K".into(),
         },
     );
-    assert!(matches!(&o, Outcome::Denied { reason } if reason.contains("control")), "{o:?}");
+    assert!(
+        matches!(&o, Outcome::Denied { reason } if reason.contains("control")),
+        "{o:?}"
+    );
     assert!(w.state.anchor(&Digest::of(b"long")).is_none());
 }
 
@@ -458,26 +465,41 @@ fn queries_need_a_registered_identity_and_the_audit_trail_a_role_or_ownership() 
     };
     let stranger = KeyPair::from_label("stranger").public();
     assert!(w.state.authorize_query(&stranger, &Query::Head).is_err());
-    assert!(w.state.authorize_query(&w.victim.public(), &Query::Head).is_ok());
+    assert!(
+        w.state
+            .authorize_query(&w.victim.public(), &Query::Head)
+            .is_ok()
+    );
     // Compliance reads any audit trail.
-    assert!(w.state.authorize_query(&auditor.public(), &audit(None)).is_ok());
+    assert!(
+        w.state
+            .authorize_query(&auditor.public(), &audit(None))
+            .is_ok()
+    );
     // The owner reads its subject's trail, not the whole trail nor another's subject.
     let owner = w.owner.public();
-    assert!(w.state.authorize_query(&owner, &audit(Some(w.dataset))).is_ok());
+    assert!(
+        w.state
+            .authorize_query(&owner, &audit(Some(w.dataset)))
+            .is_ok()
+    );
     assert!(w.state.authorize_query(&owner, &audit(None)).is_err());
-    assert!(w
-        .state
-        .authorize_query(&owner, &audit(Some(Digest::of(b"other"))))
-        .is_err());
+    assert!(
+        w.state
+            .authorize_query(&owner, &audit(Some(Digest::of(b"other"))))
+            .is_err()
+    );
     // A grantee or the admin is not the owner.
-    assert!(w
-        .state
-        .authorize_query(&w.victim.public(), &audit(Some(w.dataset)))
-        .is_err());
-    assert!(w
-        .state
-        .authorize_query(&admin.public(), &audit(Some(w.dataset)))
-        .is_err());
+    assert!(
+        w.state
+            .authorize_query(&w.victim.public(), &audit(Some(w.dataset)))
+            .is_err()
+    );
+    assert!(
+        w.state
+            .authorize_query(&admin.public(), &audit(Some(w.dataset)))
+            .is_err()
+    );
     // A revoked identity asks nothing.
     w.ok(
         &admin,
@@ -485,5 +507,9 @@ fn queries_need_a_registered_identity_and_the_audit_trail_a_role_or_ownership() 
             key: auditor.public(),
         },
     );
-    assert!(w.state.authorize_query(&auditor.public(), &audit(None)).is_err());
+    assert!(
+        w.state
+            .authorize_query(&auditor.public(), &audit(None))
+            .is_err()
+    );
 }

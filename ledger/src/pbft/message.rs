@@ -94,10 +94,7 @@ fn signed_bytes<T: Signable>(ledger: &Digest, from: ReplicaId, body: &T) -> Enc 
 impl<T: Signable> Signed<T> {
     /// Signs `body` as replica `from` of the ledger whose genesis hash is `ledger`.
     pub fn new(key: &KeyPair, ledger: &Digest, from: ReplicaId, body: T) -> Self {
-        let sig = key.sign(
-            CONSENSUS_DOMAIN,
-            signed_bytes(ledger, from, &body).finish(),
-        );
+        let sig = key.sign(CONSENSUS_DOMAIN, signed_bytes(ledger, from, &body).finish());
         Self { from, body, sig }
     }
 
@@ -228,10 +225,7 @@ impl CheckpointProof {
         }
         let mut seen = std::collections::BTreeSet::new();
         for m in &self.proof {
-            if m.body.seq != self.seq
-                || m.body.digest != self.digest
-                || !m.verify(keys, genesis)
-            {
+            if m.body.seq != self.seq || m.body.digest != self.digest || !m.verify(keys, genesis) {
                 return false;
             }
             seen.insert(m.from);

@@ -740,8 +740,7 @@ impl Replica {
         }
         // Bounded batches (§4.2 batching, with a size limit every replica computes alike): a
         // larger one is proof of a faulty primary.
-        let bytes = m.body.batch.wire_size();
-        if bytes > MAX_BATCH_BYTES || m.body.batch.txs.len() > self.cfg.max_batch {
+        if m.body.batch.wire_size() > MAX_BATCH_BYTES {
             self.drop_msg("pre-prepare", m.from, "batch over the size limit");
             return self.start_view_change(v.next(), out);
         }
@@ -764,7 +763,11 @@ impl Replica {
                 // The same shape rule as for requests: a request no correct replica would
                 // have accepted proves the primary faulty.
                 if let Err(reason) = tx.check_shape(&self.cfg.genesis) {
-                    self.drop_msg("pre-prepare", m.from, &format!("batch holds a request: {reason}"));
+                    self.drop_msg(
+                        "pre-prepare",
+                        m.from,
+                        &format!("batch holds a request: {reason}"),
+                    );
                     return self.start_view_change(v.next(), out);
                 }
                 unchecked.push(tx);
@@ -1033,14 +1036,35 @@ impl Replica {
         SeqNo(self.stable.seq.0.saturating_sub(self.cfg.window))
     }
 
-    /// Keeps a checkpoint vote: one per replica and sequence number, the first one. A correct
-    /// replica signs one state digest per sequence number, so a second, different one is a
-    /// faulty replica's and is not stored (it could otherwise add a vote per digest it makes
-    /// up).
+    /// Keeps a checkpoint vote: one per replica and sequence number, so that a faulty replica
+    /// cannot add a vote for every digest it makes up. A correct replica signs one state digest
+    /// per sequence number; when a replica's votes conflict, the one kept is the one whose
+    /// digest more other replicas voted for, so a faulty replica's first, made-up vote cannot
+    /// shut out its genuine one when a correct replica forwards it in a checkpoint proof.
     fn record_checkpoint(&mut self, m: Signed<Checkpoint>) {
         let by_digest = self.checkpoints.entry(m.body.seq).or_default();
-        if by_digest.values().any(|votes| votes.contains_key(&m.from)) {
-            return;
+        let held = by_digest
+            .iter()
+            .find(|(_, votes)| votes.contains_key(&m.from))
+            .map(|(d, _)| *d);
+        if let Some(held) = held {
+            if held == m.body.digest {
+                return;
+            }
+            let support = |d: &Digest| {
+                by_digest
+                    .get(d)
+                    .map_or(0, |votes| votes.keys().filter(|r| **r != m.from).count())
+            };
+            if support(&m.body.digest) <= support(&held) {
+                return;
+            }
+            if let Some(votes) = by_digest.get_mut(&held) {
+                votes.remove(&m.from);
+                if votes.is_empty() {
+                    by_digest.remove(&held);
+                }
+            }
         }
         by_digest
             .entry(m.body.digest)

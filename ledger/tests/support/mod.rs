@@ -102,8 +102,7 @@ impl Cluster {
     }
 
     pub fn spawn(&mut self, i: usize) {
-        let cfg =
-            NodeConfig::load(&self.dir.path().join(format!("peer{i}.toml"))).expect("config");
+        let cfg = NodeConfig::load(&self.dir.path().join(format!("peer{i}.toml"))).expect("config");
         let (stop, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             run_node(&cfg, async {
@@ -133,9 +132,11 @@ impl Cluster {
     }
 
     pub async fn wait_serving(&self, i: usize) {
-        wait_until(Duration::from_secs(30), &format!("peer {i} to serve"), || async {
-            self.head(i).await.map(|_| ())
-        })
+        wait_until(
+            Duration::from_secs(30),
+            &format!("peer {i} to serve"),
+            || async { self.head(i).await.map(|_| ()) },
+        )
         .await;
     }
 

@@ -536,7 +536,10 @@ fn oversized_requests_are_refused_and_a_primary_proposing_one_is_replaced() {
     assert!(out.iter().all(|o| !matches!(o, Output::Rejected { .. })));
     assert_eq!(r[1].pending(), 0);
     // Proposed by the primary: no correct replica would accept it, so it proves a fault.
-    let out = r[2].handle(Input::Message(Message::PrePrepare(pre_prepare(1, vec![tx(1), big]))));
+    let out = r[2].handle(Input::Message(Message::PrePrepare(pre_prepare(
+        1,
+        vec![tx(1), big],
+    ))));
     assert!(starts_view_change(&out) && !prepares(&out), "{out:#?}");
 }
 
