@@ -271,12 +271,52 @@ impl<'a, L: LedgerApi> Reader<'a, L> {
                 other => return Err(unexpected(&other)),
             },
         };
+        if record.spec.root != root {
+            return Err(Error::Verification(format!(
+                "asked for the anchor of {root}, got one of {}",
+                record.spec.root
+            )));
+        }
         let receipt = self
             .receipt(record.tx)
             .await?
             .ok_or_else(|| Error::Verification(format!("no receipt for the anchor of {root}")))?;
         check_anchor(&record, &receipt, self.ledger.genesis())?;
         Ok(Some(record))
+    }
+
+    /// Every anchor of a root (one per derivation), in commit order, checked like
+    /// [`Reader::anchor_of`]: each claimed derivation against the receipt of its transaction, a
+    /// claimed absence against `f + 1` peers.
+    pub async fn anchors_of(&self, root: Digest) -> Result<Vec<AnchorRecord>> {
+        let claimed = match self.ask(Query::Anchors(root)).await? {
+            QueryResult::Anchors(a) => a,
+            other => return Err(unexpected(&other)),
+        };
+        let records = if claimed.is_empty() {
+            match self.ask_quorum(Query::Anchors(root)).await? {
+                QueryResult::Anchors(a) => a,
+                other => return Err(unexpected(&other)),
+            }
+        } else {
+            claimed
+        };
+        for record in &records {
+            if record.spec.root != root {
+                return Err(Error::Verification(format!(
+                    "asked for the anchors of {root}, got one of {}",
+                    record.spec.root
+                )));
+            }
+            let receipt = self.receipt(record.tx).await?.ok_or_else(|| {
+                Error::Verification(format!(
+                    "no receipt for the anchor of {root} in transaction {}",
+                    record.tx
+                ))
+            })?;
+            check_anchor(record, &receipt, self.ledger.genesis())?;
+        }
+        Ok(records)
     }
 
     /// The lineage DAG of a root.

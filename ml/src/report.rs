@@ -99,15 +99,12 @@ impl TrainingReport {
         })
     }
 
-    /// Writes every artifact into `dir` (created if needed); returns the paths written.
-    pub fn write_artifacts(&self, dir: &Path) -> Result<Vec<PathBuf>> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            action: "create directory",
-            path: dir.display().to_string(),
-            source,
-        })?;
+    /// Every artifact of a model directory, by file name: the model, its metrics, the readable
+    /// tree, its Graphviz DOT, the ROC curve and the importances. Where they are written is the
+    /// caller's business (a local directory, an object store).
+    pub fn artifacts(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
         let auc = self.test.as_ref().and_then(|m| m.roc_auc);
-        let outputs: Vec<(&str, Vec<u8>)> = vec![
+        Ok(vec![
             (files::MODEL, self.model.to_canonical_json()?),
             (
                 files::METRICS,
@@ -120,9 +117,18 @@ impl TrainingReport {
                 files::IMPORTANCES,
                 serde_json::to_vec_pretty(&self.importances())?,
             ),
-        ];
+        ])
+    }
+
+    /// Writes every artifact into `dir` (created if needed); returns the paths written.
+    pub fn write_artifacts(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            action: "create directory",
+            path: dir.display().to_string(),
+            source,
+        })?;
         let mut written = Vec::new();
-        for (name, bytes) in outputs {
+        for (name, bytes) in self.artifacts()? {
             let path = dir.join(name);
             std::fs::write(&path, bytes).map_err(|source| Error::Io {
                 action: "write",

@@ -1,32 +1,14 @@
-//! `emrflow train`: reads a dataset published by `emrflow run` (Parquet files and
-//! `manifest.json`), turns its manifest into an `ml::DatasetSpec`, and hands training,
-//! cross-validation, evaluation and the artifacts to the `ml` crate. Flags (or `EMRFLOW_TRAIN_*`
-//! variables) become `ml::DecisionTreeParams` and `ml::EvaluationConfig`; no training logic here.
+//! `emrflow train`: flags (or `EMRFLOW_TRAIN_*` variables) → `ml::DecisionTreeParams`,
+//! `ml::EvaluationConfig` and a `provenance::TrainConfig` → `provenance::train_model` → a
+//! summary. No training or anchoring logic here.
 
-use std::path::{Path, PathBuf};
-
-use anyhow::{Context, bail};
 use clap::Args;
-use ledger::contracts::{AnchorKind, AnchorSpec, Role};
-use ledger::crypto::Digest;
-use ml::datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
-use ml::{
-    Affine, ClassWeights, DatasetSpec, DecisionTreeParams, EvaluationConfig, FeatureKind,
-    FeatureSpec, Impurity, Step, Storage, TrainingReport,
-};
-use pipeline::manifest::{self, MANIFEST_FILE, Manifest};
-use pipeline::store::{Location, Staging};
+use ml::{ClassWeights, DecisionTreeParams, EvaluationConfig, Impurity, Step};
+use provenance::TrainConfig;
 use serde::Serialize;
 
-use super::cluster::EngineArgs;
-use super::provenance::{
-    ANCHOR_FILE, AnchorFile, CODE_VERSION, LedgerArgs, Provenance, check_dataset, model_root,
-};
+use super::args::{EngineArgs, LedgerArgs, with_ledger};
 use super::{ExitStatus, print_json, print_lines, progress};
-
-/// The dataset's manifest, copied into the model directory so `predict` can transform raw rows
-/// exactly as the training rows were.
-pub(crate) const DATASET_MANIFEST_FILE: &str = "dataset-manifest.json";
 
 #[derive(Debug, Args)]
 #[command(
@@ -36,15 +18,16 @@ Rows are split 80/20 into train and test, and the training rows into --folds fol
 hash of the dataset's row key: the same rows land on the same side whatever the partitioning."
 )]
 pub(crate) struct TrainArgs {
-    /// Dataset directory published by `emrflow run` (manifest.json + part-*.parquet)
-    #[arg(long, value_name = "DIR")]
-    dataset: PathBuf,
+    /// Dataset published by `emrflow run` (manifest.json + part-*.parquet): a directory or a
+    /// memory:// or s3:// URL
+    #[arg(long, value_name = "DIR|URL")]
+    dataset: String,
     /// Label column (default: the manifest's label); must be 0/1
     #[arg(long)]
     label: Option<String>,
-    /// Model directory to write
-    #[arg(long, value_name = "MODEL_DIR")]
-    out: PathBuf,
+    /// Model directory to publish: a path or a memory:// or s3:// URL
+    #[arg(long, value_name = "MODEL_DIR|URL")]
+    out: String,
     /// Largest tree depth, 1..=30
     #[arg(long, env = "EMRFLOW_TRAIN_MAX_DEPTH", default_value_t = 5)]
     max_depth: usize,
@@ -121,77 +104,6 @@ impl TrainArgs {
     }
 }
 
-/// Reads `DIR/manifest.json`.
-pub(crate) fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Manifest::from_json(&bytes, &path.display().to_string())?)
-}
-
-/// The training spec of a published dataset: its label (or `label`), row key and features, with
-/// the inverse normalization and category names so the tree can be printed in raw units.
-pub(crate) fn dataset_spec(
-    manifest: &Manifest,
-    label: Option<&str>,
-) -> anyhow::Result<DatasetSpec> {
-    let label = match (label, &manifest.label) {
-        (Some(l), _) => l.to_string(),
-        (None, Some(l)) => l.clone(),
-        (None, None) => anyhow::bail!("the dataset's manifest names no label; pass --label"),
-    };
-    let features = manifest
-        .features
-        .iter()
-        .filter(|f| f.name != label)
-        .map(|f| FeatureSpec {
-            name: f.name.clone(),
-            kind: match &f.kind {
-                manifest::FeatureKind::Continuous => FeatureKind::Continuous {
-                    raw: manifest.normalization.get(&f.name).map(|n| {
-                        let offset = n.invert(0.0);
-                        Affine {
-                            offset,
-                            scale: n.invert(1.0) - offset,
-                        }
-                    }),
-                },
-                manifest::FeatureKind::Categorical { categories } => FeatureKind::Categorical {
-                    categories: *categories,
-                    labels: manifest
-                        .encodings
-                        .get(&f.name)
-                        .map(|e| e.values.clone())
-                        .unwrap_or_default(),
-                },
-            },
-        })
-        .collect();
-    Ok(DatasetSpec {
-        label,
-        row_key: manifest.row_key.clone(),
-        features,
-    })
-}
-
-/// The dataset's Parquet files as one DataFrame.
-async fn read_dataset(
-    ctx: &SessionContext,
-    dir: &Path,
-    manifest: &Manifest,
-) -> anyhow::Result<DataFrame> {
-    let files: Vec<String> = if manifest.files.is_empty() {
-        vec![dir.display().to_string()]
-    } else {
-        manifest
-            .files
-            .iter()
-            .map(|f| dir.join(f).display().to_string())
-            .collect()
-    };
-    ctx.read_parquet(files, ParquetReadOptions::default())
-        .await
-        .with_context(|| format!("cannot read the Parquet files of {}", dir.display()))
-}
-
 #[derive(Serialize)]
 struct TrainSummary<'a> {
     out: String,
@@ -224,152 +136,6 @@ struct CvSummary {
     f1: ml::MeanSd,
     roc_auc: Option<ml::MeanSd>,
     pr_auc: Option<ml::MeanSd>,
-}
-
-/// A trained, anchored model.
-pub(crate) struct Trained {
-    pub(crate) report: TrainingReport,
-    /// The model root.
-    pub(crate) root: Digest,
-    /// The root of the dataset it was trained on.
-    pub(crate) dataset_root: Digest,
-    /// Block height of the anchor.
-    pub(crate) height: u64,
-    /// Seconds spent checking the dataset against its anchor (fingerprinting it).
-    pub(crate) verify_seconds: f64,
-    /// Seconds spent training and evaluating (reading, binning, growing, scoring).
-    pub(crate) training_seconds: f64,
-}
-
-/// Trains on an anchored dataset directory and publishes the anchored model directory; shared
-/// with `demo`. The dataset is fingerprinted first and must be exactly what was anchored (the
-/// model's anchor names it as parent); its read is audited. The model directory is written
-/// beside `out`, anchored, and only then moved into place.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn train_dataset(
-    dataset: &Path,
-    label: Option<&str>,
-    params: &DecisionTreeParams,
-    evaluation: &EvaluationConfig,
-    engine: &EngineArgs,
-    out: &Path,
-    overwrite: bool,
-    provenance: &Provenance,
-    on_step: &(dyn Fn(Step) + Send + Sync),
-) -> anyhow::Result<Trained> {
-    let manifest_path = dataset.join(MANIFEST_FILE);
-    let manifest = read_manifest(&manifest_path)?;
-    let spec = dataset_spec(&manifest, label)?;
-    let ctx = engine.context().await?;
-    let target = Location::resolve(&ctx, &out.display().to_string())?;
-    if target.local_path().is_none() {
-        bail!("the model directory {} must be a local path", out.display());
-    }
-    // Refuse an existing output before any work.
-    let mut staging = Staging::begin(target.clone(), overwrite).await?;
-
-    // Only a dataset that is exactly what was anchored is trained on; the read is audited.
-    #[allow(clippy::disallowed_methods)] // the command reports where its time went
-    let verify_started = std::time::Instant::now();
-    let check = check_dataset(&ctx, dataset, provenance).await?;
-    let verify_seconds = verify_started.elapsed().as_secs_f64();
-    check.ensure_matches(dataset)?;
-    let dataset_root = check.anchor.root;
-    provenance
-        .record_read(Role::MlEngineer, dataset_root, "train")
-        .await?;
-
-    #[allow(clippy::disallowed_methods)] // the command reports where its time went
-    let training_started = std::time::Instant::now();
-    let df = read_dataset(&ctx, dataset, &manifest).await?;
-    // On a cluster every pass must be a plan the executors can run on their own, so the binned
-    // rows are recomputed per pass rather than held in this process's memory.
-    let storage = if engine.is_cluster() {
-        Storage::Inline
-    } else {
-        Storage::Memory
-    };
-    let report = ml::train_and_evaluate(df, &spec, params, evaluation, storage, on_step)
-        .await
-        .with_context(|| format!("training on {}", dataset.display()));
-    let training_seconds = training_started.elapsed().as_secs_f64();
-    let anchored = match report {
-        Ok(report) => {
-            let anchored = stage_model(
-                &report,
-                &manifest_path,
-                &mut staging,
-                &target,
-                dataset_root,
-                provenance,
-            )
-            .await;
-            anchored.map(|a| (report, a))
-        }
-        Err(e) => Err(e),
-    };
-    let (report, (root, height)) = match anchored {
-        Ok(a) => a,
-        Err(e) => {
-            staging.abort().await;
-            return Err(e);
-        }
-    };
-    staging.publish(ml::report::files::MODEL).await?;
-    Ok(Trained {
-        report,
-        root,
-        dataset_root,
-        height,
-        verify_seconds,
-        training_seconds,
-    })
-}
-
-/// Writes the artifacts into staging, anchors the model and stages its receipt beside it.
-async fn stage_model(
-    report: &TrainingReport,
-    manifest_path: &Path,
-    staging: &mut Staging,
-    target: &Location,
-    dataset_root: Digest,
-    provenance: &Provenance,
-) -> anyhow::Result<(Digest, u64)> {
-    let dir = staging
-        .local_dir()
-        .context("the model directory must be a local path")?;
-    report.write_artifacts(&dir)?;
-    std::fs::copy(manifest_path, dir.join(DATASET_MANIFEST_FILE)).with_context(|| {
-        format!(
-            "cannot copy {} into {}",
-            manifest_path.display(),
-            dir.display()
-        )
-    })?;
-    let model = &report.model;
-    let root = model_root(model, &dataset_root)?;
-    let spec = AnchorSpec {
-        kind: AnchorKind::Model,
-        root,
-        row_count: model.num_nodes() as u64,
-        schema_hash: Digest::of(&serde_json::to_vec(&model.features)?),
-        location: target.url.to_string(),
-        parents: vec![dataset_root],
-        stage: "train".to_string(),
-        params_hash: Digest(model.params_hash()?),
-        code_version: CODE_VERSION.to_string(),
-    };
-    let (receipt, _) = provenance.anchor_once(Role::MlEngineer, spec).await?;
-    let height = receipt.header.height.0;
-    let file = AnchorFile::new(
-        AnchorKind::Model,
-        root,
-        Some(dataset_root),
-        provenance.genesis(),
-        receipt,
-    );
-    staging.put(ANCHOR_FILE, file.to_json()?).await?;
-    Ok((root, height))
 }
 
 /// What a training step is doing, for the progress spinner; shared with `demo`.
@@ -407,28 +173,25 @@ fn mean_sd(m: &ml::MeanSd) -> String {
 }
 
 pub(crate) async fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
-    let params = args.params()?;
-    let evaluation = args.evaluation()?;
+    let config = TrainConfig {
+        dataset: args.dataset.clone(),
+        label: args.label.clone(),
+        params: args.params()?,
+        evaluation: args.evaluation()?,
+        out: args.out.clone(),
+        overwrite: args.overwrite,
+    };
     #[allow(clippy::disallowed_methods)] // the command reports its own wall-clock time
     let started = std::time::Instant::now();
     let bar = progress("training");
     let step_bar = bar.clone();
     let on_step = move |step: Step| step_bar.set_message(step_message(step));
-    let provenance = Provenance::open(&args.ledger).await?;
-    let trained = train_dataset(
-        &args.dataset,
-        args.label.as_deref(),
-        &params,
-        &evaluation,
-        &args.engine,
-        &args.out,
-        args.overwrite,
-        &provenance,
-        &on_step,
-    )
+    let engine = args.engine.engine();
+    let trained = with_ledger(&args.ledger, async |p| {
+        provenance::train_model(&config, &engine, p, &on_step).await
+    })
     .await;
     bar.finish_and_clear();
-    provenance.close().await?;
     let trained = trained?;
     let report = &trained.report;
     let seconds = started.elapsed().as_secs_f64();
@@ -443,7 +206,7 @@ pub(crate) async fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
         pr_auc: cv.pr_auc,
     });
     let summary = TrainSummary {
-        out: args.out.display().to_string(),
+        out: args.out.clone(),
         model_root: trained.root.to_hex(),
         dataset_root: trained.dataset_root.to_hex(),
         ledger_height: trained.height,
@@ -468,10 +231,7 @@ pub(crate) async fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     let mut lines = vec![
         format!(
             "trained a decision tree on {} ({} rows: {} train, {} test) in {seconds:.2} s",
-            args.dataset.display(),
-            report.rows,
-            report.train_rows,
-            report.test_rows
+            args.dataset, report.rows, report.train_rows, report.test_rows
         ),
         format!(
             "  depth {}, {} nodes, {} passes over the data",
@@ -513,8 +273,9 @@ pub(crate) async fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
         .collect();
     lines.push(format!("  top features: {}", top.join(", ")));
     lines.push(format!(
-        "  model {} (root {}, anchored at height {}; trained on dataset {})",
-        args.out.join(ml::report::files::MODEL).display(),
+        "  model {}/{} (root {}, anchored at height {}; trained on dataset {})",
+        args.out.trim_end_matches('/'),
+        ml::report::files::MODEL,
         summary.model_root,
         summary.ledger_height,
         summary.dataset_root

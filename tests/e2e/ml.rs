@@ -43,7 +43,7 @@ pub(crate) fn train(dataset: &Path, out: &Path, extra: &[&str]) -> serde_json::V
 
 /// One raw row in the dataset's original units: the first category of each encoded column, the
 /// mean (or midpoint) of each normalized one, `value` for the rest.
-fn raw_csv(manifest: &serde_json::Value, older: bool) -> String {
+pub(crate) fn raw_csv(manifest: &serde_json::Value, older: bool) -> String {
     let features = manifest["features"].as_array().cloned().unwrap_or_default();
     let mut header = Vec::new();
     let mut row = Vec::new();
