@@ -31,7 +31,7 @@ pub const fn quorum(n: usize) -> usize {
 /// Whether `n` is exactly `3f + 1` for some `f >= 1`: the only sizes the ledger accepts, since
 /// any other size pays for more peers without tolerating more faults.
 pub const fn is_three_f_plus_one(n: usize) -> bool {
-    n >= 4 && (n - 1) % 3 == 0
+    n >= 4 && (n - 1).is_multiple_of(3)
 }
 
 /// A replica (peer) index `i` in `0..n`.
@@ -115,10 +115,10 @@ mod tests {
         assert_eq!(max_faulty(7), 2);
         assert_eq!(quorum(7), 5);
         assert_eq!(View(5).primary(4), ReplicaId(1));
-        // Any two quorums share f + 1 replicas, whatever n.
+        // Any two quorums share f + 1 replicas (2q - n >= f + 1), whatever n.
         for n in 1..40 {
             let (f, q) = (max_faulty(n), quorum(n));
-            assert!(2 * q >= n + f + 1 && q <= n.max(1), "n = {n}");
+            assert!(2 * q > n + f && q <= n.max(1), "n = {n}");
             if is_three_f_plus_one(n) {
                 assert_eq!(q, 2 * f + 1, "n = {n}");
             }

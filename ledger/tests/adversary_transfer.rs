@@ -138,7 +138,7 @@ impl Net {
     }
 
     /// Hands the behind peer a message from `from` and returns what it sent back.
-    fn to_behind(&mut self, from: usize, wire: Wire) -> Vec<(usize, Wire)> {
+    fn deliver_to_behind(&mut self, from: usize, wire: Wire) -> Vec<(usize, Wire)> {
         let behind = self.behind;
         self.input(
             behind,
@@ -182,7 +182,7 @@ fn a_lagging_peer_installs_only_the_certified_blocks_it_asked_for() {
     let stable = net.peers[0].replica().stable_checkpoint().clone();
     let mut asked = None;
     for cp in stable.proof {
-        let sent = net.to_behind(
+        let sent = net.deliver_to_behind(
             cp.from.0 as usize,
             Wire::Consensus(ledger::pbft::Message::Checkpoint(cp)),
         );
@@ -207,7 +207,7 @@ fn a_lagging_peer_installs_only_the_certified_blocks_it_asked_for() {
         }
     }
     let refused = net.peers[3].refused();
-    let sent = net.to_behind(asked_peer, Wire::Blocks(forged));
+    let sent = net.deliver_to_behind(asked_peer, Wire::Blocks(forged));
     assert_eq!(
         net.head(3),
         lagging,
@@ -225,7 +225,7 @@ fn a_lagging_peer_installs_only_the_certified_blocks_it_asked_for() {
     };
 
     // 2. The genuine blocks, but from a peer it did not ask: refused.
-    net.to_behind(other_peer, Wire::Blocks(reply.clone()));
+    net.deliver_to_behind(other_peer, Wire::Blocks(reply.clone()));
     assert_eq!(net.head(3), lagging, "an unrequested reply was installed");
 
     // 3. From the peer asked, but with a block outside the heights asked: refused whole.
@@ -237,7 +237,7 @@ fn a_lagging_peer_installs_only_the_certified_blocks_it_asked_for() {
             .cloned(),
     );
     if outside.len() > reply.len() {
-        net.to_behind(asked_peer, Wire::Blocks(outside));
+        net.deliver_to_behind(asked_peer, Wire::Blocks(outside));
         assert_eq!(
             net.head(3),
             lagging,
@@ -248,7 +248,7 @@ fn a_lagging_peer_installs_only_the_certified_blocks_it_asked_for() {
     }
 
     // 4. The genuine reply from the peer asked: installed, re-executed, and the same head.
-    net.to_behind(asked_peer, Wire::Blocks(reply.clone()));
+    net.deliver_to_behind(asked_peer, Wire::Blocks(reply.clone()));
     let installed = net.head(3);
     assert_eq!(
         installed.0,
@@ -265,7 +265,7 @@ fn a_lagging_peer_installs_only_the_certified_blocks_it_asked_for() {
     assert!(installed.0 >= lo);
 
     // 5. The same reply replayed: nothing changes.
-    net.to_behind(asked_peer, Wire::Blocks(reply));
+    net.deliver_to_behind(asked_peer, Wire::Blocks(reply));
     assert_eq!(net.head(3), installed);
     assert!(net.peers[3].faults().is_empty());
 

@@ -48,13 +48,16 @@ pub fn seeded() -> impl FnMut() -> KeyPair {
     }
 }
 
+/// A peer running in the test: its stop signal and its task.
+type RunningPeer = (oneshot::Sender<()>, JoinHandle<ledger::Result<()>>);
+
 /// A running ledger of four peers.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub genesis: Genesis,
     pub admin: KeyPair,
     pub remote: RemoteLedger,
-    nodes: Vec<Option<(oneshot::Sender<()>, JoinHandle<ledger::Result<()>>)>>,
+    nodes: Vec<Option<RunningPeer>>,
 }
 
 impl Cluster {
@@ -182,6 +185,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
+    #[allow(clippy::disallowed_methods)] // a deadline for the test, not consensus time
     let start = Instant::now();
     loop {
         if let Some(v) = f().await {
