@@ -3,11 +3,9 @@
 //! absence, and tampering with a dataset value, a model threshold and a stored ledger block.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Float64Type, Int32Type, Int64Type};
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::support::{emrflow, run, stderr, stdout};
@@ -293,25 +291,8 @@ fn tampering_with_data_model_or_ledger_is_detected() {
     // One value of one row of one Parquet file.
     let file = parquet_files(&d.dataset).remove(0);
     let batches = read(&file);
-    let schema = batches[0].schema();
-    let col = schema
-        .fields()
-        .iter()
-        .position(|f| f.data_type() == &DataType::Float64)
-        .unwrap_or_else(|| panic!("no float column"));
-    let mut out_batches = batches.clone();
-    let values = out_batches[0].column(col).as_primitive::<Float64Type>();
-    let mut changed: Vec<Option<f64>> = values.iter().collect();
-    changed[0] = changed[0].map(|x| x + 1.0).or(Some(1.0));
-    let mut cols: Vec<ArrayRef> = out_batches[0].columns().to_vec();
-    cols[col] = Arc::new(Float64Array::from(changed));
-    out_batches[0] = RecordBatch::try_new(schema.clone(), cols).unwrap_or_else(|e| panic!("{e}"));
-    let f = std::fs::File::create(&file).unwrap_or_else(|e| panic!("{e}"));
-    let mut w = ArrowWriter::try_new(f, schema, None).unwrap_or_else(|e| panic!("{e}"));
-    for b in &out_batches {
-        w.write(b).unwrap_or_else(|e| panic!("{e}"));
-    }
-    w.close().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&file, crate::support::tampered_parquet(&batches))
+        .unwrap_or_else(|e| panic!("{e}"));
     let out = d.cmd(&["verify", &d.dataset.display().to_string()]);
     assert_eq!(
         out.status.code(),
