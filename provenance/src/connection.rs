@@ -344,7 +344,8 @@ impl Provenance {
         )))
     }
 
-    /// Read-only queries, signed by the identity of [`Provenance::query_key`].
+    /// Read-only queries, signed by the configured identity (on an embedded ledger, its admin
+    /// key or a local per-role identity when none is configured).
     pub fn reader(&self) -> Result<Reader<'_, Conn>> {
         Ok(Reader::new(self.conn(), self.query_key()?))
     }
