@@ -456,19 +456,7 @@ fn publish(data: &Path, out: &Path, ledger: &str) -> serde_json::Value {
 }
 
 fn publish_with(data: &Path, out: &Path, ledger: &str, extra: &[&str]) -> serde_json::Value {
-    let mut args = vec![
-        "run".to_string(),
-        "examples/stroke-synthetic.toml".to_string(),
-        "--input".to_string(),
-        format!("visits={}", data.join("visits.csv").display()),
-        "--input".to_string(),
-        format!("patients={}", data.join("patients.csv").display()),
-        "--out".to_string(),
-        out.display().to_string(),
-        "--ledger".to_string(),
-        ledger.to_string(),
-        "--json".to_string(),
-    ];
+    let mut args = crate::support::stroke_job_args(data, out, ledger);
     args.extend(extra.iter().map(|a| a.to_string()));
     let out = run(&mut emrflow(
         &args.iter().map(String::as_str).collect::<Vec<_>>(),

@@ -69,6 +69,24 @@ pub(crate) fn generate(dir: &Path, visits: u64) {
     assert!(out.status.success(), "generate failed: {}", stderr(&out));
 }
 
+/// `emrflow run` of the synthetic example job over the generated files in `data`, publishing to
+/// `out` and anchoring on `ledger`, with a JSON summary.
+pub(crate) fn stroke_job_args(data: &Path, out: &Path, ledger: &str) -> Vec<String> {
+    vec![
+        "run".to_string(),
+        "examples/stroke-synthetic.toml".to_string(),
+        "--input".to_string(),
+        format!("visits={}", data.join("visits.csv").display()),
+        "--input".to_string(),
+        format!("patients={}", data.join("patients.csv").display()),
+        "--out".to_string(),
+        out.display().to_string(),
+        "--ledger".to_string(),
+        ledger.to_string(),
+        "--json".to_string(),
+    ]
+}
+
 /// Every Parquet file under `dir`, read into batches.
 pub(crate) fn read_parquet_dir(dir: &Path) -> Vec<RecordBatch> {
     let mut batches = Vec::new();
