@@ -23,6 +23,10 @@ pub struct Engine {
     pub cluster: Option<String>,
     /// Partitions to run with (default: all cores embedded, 16 on a cluster).
     pub partitions: Option<usize>,
+    /// The cluster's key file, when its links use mutual TLS ([`cluster::tls`]). Given on the
+    /// command line or in the environment, never in a job file.
+    #[serde(skip)]
+    pub cluster_key: Option<std::path::PathBuf>,
 }
 
 impl Engine {
@@ -35,7 +39,13 @@ impl Engine {
     pub async fn context(&self) -> Result<SessionContext> {
         match &self.cluster {
             None => embedded_context(self.partitions),
-            Some(url) => cluster::connect(url, self.partitions).await,
+            Some(url) => {
+                let key = match &self.cluster_key {
+                    Some(path) => Some(cluster::tls::ClusterKey::read(path)?),
+                    None => None,
+                };
+                cluster::connect(url, self.partitions, key.as_ref()).await
+            }
         }
     }
 

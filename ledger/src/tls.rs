@@ -228,7 +228,14 @@ pub fn peer_server_config(genesis: &Genesis, key: &KeyPair) -> Result<Arc<Server
         .into_iter()
         .filter(|k| *k != key.public())
         .collect();
-    server_config(key, Some(KeyList::new(others)))
+    mutual_server_config(key, others)
+}
+
+/// A listener presenting `key` that admits only clients proving one of `clients` (mutual TLS
+/// 1.3 with raw public keys). The peer listener is one; so is the emrflow cluster's, whose
+/// members all hold one shared cluster key.
+pub fn mutual_server_config(key: &KeyPair, clients: Vec<PublicKey>) -> Result<Arc<ServerConfig>> {
+    server_config(key, Some(KeyList::new(clients)))
 }
 
 /// The client listener of the peer holding `key`: TLS authenticated by the key, no client

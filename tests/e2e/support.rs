@@ -23,6 +23,8 @@ pub(crate) fn emrflow(args: &[&str]) -> Command {
         .env_remove("EMRFLOW_KEY_FILE")
         .env_remove("EMRFLOW_LEDGER")
         .env_remove("EMRFLOW_IDENTITY")
+        .env_remove("EMRFLOW_CLUSTER")
+        .env_remove("EMRFLOW_CLUSTER_KEY")
         .env("EMRFLOW_HOME", test_home())
         .env("RUST_LOG", "error");
     cmd
