@@ -313,7 +313,7 @@ mod tests {
     use datafusion::prelude::SessionContext;
 
     use super::*;
-    use crate::manifest::{Encoding, Normalizer};
+    use crate::manifest::{Encoding, MANIFEST_FILE, Normalizer};
     use crate::run::NoProgress;
     use crate::store::Location;
 
@@ -471,7 +471,7 @@ mod tests {
         let ctx = SessionContext::new();
         let target = Location::resolve(&ctx, &dir.path().join("out").display().to_string())
             .unwrap_or_else(|e| panic!("{e}"));
-        let mut staging = Staging::begin(target, false)
+        let mut staging = Staging::begin(target, false, MANIFEST_FILE)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let empty = RecordBatch::new_empty(kept().schema());
