@@ -509,6 +509,3 @@ fn manifest(
 
 #[cfg(test)]
 mod plans_test;
-
-#[cfg(test)]
-mod legacy_sql;

@@ -64,12 +64,7 @@ fn fitted(job: &Job) -> Fit {
 }
 
 /// Builds the job's plans over `inputs` (name -> path) and returns each, optimized, by name.
-/// `legacy` builds them from the SQL text the run built before its split into stage modules.
-async fn plans(
-    job: &Job,
-    inputs: &[(&str, &std::path::Path)],
-    legacy: bool,
-) -> Vec<(&'static str, String)> {
+async fn plans(job: &Job, inputs: &[(&str, &std::path::Path)]) -> Vec<(&'static str, String)> {
     let mut ctx = SessionContext::new();
     or_panic(crate::functions::register_functions(&mut ctx));
     let overrides = inputs
@@ -78,18 +73,7 @@ async fn plans(
         .collect();
     let registered = or_panic(inputs::register_inputs(job, &overrides, &ctx).await);
     let plan = or_panic(Plan::build(job, &registered));
-    let old = or_panic(legacy_sql::Plan::build(job, &registered));
-    if legacy {
-        for (sql, name) in [
-            (&old.src_sql, JOINED_TABLE),
-            (&old.tagged_sql, TAGGED_TABLE),
-        ] {
-            let df = or_panic(ctx.sql(sql).await);
-            or_panic(ctx.register_table(name, df.into_view()));
-        }
-    } else {
-        or_panic(plan.register(&ctx, job).await);
-    }
+    or_panic(plan.register(&ctx, job).await);
     let tagged: SchemaRef = Arc::new(
         or_panic(ctx.table(TAGGED_TABLE).await)
             .schema()
@@ -101,35 +85,20 @@ async fn plans(
     let fit = fitted(job);
     let text = text_type(&ctx);
     let pass2 = |held: bool| {
-        let (ctx, plan, old, fit, text) = (&ctx, &plan, &old, &fit, &text);
+        let (ctx, plan, fit, text) = (&ctx, &plan, &fit, &text);
         async move {
-            if legacy {
-                let kept = if held {
-                    format!("SELECT * FROM {KEPT_TABLE}")
-                } else {
-                    old.kept_sql.clone()
-                };
-                return optimized_sql(ctx, &old.final_sql(fit, &kept)).await;
-            }
             let kept = or_panic(plan.kept_rows(ctx, held).await);
             optimized(or_panic(output::project(kept, &plan.columns, fit, text)))
-        }
-    };
-    let pass1 = |held: bool| {
-        if legacy {
-            legacy_sql::fit_sql(&old, held)
-        } else {
-            fit::fit_sql(job, held)
         }
     };
     let mut out = vec![
         (
             "pass 1 grouped by reason",
-            optimized_sql(&ctx, &pass1(false)).await,
+            optimized_sql(&ctx, &fit::fit_sql(job, false)).await,
         ),
         (
             "pass 1 over held rows",
-            optimized_sql(&ctx, &pass1(true)).await,
+            optimized_sql(&ctx, &fit::fit_sql(job, true)).await,
         ),
         ("pass 2 from the inputs", pass2(false).await),
         ("pass 2 from held rows", pass2(true).await),
@@ -168,9 +137,7 @@ async fn synthetic_example_plans() {
         ("visits", visits.as_path()),
         ("patients", patients.as_path()),
     ];
-    let split = plans(&job, &inputs, false).await;
-    assert_eq!(render(&plans(&job, &inputs, true).await), render(&split));
-    insta::assert_snapshot!(render(&split));
+    insta::assert_snapshot!(render(&plans(&job, &inputs).await));
 }
 
 /// One input, read with a declared null string (typed after mapping it to null), no join.
@@ -190,7 +157,5 @@ async fn kaggle_example_plans() {
         "stroke-kaggle.toml",
     ));
     let inputs = [("patients", path.as_path())];
-    let split = plans(&job, &inputs, false).await;
-    assert_eq!(render(&plans(&job, &inputs, true).await), render(&split));
-    insta::assert_snapshot!(render(&split));
+    insta::assert_snapshot!(render(&plans(&job, &inputs).await));
 }
