@@ -8,8 +8,8 @@ use datafusion::execution::SessionState;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use pipeline::functions::EmrflowOptions;
 use pipeline::store::EngineStores;
-use pipeline::udf::EmrflowOptions;
 use serde::Deserialize;
 
 use crate::{Result, cluster, functions};

@@ -137,6 +137,37 @@ pub fn register_functions(registry: &mut dyn FunctionRegistry) -> DfResult<()> {
     Ok(())
 }
 
+/// Calls of the pipeline's scalar functions as expressions, for the plan pieces built with the
+/// DataFrame API, as `datafusion::functions::expr_fn` offers DataFusion's own. A call carries
+/// the function by name, so it runs wherever [`register_functions`] registered it.
+pub(crate) mod expr_fn {
+    use datafusion::logical_expr::{Expr, ScalarUDF, lit};
+
+    use super::{AgeYears, CategoryIndex, FirstTrue, Pseudonym};
+
+    /// `emr_pseudonym(value)`.
+    pub(crate) fn pseudonym(value: Expr) -> Expr {
+        ScalarUDF::new_from_impl(Pseudonym::new()).call(vec![value])
+    }
+
+    /// `emr_age_years(dob, at)`.
+    pub(crate) fn age_years(dob: Expr, at: Expr) -> Expr {
+        ScalarUDF::new_from_impl(AgeYears::new()).call(vec![dob, at])
+    }
+
+    /// `emr_first_true(c0, c1, ...)`.
+    pub(crate) fn first_true(conditions: Vec<Expr>) -> Expr {
+        ScalarUDF::new_from_impl(FirstTrue::new()).call(conditions)
+    }
+
+    /// `emr_category_index(value, 'c0', 'c1', ...)`.
+    pub(crate) fn category_index(value: Expr, categories: &[String]) -> Expr {
+        let mut args = vec![value];
+        args.extend(categories.iter().map(|c| lit(c.as_str())));
+        ScalarUDF::new_from_impl(CategoryIndex::new()).call(args)
+    }
+}
+
 /// `hex(HMAC-SHA256(key, value))`; null stays null.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct Pseudonym {
