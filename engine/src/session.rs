@@ -141,7 +141,7 @@ mod tests {
         let mut client = cluster_config();
         client
             .options_mut()
-            .set("emrflow.pseudonym_key", "00ff")
+            .set("emrflow.pseudonym_key_id", "00ff")
             .unwrap_or_else(|e| panic!("{e}"));
         let produced = cluster_config().update_from_key_value_pair(&client.to_key_value_pairs());
         let state = scheduler_state(produced).unwrap_or_else(|e| panic!("{e}"));
@@ -150,7 +150,7 @@ mod tests {
             .options()
             .extensions
             .get::<EmrflowOptions>()
-            .map(|o| o.pseudonym_key.clone());
+            .map(|o| o.pseudonym_key_id.clone());
         assert_eq!(key.as_deref(), Some("00ff"));
         // Ballista's own functions survive beside emrflow's.
         assert!(state.udaf("count").is_ok() && state.udaf("ml_tree_histogram").is_ok());

@@ -64,6 +64,10 @@ pub struct ExecutorOptions {
     pub scheduler_connect_timeout_seconds: u16,
     /// Memory all running tasks may use before they spill, in bytes (default: a share of RAM).
     pub memory_pool_bytes: Option<u64>,
+    /// The pseudonymization key file of the jobs this executor runs (the same bytes as the
+    /// job's key source). A key never travels with a job: sessions name it by id, and a task
+    /// whose job names another key fails.
+    pub pseudonym_key_file: Option<PathBuf>,
 }
 
 impl Default for ExecutorOptions {
@@ -80,6 +84,7 @@ impl Default for ExecutorOptions {
             heartbeat_interval_seconds: 5,
             scheduler_connect_timeout_seconds: 60,
             memory_pool_bytes: None,
+            pseudonym_key_file: None,
         }
     }
 }
@@ -106,6 +111,12 @@ pub async fn serve(options: &ExecutorOptions) -> Result<(), Error> {
              same port",
             options.bind_host
         )));
+    }
+    if let Some(path) = &options.pseudonym_key_file {
+        let key = pipeline::run::read_key_file(&path.display().to_string())
+            .map_err(|e| Error::Config(format!("--pseudonym-key-file: {e}")))?;
+        let id = pipeline::functions::hold_key(&key);
+        tracing::info!("executor: holds pseudonymization key {id}");
     }
     // Executors started before their scheduler (as on Kubernetes) wait for it.
     let retry_for = Duration::from_secs(u64::from(options.scheduler_connect_timeout_seconds));

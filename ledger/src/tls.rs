@@ -381,6 +381,12 @@ pub fn incoming(
                 let _permit = permit;
                 let io = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(io)) => io,
+                    // A TCP health probe (Kubernetes' tcpSocket) connects and closes without
+                    // a byte; only a handshake that was attempted is worth a line at info.
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        tracing::debug!(%addr, error = %e, "connection closed before a handshake");
+                        return;
+                    }
                     Ok(Err(e)) => {
                         tracing::info!(%addr, error = %e, "tls handshake refused");
                         return;

@@ -84,6 +84,10 @@ pub(crate) struct ExecutorArgs {
     /// Memory for running tasks before they spill, in MiB (default: a share of RAM)
     #[arg(long, env = "EMRFLOW_EXECUTOR_MEMORY_MB")]
     memory_mb: Option<u64>,
+    /// The pseudonymization key of the jobs it runs (the file their pii.key_file names, or the
+    /// same bytes): keys never travel with a job, which names its key by id only
+    #[arg(long, env = "EMRFLOW_PSEUDONYM_KEY_FILE", value_name = "FILE")]
+    pseudonym_key_file: Option<PathBuf>,
 }
 
 pub(crate) async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<ExitStatus> {
@@ -127,6 +131,7 @@ pub(crate) async fn run_executor(args: ExecutorArgs) -> anyhow::Result<ExitStatu
         heartbeat_interval_seconds: args.heartbeat_interval,
         scheduler_connect_timeout_seconds: args.connect_timeout,
         memory_pool_bytes: args.memory_mb.map(|mb| mb * 1024 * 1024),
+        pseudonym_key_file: args.pseudonym_key_file,
     };
     tracing::info!(
         "emrflow executor on {}:{}, scheduler {}:{}",

@@ -53,6 +53,12 @@ impl Cluster {
         Self::start_on(dir, executors, [127, 0, 0, 1], None)
     }
 
+    /// A cluster whose executors hold `pseudonym_key` rather than the test jobs' key.
+    fn start_holding(dir: &Path, pseudonym_key: &str) -> Self {
+        std::fs::write(dir.join("pseudonym.key"), pseudonym_key).unwrap_or_else(|e| panic!("{e}"));
+        Self::start_on(dir, 1, [127, 0, 0, 1], None)
+    }
+
     /// A cluster whose every port is a mutual-TLS front under `key`, on 127.0.0.2: an address
     /// that counts as the one others reach it by, so Ballista's own listeners stay on 127.0.0.1.
     fn start_tls(dir: &Path, executors: usize, key: &Path) -> Self {
@@ -69,6 +75,12 @@ impl Cluster {
         };
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).unwrap_or_else(|e| panic!("{e}"));
+        // The executors hold the jobs' pseudonymization key themselves.
+        let pseudonym_key = dir.join("pseudonym.key");
+        if !pseudonym_key.exists() {
+            std::fs::write(&pseudonym_key, crate::support::TEST_PSEUDONYM_KEY)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
         let port = free_port();
         let spawn = |args: &[String], log: &Path| -> Child {
             let file = std::fs::File::create(log).unwrap_or_else(|e| panic!("{e}"));
@@ -121,6 +133,8 @@ impl Cluster {
                     s("1"),
                     s("--work-dir"),
                     dir.join(format!("work-{i}")).display().to_string(),
+                    s("--pseudonym-key-file"),
+                    pseudonym_key.display().to_string(),
                 ]),
                 &log,
             );
@@ -349,6 +363,32 @@ fn a_cluster_over_mutual_tls_admits_its_key_holders_only() {
     );
     assert_eq!(plain.status.code(), Some(2), "{}", stderr(&plain));
     crate::support::assert_nothing_published(&tmp.path().join("ds-plain"));
+}
+
+#[test]
+fn the_pseudonym_key_never_travels_and_an_executor_holding_another_fails_by_id() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data = tmp.path().join("data");
+    generate(&data, 500);
+    let other = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let cluster = Cluster::start_holding(tmp.path(), other);
+    let out = tmp.path().join("out");
+    let result = run_job(&data, &out, &tmp.path().join("ledger"), Some(&cluster.url));
+    assert_eq!(result.status.code(), Some(2), "{}", stderr(&result));
+    let err = stderr(&result);
+    assert!(
+        err.contains("holds no pseudonymization key with id")
+            && err.contains("--pseudonym-key-file"),
+        "{err}"
+    );
+    for secret in [crate::support::TEST_PSEUDONYM_KEY, other] {
+        assert!(!err.contains(secret), "a key in the error: {err}");
+        assert!(
+            !cluster.logs().contains(secret),
+            "a key in the cluster's logs"
+        );
+    }
+    crate::support::assert_nothing_published(&out);
 }
 
 #[test]

@@ -61,7 +61,7 @@ use crate::manifest::{
 };
 use crate::store::{Location, Staging};
 
-pub use self::pii::resolve_key;
+pub use self::pii::{read_key_file, resolve_key};
 
 /// How a job is run, beyond what the job file says.
 #[derive(Debug, Clone, Default)]
@@ -301,10 +301,10 @@ pub async fn stage_job(
     let started = Instant::now();
     inputs::check_overrides(job, &options.input_overrides)?;
     let key = resolve_key(job, options.key_file_override.as_deref())?;
-    let key_id = key.as_deref().map(pii::key_id);
-    if let Some(key) = &key {
-        pii::install_key(ctx, key)?;
-    }
+    let key_id = match &key {
+        Some(key) => Some(pii::install_key(ctx, key)?),
+        None => None,
+    };
 
     let target_raw = options
         .output_override

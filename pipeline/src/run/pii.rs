@@ -13,20 +13,32 @@ use crate::functions::expr_fn;
 use crate::job::Job;
 use crate::manifest::PiiReport;
 
+/// A key file's bytes without a trailing newline.
+fn key_file_bytes(path: &str) -> Result<Vec<u8>> {
+    let mut bytes = std::fs::read(path)
+        .map_err(|e| Error::KeyMissing(format!("cannot read key file {path}: {e}")))?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    Ok(bytes)
+}
+
+/// Reads and checks a pseudonymization key file, as a job's `pii.key_file` is read: what an
+/// executor holds for the jobs it runs.
+pub fn read_key_file(path: &str) -> Result<Vec<u8>> {
+    let key = key_file_bytes(path)?;
+    crate::functions::check_key(&key)
+        .map_err(|e| Error::KeyMissing(format!("key file {path}: {e}")))?;
+    Ok(key)
+}
+
 /// Reads the pseudonymization key from the job's source (or the override file). The key is the
 /// file's bytes without a trailing newline, or the variable's value.
 pub fn resolve_key(job: &Job, key_file_override: Option<&str>) -> Result<Option<Vec<u8>>> {
     if job.pii.pseudonymize.is_empty() {
         return Ok(None);
     }
-    let from_file = |path: &str| -> Result<Vec<u8>> {
-        let mut bytes = std::fs::read(path)
-            .map_err(|e| Error::KeyMissing(format!("cannot read key file {path}: {e}")))?;
-        while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-            bytes.pop();
-        }
-        Ok(bytes)
-    };
+    let from_file = key_file_bytes;
     let key = if let Some(path) = key_file_override {
         from_file(path)?
     } else if let Some(var) = &job.pii.key_env {
@@ -46,31 +58,22 @@ pub fn resolve_key(job: &Job, key_file_override: Option<&str>) -> Result<Option<
     } else {
         return Err(Error::KeyMissing("the job names no key source".into()));
     };
-    if key.len() < 16 {
-        return Err(Error::KeyMissing(format!(
-            "the key has {} bytes; at least 16 are required",
-            key.len()
-        )));
-    }
+    crate::functions::check_key(&key).map_err(Error::KeyMissing)?;
     Ok(Some(key))
 }
 
-/// The key's id in the manifest: its SHA-256, so a reader can tell which key was used without
-/// learning it.
-pub(super) fn key_id(key: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(key))
-}
-
-/// Hands the key to `emr_pseudonym` through the session's options, which travel to a cluster's
-/// executors with the session, so the key never appears in a plan.
-pub(super) fn install_key(ctx: &SessionContext, key: &[u8]) -> Result<()> {
+/// Makes the key available to `emr_pseudonym` in this process and names it, by id only, in the
+/// session. The key never travels with a session or a plan: a cluster's executors hold it
+/// from their own key file, and a task whose executor holds another key fails naming both ids.
+/// Returns the id, which the manifest records.
+pub(super) fn install_key(ctx: &SessionContext, key: &[u8]) -> Result<String> {
+    let id = crate::functions::hold_key(key);
     ctx.state_ref()
         .write()
         .config_mut()
         .options_mut()
-        .set("emrflow.pseudonym_key", &hex::encode(key))?;
-    Ok(())
+        .set("emrflow.pseudonym_key_id", &id)?;
+    Ok(id)
 }
 
 /// Whether the job never reads a column past its input: the policy drops it and nothing
@@ -428,17 +431,19 @@ mod tests {
     fn a_key_file_loses_its_trailing_newline_and_must_be_long_enough() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join("key");
-        std::fs::write(&path, "0123456789abcdef\r\n").unwrap_or_else(|e| panic!("{e}"));
+        let hex = "0123456789abcdef".repeat(4);
+        std::fs::write(&path, format!("{hex}\r\n")).unwrap_or_else(|e| panic!("{e}"));
         let job = job(POLICY);
         let key = resolve_key(&job, path.to_str()).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(key.as_deref(), Some(&b"0123456789abcdef"[..]));
+        assert_eq!(key.as_deref(), Some(hex.as_bytes()));
         std::fs::write(&path, "short\n").unwrap_or_else(|e| panic!("{e}"));
         let err = resolve_key(&job, path.to_str())
             .err()
             .map(|e| e.to_string());
         assert!(
             err.as_deref()
-                .is_some_and(|e| e.contains("the key has 5 bytes; at least 16 are required")),
+                .is_some_and(|e| e.contains("the key holds 5 bytes")
+                    && e.contains("at least 32 random bytes")),
             "{err:?}"
         );
         // Nothing to pseudonymize needs no key.
