@@ -7,7 +7,7 @@ use std::time::Duration;
 use ballista_core::RuntimeProducer;
 use ballista_core::extension::SessionConfigExt;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
-use engine::cluster::tls::{self, ClusterKey};
+use engine::cluster::tls;
 use engine::datafusion::prelude::SessionConfig;
 
 /// Why an executor could not start or stopped with an error.
@@ -92,18 +92,12 @@ impl Default for ExecutorOptions {
 /// Runs an executor until SIGTERM or Ctrl-C (Ballista installs those handlers and tells the
 /// scheduler it is leaving), or until it fails.
 pub async fn serve(options: &ExecutorOptions) -> Result<(), Error> {
-    let key = match &options.cluster_key {
-        Some(path) => Some(ClusterKey::read(path).map_err(|e| Error::Config(e.to_string()))?),
-        None if tls::is_exposed(&options.bind_host) => {
-            return Err(Error::Config(format!(
-                "--bind-host {} exposes the executor's shuffle data and results beyond this \
-                 machine, and Ballista authenticates no one: give --cluster-key FILE (the \
-                 scheduler's) so that only the cluster's members can connect, over TLS",
-                options.bind_host
-            )));
-        }
-        None => None,
-    };
+    let key = tls::key_for_listener(
+        "executor",
+        &options.bind_host,
+        options.cluster_key.as_deref(),
+    )
+    .map_err(|e| Error::Config(e.to_string()))?;
     if key.is_some() && matches!(options.bind_host.as_str(), "127.0.0.1" | "0.0.0.0" | "::") {
         return Err(Error::Config(format!(
             "--bind-host {}: with --cluster-key, give the address others reach this executor by \

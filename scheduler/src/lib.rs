@@ -12,7 +12,7 @@ use ballista_scheduler::scheduler_process::{
     create_scheduler, start_grpc_service_with_listener, start_server,
 };
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
-use engine::cluster::tls::{self, ClusterKey};
+use engine::cluster::tls;
 
 /// Why the scheduler could not start.
 #[derive(Debug, thiserror::Error)]
@@ -78,18 +78,12 @@ pub async fn serve(
                 options.bind_host, options.port
             ))
         })?;
-    let key = match &options.cluster_key {
-        Some(path) => Some(ClusterKey::read(path).map_err(|e| Error::Config(e.to_string()))?),
-        None if tls::is_exposed(&options.bind_host) => {
-            return Err(Error::Config(format!(
-                "--bind-host {} exposes the scheduler beyond this machine, and Ballista \
-                 authenticates no one: give --cluster-key FILE (made by `emrflow cluster-key`) \
-                 so that only the cluster's members can connect, over TLS",
-                options.bind_host
-            )));
-        }
-        None => None,
-    };
+    let key = tls::key_for_listener(
+        "scheduler",
+        &options.bind_host,
+        options.cluster_key.as_deref(),
+    )
+    .map_err(|e| Error::Config(e.to_string()))?;
     let mut config = SchedulerConfig::default()
         .with_hostname(options.external_host.clone())
         .with_port(options.port)
@@ -141,32 +135,33 @@ pub async fn serve(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_bad_bind_address_is_named() {
-        let options = SchedulerOptions {
-            bind_host: "not an address".into(),
-            ..SchedulerOptions::default()
-        };
-        let e = serve(&options, std::future::pending())
+    /// Why a scheduler with `options` does not start.
+    async fn start_error(options: SchedulerOptions) -> String {
+        serve(&options, std::future::pending())
             .await
             .err()
             .map(|e| e.to_string())
-            .unwrap_or_default();
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_bad_bind_address_is_named() {
+        let e = start_error(SchedulerOptions {
+            bind_host: "not an address".into(),
+            ..SchedulerOptions::default()
+        })
+        .await;
         assert!(e.contains("--bind-host not an address"), "{e}");
     }
 
     #[tokio::test]
     async fn an_exposed_scheduler_needs_the_cluster_key() {
-        let options = SchedulerOptions {
+        let e = start_error(SchedulerOptions {
             bind_host: "0.0.0.0".into(),
             port: 0,
             ..SchedulerOptions::default()
-        };
-        let e = serve(&options, std::future::pending())
-            .await
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        })
+        .await;
         assert!(
             e.contains("--bind-host 0.0.0.0") && e.contains("--cluster-key"),
             "{e}"

@@ -105,6 +105,25 @@ impl ClusterKey {
     }
 }
 
+/// The key a scheduler or executor (`role`) listening on `bind_host` runs with: read from
+/// `path` when given; when not, `None` on loopback and a refusal on any other address, since
+/// Ballista authenticates no one and what crosses its ports is patient data.
+pub fn key_for_listener(
+    role: &str,
+    bind_host: &str,
+    path: Option<&Path>,
+) -> Result<Option<ClusterKey>> {
+    match path {
+        Some(path) => ClusterKey::read(path).map(Some),
+        None if is_exposed(bind_host) => Err(Error::Config(format!(
+            "--bind-host {bind_host} exposes the {role} beyond this machine, and Ballista \
+             authenticates no one: give --cluster-key FILE (made by `emrflow cluster-key`) so \
+             that only the cluster's members can connect, over TLS"
+        ))),
+        None => Ok(None),
+    }
+}
+
 /// Whether listening on `host` exposes a port beyond this machine.
 pub fn is_exposed(host: &str) -> bool {
     !matches!(host, "localhost" | "::1") && !host.starts_with("127.")
