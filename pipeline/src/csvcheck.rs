@@ -60,14 +60,14 @@ pub fn diagnose(
             Ok(false) => return None,
             Ok(true) => {}
             Err(e) => {
-                let line = e.position().map_or(0, |p| p.line());
+                let line = e.position().map_or(0, |p| line_of(bytes, p));
                 return Some(CsvProblem {
                     line,
                     message: describe(&e),
                 });
             }
         }
-        let line = record.position().map_or(0, |p| p.line());
+        let line = record.position().map_or(0, |p| line_of(bytes, p));
         if record.len() != header_len {
             return Some(CsvProblem {
                 line,
@@ -100,6 +100,21 @@ pub fn diagnose(
             }
         }
     }
+}
+
+/// The 1-based line of `bytes` a record starting at `position` is on. The reader's own line
+/// count lags by one after a CRLF ending (the record starts after the CR, before the LF it has
+/// not counted yet), and exports from Windows systems end lines so; the bytes are counted here.
+pub(crate) fn line_of(bytes: &[u8], position: &csv::Position) -> u64 {
+    let start = usize::try_from(position.byte())
+        .unwrap_or(usize::MAX)
+        .min(bytes.len());
+    let start = start
+        + bytes[start..]
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .count();
+    bytes[..start].iter().filter(|&&b| b == b'\n').count() as u64 + 1
 }
 
 fn describe(e: &csv::Error) -> String {
@@ -181,6 +196,22 @@ mod tests {
             "{msg}"
         );
         assert!(!msg.contains("abc"), "{msg}");
+    }
+
+    #[test]
+    fn lines_are_counted_alike_whatever_the_line_ending() {
+        for text in [
+            &b"id,bp,day\na,120,2020-01-01\nb,abc,2020-01-02\n"[..],
+            b"id,bp,day\r\na,120,2020-01-01\r\nb,abc,2020-01-02\r\n",
+            b"id,bp,day\r\n\r\na,120,2020-01-01\r\nb,abc,2020-01-02\r\n",
+        ] {
+            let blank = usize::from(text.starts_with(b"id,bp,day\r\n\r\n")) as u64;
+            assert_eq!(check(text).map(|p| p.line), Some(3 + blank));
+        }
+        assert_eq!(
+            check(b"id,bp,day\r\na,120,2020-01-01\r\nb,121\r\n").map(|p| p.line),
+            Some(3)
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! pseudonymization key is deliberately not a job-file setting: the job names only where the key
 //! comes from (an environment variable or a file).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::Deserialize;
@@ -38,6 +38,9 @@ pub struct Job {
     pub encode: EncodeConfig,
     /// The label column, carried through unchanged.
     pub label: Option<String>,
+    /// The label's classes: `emrflow run` refuses a row whose label is another value, naming its
+    /// file and line (default `[0, 1]`, what the classifiers train on).
+    pub classes: Option<Vec<i64>>,
     /// A column that identifies each row (after pseudonymization if it is pseudonymized).
     pub row_key: Option<String>,
     /// Feature columns; by default every output column but the label, the row key and
@@ -317,7 +320,7 @@ impl Job {
                 ));
             }
         }
-        let mut seen = std::collections::BTreeSet::new();
+        let mut seen = BTreeSet::new();
         for c in self.normalize.minmax.iter().chain(&self.normalize.zscore) {
             if !seen.insert(c) {
                 return Err(Error::invalid(
@@ -367,6 +370,21 @@ impl Job {
                 ));
             }
         }
+        if let Some(classes) = &self.classes {
+            if self.label.is_none() {
+                return Err(Error::invalid(
+                    "classes",
+                    "is given but the job has no label",
+                ));
+            }
+            let distinct: BTreeSet<_> = classes.iter().collect();
+            if classes.len() < 2 || distinct.len() != classes.len() {
+                return Err(Error::invalid(
+                    "classes",
+                    "must list at least two distinct classes",
+                ));
+            }
+        }
         if let Some(features) = &self.features {
             if features.is_empty() {
                 return Err(Error::invalid("features", "must not be empty when given"));
@@ -384,6 +402,21 @@ impl Job {
             return Err(Error::invalid("output.path", "must not be empty"));
         }
         Ok(())
+    }
+
+    /// The label's classes, in the order given (`[0, 1]` unless the job lists others).
+    pub fn label_classes(&self) -> Vec<i64> {
+        self.classes.clone().unwrap_or_else(|| vec![0, 1])
+    }
+
+    /// The columns the job reads as numbers: range-checked and normalized ones.
+    pub fn numeric_columns(&self) -> BTreeSet<&str> {
+        self.ranges
+            .keys()
+            .chain(&self.normalize.zscore)
+            .chain(&self.normalize.minmax)
+            .map(String::as_str)
+            .collect()
     }
 
     /// The format of an input: declared, or from its extension (CSV when unclear).

@@ -388,6 +388,135 @@ fn non_utf8_bytes_name_file_and_line() {
     assert_nothing_published(&case.out());
 }
 
+/// [`SMALL_JOB`] with every type inferred, as a first job over an export usually is.
+fn inferred_job() -> String {
+    SMALL_JOB.replace("types = { bp = \"int64\", y = \"int64\" }\n", "")
+}
+
+#[test]
+fn a_header_without_rows_is_named() {
+    let case = Case::new(&inferred_job(), b"id,bp,y\r\n");
+    let out = case.run(&[]);
+    assert_one_line_error(&out, &["rows.csv:2", "input rows has no rows"]);
+    assert_nothing_published(&case.out());
+}
+
+#[test]
+fn a_label_outside_the_classes_is_refused_by_run_with_its_line() {
+    for rows in [
+        &b"id,bp,y\na1,120,0\na2,130,1\na3,140,2\na4,150,1\n"[..],
+        b"id,bp,y\r\na1,120,0\r\na2,130,1\r\na3,140,-1\r\na4,150,1\r\n",
+    ] {
+        let case = Case::new(&inferred_job(), rows);
+        let out = case.run(&[]);
+        assert_one_line_error(
+            &out,
+            &["rows.csv:4", "column y", "outside the job's classes (0, 1)"],
+        );
+        assert_nothing_published(&case.out());
+    }
+    // A label that is not a number at all is found the same way.
+    let case = Case::new(&inferred_job(), b"id,bp,y\na1,120,0\na2,130,yes\n");
+    let out = case.run(&[]);
+    assert_one_line_error(&out, &["rows.csv:3", "column y", "integer"]);
+    assert!(!stderr(&out).contains("yes"), "{}", stderr(&out));
+    assert_nothing_published(&case.out());
+    // The job says which classes there are.
+    let three = format!("classes = [0, 1, 2]\n{}", inferred_job());
+    let case = Case::new(&three, b"id,bp,y\na1,120,0\na2,130,1\na3,140,2\n");
+    let out = case.run(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn a_word_in_a_number_column_is_named_by_line_when_types_are_inferred() {
+    // One bad value makes inference read the column as text; the job normalizes it, so it is
+    // read as a number and the bad line is named.
+    let case = Case::new(
+        &inferred_job(),
+        b"id,bp,y\na1,120,0\na2,130,1\na3,n.a.,0\na4,140,1\n",
+    );
+    let out = case.run(&[]);
+    assert_one_line_error(&out, &["rows.csv:4", "column bp", "not a valid number"]);
+    assert!(!stderr(&out).contains("n.a."), "{}", stderr(&out));
+    assert_nothing_published(&case.out());
+}
+
+#[test]
+fn another_delimiter_is_named_with_the_setting_that_reads_it() {
+    let rows = b"id;bp;y\na1;120;0\na2;130;1\na3;140;0\n";
+    let case = Case::new(&inferred_job(), rows);
+    let out = case.run(&[]);
+    assert_one_line_error(
+        &out,
+        &[
+            "rows.csv:1",
+            "semicolons",
+            "delimiter = \";\" in [inputs.rows]",
+        ],
+    );
+    assert_nothing_published(&case.out());
+    let semicolons = inferred_job().replace(
+        "path = \"rows.csv\"\n",
+        "path = \"rows.csv\"\ndelimiter = \";\"\n",
+    );
+    let out = Case::new(&semicolons, rows).run(&[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap_or_else(|e| panic!("{e}"));
+    e.finish().unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn gzip_and_zstd_exports_give_the_dataset_of_their_rows_and_their_own_source_roots() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data = tmp.path().join("data");
+    generate(&data, 3_000);
+    let plain = std::fs::read(data.join("visits.csv")).unwrap_or_else(|e| panic!("{e}"));
+    let zstd = zstd::stream::encode_all(plain.as_slice(), 3).unwrap_or_else(|e| panic!("{e}"));
+    let summary = |visits: &Path, out: &str| {
+        let (visits, patients) = (
+            format!("visits={}", visits.display()),
+            format!("patients={}", data.join("patients.csv").display()),
+        );
+        let out = tmp.path().join(out).display().to_string();
+        let run = run(&mut emrflow(&[
+            "run",
+            "examples/stroke-synthetic.toml",
+            "--input",
+            &visits,
+            "--input",
+            &patients,
+            "--out",
+            &out,
+            "--json",
+        ]));
+        assert!(run.status.success(), "{}", stderr(&run));
+        serde_json::from_str::<serde_json::Value>(stdout(&run).trim())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let reference = summary(&data.join("visits.csv"), "plain");
+    // Compression is read from the content: the gzip file keeps its usual name, the zstd
+    // one has no extension at all.
+    let gz = tmp.path().join("visits.csv.gz");
+    std::fs::write(&gz, gzip(&plain)).unwrap_or_else(|e| panic!("{e}"));
+    let zst = tmp.path().join("visits-export");
+    std::fs::write(&zst, &zstd).unwrap_or_else(|e| panic!("{e}"));
+    let mut source_roots = BTreeSet::new();
+    source_roots.insert(reference["parents"].to_string());
+    for (file, out) in [(&gz, "gz"), (&zst, "zst")] {
+        let got = summary(file, out);
+        assert_eq!(got["root"], reference["root"], "{out}");
+        assert_eq!(got["rows_out"], reference["rows_out"], "{out}");
+        // The source root is of the bytes as delivered.
+        assert!(source_roots.insert(got["parents"].to_string()), "{out}");
+    }
+}
+
 #[test]
 fn misspelled_job_key_names_key_and_line() {
     let case = Case::new(

@@ -30,8 +30,8 @@ pub(super) struct Fit {
     pub(super) dropped: BTreeMap<String, u64>,
     pub(super) normalizers: BTreeMap<String, Normalizer>,
     pub(super) encodings: BTreeMap<String, Encoding>,
-    label_min: Option<i64>,
-    label_max: Option<i64>,
+    /// Kept rows whose label is not one of the job's classes.
+    label_outside: u64,
 }
 
 impl Fit {
@@ -71,8 +71,12 @@ pub(super) fn fit_sql(job: &Job, held: bool) -> String {
     aggs.extend(normalize::aggregates(job));
     aggs.extend(categorical::aggregates(job));
     if let Some(label) = &job.label {
-        aggs.push(format!("min(CAST({} AS BIGINT))", sql::ident(label)));
-        aggs.push(format!("max(CAST({} AS BIGINT))", sql::ident(label)));
+        let classes: Vec<String> = job.label_classes().iter().map(i64::to_string).collect();
+        aggs.push(format!(
+            "count(*) FILTER (WHERE CAST({} AS BIGINT) NOT IN ({}))",
+            sql::ident(label),
+            classes.join(", ")
+        ));
     }
     if held {
         format!("SELECT {} FROM {KEPT_TABLE}", aggs.join(", "))
@@ -115,12 +119,10 @@ fn read(job: &Job, reasons: &[String], batches: &[RecordBatch]) -> Result<Fit> {
             normalize::read(job, batch, row, &mut col, &mut fit.normalizers)?;
             categorical::read(job, batch, row, &mut col, &mut fit.encodings)?;
             if job.label.is_some() {
-                let int_at = |col: usize| -> Option<i64> {
-                    let a = batch.column(col).as_primitive_opt::<Int64Type>()?;
-                    a.is_valid(row).then(|| a.value(row))
-                };
-                fit.label_min = int_at(col);
-                fit.label_max = int_at(col + 1);
+                fit.label_outside = batch
+                    .column(col)
+                    .as_primitive_opt::<Int64Type>()
+                    .map_or(0, |a| a.value(row) as u64);
             }
         }
     }
@@ -144,23 +146,40 @@ pub(super) fn check_kept(fit: &Fit) -> Result<()> {
     ))
 }
 
-/// Refuses a label that is not an integer class (0, 1, ...): `label_type` is its column's type.
-pub(super) fn check_label(label: &str, label_type: &DataType, fit: &Fit) -> Result<()> {
+/// Refuses a label that is not an integer class or holds a value outside `classes`:
+/// `label_type` is its column's type.
+pub(super) fn check_label(
+    label: &str,
+    label_type: &DataType,
+    classes: &[i64],
+    fit: &Fit,
+) -> Result<()> {
     if !(label_type.is_integer() || label_type == &DataType::Boolean) {
         return Err(Error::Label {
             column: label.to_string(),
-            message: format!("is {label_type}; a label must be an integer class (0/1)"),
+            message: format!("is {label_type}; a label must be an integer class"),
         });
     }
-    if let (Some(lo), Some(_)) = (fit.label_min, fit.label_max)
-        && lo < 0
-    {
+    if fit.label_outside > 0 {
         return Err(Error::Label {
             column: label.to_string(),
-            message: "has negative values; classes are 0, 1, ...".into(),
+            message: format!(
+                "{} kept rows hold a value outside the job's classes ({})",
+                fit.label_outside,
+                classes_text(classes)
+            ),
         });
     }
     Ok(())
+}
+
+/// The classes as a job file lists them, for messages.
+pub(super) fn classes_text(classes: &[i64]) -> String {
+    classes
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -242,7 +261,7 @@ mod tests {
             })
         );
         assert_eq!(fit.encodings["sex"].values, ["F", "M"]);
-        assert_eq!((fit.label_min, fit.label_max), (Some(0), Some(1)));
+        assert_eq!(fit.label_outside, 0);
     }
 
     #[tokio::test]
@@ -269,24 +288,23 @@ mod tests {
                  (join: no matching patients row: 1, null: bmi: 4)"
             )
         );
-        fit.label_min = Some(0);
-        fit.label_max = Some(1);
-        assert!(check_label("stroke", &DataType::Int64, &fit).is_ok());
-        assert!(check_label("stroke", &DataType::Boolean, &fit).is_ok());
+        let classes = [0, 1];
+        assert!(check_label("stroke", &DataType::Int64, &classes, &fit).is_ok());
+        assert!(check_label("stroke", &DataType::Boolean, &classes, &fit).is_ok());
         assert_eq!(
-            check_label("stroke", &DataType::Float64, &fit)
+            check_label("stroke", &DataType::Float64, &classes, &fit)
                 .err()
                 .map(|e| e.to_string())
                 .as_deref(),
-            Some("label column stroke: is Float64; a label must be an integer class (0/1)")
+            Some("label column stroke: is Float64; a label must be an integer class")
         );
-        fit.label_min = Some(-1);
+        fit.label_outside = 2;
         assert_eq!(
-            check_label("stroke", &DataType::Int64, &fit)
+            check_label("stroke", &DataType::Int64, &classes, &fit)
                 .err()
                 .map(|e| e.to_string())
                 .as_deref(),
-            Some("label column stroke: has negative values; classes are 0, 1, ...")
+            Some("label column stroke: 2 kept rows hold a value outside the job's classes (0, 1)")
         );
     }
 }

@@ -1,10 +1,13 @@
-//! The inputs stage: resolves each input's location, lists its files, reads CSV (types inferred,
-//! overridden, declared null strings mapped to null) or Parquet, and registers it as the table
-//! `__emr_in_{i}` the join reads. It also owns naming a broken CSV's file, line and column when
-//! the engine cannot parse it, and hashing the raw files for their source roots. It reads no
-//! row itself except to diagnose a failure.
+//! The inputs stage: resolves each input's location, lists its files, reads CSV (plain, gzip or
+//! zstd, as [`sniff`](super::sniff) finds; types inferred, overridden, declared null strings
+//! mapped to null) or Parquet, and registers it as the table `__emr_in_{i}` the join reads. A
+//! column the job uses as a number, or as the label, is read as one even when a bad value made
+//! inference call it text, so that the bad value is found and named by its line. It also owns
+//! naming a broken CSV's file, line and column when the engine cannot parse it (or a label is
+//! not a class), and hashing the raw files, as delivered, for their source roots. It reads no
+//! row itself except to sniff a file's head or to diagnose a failure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -12,6 +15,7 @@ use datafusion::prelude::{CsvReadOptions, DataFrame, ParquetReadOptions, Session
 use object_store::ObjectStoreExt;
 use regex::Regex;
 
+use super::sniff::{Compression, HEAD_BYTES, sniff};
 use super::sql::{ident, literal};
 use crate::csvcheck;
 use crate::error::{Error, Result};
@@ -30,6 +34,7 @@ pub(super) struct Input {
     pub(super) schema: SchemaRef,
     delimiter: u8,
     nulls: Option<Regex>,
+    compression: Compression,
 }
 
 /// Refuses `--input NAME=...` for a name the job does not have.
@@ -59,11 +64,17 @@ pub(super) async fn register_inputs(
         .enumerate()
         .map(|(i, (name, cfg))| {
             let raw = overrides.get(name).unwrap_or(&cfg.path).clone();
-            let default_format = job.format_of(name);
+            let typing = Typing {
+                default_format: job.format_of(name),
+                numeric: job
+                    .numeric_columns()
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect(),
+                label: job.label.clone(),
+            };
             let (ctx, name, cfg) = (ctx.clone(), name.clone(), cfg.clone());
-            tokio::spawn(
-                async move { open_input(&ctx, i, &name, &cfg, &raw, default_format).await },
-            )
+            tokio::spawn(async move { open_input(&ctx, i, &name, &cfg, &raw, &typing).await })
         })
         .collect();
     let mut out = BTreeMap::new();
@@ -76,14 +87,24 @@ pub(super) async fn register_inputs(
     Ok(out)
 }
 
-/// Resolves, lists and (for CSV) types input number `i`, and registers it as `__emr_in_{i}`.
+/// What the job says about an input's types beyond its own section.
+struct Typing {
+    /// The format when neither the input nor its path names one.
+    default_format: InputFormat,
+    /// Columns the job reads as numbers.
+    numeric: BTreeSet<String>,
+    label: Option<String>,
+}
+
+/// Resolves, lists and (for CSV) sniffs and types input number `i`, and registers it as
+/// `__emr_in_{i}`.
 async fn open_input(
     ctx: &SessionContext,
     i: usize,
     name: &str,
     cfg: &InputConfig,
     raw: &str,
-    default_format: InputFormat,
+    typing: &Typing,
 ) -> Result<(String, Input)> {
     let location = Location::resolve(ctx, raw)?;
     let files = location.files().await?;
@@ -96,7 +117,7 @@ async fn open_input(
     let format = match cfg.format {
         Some(f) => f,
         None if raw.ends_with(".parquet") || raw.ends_with(".parq") => InputFormat::Parquet,
-        None => default_format,
+        None => typing.default_format,
     };
     for (path, size) in &files {
         if *size == 0 {
@@ -110,8 +131,10 @@ async fn open_input(
     let url = location.table_url();
     let delimiter = cfg.delimiter.map_or(b',', |c| c as u8);
     let nulls = null_regex(name, &cfg.null_values)?;
+    let mut compression = Compression::None;
     let df = match format {
         InputFormat::Csv => {
+            compression = sniff_files(name, &location, &files, delimiter).await?;
             let read = |schema: Option<Schema>| {
                 read_csv(
                     ctx,
@@ -119,6 +142,7 @@ async fn open_input(
                     schema,
                     delimiter,
                     nulls.as_str().to_string(),
+                    compression,
                 )
             };
             let inferred = match read(None).await {
@@ -132,11 +156,12 @@ async fn open_input(
                         schema: Arc::new(Schema::empty()),
                         delimiter,
                         nulls: Some(nulls.clone()),
+                        compression,
                     };
                     return Err(diagnose(e.into(), &[&probe]).await);
                 }
             };
-            let schema = override_types(name, inferred.schema().as_arrow(), &cfg.types)?;
+            let schema = override_types(name, inferred.schema().as_arrow(), &cfg.types, typing)?;
             if cfg.null_values.is_empty() {
                 read(Some(schema)).await?
             } else {
@@ -186,8 +211,59 @@ async fn open_input(
             schema,
             delimiter,
             nulls: Some(nulls),
+            compression,
         },
     ))
+}
+
+/// Sniffs the head of every file of a CSV input: they must share one compression, and at least
+/// one must have a row after its header. Returns the compression.
+async fn sniff_files(
+    name: &str,
+    location: &Location,
+    files: &[(object_store::path::Path, u64)],
+    delimiter: u8,
+) -> Result<Compression> {
+    let heads = futures::future::try_join_all(files.iter().map(|(path, size)| async move {
+        let end = (*size).min(HEAD_BYTES);
+        let bytes = location.store.get_range(path, 0..end).await?;
+        let shown = shown_path(location, path);
+        let head = sniff(name, &shown, &bytes, end == *size, delimiter)?;
+        Ok::<_, Error>((shown, head))
+    }))
+    .await?;
+    let Some((first, first_head)) = heads.first() else {
+        return Ok(Compression::None);
+    };
+    if let Some((path, head)) = heads
+        .iter()
+        .find(|(_, h)| h.compression != first_head.compression)
+    {
+        return Err(Error::invalid(
+            format!("inputs.{name}"),
+            format!(
+                "{path} is {} but {first} is {}; the files of one input must share a compression",
+                head.compression.name(),
+                first_head.compression.name()
+            ),
+        ));
+    }
+    if heads.iter().all(|(_, h)| h.has_rows == Some(false)) {
+        return Err(Error::Csv {
+            path: first.clone(),
+            line: 2,
+            message: format!("input {name} has no rows (a header and nothing after it)"),
+        });
+    }
+    Ok(first_head.compression)
+}
+
+/// A file of `location` as messages show it: a local path plainly, other stores by URL.
+fn shown_path(location: &Location, path: &object_store::path::Path) -> String {
+    location
+        .url_of(path)
+        .trim_start_matches("file://")
+        .to_string()
 }
 
 /// The rows of `text_table` (every column read as text) typed as `schema` says, with each of
@@ -228,10 +304,12 @@ async fn read_csv(
     schema: Option<Schema>,
     delimiter: u8,
     nulls: String,
+    compression: Compression,
 ) -> datafusion::error::Result<DataFrame> {
     let mut opts = CsvReadOptions::new()
         .has_header(true)
         .delimiter(delimiter)
+        .file_compression_type(compression.engine())
         .file_extension("")
         .schema_infer_max_records(10_000)
         .null_regex(Some(nulls));
@@ -241,10 +319,14 @@ async fn read_csv(
     ctx.read_csv(url, opts).await
 }
 
+/// The schema an input is read with: inferred, then the input's declared types, then (for columns
+/// the job uses as numbers or as the label, inferred as text because some value is not one)
+/// the type the job needs, so that reading the bad value fails and its line is named.
 fn override_types(
     input: &str,
     inferred: &Schema,
     types: &BTreeMap<String, ColumnType>,
+    typing: &Typing,
 ) -> Result<Schema> {
     for col in types.keys() {
         if inferred.field_with_name(col).is_err() {
@@ -260,9 +342,20 @@ fn override_types(
             .fields()
             .iter()
             .map(|f| {
-                let t = types
-                    .get(f.name())
-                    .map_or_else(|| f.data_type().clone(), |t| t.arrow());
+                let t = match types.get(f.name()) {
+                    Some(t) => t.arrow(),
+                    None if f.data_type() == &DataType::Utf8
+                        && typing.label.as_ref() == Some(f.name()) =>
+                    {
+                        DataType::Int64
+                    }
+                    None if f.data_type() == &DataType::Utf8
+                        && typing.numeric.contains(f.name()) =>
+                    {
+                        DataType::Float64
+                    }
+                    None => f.data_type().clone(),
+                };
                 Field::new(f.name(), t, true)
             })
             .collect::<Vec<_>>(),
@@ -362,13 +455,27 @@ pub(super) async fn diagnose_on_error<T>(
     }
 }
 
+/// The content of a CSV input's file, decompressed; `None` when it cannot be read.
+async fn content(input: &Input, path: &object_store::path::Path) -> Option<Vec<u8>> {
+    let bytes = input
+        .location
+        .store
+        .get(path)
+        .await
+        .ok()?
+        .bytes()
+        .await
+        .ok()?;
+    Some(match input.compression {
+        Compression::None => bytes.to_vec(),
+        c => c.decode(&bytes, u64::MAX).0,
+    })
+}
+
 async fn diagnose(error: Error, inputs: &[&Input]) -> Error {
     for input in inputs.iter().filter(|i| i.format == InputFormat::Csv) {
         for (path, _) in &input.files {
-            let Ok(got) = input.location.store.get(path).await else {
-                continue;
-            };
-            let Ok(bytes) = got.bytes().await else {
+            let Some(bytes) = content(input, path).await else {
                 continue;
             };
             let schema = if input.schema.fields().is_empty() {
@@ -381,11 +488,7 @@ async fn diagnose(error: Error, inputs: &[&Input]) -> Error {
                 csvcheck::diagnose(&bytes, &schema, input.delimiter, input.nulls.as_ref())
             {
                 return Error::Csv {
-                    path: input
-                        .location
-                        .url_of(path)
-                        .trim_start_matches("file://")
-                        .to_string(),
+                    path: shown_path(&input.location, path),
                     line: problem.line,
                     message: problem.message,
                 };
@@ -401,6 +504,60 @@ async fn diagnose(error: Error, inputs: &[&Input]) -> Error {
         );
     }
     error
+}
+
+/// The first line of a CSV input holding `label` whose label is neither null nor one of
+/// `classes`, as an error naming its file, line and column; `None` when no CSV input has one
+/// (the label comes from Parquet).
+pub(super) async fn locate_label(
+    inputs: &BTreeMap<String, Input>,
+    label: &str,
+    classes: &[i64],
+) -> Option<Error> {
+    let is_class = |text: &str| {
+        let text = text.trim();
+        let value = match text.to_ascii_lowercase().as_str() {
+            "true" => Some(1),
+            "false" => Some(0),
+            _ => text.parse::<i64>().ok(),
+        };
+        value.is_some_and(|v| classes.contains(&v))
+    };
+    let holding = inputs
+        .values()
+        .filter(|i| i.format == InputFormat::Csv && i.schema.field_with_name(label).is_ok());
+    for input in holding {
+        for (path, _) in &input.files {
+            let Some(bytes) = content(input, path).await else {
+                continue;
+            };
+            let mut reader = csv::ReaderBuilder::new()
+                .delimiter(input.delimiter)
+                .from_reader(bytes.as_slice());
+            let column = reader.headers().ok()?.iter().position(|h| h == label)?;
+            for record in reader.records() {
+                let record = record.ok()?;
+                let Some(text) = record.get(column) else {
+                    continue;
+                };
+                let null =
+                    text.is_empty() || input.nulls.as_ref().is_some_and(|n| n.is_match(text));
+                if !null && !is_class(text) {
+                    return Some(Error::Csv {
+                        path: shown_path(&input.location, path),
+                        line: record
+                            .position()
+                            .map_or(0, |p| csvcheck::line_of(&bytes, p)),
+                        message: format!(
+                            "column {label}: a label outside the job's classes ({})",
+                            super::fit::classes_text(classes)
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    None
 }
 
 fn header_schema(bytes: &[u8], delimiter: u8) -> Schema {
@@ -442,6 +599,7 @@ pub(super) fn memory_input(
         schema,
         delimiter: b',',
         nulls: None,
+        compression: Compression::None,
     }
 }
 

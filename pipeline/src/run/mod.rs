@@ -36,6 +36,7 @@ mod join;
 mod normalize;
 mod output;
 mod pii;
+mod sniff;
 mod sql;
 
 use std::collections::BTreeMap;
@@ -371,7 +372,12 @@ pub async fn stage_job(
     inputs::check_not_empty(&rows_in, &inputs)?;
     fit::check_kept(&fit)?;
     if let (Some(label), Some(label_type)) = (&job.label, &plan.label_type) {
-        fit::check_label(label, label_type, &fit)?;
+        let classes = job.label_classes();
+        if let Err(e) = fit::check_label(label, label_type, &classes, &fit) {
+            return Err(inputs::locate_label(&inputs, label, &classes)
+                .await
+                .unwrap_or(e));
+        }
     }
     tracing::debug!(seconds = phase.elapsed().as_secs_f64(), "join keys checked");
 
