@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use ml::{DecisionTreeParams, EvaluationConfig, Step};
+use ml::{DecisionTreeParams, EvaluationConfig, ModelParams, Step, TrainParams};
 use pipeline::generate::{DEFAULT_VISITS, GenerateConfig, OutputFormat, generate};
 use pipeline::{Job, RunOptions};
 use serde::Serialize;
@@ -220,6 +220,11 @@ async fn demo(
         ..EvaluationConfig::default()
     };
     evaluation.validate()?;
+    let params = TrainParams {
+        model: ModelParams::DecisionTree(params),
+        evaluation,
+        ..TrainParams::default()
+    };
     let model_dir = args.dir.join("models/stroke-tree");
     let bar = progress("training");
     let step_bar = bar.clone();
@@ -229,7 +234,6 @@ async fn demo(
         &dataset_dir,
         None,
         &params,
-        &evaluation,
         &embedded,
         &model_dir,
         true,

@@ -1,15 +1,17 @@
 //! `emrflow predict`: scores raw rows with a model directory written by `emrflow train`. The
 //! dataset manifest copied beside the model says how the training rows were normalized and
 //! encoded; `pipeline::prepare::apply_fitted` applies the same transforms to the raw rows, and
-//! the `ml` model predicts each row with its decision path in words (thresholds shown in raw
-//! units). No prediction logic lives here.
+//! the `ml` model (a decision tree, a random forest or boosted trees) gives each row its
+//! calibrated probability, its class at the model's operating threshold, the exact contribution
+//! of every feature (TreeSHAP), and for a tree its decision path in words (thresholds shown in
+//! raw units). No prediction logic lives here.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Args;
 use ledger::contracts::Role;
-use ml::DecisionTreeModel;
+use ml::Model;
 use ml::datafusion::arrow::array::{Array, AsArray};
 use ml::datafusion::arrow::compute::cast;
 use ml::datafusion::arrow::datatypes::{DataType, Float64Type};
@@ -27,7 +29,8 @@ use super::{ExitStatus, print_json, print_lines, progress};
 #[command(
     after_help = "The input holds raw rows: the model's features in the units and category \
 names of the original data (before normalization and encoding). Each row gets a prediction \
-(0/1), the probability of class 1, and the decision path, e.g.\n  \
+(0/1) at the model's operating threshold, the probability of class 1 (calibrated when the model \
+is), each feature's contribution to it (TreeSHAP), and for a decision tree its path, e.g.\n  \
 age > 67.5, atrial_fibrillation = 1, systolic_bp > 151 → risk 0.81"
 )]
 pub(crate) struct PredictArgs {
@@ -54,11 +57,31 @@ struct RowPrediction {
     /// The row key's raw value, when the input has the dataset's row key column.
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<String>,
+    /// The class at the model's operating threshold.
     prediction: u8,
+    /// The model's own probability of class 1.
     probability: f64,
-    leaf: u64,
+    /// The probability after the model's calibration (the same without one).
+    calibrated_probability: f64,
+    /// Class 1 at or above this (0.5: above it, without an operating threshold).
+    threshold: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leaf: Option<u64>,
     path: Vec<String>,
     explanation: String,
+    /// What the contributions add up to: `probability` or `log_odds`.
+    output: ml::Output,
+    /// The model's expected output over its training rows.
+    expected_value: f64,
+    /// Every feature's TreeSHAP contribution, largest first.
+    contributions: Vec<Contribution>,
+}
+
+#[derive(Debug, Serialize)]
+struct Contribution {
+    /// The feature and the row's value in raw units, e.g. `age = 81`.
+    feature: String,
+    contribution: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -127,11 +150,11 @@ async fn predict_file(
     model_dir: &Path,
     input: &Path,
     null_values: &[String],
-) -> anyhow::Result<(DecisionTreeModel, Vec<RowPrediction>)> {
+) -> anyhow::Result<(Model, Vec<RowPrediction>)> {
     let model_path = model_dir.join(ml::report::files::MODEL);
     let bytes = std::fs::read(&model_path)
         .with_context(|| format!("cannot read {}", model_path.display()))?;
-    let model = DecisionTreeModel::from_json(&bytes, &model_path.display().to_string())?;
+    let model = Model::from_json(&bytes, &model_path.display().to_string())?;
     let manifest = read_manifest(&model_dir.join(DATASET_MANIFEST_FILE))?;
 
     let ctx = pipeline::embedded_context(Some(1))?;
@@ -142,7 +165,7 @@ async fn predict_file(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    for feature in &model.features {
+    for feature in model.features() {
         if !available.contains(&feature.name) {
             anyhow::bail!(
                 "{} has no column {} (a feature of the model); it has: {}",
@@ -161,7 +184,7 @@ async fn predict_file(
                 input.display()
             )
         })?;
-    let mut select: Vec<Expr> = model.features.iter().map(|f| column(&f.name)).collect();
+    let mut select: Vec<Expr> = model.features().iter().map(|f| column(&f.name)).collect();
     if let Some(k) = &key {
         select.push(column(k));
     }
@@ -174,7 +197,7 @@ async fn predict_file(
     let mut out = Vec::new();
     for batch in batches {
         let features = model
-            .features
+            .features()
             .iter()
             .enumerate()
             .map(|(i, f)| {
@@ -188,7 +211,7 @@ async fn predict_file(
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let keys = match &key {
-            Some(_) => Some(cast(batch.column(model.features.len()), &DataType::Utf8)?),
+            Some(_) => Some(cast(batch.column(model.features().len()), &DataType::Utf8)?),
             None => None,
         };
         for r in 0..batch.num_rows() {
@@ -200,6 +223,29 @@ async fn predict_file(
                 })
                 .collect();
             let p = model.predict(&values)?;
+            let e = model.explain(&values)?;
+            let contributions: Vec<Contribution> = e
+                .top(model.features(), &values, values.len())
+                .into_iter()
+                .map(|(feature, contribution)| Contribution {
+                    feature,
+                    contribution,
+                })
+                .collect();
+            let why = if !p.path.is_empty() || p.leaf.is_some() {
+                if p.path.is_empty() {
+                    "(root)".to_string()
+                } else {
+                    p.path.join(", ")
+                }
+            } else {
+                contributions
+                    .iter()
+                    .take(3)
+                    .map(|c| format!("{} ({:+.3})", c.feature, c.contribution))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             out.push(RowPrediction {
                 row: out.len() + 1,
                 key: keys.as_ref().and_then(|k| {
@@ -208,9 +254,14 @@ async fn predict_file(
                 }),
                 prediction: p.prediction,
                 probability: p.probability,
+                calibrated_probability: p.calibrated_probability,
+                threshold: p.threshold,
                 leaf: p.leaf,
-                explanation: p.explain(),
+                explanation: format!("{why} → risk {:.2}", p.calibrated_probability),
                 path: p.path,
+                output: e.output,
+                expected_value: e.expected_value,
+                contributions,
             });
         }
     }

@@ -472,7 +472,7 @@ pub(crate) fn digest(h: &Hex) -> Digest {
 /// A model's root (see `pipeline::fingerprint::model_root`): its canonical parts, bound to its
 /// hyperparameters and to the root of the dataset it was trained on.
 pub(crate) fn model_root(
-    model: &ml::DecisionTreeModel,
+    model: &ml::Model,
     dataset_root: &Digest,
 ) -> anyhow::Result<Digest> {
     let parts = model.canonical_parts()?;
@@ -632,7 +632,7 @@ pub(crate) async fn check_model(path: &Path, provenance: &Provenance) -> anyhow:
     };
     let (mut check, spec) = Check::start(&dir, provenance).await?;
     let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-    let model = match ml::DecisionTreeModel::from_json(&bytes, &file.display().to_string()) {
+    let model = match ml::Model::from_json(&bytes, &file.display().to_string()) {
         Ok(model) => model,
         Err(e) => {
             check.problems.push(format!("the model file: {e}"));
