@@ -5,11 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ballista_core::RuntimeProducer;
-use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{ExecutorProcessConfig, start_executor_process};
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::prelude::SessionConfig;
-use pipeline::store::EngineStores;
+use engine::datafusion::prelude::SessionConfig;
 
 /// Why an executor could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -77,25 +74,12 @@ impl Default for ExecutorOptions {
     }
 }
 
-/// An executor function registry holding Ballista's defaults plus every function an emrflow
-/// plan may name.
-pub fn function_registry() -> BallistaFunctionRegistry {
-    let mut registry = BallistaFunctionRegistry::default();
-    for f in pipeline::udf::engine_functions() {
-        registry.scalar_functions.insert(f.name().to_string(), f);
-    }
-    for f in pipeline::udf::engine_aggregate_functions() {
-        registry.aggregate_functions.insert(f.name().to_string(), f);
-    }
-    registry
-}
-
 /// Runs an executor until SIGTERM or Ctrl-C (Ballista installs those handlers and tells the
 /// scheduler it is leaving), or until it fails.
 pub async fn serve(options: &ExecutorOptions) -> Result<(), Error> {
     // Executors started before their scheduler (as on Kubernetes) wait for it.
     let retry_for = Duration::from_secs(u64::from(options.scheduler_connect_timeout_seconds));
-    scheduler::reach(&options.scheduler_host, options.scheduler_port, retry_for)
+    engine::cluster::reach(&options.scheduler_host, options.scheduler_port, retry_for)
         .await
         .map_err(|message| Error::SchedulerUnreachable {
             address: format!("{}:{}", options.scheduler_host, options.scheduler_port),
@@ -129,12 +113,8 @@ pub async fn serve(options: &ExecutorOptions) -> Result<(), Error> {
         .ok_or_else(|| Error::Config(format!("--work-dir {}: not UTF-8", work_dir.display())))?
         .to_string();
     let spill_dir = work_dir_str.clone();
-    let runtime_producer: RuntimeProducer = Arc::new(move |_config: &SessionConfig| {
-        RuntimeEnvBuilder::new()
-            .with_temp_file_path(spill_dir.clone())
-            .with_object_store_registry(Arc::new(EngineStores::new()))
-            .build_arc()
-    });
+    let runtime_producer: RuntimeProducer =
+        Arc::new(move |_config: &SessionConfig| engine::session::runtime(Some(&spill_dir)));
     let config = ExecutorProcessConfig {
         scheduler_host: options.scheduler_host.clone(),
         scheduler_port: options.scheduler_port,
@@ -147,16 +127,16 @@ pub async fn serve(options: &ExecutorOptions) -> Result<(), Error> {
             options.concurrent_tasks
         },
         work_dir: Some(work_dir_str),
-        task_scheduling_policy: scheduler::SCHEDULING_POLICY,
+        task_scheduling_policy: engine::cluster::SCHEDULING_POLICY,
         executor_heartbeat_interval_seconds: options.heartbeat_interval_seconds.max(1),
         // Reached above; Ballista 55's own retry loop measures elapsed time from a fresh
         // `Instant` each round, so its timeout never expires.
         scheduler_connect_timeout_seconds: 0,
         memory_pool_size: options.memory_pool_bytes,
-        override_function_registry: Some(Arc::new(function_registry())),
+        override_function_registry: Some(Arc::new(engine::functions::executor_registry())),
         // Each task's configuration is the cluster's defaults with the client's settings
         // applied over them; it must know emrflow's options or the pseudonym key is dropped.
-        override_config_producer: Some(Arc::new(scheduler::session_config)),
+        override_config_producer: Some(Arc::new(engine::session::cluster_config)),
         override_runtime_producer: Some(runtime_producer),
         ..ExecutorProcessConfig::default()
     };
@@ -167,24 +147,6 @@ pub async fn serve(options: &ExecutorOptions) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn executor_registry_knows_every_emrflow_function() {
-        let registry = function_registry();
-        for f in pipeline::udf::engine_functions() {
-            assert!(
-                registry.scalar_functions.contains_key(f.name()),
-                "{} missing",
-                f.name()
-            );
-        }
-        for name in ["emr_fingerprint", "ml_tree_histogram", "count", "sum"] {
-            assert!(
-                registry.aggregate_functions.contains_key(name),
-                "{name} missing"
-            );
-        }
-    }
 
     #[tokio::test]
     async fn an_unreachable_scheduler_ends_start_up_with_its_address() {
@@ -208,17 +170,6 @@ mod tests {
         assert!(
             e.contains(&format!("127.0.0.1:{port}")) && e.contains("cannot reach"),
             "{e}"
-        );
-    }
-
-    #[test]
-    fn task_configuration_accepts_emrflow_settings() {
-        let mut config = scheduler::session_config();
-        assert!(
-            config
-                .options_mut()
-                .set("emrflow.pseudonym_key", "00ff")
-                .is_ok()
         );
     }
 }

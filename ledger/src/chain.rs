@@ -309,6 +309,8 @@ pub struct CertifiedBlock {
 pub enum QueryResult {
     /// An anchor.
     Anchor(Option<Box<crate::contracts::AnchorRecord>>),
+    /// Every anchor of a root.
+    Anchors(Vec<crate::contracts::AnchorRecord>),
     /// A lineage DAG.
     Lineage(crate::contracts::Lineage),
     /// Audit events.
@@ -576,6 +578,7 @@ impl Chain {
     /// Answers a query from this chain's state.
     pub fn query(&self, q: &Query) -> QueryResult {
         match q {
+            Query::Anchors(root) => QueryResult::Anchors(self.state.anchors(root).to_vec()),
             Query::Anchor(root) => {
                 QueryResult::Anchor(self.state.anchor(root).cloned().map(Box::new))
             }

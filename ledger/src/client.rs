@@ -190,6 +190,14 @@ impl<'a, L: LedgerApi> Reader<'a, L> {
         }
     }
 
+    /// Every anchor of a root (one per derivation), in commit order.
+    pub async fn anchors_of(&self, root: Digest) -> Result<Vec<AnchorRecord>> {
+        match self.ledger.query(Query::Anchors(root)).await? {
+            QueryResult::Anchors(a) => Ok(a),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The lineage DAG of a root.
     pub async fn lineage(&self, root: Digest, max_depth: u32) -> Result<Lineage> {
         match self

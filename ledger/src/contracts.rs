@@ -400,8 +400,12 @@ pub struct AuditEvent {
 /// A read-only question to a peer's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Query {
-    /// The anchor of a root.
+    /// The first anchor of a root.
     Anchor(Digest),
+    /// Every anchor of a root, in commit order: the same rows or model published under
+    /// different parameters (another job, another output folder) are each a derivation of their
+    /// own.
+    Anchors(Digest),
     /// The lineage DAG of a root: its ancestors up to `max_depth` levels.
     Lineage {
         /// The root whose ancestry is wanted.
@@ -433,7 +437,8 @@ pub enum Query {
 pub struct Lineage {
     /// The root asked about.
     pub root: Digest,
-    /// Every anchor reached, the root first, then breadth-first.
+    /// Every anchor reached, the root's first, then breadth-first; a root published several
+    /// times has one node per derivation, in commit order.
     pub nodes: Vec<AnchorRecord>,
     /// `(child, parent)` edges.
     pub edges: Vec<(Digest, Digest)>,
@@ -446,7 +451,8 @@ pub struct Lineage {
 pub struct State {
     ledger: Digest,
     identities: BTreeMap<PublicKey, Identity>,
-    anchors: BTreeMap<Digest, AnchorRecord>,
+    /// Every anchor of a root, in commit order (one per distinct parameter hash).
+    anchors: BTreeMap<Digest, Vec<AnchorRecord>>,
     grants: BTreeSet<(Digest, PublicKey, Access)>,
     nonces: BTreeMap<PublicKey, BTreeSet<u64>>,
     audit: Vec<AuditEvent>,
@@ -590,23 +596,38 @@ impl State {
                 Some(id) => id.revoked = true,
             },
             Call::Anchor(spec) => {
-                if self.anchors.contains_key(&spec.root) {
-                    return Outcome::denied("root already anchored");
+                // One root may be published several times (the same rows from another job or
+                // into another folder): each distinct parameter hash is a derivation of its own.
+                // The same root with the same parameters is the same publication.
+                let derivations = self.anchors.get(&spec.root).map_or(&[][..], Vec::as_slice);
+                if let Some(first) = derivations.first()
+                    && first.spec.kind != spec.kind
+                {
+                    return Outcome::denied(format!(
+                        "root already anchored as a {:?}",
+                        first.spec.kind
+                    ));
+                }
+                if derivations
+                    .iter()
+                    .any(|a| a.spec.params_hash == spec.params_hash)
+                {
+                    return Outcome::denied("root already anchored with these parameters");
                 }
                 if let Some(p) = spec.parents.iter().find(|p| !self.anchors.contains_key(p)) {
                     return Outcome::denied(format!("unknown parent {p}"));
                 }
-                self.anchors.insert(
-                    spec.root,
-                    AnchorRecord {
+                self.anchors
+                    .entry(spec.root)
+                    .or_default()
+                    .push(AnchorRecord {
                         spec: spec.clone(),
                         signer,
                         signer_name: my_name,
                         tx,
                         position,
                         time,
-                    },
-                );
+                    });
             }
             Call::Grant {
                 subject,
@@ -633,11 +654,11 @@ impl State {
             Call::RecordAccess {
                 subject, access, ..
             } => {
-                let Some(anchor) = self.anchors.get(subject) else {
+                let Some(derivations) = self.anchors.get(subject) else {
                     return Outcome::denied("unknown subject");
                 };
                 if permission == Permission::WithGrant
-                    && anchor.signer != signer
+                    && derivations.iter().all(|a| a.signer != signer)
                     && !self.grants.contains(&(*subject, signer, *access))
                 {
                     return Outcome::denied(format!("no {access:?} grant on the subject"));
@@ -652,9 +673,14 @@ impl State {
         self.ledger
     }
 
-    /// An anchor.
+    /// The first anchor of a root.
     pub fn anchor(&self, root: &Digest) -> Option<&AnchorRecord> {
-        self.anchors.get(root)
+        self.anchors.get(root).and_then(|d| d.first())
+    }
+
+    /// Every anchor of a root, in commit order.
+    pub fn anchors(&self, root: &Digest) -> &[AnchorRecord] {
+        self.anchors.get(root).map_or(&[], Vec::as_slice)
     }
 
     /// An identity.
@@ -679,18 +705,26 @@ impl State {
         let mut queue = VecDeque::from([(*root, 0u32)]);
         seen.insert(*root);
         while let Some((r, depth)) = queue.pop_front() {
-            let Some(a) = self.anchors.get(&r) else {
+            let Some(derivations) = self.anchors.get(&r) else {
                 out.missing.push(r);
                 continue;
             };
-            out.nodes.push(a.clone());
+            out.nodes.extend(derivations.iter().cloned());
             if depth >= max_depth {
                 continue;
             }
-            for p in &a.spec.parents {
-                out.edges.push((r, *p));
-                if seen.insert(*p) {
-                    queue.push_back((*p, depth + 1));
+            let mut parents: Vec<Digest> = Vec::new();
+            for a in derivations {
+                for p in &a.spec.parents {
+                    if !parents.contains(p) {
+                        parents.push(*p);
+                    }
+                }
+            }
+            for p in parents {
+                out.edges.push((r, p));
+                if seen.insert(p) {
+                    queue.push_back((p, depth + 1));
                 }
             }
         }

@@ -9,9 +9,10 @@ use std::fmt;
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};
+/// A SHA-256 digest: a transaction, batch, block or Merkle node hash (one type across emrflow).
+pub use merkle::Digest;
 
 macro_rules! byte_newtype {
     ($(#[$doc:meta])* $name:ident, $len:expr, $what:literal) => {
@@ -101,12 +102,6 @@ impl serde::de::Visitor<'_> for BytesVisitor {
 }
 
 byte_newtype!(
-    /// A SHA-256 digest: a transaction, batch, block or Merkle node hash.
-    Digest,
-    32,
-    "digest"
-);
-byte_newtype!(
     /// An ed25519 public key: a peer's or a client identity's.
     PublicKey,
     32,
@@ -118,25 +113,6 @@ byte_newtype!(
     64,
     "signature"
 );
-
-impl Digest {
-    /// The all-zero digest (the parent of the first block).
-    pub const ZERO: Self = Self([0; 32]);
-
-    /// SHA-256 of `bytes`.
-    pub fn of(bytes: &[u8]) -> Self {
-        Self(Sha256::digest(bytes).into())
-    }
-
-    /// SHA-256 over several parts, as if concatenated.
-    pub fn of_parts(parts: &[&[u8]]) -> Self {
-        let mut h = Sha256::new();
-        for p in parts {
-            h.update(p);
-        }
-        Self(h.finalize().into())
-    }
-}
 
 impl PublicKey {
     /// Verifies `sig` over `domain ‖ message`. Malleable or malformed signatures are rejected

@@ -113,3 +113,12 @@ impl From<tonic::transport::Error> for Error {
         Self::Transport(Box::new(e))
     }
 }
+
+impl From<merkle::Error> for Error {
+    fn from(e: merkle::Error) -> Self {
+        Error::Invalid {
+            what: "digest",
+            reason: e.to_string(),
+        }
+    }
+}

@@ -13,7 +13,6 @@ pub mod error;
 pub mod ids;
 #[cfg(feature = "net")]
 pub mod load;
-pub mod merkle;
 #[cfg(feature = "net")]
 pub mod node;
 pub mod pbft;
@@ -35,3 +34,6 @@ pub mod proto {
 }
 
 pub use error::{Error, Result};
+/// The RFC 6962 trees and the digest type the ledger's blocks and log are built from (shared with
+/// dataset fingerprints).
+pub use merkle;

@@ -67,6 +67,7 @@ pub async fn run(
         .collect::<Result<Vec<_>>>()?;
     let sem = Arc::new(Semaphore::new(concurrency.max(1)));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    #[allow(clippy::disallowed_methods)] // the load generator measures latency
     let started = std::time::Instant::now();
     let mut lat = Vec::with_capacity(count);
     let mut failed = 0;
@@ -79,6 +80,7 @@ pub async fn run(
         let remote = remote.clone();
         let done = done_tx.clone();
         tokio::spawn(async move {
+            #[allow(clippy::disallowed_methods)] // the load generator measures latency
             let t0 = std::time::Instant::now();
             let r = remote.submit_from(&tx, i % peers).await;
             let _ = done.send((r, t0.elapsed()));

@@ -12,7 +12,7 @@ const PURE: &[&str] = &[
     "src/contracts.rs",
     "src/contracts",
     "src/peer.rs",
-    "src/merkle.rs",
+    "../merkle/src",
     "src/crypto.rs",
     "src/sigcheck.rs",
     "src/tx.rs",

@@ -137,7 +137,9 @@ impl BinnedDataset {
             min_info_gain: params.min_info_gain,
         };
         let features = self.bins.len();
-        let per_node = params.feature_subset_strategy.features_per_node(features, 1);
+        let per_node = params
+            .feature_subset_strategy
+            .features_per_node(features, 1);
         let subset = (per_node < features).then_some(per_node);
         let cells = CellKind::Gradients {
             class_weights: scoring.class_weights,
@@ -220,9 +222,7 @@ impl BinnedDataset {
         let early_stopping = if validating {
             trees.truncate(kept);
             Some(EarlyStopping {
-                validation_rows: self
-                    .count_where(validation_rows)
-                    .await?,
+                validation_rows: self.count_where(validation_rows).await?,
                 losses,
                 kept: kept as u32,
             })
@@ -282,9 +282,7 @@ impl BinnedDataset {
             .filter(|f| f.name() != SCORE_COL)
             .map(|f| column(f.name()))
             .collect();
-        select.push(
-            score_expr(&spec, Some(column(SCORE_COL)), self.bin_exprs())?.alias(SCORE_COL),
-        );
+        select.push(score_expr(&spec, Some(column(SCORE_COL)), self.bin_exprs())?.alias(SCORE_COL));
         Ok(df.select(select)?.cache().await?)
     }
 
@@ -335,7 +333,8 @@ impl BinnedDataset {
                 }
                 let label = labels.value(r);
                 let weight = w.value(r) * class_weights[usize::from(label != 0)];
-                total += (log_loss(margins.value(r), label) * weight * GRADIENT_SCALE).round() as i128;
+                total +=
+                    (log_loss(margins.value(r), label) * weight * GRADIENT_SCALE).round() as i128;
                 weights += (weight * GRADIENT_SCALE).round() as i128;
             }
         }

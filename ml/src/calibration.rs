@@ -328,7 +328,11 @@ impl OperatingPoint {
         let top = groups.first().map_or(1.0, |g| g.0);
         // Threshold, true positives, false positives, from predicting nothing to everything.
         let mut candidates = vec![(
-            if top < 1.0 { (top + 1.0) / 2.0 } else { 1.0f64.next_up() },
+            if top < 1.0 {
+                (top + 1.0) / 2.0
+            } else {
+                1.0f64.next_up()
+            },
             0u64,
             0u64,
         )];
@@ -355,9 +359,9 @@ impl OperatingPoint {
                     2.0 * tp as f64 / denominator as f64
                 }
             }),
-            ThresholdRule::CostRatio { ratio } => {
-                best_by(&candidates, |&(_, tp, fp)| -(ratio * (positives - tp) as f64 + fp as f64))
-            }
+            ThresholdRule::CostRatio { ratio } => best_by(&candidates, |&(_, tp, fp)| {
+                -(ratio * (positives - tp) as f64 + fp as f64)
+            }),
         }?;
         Some(OperatingPoint {
             rule,
@@ -541,7 +545,10 @@ mod tests {
             panic!("no Platt fit");
         };
         assert_eq!(rows, 40_000);
-        assert!((a - 4.0).abs() < 0.2 && (b + 2.0).abs() < 0.1, "a {a}, b {b}");
+        assert!(
+            (a - 4.0).abs() < 0.2 && (b + 2.0).abs() < 0.1,
+            "a {a}, b {b}"
+        );
     }
 
     #[test]
@@ -599,7 +606,11 @@ mod tests {
         // Probabilities 0.9 (1), 0.8 (0), 0.6 (1), 0.4 (1), 0.3 (0), 0.1 (0).
         let probs = [0.9, 0.8, 0.6, 0.4, 0.3, 0.1];
         let labels = [1, 0, 1, 1, 0, 0];
-        let t = |rule| OperatingPoint::choose(rule, &labels, &probs).unwrap().threshold;
+        let t = |rule| {
+            OperatingPoint::choose(rule, &labels, &probs)
+                .unwrap()
+                .threshold
+        };
         // Recall 2/3 first reached by predicting {0.9, 0.8, 0.6}: threshold between 0.6 and 0.4.
         assert!((t(ThresholdRule::TargetRecall { recall: 0.6 }) - 0.5).abs() < 1e-12);
         // Recall 1 needs 0.4 in: threshold between 0.4 and 0.3.

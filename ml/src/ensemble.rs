@@ -84,7 +84,10 @@ impl Tree {
     pub fn leaf(&self, values: &[Option<f64>]) -> Result<usize> {
         let mut index = 0;
         for _ in 0..=self.nodes.len() {
-            let node = self.nodes.get(index).ok_or_else(|| corrupt("a child index is out of range"))?;
+            let node = self
+                .nodes
+                .get(index)
+                .ok_or_else(|| corrupt("a child index is out of range"))?;
             let Some(split) = &node.split else {
                 return Ok(index);
             };
@@ -598,7 +601,10 @@ mod tests {
         assert_ne!(moved.canonical_parts().unwrap()[8], parts[8]);
         assert_eq!(moved.canonical_parts().unwrap()[..8], parts[..8]);
         let text = f.to_debug_string();
-        assert!(text.contains("Tree 1:") && text.contains("If (bmi ≤ 0.2 or missing)"), "{text}");
+        assert!(
+            text.contains("Tree 1:") && text.contains("If (bmi ≤ 0.2 or missing)"),
+            "{text}"
+        );
         assert_eq!(id_depth(1), 0);
         assert_eq!(id_depth(7), 2);
         assert_eq!(f.trees[0].depth(), 1);

@@ -137,7 +137,10 @@ impl BinnedDataset {
     ) -> Result<Vec<Vec<Option<f64>>>> {
         let mut df = self.rows_df(rows)?;
         if available > limit {
-            let h = row_hash_expr(derive_seed(self.params.seed, SALT_EXPLAIN), self.bin_exprs());
+            let h = row_hash_expr(
+                derive_seed(self.params.seed, SALT_EXPLAIN),
+                self.bin_exprs(),
+            );
             let fraction = limit as f64 / available as f64;
             df = df.filter(h.lt(lit(fraction_threshold(fraction))))?;
         }
@@ -175,7 +178,13 @@ fn rows_of(batch: &RecordBatch) -> Result<Vec<Vec<u16>>> {
         .map(|r| {
             columns
                 .iter()
-                .map(|c| if c.is_valid(r) { c.value(r) } else { MISSING_BIN })
+                .map(|c| {
+                    if c.is_valid(r) {
+                        c.value(r)
+                    } else {
+                        MISSING_BIN
+                    }
+                })
                 .collect()
         })
         .collect())
@@ -220,7 +229,9 @@ pub async fn train(
     let mut folds = Vec::new();
     for k in 0..evaluation.folds {
         on_step(Step::Fold(k + 1, evaluation.folds));
-        let model = binned.fit_model(&params.model, RowSet::TrainExceptFold(k)).await?;
+        let model = binned
+            .fit_model(&params.model, RowSet::TrainExceptFold(k))
+            .await?;
         let (labels, raw) = binned.score_model(&model, RowSet::Fold(k)).await?;
         let probabilities: Vec<f64> = raw.iter().map(|r| model.probability_of(*r)).collect();
         folds.push(BinaryMetrics::compute(&labels, &probabilities));

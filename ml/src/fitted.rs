@@ -16,9 +16,7 @@ use crate::ensemble::{
 };
 use crate::error::{Error, Result};
 use crate::logistic::sigmoid;
-use crate::model::{
-    DecisionTreeModel, MODEL_FORMAT, Node, Split, TrainingSummary, format_number,
-};
+use crate::model::{DecisionTreeModel, MODEL_FORMAT, Node, Split, TrainingSummary, format_number};
 use crate::params::{DecisionTreeParams, GbtParams, RandomForestParams};
 use crate::shap::{PathElement, ShapTree, add_contributions, expected_value};
 
@@ -80,6 +78,30 @@ pub struct Scored {
     pub path: Vec<String>,
     /// The id of the leaf reached (decision trees only).
     pub leaf: Option<u64>,
+}
+
+impl Scored {
+    /// One line for a reader: a decision tree's path, or else the three largest contributions
+    /// (`top`, as [`Explanation::top`] gives them), then the risk to show — "age > 67.5,
+    /// atrial_fibrillation = 1 → risk 0.81" or "age = 81 (+0.412), ... → risk 0.34".
+    pub fn explain(&self, top: &[(String, f64)]) -> String {
+        let why = if self.leaf.is_some() {
+            if self.path.is_empty() {
+                "(root)".to_string()
+            } else {
+                self.path.join(", ")
+            }
+        } else if top.is_empty() {
+            "(no feature moves this model)".to_string()
+        } else {
+            top.iter()
+                .take(3)
+                .map(|(feature, c)| format!("{feature} ({c:+.3})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!("{why} → risk {:.2}", self.calibrated_probability)
+    }
 }
 
 /// Why a row got its output: TreeSHAP contributions of every feature.
@@ -527,8 +549,7 @@ impl Model {
                 Ok(Model::RandomForest(m))
             }
             GBT_FORMAT => {
-                let m: GbtModel =
-                    serde_json::from_slice(bytes).map_err(|e| fail(e.to_string()))?;
+                let m: GbtModel = serde_json::from_slice(bytes).map_err(|e| fail(e.to_string()))?;
                 m.check(origin)?;
                 Ok(Model::Gbt(m))
             }
@@ -548,8 +569,14 @@ mod tests {
     fn a_decision_tree_keeps_its_bytes_and_gains_calibration_only_when_set() {
         let tree = crate::model::tests::small_model();
         let model = Model::DecisionTree(tree.clone());
-        assert_eq!(model.to_canonical_json().unwrap(), tree.to_canonical_json().unwrap());
-        assert_eq!(model.canonical_parts().unwrap(), tree.canonical_parts().unwrap());
+        assert_eq!(
+            model.to_canonical_json().unwrap(),
+            tree.to_canonical_json().unwrap()
+        );
+        assert_eq!(
+            model.canonical_parts().unwrap(),
+            tree.canonical_parts().unwrap()
+        );
         assert_eq!(model.params_hash().unwrap(), tree.params_hash().unwrap());
         let back = Model::from_json(&tree.to_canonical_json().unwrap(), "m.json").unwrap();
         assert_eq!(back, model);
@@ -558,7 +585,11 @@ mod tests {
         let scored = model.predict(&row).unwrap();
         let own = tree.predict(&row).unwrap();
         assert_eq!(
-            (scored.prediction, scored.probability, scored.calibrated_probability),
+            (
+                scored.prediction,
+                scored.probability,
+                scored.calibrated_probability
+            ),
             (own.prediction, own.probability, own.probability)
         );
         assert_eq!(scored.leaf, Some(own.leaf));
@@ -576,17 +607,20 @@ mod tests {
         let bytes = strict.to_canonical_json().unwrap();
         assert!(String::from_utf8_lossy(&bytes).contains("\"operating_point\""));
         assert_eq!(Model::from_json(&bytes, "m.json").unwrap(), strict);
-        assert_ne!(strict.canonical_parts().unwrap()[0], model.canonical_parts().unwrap()[0]);
+        assert_ne!(
+            strict.canonical_parts().unwrap()[0],
+            model.canonical_parts().unwrap()[0]
+        );
     }
 
     #[test]
     fn contributions_add_up_to_the_output_minus_the_expected_value() {
         // Rows per node that add up: 45 at the root, 15 left, 30 right split 20 / 10.
         let mut tree = crate::model::tests::small_model();
-        for (node, counts) in tree
-            .nodes
-            .iter_mut()
-            .zip([[30, 15], [13, 2], [17, 13], [12, 8], [5, 5]])
+        for (node, counts) in
+            tree.nodes
+                .iter_mut()
+                .zip([[30, 15], [13, 2], [17, 13], [12, 8], [5, 5]])
         {
             node.class_counts = counts;
         }
@@ -609,7 +643,10 @@ mod tests {
         assert!(top[0].1.abs() >= top[1].1.abs(), "{top:?}");
         let names: Vec<&str> = top.iter().map(|t| t.0.as_str()).collect();
         assert!(names.contains(&"age = 68"), "raw units: {names:?}");
-        assert!(names.contains(&"atrial_fibrillation = 1"), "category names: {names:?}");
+        assert!(
+            names.contains(&"atrial_fibrillation = 1"),
+            "category names: {names:?}"
+        );
     }
 
     #[test]

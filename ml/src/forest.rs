@@ -9,7 +9,9 @@
 use datafusion::prelude::DataFrame;
 
 use crate::dataset::{DatasetSpec, column};
-use crate::ensemble::{ENSEMBLE_FORMAT_VERSION, RANDOM_FOREST_FORMAT, RandomForestModel, Tree, TreeNode};
+use crate::ensemble::{
+    ENSEMBLE_FORMAT_VERSION, RANDOM_FOREST_FORMAT, RandomForestModel, Tree, TreeNode,
+};
 use crate::error::Result;
 use crate::grow::{GrowNode, GrowPlan, PassSource, TreePlan};
 use crate::hash::{SALT_TREE_FEATURES, SALT_TREE_SAMPLE, tree_seed};

@@ -140,8 +140,8 @@ impl BinnedDataset {
                 .clone()
                 .filter(|_| matches!(spec.cells, CellKind::Gradients { .. })),
         };
-        let agg = histogram_expr(spec, column(LABEL_COL), columns, self.bin_exprs())?
-            .alias("histogram");
+        let agg =
+            histogram_expr(spec, column(LABEL_COL), columns, self.bin_exprs())?.alias("histogram");
         let batches = source
             .df
             .clone()
@@ -292,8 +292,7 @@ impl<C: Criterion> Grower<'_, C> {
     /// Splits node `index` of tree `tree` by its histogram if a split is allowed, and queues
     /// the pass work its children need.
     fn split(&mut self, tree: usize, index: usize, block: &[u64], layout: &Layout) {
-        let Some(candidate) =
-            best_split(block, layout, &self.dataset.bins, &self.plan.criterion)
+        let Some(candidate) = best_split(block, layout, &self.dataset.bins, &self.plan.criterion)
         else {
             return;
         };
@@ -314,9 +313,19 @@ impl<C: Criterion> Grower<'_, C> {
         );
         let subsets = left_features.is_some();
         let nodes = &mut self.trees[tree];
-        nodes.push(GrowNode::new(2 * id, depth, Some(candidate.left), left_features));
+        nodes.push(GrowNode::new(
+            2 * id,
+            depth,
+            Some(candidate.left),
+            left_features,
+        ));
         let left = nodes.len() - 1;
-        nodes.push(GrowNode::new(2 * id + 1, depth, Some(candidate.right), right_features));
+        nodes.push(GrowNode::new(
+            2 * id + 1,
+            depth,
+            Some(candidate.right),
+            right_features,
+        ));
         let right = nodes.len() - 1;
         nodes[index].split = Some(candidate);
         nodes[index].children = Some((left, right));
@@ -443,7 +452,10 @@ mod tests {
                 counts[f as usize] += 1;
             }
         }
-        assert!(counts.iter().all(|c| (2700..3300).contains(c)), "{counts:?}");
+        assert!(
+            counts.iter().all(|c| (2700..3300).contains(c)),
+            "{counts:?}"
+        );
     }
 
     #[tokio::test]
@@ -488,7 +500,10 @@ mod tests {
             key: None,
             score: None,
         };
-        let grown = binned.grow(&mut plan, &source, |_, _| Ok(())).await.unwrap();
+        let grown = binned
+            .grow(&mut plan, &source, |_, _| Ok(()))
+            .await
+            .unwrap();
         let nodes = &grown.trees[0];
         assert_eq!(nodes.len(), 3, "a stump");
         // Both children accumulated in one pass of their own; the derived one matches.

@@ -384,7 +384,9 @@ impl Router {
         }
         if !spec.slot_features.is_empty() {
             if spec.slot_features.len() != spec.slots as usize {
-                return Err(bad("the pass spec lists features for a different number of slots"));
+                return Err(bad(
+                    "the pass spec lists features for a different number of slots",
+                ));
             }
             for features in &spec.slot_features {
                 let ascending = features.windows(2).all(|w| w[0] < w[1]);
@@ -962,7 +964,12 @@ impl HistogramAccumulator {
     }
 
     /// Routes a batch down every tree and adds the rows of open nodes to their histograms.
-    fn accumulate<B: Bin>(&mut self, router: &Router, bins: &[&[B]], input: &Inputs<'_>) -> Result<()> {
+    fn accumulate<B: Bin>(
+        &mut self,
+        router: &Router,
+        bins: &[&[B]],
+        input: &Inputs<'_>,
+    ) -> Result<()> {
         router.check_bins(HISTOGRAM_UDAF, bins)?;
         let spec = &router.spec;
         let scratch = &mut self.scratch;
@@ -1003,12 +1010,11 @@ impl HistogramAccumulator {
                         .map(|(&row, &slot)| router.slot_start[slot as usize] + class(row)),
                 );
                 if let Some(w) = input.weights {
-                    scratch.fixed.extend(scratch.rows.iter().zip(&scratch.mult).map(
-                        |(&row, &k)| {
-                            ((w.value(row as usize) * WEIGHT_SCALE).round() as u64)
-                                .wrapping_mul(k)
-                        },
-                    ));
+                    scratch
+                        .fixed
+                        .extend(scratch.rows.iter().zip(&scratch.mult).map(|(&row, &k)| {
+                            ((w.value(row as usize) * WEIGHT_SCALE).round() as u64).wrapping_mul(k)
+                        }));
                 }
             }
             CellKind::Gradients { class_weights } => {
@@ -1018,7 +1024,11 @@ impl HistogramAccumulator {
                         reason: "gradients need a score column".to_string(),
                     });
                 };
-                for (&row, (&slot, &k)) in scratch.rows.iter().zip(scratch.slots.iter().zip(&scratch.mult)) {
+                for (&row, (&slot, &k)) in scratch
+                    .rows
+                    .iter()
+                    .zip(scratch.slots.iter().zip(&scratch.mult))
+                {
                     let r = row as usize;
                     let y = class(row);
                     let p = sigmoid(scores.value(r));
@@ -1104,7 +1114,12 @@ impl Accumulator for HistogramAccumulator {
         let mut next = 2;
         let weights = optional_arg(values, &mut next, spec.weighted, &DataType::Float64)?;
         let include = optional_arg(values, &mut next, spec.filtered, &DataType::Boolean)?;
-        let keys = optional_arg(values, &mut next, spec.sampling.is_some(), &DataType::UInt64)?;
+        let keys = optional_arg(
+            values,
+            &mut next,
+            spec.sampling.is_some(),
+            &DataType::UInt64,
+        )?;
         let gradients = matches!(spec.cells, CellKind::Gradients { .. });
         let scores = optional_arg(values, &mut next, gradients, &DataType::Float64)?;
         let input = Inputs {
@@ -1551,7 +1566,9 @@ mod tests {
         }
         let sampling = Sampling { thresholds };
         let n = 100_000u64;
-        let counts: Vec<u64> = (0..n).map(|i| sampling.multiplicity(mix64(i), 99)).collect();
+        let counts: Vec<u64> = (0..n)
+            .map(|i| sampling.multiplicity(mix64(i), 99))
+            .collect();
         let mean = counts.iter().sum::<u64>() as f64 / n as f64;
         let zeros = counts.iter().filter(|k| **k == 0).count() as f64 / n as f64;
         assert!((mean - 1.0).abs() < 0.01, "{mean}");

@@ -66,7 +66,6 @@ pub(crate) fn to_fixed(x: f64) -> i64 {
     (x * GRADIENT_SCALE).round() as i64
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,7 +93,12 @@ mod tests {
         // Every build on every machine must compute these bits; a change would move gradients.
         assert_eq!(exp(1.0).to_bits(), std::f64::consts::E.to_bits());
         assert_eq!(sigmoid(0.0), 0.5);
-        assert_eq!(sigmoid(0.3).to_bits(), 0x3fe2_e2f9_d1f8_c53f, "{:#x}", sigmoid(0.3).to_bits());
+        assert_eq!(
+            sigmoid(0.3).to_bits(),
+            0x3fe2_e2f9_d1f8_c53f,
+            "{:#x}",
+            sigmoid(0.3).to_bits()
+        );
     }
 
     #[test]

@@ -643,6 +643,18 @@ impl std::str::FromStr for ThresholdRule {
     }
 }
 
+/// The rule as the `--threshold` flag spells it, so a printed rule can be passed back.
+impl std::fmt::Display for ThresholdRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ThresholdRule::Default => f.write_str("default"),
+            ThresholdRule::MaxF1 => f.write_str("max-f1"),
+            ThresholdRule::TargetRecall { recall } => write!(f, "recall={recall}"),
+            ThresholdRule::CostRatio { ratio } => write!(f, "cost={ratio}"),
+        }
+    }
+}
+
 impl ThresholdRule {
     /// Checks the rule's number.
     pub fn validate(&self) -> Result<()> {
@@ -867,7 +879,10 @@ mod tests {
                 ..Default::default()
             },
         ];
-        for (p, name) in bad_forest.iter().zip(["num_trees", "subsampling_rate", "max_depth"]) {
+        for (p, name) in bad_forest
+            .iter()
+            .zip(["num_trees", "subsampling_rate", "max_depth"])
+        {
             match p.validate() {
                 Err(Error::InvalidParam { name: got, .. }) => assert_eq!(got, name),
                 other => panic!("{name}: {other:?}"),
@@ -909,14 +924,20 @@ mod tests {
                 other => panic!("{name}: {other:?}"),
             }
         }
-        assert_eq!("sqrt".parse::<FeatureSubset>().unwrap(), FeatureSubset::Sqrt);
+        assert_eq!(
+            "sqrt".parse::<FeatureSubset>().unwrap(),
+            FeatureSubset::Sqrt
+        );
         assert_eq!(
             "0.5".parse::<FeatureSubset>().unwrap(),
             FeatureSubset::Fraction { fraction: 0.5 }
         );
         assert!("1.5".parse::<FeatureSubset>().is_err());
         assert!("half".parse::<FeatureSubset>().is_err());
-        assert_eq!("MAX-F1".parse::<ThresholdRule>().unwrap(), ThresholdRule::MaxF1);
+        assert_eq!(
+            "MAX-F1".parse::<ThresholdRule>().unwrap(),
+            ThresholdRule::MaxF1
+        );
         assert_eq!(
             "recall=0.8".parse::<ThresholdRule>().unwrap(),
             ThresholdRule::TargetRecall { recall: 0.8 }

@@ -136,15 +136,13 @@ impl TrainingReport {
         })
     }
 
-    /// Writes every artifact into `dir` (created if needed); returns the paths written.
-    pub fn write_artifacts(&self, dir: &Path) -> Result<Vec<PathBuf>> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            action: "create directory",
-            path: dir.display().to_string(),
-            source,
-        })?;
+    /// Every artifact of a model directory, by file name: the model, its metrics, the readable
+    /// trees, a decision tree's Graphviz DOT, the ROC curve, the reliability curve (when the model
+    /// is calibrated) and the importances. Where they are written is the
+    /// caller's business (a local directory, an object store).
+    pub fn artifacts(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
         let auc = self.test.as_ref().and_then(|m| m.roc_auc);
-        let mut outputs: Vec<(&str, Vec<u8>)> = vec![
+        let mut outputs: Vec<(&'static str, Vec<u8>)> = vec![
             (files::MODEL, self.model.to_canonical_json()?),
             (
                 files::METRICS,
@@ -166,8 +164,18 @@ impl TrainingReport {
                 reliability_svg(calibration).into_bytes(),
             ));
         }
+        Ok(outputs)
+    }
+
+    /// Writes every artifact into `dir` (created if needed); returns the paths written.
+    pub fn write_artifacts(&self, dir: &Path) -> Result<Vec<PathBuf>> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            action: "create directory",
+            path: dir.display().to_string(),
+            source,
+        })?;
         let mut written = Vec::new();
-        for (name, bytes) in outputs {
+        for (name, bytes) in self.artifacts()? {
             let path = dir.join(name);
             std::fs::write(&path, bytes).map_err(|source| Error::Io {
                 action: "write",

@@ -326,19 +326,20 @@ pub(crate) fn best_split<C: Criterion>(
     let parent: C::Stats = node_stats(block, layout);
     let parent_score = criterion.parent(&parent)?;
     let mut best: Option<Candidate<C::Stats>> = None;
-    let consider = |feature: usize, rule: BinRule, left: C::Stats, best: &mut Option<Candidate<C::Stats>>| {
-        if let Some(gain) = criterion.gain(&parent, parent_score, &left)
-            && best.as_ref().is_none_or(|b| gain > b.gain)
-        {
-            *best = Some(Candidate {
-                feature,
-                rule,
-                gain,
-                left,
-                right: parent.minus(&left),
-            });
-        }
-    };
+    let consider =
+        |feature: usize, rule: BinRule, left: C::Stats, best: &mut Option<Candidate<C::Stats>>| {
+            if let Some(gain) = criterion.gain(&parent, parent_score, &left)
+                && best.as_ref().is_none_or(|b| gain > b.gain)
+            {
+                *best = Some(Candidate {
+                    feature,
+                    rule,
+                    gain,
+                    left,
+                    right: parent.minus(&left),
+                });
+            }
+        };
     for (f, bins) in features.iter().enumerate() {
         let Some(offset) = layout.offsets[f] else {
             continue;
@@ -584,7 +585,11 @@ mod tests {
         let best = best_split(&block, &layout, &features, &newton).unwrap();
         assert_eq!(best.left.rows, 10);
         let expected = 0.5 * (16.0 / 3.5 + 9.0 / 3.0 - 1.0 / 5.5);
-        assert!((best.gain - expected).abs() < 1e-9, "{} vs {expected}", best.gain);
+        assert!(
+            (best.gain - expected).abs() < 1e-9,
+            "{} vs {expected}",
+            best.gain
+        );
         assert!((newton.leaf_value(&best.left) - 4.0 / 3.5).abs() < 1e-9);
         assert!((newton.leaf_value(&best.right) + 1.0).abs() < 1e-9);
         // Too few rows on a side: no split.

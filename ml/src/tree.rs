@@ -16,8 +16,7 @@ use crate::fitted::Model;
 use crate::grow::{GrowNode, GrowPlan, PassSource, TreePlan};
 use crate::histogram::{BinRule, CellKind, Combine, PassSpec, RouteNode, TreeRoute, score_expr};
 use crate::model::{
-    DecisionTreeModel, MODEL_FORMAT, MODEL_FORMAT_VERSION, Node, Split, SplitRule,
-    TrainingSummary,
+    DecisionTreeModel, MODEL_FORMAT, MODEL_FORMAT_VERSION, Node, Split, SplitRule, TrainingSummary,
 };
 use crate::params::{ClassWeights, DecisionTreeParams, EvaluationConfig};
 use crate::prepare::{

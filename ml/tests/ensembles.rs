@@ -5,9 +5,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{
-    Array, Float64Array, Int64Array, RecordBatch, UInt32Array,
-};
+use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::datasource::MemTable;
@@ -313,7 +311,11 @@ async fn a_tight_memory_budget_takes_more_passes_and_grows_the_same_forest() {
     let tight = fit(1).await;
     // One root-count pass, then one per level when every frontier node fits.
     assert_eq!(roomy.training.passes, 1 + 5);
-    assert!(tight.training.passes > roomy.training.passes * 2, "{}", tight.training.passes);
+    assert!(
+        tight.training.passes > roomy.training.passes * 2,
+        "{}",
+        tight.training.passes
+    );
     assert_eq!(roomy.trees, tight.trees);
 }
 
@@ -330,10 +332,7 @@ async fn bootstrap_samples_differ_per_tree_and_feature_subsets_per_node() {
     .unwrap();
     let roots: Vec<u64> = forest.trees.iter().map(|t| t.nodes[0].rows).collect();
     // Poisson(0.8) multiplicities: each tree's root sees about 0.8 × 3000 rows, not all equal.
-    assert!(
-        roots.iter().all(|r| (2200..2600).contains(r)),
-        "{roots:?}"
-    );
+    assert!(roots.iter().all(|r| (2200..2600).contains(r)), "{roots:?}");
     assert!(roots.windows(2).any(|w| w[0] != w[1]), "{roots:?}");
     // With √6 → 3 features per node, roots do not all split on the strongest feature.
     let root_features: std::collections::BTreeSet<usize> = forest
@@ -407,7 +406,11 @@ async fn calibration_repairs_class_weighted_probabilities_and_the_threshold_meet
             .unwrap()
         }
     };
-    let report = run(CalibrationMethod::Platt, ThresholdRule::TargetRecall { recall: 0.8 }).await;
+    let report = run(
+        CalibrationMethod::Platt,
+        ThresholdRule::TargetRecall { recall: 0.8 },
+    )
+    .await;
     let c = report.calibration.as_ref().unwrap();
     // Balanced class weights push probabilities far above the 5 % base rate; Platt brings them
     // back, below the base rate's own Brier score.
@@ -417,15 +420,18 @@ async fn calibration_repairs_class_weighted_probabilities_and_the_threshold_meet
         c.brier_base_rate.unwrap(),
     );
     assert!(calibrated < own * 0.6, "calibrated {calibrated}, own {own}");
-    assert!(calibrated < base, "calibrated {calibrated}, base rate {base}");
+    assert!(
+        calibrated < base,
+        "calibrated {calibrated}, base rate {base}"
+    );
     let mean_predicted: f64 = c
         .reliability
         .iter()
         .map(|b| b.mean_predicted * b.rows as f64)
         .sum::<f64>()
         / report.test_rows as f64;
-    let positives = report.baseline.as_ref().unwrap().confusion.false_negative as f64
-        / report.test_rows as f64;
+    let positives =
+        report.baseline.as_ref().unwrap().confusion.false_negative as f64 / report.test_rows as f64;
     assert!(
         (mean_predicted - positives).abs() < 0.02,
         "mean risk {mean_predicted} vs prevalence {positives}"
@@ -434,7 +440,10 @@ async fn calibration_repairs_class_weighted_probabilities_and_the_threshold_meet
     let at = report.test_at_threshold.as_ref().unwrap();
     assert!(at.metrics.recall > 0.65, "{at:?}");
     assert!(report.holdout_rows > 1000);
-    assert_eq!(report.train_rows + report.holdout_rows + report.test_rows, report.rows);
+    assert_eq!(
+        report.train_rows + report.holdout_rows + report.test_rows,
+        report.rows
+    );
     // At 0.5 a calibrated model on rare positives flags few; the threshold flags more.
     let default = report.test.as_ref().unwrap();
     assert!(at.metrics.recall > default.recall, "{at:?} vs {default:?}");
@@ -449,7 +458,10 @@ async fn calibration_repairs_class_weighted_probabilities_and_the_threshold_meet
     );
     let iso = run(CalibrationMethod::Isotonic, ThresholdRule::MaxF1).await;
     let c = iso.calibration.as_ref().unwrap();
-    assert!(c.brier.unwrap() < c.brier_uncalibrated.unwrap() * 0.6, "{c:?}");
+    assert!(
+        c.brier.unwrap() < c.brier_uncalibrated.unwrap() * 0.6,
+        "{c:?}"
+    );
     assert!(iso.test_at_threshold.as_ref().unwrap().metrics.f1 > iso.test.as_ref().unwrap().f1);
 }
 

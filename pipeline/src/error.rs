@@ -25,6 +25,14 @@ pub enum Error {
         /// What is wrong and where (line, key).
         message: String,
     },
+    /// A parameter outside the job file (a generator setting) that cannot work.
+    #[error("{name}: {message}")]
+    Parameter {
+        /// The parameter (`--visits`).
+        name: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
     /// The job file parsed but is inconsistent.
     #[error("invalid job: {field}: {message}")]
     JobInvalid {

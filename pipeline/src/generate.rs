@@ -278,7 +278,10 @@ const VISIT_SPAN_DAYS: i32 = 3652;
 /// Writes `patients` and `visits` into `dir` (created if missing).
 pub fn generate(config: &GenerateConfig, dir: &Path) -> Result<GenerateSummary> {
     if config.visits == 0 {
-        return Err(Error::invalid("--visits", "must be at least 1"));
+        return Err(Error::Parameter {
+            name: "--visits",
+            message: "must be at least 1".into(),
+        });
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
     let ext = match config.format {

@@ -19,6 +19,6 @@ pub use error::{Error, Result};
 pub use job::Job;
 pub use manifest::Manifest;
 pub use run::{
-    NoProgress, Progress, RunOptions, RunSummary, StagedRun, default_cache_limit, embedded_context,
-    run_job, stage_job,
+    NoProgress, Progress, RunOptions, RunSummary, StagedRun, default_cache_limit, run_job,
+    stage_job,
 };

@@ -22,9 +22,7 @@ use arrow::compute::{filter_record_batch, is_null};
 use arrow::datatypes::{DataType, Field, Float64Type, Int32Type, Int64Type, Schema, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::prelude::{
-    CsvReadOptions, DataFrame, ParquetReadOptions, SessionConfig, SessionContext,
-};
+use datafusion::prelude::{CsvReadOptions, DataFrame, ParquetReadOptions, SessionContext};
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use object_store::buffered::BufWriter;
@@ -47,7 +45,7 @@ use crate::manifest::{
     MANIFEST_VERSION, Manifest, Normalizer, PiiReport,
 };
 use crate::store::{Location, Sink, Staging};
-use crate::udf::{self, AGE_FN, CATEGORY_INDEX_FN, EmrflowOptions, FIRST_TRUE_FN, PSEUDONYM_FN};
+use crate::udf::{self, AGE_FN, CATEGORY_INDEX_FN, FIRST_TRUE_FN, PSEUDONYM_FN};
 
 /// How a job is run, beyond what the job file says.
 #[derive(Debug, Clone, Default)]
@@ -120,24 +118,6 @@ pub struct RunSummary {
     /// The manifest that was published.
     #[serde(skip)]
     pub manifest: Manifest,
-}
-
-/// A local DataFusion context with emrflow's functions and session options, using all cores
-/// (or `target_partitions` of them).
-pub fn embedded_context(target_partitions: Option<usize>) -> Result<SessionContext> {
-    let mut config = SessionConfig::new().with_option_extension(EmrflowOptions::default());
-    // A join's build side (the lookup input, patients) goes into one hash table that every
-    // partition probes, instead of both sides being hash-partitioned: the stream side (visits)
-    // then flows through the join in the partition that read it rather than being copied row
-    // by row into another first. One process holds the whole table either way. (The engine
-    // would choose this by size, but CSV inputs report none.)
-    config.options_mut().optimizer.repartition_joins = false;
-    if let Some(n) = target_partitions {
-        config = config.with_target_partitions(n.max(1));
-    }
-    let mut ctx = SessionContext::new_with_config(config);
-    udf::register_functions(&mut ctx)?;
-    Ok(ctx)
 }
 
 /// Reads the pseudonymization key from the job's source (or the override file). The key is the
@@ -303,6 +283,7 @@ pub async fn stage_job(
     ctx: &SessionContext,
     progress: &dyn Progress,
 ) -> Result<StagedRun> {
+    #[allow(clippy::disallowed_methods)] // phase timings in the debug log
     let started = Instant::now();
     for name in options.input_overrides.keys() {
         if !job.inputs.contains_key(name) {
@@ -346,6 +327,7 @@ pub async fn stage_job(
     let mut cached_bytes = 0;
     let mut key_counts = BTreeMap::new();
     if let Some(limit) = options.cache_limit {
+        #[allow(clippy::disallowed_methods)] // phase timings in the debug log
         let phase = Instant::now();
         (cached_bytes, key_counts) =
             diagnose_on_error(cache_lookups(ctx, job, &inputs, limit).await, &inputs).await?;
@@ -365,6 +347,7 @@ pub async fn stage_job(
 
     // Pass 1: drop reasons, fitted statistics, encodings, and the right-hand inputs' counts.
     progress.stage("fitting statistics");
+    #[allow(clippy::disallowed_methods)] // phase timings in the debug log
     let phase = Instant::now();
     let held = match options.cache_limit {
         Some(limit) => {
@@ -386,6 +369,7 @@ pub async fn stage_job(
         seconds = phase.elapsed().as_secs_f64(),
         "pass 1: fitted statistics"
     );
+    #[allow(clippy::disallowed_methods)] // phase timings in the debug log
     let phase = Instant::now();
     let mut rows_in = BTreeMap::new();
     rows_in.insert(job.base_input().to_string(), fit.total);
@@ -456,6 +440,7 @@ pub async fn stage_job(
         .collect();
     guard_schema(job, &out_schema)?;
     let mut staging = Staging::begin(target, options.overwrite).await?;
+    #[allow(clippy::disallowed_methods)] // phase timings in the debug log
     let phase = Instant::now();
     let props = writer_properties(&plan.pseudonymized_out, job.row_key.as_deref());
     let written = match write_partitions(df, &mut staging, &scanned, &props, progress).await {
@@ -1377,6 +1362,7 @@ const KEPT_TABLE: &str = "__emr_kept";
 /// the rows dropped, by index into [`Plan::reasons`]. `None` (and nothing registered) once the
 /// kept rows need more than `limit` bytes.
 async fn cache_kept(ctx: &SessionContext, plan: &Plan, limit: u64) -> Result<Option<Vec<u64>>> {
+    #[allow(clippy::disallowed_methods)] // phase timings in the debug log
     let started = Instant::now();
     let df = ctx.table("__emr_tagged").await?;
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());

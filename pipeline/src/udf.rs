@@ -124,25 +124,9 @@ pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
     ]
 }
 
-/// Every scalar function an emrflow plan may name: the pipeline's and the `ml` crate's.
-pub fn engine_functions() -> Vec<Arc<ScalarUDF>> {
-    let mut all = functions();
-    all.extend(ml::scalar_functions());
-    all
-}
-
-/// Every aggregate function an emrflow plan may name: the fingerprint and the training
-/// histogram.
-pub fn engine_aggregate_functions() -> Vec<Arc<AggregateUDF>> {
-    let mut all = aggregate_functions();
-    all.extend(ml::aggregate_functions());
-    all
-}
-
-/// Registers every function an emrflow plan may name ([`engine_functions`] and
-/// [`engine_aggregate_functions`]) with a context, a session state or an executor registry. The
-/// embedded context, a Ballista scheduler's sessions and its executors all call this, so a plan
-/// built on one decodes and runs on the others.
+/// Registers the pipeline's functions ([`functions`] and [`aggregate_functions`]) with a
+/// context, a session state or a registry. Every engine that runs emrflow plans registers these
+/// and `ml`'s together (the `engine` crate).
 pub fn register_functions(registry: &mut dyn FunctionRegistry) -> DfResult<()> {
     for f in functions() {
         registry.register_udf(f)?;
@@ -150,7 +134,7 @@ pub fn register_functions(registry: &mut dyn FunctionRegistry) -> DfResult<()> {
     for f in aggregate_functions() {
         registry.register_udaf(f)?;
     }
-    ml::register_functions(registry).map_err(|e| DataFusionError::External(Box::new(e)))
+    Ok(())
 }
 
 /// `hex(HMAC-SHA256(key, value))`; null stays null.

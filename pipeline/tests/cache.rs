@@ -14,9 +14,7 @@ use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use pipeline::fingerprint::{self, Fingerprint};
 use pipeline::generate::{GenerateConfig, OutputFormat, generate};
-use pipeline::{
-    Job, Manifest, NoProgress, Progress, RunOptions, embedded_context, run_job, stage_job,
-};
+use pipeline::{Job, Manifest, NoProgress, Progress, RunOptions, run_job, stage_job};
 
 /// The example job, so the test covers what users run: a join, PII drops and pseudonyms, an age
 /// from dates, range checks, dropna, z-score and min-max normalization and string encodings.
@@ -84,7 +82,7 @@ fn options(data: &(PathBuf, PathBuf, PathBuf), out: &Path, cache_limit: Option<u
 
 /// Several partitions, so the surviving rows are held (and can overflow) per partition.
 fn context() -> SessionContext {
-    embedded_context(Some(4)).unwrap_or_else(|e| panic!("{e}"))
+    engine::embedded_context(Some(4)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Records, when pass 2 begins, whether the run holds the surviving rows in memory (the

@@ -3,7 +3,7 @@
 
 use object_store::ObjectStoreExt;
 use object_store::path::Path;
-use pipeline::{Job, Manifest, NoProgress, RunOptions, embedded_context, run_job};
+use pipeline::{Job, Manifest, NoProgress, RunOptions, run_job};
 
 const JOB: &str = r#"
 name = "mem"
@@ -59,7 +59,7 @@ async fn job_reads_and_publishes_through_the_memory_store() {
     )
     .await;
 
-    let ctx = embedded_context(Some(2)).unwrap_or_else(|e| panic!("{e}"));
+    let ctx = engine::embedded_context(Some(2)).unwrap_or_else(|e| panic!("{e}"));
     let summary = run_job(&job, &RunOptions::default(), &ctx, &NoProgress)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -125,7 +125,7 @@ async fn a_failed_job_leaves_nothing_in_the_store() {
         "pid,name,sex\np1,ann@example.com,F\np2,bo@example.org,M\n",
     )
     .await;
-    let ctx = embedded_context(Some(2)).unwrap_or_else(|e| panic!("{e}"));
+    let ctx = engine::embedded_context(Some(2)).unwrap_or_else(|e| panic!("{e}"));
     let result = run_job(&job, &RunOptions::default(), &ctx, &NoProgress).await;
     let err = result.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(

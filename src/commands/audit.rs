@@ -1,17 +1,12 @@
-//! `emrflow audit --subject ROOT | --identity NAME`: who did what, and when, from the ledger's
-//! audit trail: anchors, grants, and every recorded read, query, update and export, accepted or
+//! `emrflow audit --subject ROOT | --identity NAME`: flags → `provenance::audit` → who did what,
+//! and when: anchors, grants, and every recorded read, query, update and export, accepted or
 //! denied.
 
-use std::collections::BTreeMap;
-
-use anyhow::bail;
 use clap::Args;
-use ledger::contracts::{AuditEvent, Identity, Outcome};
-use ledger::crypto::{Digest, PublicKey};
-use ledger::ids::Time;
-use serde::Serialize;
+use merkle::Digest;
+use provenance::audit::AuditFilter;
 
-use super::provenance::{LedgerArgs, Provenance};
+use super::args::{LedgerArgs, with_ledger};
 use super::{ExitStatus, print_json, print_lines};
 
 #[derive(Debug, Args)]
@@ -32,32 +27,24 @@ pub(crate) struct AuditArgs {
     ledger: Option<std::path::PathBuf>,
 }
 
-#[derive(Debug, Serialize)]
-struct Row {
-    time: String,
-    height: u64,
-    index: u32,
-    actor: String,
-    actor_name: String,
-    role: String,
-    action: String,
-    subject: Option<String>,
-    purpose: Option<String>,
-    outcome: String,
-    tx: String,
-}
-
 pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<ExitStatus> {
+    let filter = match (&args.subject, &args.identity) {
+        (Some(s), _) => AuditFilter::Subject(
+            Digest::from_hex(s).map_err(|e| anyhow::anyhow!("--subject: {e}"))?,
+        ),
+        (None, Some(who)) => AuditFilter::Identity(who.clone()),
+        (None, None) => anyhow::bail!("pass --subject ROOT or --identity NAME"),
+    };
     // `--identity` here names whose events to list; the key this command signs its query
     // with comes from EMRFLOW_IDENTITY (or the ledger directory's per-role identities).
     let ledger = LedgerArgs {
         ledger: args.ledger.clone(),
         identity: std::env::var_os("EMRFLOW_IDENTITY").map(std::path::PathBuf::from),
     };
-    let provenance = Provenance::open(&ledger).await?;
-    let rows = collect(&args, &provenance).await;
-    provenance.close().await?;
-    let rows = rows?;
+    let rows = with_ledger(&ledger, async |p| {
+        provenance::audit::audit(p, &filter).await
+    })
+    .await?;
     if args.json {
         print_json(&rows)?;
         return Ok(ExitStatus::Success);
@@ -92,83 +79,4 @@ pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<ExitStatus> {
         .collect();
     print_lines(&lines);
     Ok(ExitStatus::Success)
-}
-
-async fn collect(args: &AuditArgs, provenance: &Provenance) -> anyhow::Result<Vec<Row>> {
-    let subject = args
-        .subject
-        .as_deref()
-        .map(|s| {
-            Digest::from_hex(s)
-                .map_err(|e| anyhow::anyhow!("--subject {s:?} is not a 64-digit hex root: {e}"))
-        })
-        .transpose()?;
-    let mut names: BTreeMap<PublicKey, Option<Identity>> = BTreeMap::new();
-    let events = match (&subject, &args.identity) {
-        (Some(s), _) => {
-            provenance
-                .reader()
-                .audit(Some(*s), None, Time(0), Time(u64::MAX))
-                .await?
-        }
-        (None, Some(who)) => match PublicKey::from_hex(who) {
-            Ok(key) => {
-                provenance
-                    .reader()
-                    .audit(None, Some(key), Time(0), Time(u64::MAX))
-                    .await?
-            }
-            Err(_) => {
-                // By name: every actor's registered name is looked up once.
-                let all = provenance
-                    .reader()
-                    .audit(None, None, Time(0), Time(u64::MAX))
-                    .await?;
-                let mut found = None;
-                for e in &all {
-                    if let std::collections::btree_map::Entry::Vacant(slot) = names.entry(e.actor) {
-                        slot.insert(provenance.reader().identity(e.actor).await?);
-                    }
-                    if names[&e.actor].as_ref().is_some_and(|i| i.name == *who) {
-                        found = Some(e.actor);
-                    }
-                }
-                let Some(key) = found else {
-                    bail!("no identity named {who:?} has audit events on this ledger");
-                };
-                all.into_iter().filter(|e| e.actor == key).collect()
-            }
-        },
-        (None, None) => bail!("pass --subject ROOT or --identity NAME"),
-    };
-    let mut rows = Vec::with_capacity(events.len());
-    for e in events {
-        if let std::collections::btree_map::Entry::Vacant(slot) = names.entry(e.actor) {
-            slot.insert(provenance.reader().identity(e.actor).await?);
-        }
-        rows.push(row(&e, names[&e.actor].as_ref()));
-    }
-    Ok(rows)
-}
-
-fn row(e: &AuditEvent, who: Option<&Identity>) -> Row {
-    Row {
-        time: chrono::DateTime::from_timestamp_millis(e.time.0 as i64).map_or_else(
-            || e.time.0.to_string(),
-            |t| t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-        ),
-        height: e.position.seq.0,
-        index: e.position.index,
-        actor: e.actor.to_hex(),
-        actor_name: who.map_or_else(|| "(unregistered)".to_string(), |i| i.name.clone()),
-        role: who.map_or_else(|| "-".to_string(), |i| i.role.to_string()),
-        action: format!("{:?}", e.action),
-        subject: e.subject.map(|s| s.to_hex()),
-        purpose: e.purpose.clone(),
-        outcome: match &e.outcome {
-            Outcome::Accepted => "accepted".to_string(),
-            Outcome::Denied { reason } => format!("denied: {reason}"),
-        },
-        tx: e.tx.to_hex(),
-    }
 }

@@ -1,49 +1,12 @@
-//! `emrflow scheduler`, `emrflow executor`, and the `--cluster` flag that sends a command's plans
-//! to them instead of the embedded engine.
+//! `emrflow scheduler` and `emrflow executor`: flags → the `scheduler` and `executors` crates'
+//! options → a process that runs until SIGTERM.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use ml::datafusion::prelude::SessionContext;
 
 use super::ExitStatus;
-
-/// Where a command's queries run: the embedded engine (default) or a Ballista cluster.
-#[derive(Debug, Clone, Args)]
-pub(crate) struct EngineArgs {
-    /// Run the plans on the emrflow cluster whose scheduler is at df://HOST:PORT instead of
-    /// embedded; every input and output path must be reachable by the executors (a shared
-    /// filesystem mounted at the same path, or s3:// URLs)
-    #[arg(long, env = "EMRFLOW_CLUSTER", value_name = "df://HOST:PORT")]
-    pub(crate) cluster: Option<String>,
-    /// Partitions to run with (default: all cores embedded, 16 on a cluster)
-    #[arg(long)]
-    pub(crate) partitions: Option<usize>,
-}
-
-impl EngineArgs {
-    /// Embedded with all cores.
-    pub(crate) fn embedded() -> Self {
-        Self {
-            cluster: None,
-            partitions: None,
-        }
-    }
-
-    /// A context for this engine, with emrflow's functions registered.
-    pub(crate) async fn context(&self) -> anyhow::Result<SessionContext> {
-        match &self.cluster {
-            None => Ok(pipeline::embedded_context(self.partitions)?),
-            Some(url) => Ok(scheduler::connect(url, self.partitions).await?),
-        }
-    }
-
-    /// Whether plans leave this process: then nothing may be cached in its memory.
-    pub(crate) fn is_cluster(&self) -> bool {
-        self.cluster.is_some()
-    }
-}
 
 #[derive(Debug, Args)]
 #[command(

@@ -1,21 +1,18 @@
-//! `emrflow demo`: the whole flow on one machine with embedded defaults.
+//! `emrflow demo`: flags → `provenance::demo::run_demo` → each step with its time as it
+//! happens, then the metrics, the roots, where everything is and what to try next.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Args;
-use ml::{DecisionTreeParams, EvaluationConfig, ModelParams, Step, TrainParams};
-use pipeline::generate::{DEFAULT_VISITS, GenerateConfig, OutputFormat, generate};
-use pipeline::{Job, RunOptions};
+use indicatif::ProgressBar;
+use pipeline::Progress;
+use pipeline::generate::DEFAULT_VISITS;
+use provenance::demo::{DemoConfig, DemoOutcome, DemoProgress, DemoStep};
 use serde::Serialize;
 
-use super::provenance::{LedgerArgs, Provenance};
-use super::run::Published;
-use super::train::Trained;
-use super::verify::verify_path;
+use super::args::LedgerArgs;
 use super::{ExitStatus, print_json, print_lines, progress};
-
-/// The synthetic job, compiled in so the demo runs from any directory.
-const SYNTHETIC_JOB: &str = include_str!("../../examples/stroke-synthetic.toml");
 
 #[derive(Debug, Args)]
 #[command(
@@ -51,10 +48,11 @@ pub(crate) struct DemoArgs {
 struct DemoSummary<'a> {
     dir: String,
     visits: u64,
-    ledger: String,
-    dataset: &'a Published,
+    ledger: &'a str,
+    dataset: &'a provenance::Published,
     model: ModelSummary<'a>,
     verified: Verified,
+    steps: &'a [(DemoStep, f64)],
     seconds: f64,
 }
 
@@ -76,32 +74,100 @@ struct Verified {
     model: bool,
 }
 
-pub(crate) async fn run(mut args: DemoArgs) -> anyhow::Result<ExitStatus> {
+/// Each step as a line on stderr when it ends (unless --json), and the spinner while it runs.
+struct StepReport {
+    bar: ProgressBar,
+    quiet: bool,
+    steps: std::sync::Mutex<Vec<(DemoStep, f64)>>,
+}
+
+impl Progress for StepReport {
+    fn stage(&self, name: &str) {
+        self.bar.set_message(name.to_string());
+    }
+    fn rows(&self, n: u64) {
+        self.bar.inc(n);
+    }
+}
+
+impl DemoProgress for StepReport {
+    fn begin(&self, step: DemoStep) {
+        self.bar.set_position(0);
+        self.bar.set_message(step.describe());
+    }
+
+    #[allow(clippy::print_stderr)] // the demo narrates its steps for the person watching it
+    fn end(&self, step: DemoStep, seconds: f64) {
+        if let Ok(mut steps) = self.steps.lock() {
+            steps.push((step, seconds));
+        }
+        if !self.quiet {
+            self.bar
+                .suspend(|| eprintln!("  {:<56} {seconds:>6.2} s", step.describe()));
+        }
+    }
+
+    fn training(&self, step: ml::Step) {
+        self.bar.set_message(super::train::step_message(step));
+    }
+}
+
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitStatus> {
     #[allow(clippy::disallowed_methods)] // the demo reports its own wall-clock time
     let started = std::time::Instant::now();
-    let data = args.dir.join("data");
-    let bar = progress(&format!("generating {} visits", args.visits));
-    let config = GenerateConfig {
+    let config = DemoConfig {
+        dir: args.dir.clone(),
         visits: args.visits,
         seed: args.seed,
-        format: OutputFormat::Csv,
+        max_depth: args.max_depth,
+        folds: args.folds,
+        ledger: args.ledger.config(),
     };
-    let data_dir = data.clone();
-    tokio::task::spawn_blocking(move || generate(&config, &data_dir)).await??;
-    bar.finish_and_clear();
-
-    if args.ledger.ledger.is_none() {
-        args.ledger.ledger = Some(args.dir.join("ledger"));
+    let report = StepReport {
+        bar: progress("starting"),
+        quiet: args.json,
+        steps: std::sync::Mutex::new(Vec::new()),
+    };
+    if !args.json && !std::io::stderr().is_terminal() {
+        // Without a spinner, say where the time will go before it goes.
+        report.bar.suspend(|| {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!(
+                    "emrflow demo: {} visits in {}",
+                    args.visits,
+                    args.dir.display()
+                );
+            }
+        });
     }
-    let provenance = Provenance::open(&args.ledger).await?;
-    let result = demo(&args, &data, &provenance).await;
-    let describe = provenance.describe.clone();
-    provenance.close().await?;
-    let (dataset, trained, verified, model_dir) = result?;
+    let outcome = provenance::demo::run_demo(&config, &report).await;
+    report.bar.finish_and_clear();
+    let outcome = outcome?;
     let seconds = started.elapsed().as_secs_f64();
+    let steps = report.steps.lock().map(|s| s.clone()).unwrap_or_default();
+    print_outcome(&args, &outcome, &steps, seconds)
+}
+
+fn print_outcome(
+    args: &DemoArgs,
+    outcome: &DemoOutcome,
+    steps: &[(DemoStep, f64)],
+    seconds: f64,
+) -> anyhow::Result<ExitStatus> {
+    let trained = &outcome.trained;
     let report = &trained.report;
+    let verified = Verified {
+        dataset: outcome.dataset_verdict.matches,
+        model: outcome.model_verdict.matches,
+    };
+    let status = if verified.dataset && verified.model {
+        ExitStatus::Success
+    } else {
+        ExitStatus::Mismatch
+    };
     let model = ModelSummary {
-        dir: model_dir.display().to_string(),
+        dir: outcome.model_dir.display().to_string(),
         root: trained.root.to_hex(),
         dataset_root: trained.dataset_root.to_hex(),
         ledger_height: trained.height,
@@ -114,15 +180,16 @@ pub(crate) async fn run(mut args: DemoArgs) -> anyhow::Result<ExitStatus> {
         print_json(&DemoSummary {
             dir: args.dir.display().to_string(),
             visits: args.visits,
-            ledger: describe,
-            dataset: &dataset,
+            ledger: &outcome.ledger,
+            dataset: &outcome.dataset,
             model,
             verified,
+            steps,
             seconds,
         })?;
-        return Ok(ExitStatus::Success);
+        return Ok(status);
     }
-    super::run::report(&dataset, false)?;
+    super::run::report(&outcome.dataset, false)?;
     let mut lines = vec![format!(
         "trained a depth-{} tree ({} nodes) on {} rows ({} train, {} test)",
         model.depth, model.nodes, report.rows, report.train_rows, report.test_rows
@@ -153,142 +220,39 @@ pub(crate) async fn run(mut args: DemoArgs) -> anyhow::Result<ExitStatus> {
         model.root, model.ledger_height, model.dataset_root
     ));
     lines.push(format!(
-        "verified: dataset {}, model {} against {describe}",
+        "verified: dataset {}, model {} against {}",
         if verified.dataset { "OK" } else { "MISMATCH" },
-        if verified.model { "OK" } else { "MISMATCH" }
+        if verified.model { "OK" } else { "MISMATCH" },
+        outcome.ledger
     ));
-    lines.push(format!("  dataset: {}", dataset.summary.output));
+    let dataset_dir = &outcome.dataset.summary.output;
+    let ledger_dir = args
+        .ledger
+        .ledger
+        .clone()
+        .unwrap_or_else(|| args.dir.join("ledger"));
+    lines.push(format!("  dataset: {dataset_dir}"));
     lines.push(format!("  model:   {}", model.dir));
-    lines.push(format!(
-        "  next: emrflow lineage {} --ledger {}",
-        model.root,
-        args.dir.join("ledger").display()
-    ));
     lines.push(format!(
         "demo finished in {seconds:.1} s in {}",
         args.dir.display()
     ));
-    print_lines(&lines);
-    Ok(if verified.dataset && verified.model {
-        ExitStatus::Success
-    } else {
-        ExitStatus::Mismatch
-    })
-}
-
-async fn demo(
-    args: &DemoArgs,
-    data: &std::path::Path,
-    provenance: &Provenance,
-) -> anyhow::Result<(Published, Trained, Verified, PathBuf)> {
-    let key_file = demo_key(&args.dir)?;
-    let job = Job::from_toml(SYNTHETIC_JOB, "examples/stroke-synthetic.toml")?;
-    let options = RunOptions {
-        input_overrides: [
-            (
-                "visits".to_string(),
-                data.join("visits.csv").display().to_string(),
-            ),
-            (
-                "patients".to_string(),
-                data.join("patients.csv").display().to_string(),
-            ),
-        ]
-        .into_iter()
-        .collect(),
-        output_override: Some(
-            args.dir
-                .join("datasets/stroke-synthetic")
-                .display()
-                .to_string(),
+    let ledger = ledger_dir.display();
+    lines.extend([
+        "next, try:".to_string(),
+        format!("  emrflow lineage {} --ledger {ledger}", model.root),
+        format!(
+            "  emrflow audit --subject {} --ledger {ledger}",
+            model.dataset_root
         ),
-        overwrite: true,
-        key_file_override: Some(key_file.display().to_string()),
-        cache_limit: Some(pipeline::default_cache_limit()),
-        ..RunOptions::default()
-    };
-    let embedded = super::cluster::EngineArgs::embedded();
-    let dataset = super::run::run_anchored(&job, &options, &embedded, provenance).await?;
-
-    let params = DecisionTreeParams {
-        max_depth: args.max_depth,
-        ..DecisionTreeParams::default()
-    };
-    params.validate()?;
-    let evaluation = EvaluationConfig {
-        folds: args.folds,
-        ..EvaluationConfig::default()
-    };
-    evaluation.validate()?;
-    let params = TrainParams {
-        model: ModelParams::DecisionTree(params),
-        evaluation,
-        ..TrainParams::default()
-    };
-    let model_dir = args.dir.join("models/stroke-tree");
-    let bar = progress("training");
-    let step_bar = bar.clone();
-    let on_step = move |step: Step| step_bar.set_message(super::train::step_message(step));
-    let dataset_dir = PathBuf::from(&dataset.summary.output);
-    let trained = super::train::train_dataset(
-        &dataset_dir,
-        None,
-        &params,
-        &embedded,
-        &model_dir,
-        true,
-        provenance,
-        &on_step,
-    )
-    .await;
-    bar.finish_and_clear();
-    let trained = trained?;
-
-    let dataset_ok = verify_path(&dataset_dir, &embedded, provenance)
-        .await?
-        .matches;
-    let model_ok = verify_path(&model_dir, &embedded, provenance)
-        .await?
-        .matches;
-    Ok((
-        dataset,
-        trained,
-        Verified {
-            dataset: dataset_ok,
-            model: model_ok,
-        },
-        model_dir,
-    ))
-}
-
-/// A pseudonymization key kept in the demo directory (created once, readable by the owner only),
-/// so reruns give the same pseudonyms.
-fn demo_key(dir: &std::path::Path) -> anyhow::Result<PathBuf> {
-    let secrets = dir.join("secrets");
-    std::fs::create_dir_all(&secrets)?;
-    let path = secrets.join("pseudonym.key");
-    if !path.exists() {
-        let key: [u8; 32] = rand_key();
-        std::fs::write(&path, format!("{}\n", hex_encode(&key)))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        }
-    }
-    Ok(path)
-}
-
-fn rand_key() -> [u8; 32] {
-    // A fresh key per demo directory; uuid's v4 generator draws from the OS.
-    let a = uuid::Uuid::new_v4();
-    let b = uuid::Uuid::new_v4();
-    let mut key = [0u8; 32];
-    key[..16].copy_from_slice(a.as_bytes());
-    key[16..].copy_from_slice(b.as_bytes());
-    key
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+        format!("  emrflow verify {} --ledger {ledger}", model.dir),
+        format!(
+            "  head -4 {}/data/visits.csv > sample.csv && emrflow predict --model {} --input \
+             sample.csv --ledger {ledger}",
+            args.dir.display(),
+            model.dir
+        ),
+    ]);
+    print_lines(&lines);
+    Ok(status)
 }

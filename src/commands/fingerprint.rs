@@ -3,10 +3,9 @@
 //! aggregate on all cores. It reads no ledger; `emrflow verify` compares with an anchor.
 
 use clap::Args;
-use pipeline::fingerprint;
 use serde::Serialize;
 
-use super::cluster::EngineArgs;
+use super::args::EngineArgs;
 use super::{ExitStatus, print_json, print_lines, progress};
 
 #[derive(Debug, Args)]
@@ -38,17 +37,13 @@ pub(crate) async fn run(args: FingerprintArgs) -> anyhow::Result<ExitStatus> {
     #[allow(clippy::disallowed_methods)] // the command reports its own wall-clock time
     let started = std::time::Instant::now();
     let bar = progress(&format!("fingerprinting {}", args.path));
-    let ctx = args.engine.context().await?;
-    let fp = async {
-        let df = fingerprint::read_dataset(&ctx, &args.path).await?;
-        fingerprint::fingerprint(df).await
-    }
-    .await;
+    let fp = provenance::fingerprint(&args.engine.engine(), &args.path).await;
     bar.finish_and_clear();
     let fp = fp?;
     let seconds = started.elapsed().as_secs_f64();
     if let Some(out) = &args.out {
-        std::fs::write(out, fp.to_json()?)?;
+        std::fs::write(out, fp.to_json()?)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
     }
     let summary = Summary {
         path: args.path.clone(),

@@ -51,6 +51,7 @@ pub(crate) async fn run(args: GenerateArgs) -> anyhow::Result<ExitStatus> {
         },
     };
     let bar = progress(&format!("generating {} visits", args.visits));
+    #[allow(clippy::disallowed_methods)] // the command reports its own wall-clock time
     let started = Instant::now();
     let out = args.out.clone();
     let summary = tokio::task::spawn_blocking(move || generate(&config, &out)).await??;

@@ -52,7 +52,7 @@ pub(crate) struct RegisterArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    ledger: super::provenance::LedgerArgs,
+    ledger: super::args::LedgerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -339,12 +339,11 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitStatus> {
 
 async fn register(a: RegisterArgs) -> anyhow::Result<ExitStatus> {
     let role: ledger::contracts::Role = a.role.parse()?;
-    let provenance = super::provenance::Provenance::open(&a.ledger).await?;
-    let receipt = provenance
-        .register_identity(a.admin_key.as_deref(), role, &a.name, &a.out)
-        .await;
-    provenance.close().await?;
-    let receipt = receipt?;
+    let receipt = super::args::with_ledger(&a.ledger, async |p| {
+        p.register_identity(a.admin_key.as_deref(), role, &a.name, &a.out)
+            .await
+    })
+    .await?;
     let key = config::read_key(&a.out)?;
     if a.json {
         print_json(&serde_json::json!({

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+mod args;
 mod audit;
 mod bench;
 mod cluster;
@@ -18,7 +19,6 @@ mod ledger;
 mod lineage;
 mod predict;
 mod prove;
-mod provenance;
 mod run;
 mod train;
 mod verify;

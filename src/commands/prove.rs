@@ -1,18 +1,17 @@
 //! `emrflow prove`: record-level proofs against a dataset root. `--dataset DIR --record FILE`
 //! emits an inclusion proof when the record is in the dataset, or a non-membership proof (its
 //! two sorted neighbours) when it is not; `--verify PROOF --root ROOT` checks either kind with
-//! nothing but the root (from the ledger, or from `emrflow lineage`).
+//! nothing but the root (from the ledger, or from `emrflow lineage`). Flags →
+//! `provenance::proof` → the proof or the verdict.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use ledger::contracts::{Access, Role};
-use pipeline::fingerprint::{self, Hex, Membership, Proof, ProofKind};
-use serde::Serialize;
+use merkle::Digest;
+use pipeline::fingerprint::{self, Membership, ProofKind};
 
-use super::cluster::EngineArgs;
-use super::provenance::{AnchorFile, LedgerArgs, Provenance, digest};
+use super::args::{EngineArgs, LedgerArgs, with_ledger};
 use super::{ExitStatus, print_json, print_lines, progress};
 
 #[derive(Debug, Args)]
@@ -23,9 +22,9 @@ values): a JSON object (FILE.json) or a CSV header plus one row. Exit status: pr
 verifying, 0 for a valid proof (either kind), 1 for an invalid one, 2 when it cannot be read."
 )]
 pub(crate) struct ProveArgs {
-    /// Dataset directory to prove a record against
-    #[arg(long, value_name = "DIR", requires = "record")]
-    dataset: Option<PathBuf>,
+    /// Dataset to prove a record against: a directory or a memory:// or s3:// URL
+    #[arg(long, value_name = "DIR|URL", requires = "record")]
+    dataset: Option<String>,
     /// The record (JSON object or one-row CSV)
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
@@ -47,14 +46,6 @@ pub(crate) struct ProveArgs {
     ledger: LedgerArgs,
 }
 
-#[derive(Debug, Serialize)]
-struct Checked {
-    valid: bool,
-    membership: Option<Membership>,
-    root: String,
-    reason: Option<String>,
-}
-
 pub(crate) async fn run(args: ProveArgs) -> anyhow::Result<ExitStatus> {
     if let Some(proof_path) = &args.verify {
         return verify(&args, proof_path);
@@ -65,33 +56,14 @@ pub(crate) async fn run(args: ProveArgs) -> anyhow::Result<ExitStatus> {
     let bytes = std::fs::read(record_path)
         .with_context(|| format!("cannot read {}", record_path.display()))?;
     let record = fingerprint::read_record(&bytes, &record_path.display().to_string())?;
-    let bar = progress(&format!("hashing {}", dataset.display()));
-    let ctx = args.engine.context().await?;
-    let proof = async {
-        let df = fingerprint::read_dataset(&ctx, &dataset.display().to_string()).await?;
-        fingerprint::prove(df, &record).await
-    }
+    let bar = progress(&format!("hashing {dataset}"));
+    let engine = args.engine.engine();
+    let proved = with_ledger(&args.ledger, async |p| {
+        provenance::proof::prove(&engine, dataset, &record, p).await
+    })
     .await;
     bar.finish_and_clear();
-    let proof = proof?;
-
-    // Proving reads the dataset: when it is anchored, the query is audited.
-    let provenance = Provenance::open(&args.ledger).await?;
-    let anchored = async {
-        let Some(anchor) = AnchorFile::read(dataset)? else {
-            return Ok(None);
-        };
-        if anchor.root != digest(&proof.root) {
-            return Ok(Some(false));
-        }
-        provenance
-            .record_access(Role::Compliance, anchor.root, Access::Query, "prove")
-            .await?;
-        Ok::<_, anyhow::Error>(Some(true))
-    }
-    .await;
-    provenance.close().await?;
-    let anchored = anchored?;
+    let provenance::proof::Proved { proof, anchored } = proved?;
 
     let text = proof.to_json()?;
     match &args.out {
@@ -132,32 +104,23 @@ pub(crate) async fn run(args: ProveArgs) -> anyhow::Result<ExitStatus> {
 
 fn verify(args: &ProveArgs, path: &std::path::Path) -> anyhow::Result<ExitStatus> {
     let root_text = args.root.as_deref().unwrap_or_default();
-    let root: Hex = root_text
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--root: {e}"))?;
+    let root = Digest::from_hex(root_text).map_err(|e| anyhow::anyhow!("--root: {e}"))?;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let proof = Proof::from_json(&bytes, &path.display().to_string())?;
-    let result = proof.verify(&root.0);
-    let checked = Checked {
-        valid: result.is_ok(),
-        membership: result.as_ref().ok().copied(),
-        root: root.to_string(),
-        reason: result.as_ref().err().cloned(),
-    };
+    let checked = provenance::proof::check_proof(&bytes, &path.display().to_string(), &root)?;
     if args.json {
         print_json(&checked)?;
     } else {
-        print_lines(&[match &result {
-            Ok(Membership::Present) => {
+        print_lines(&[match (&checked.membership, &checked.reason) {
+            (Some(Membership::Present), _) => {
                 format!("VALID: the record IS in the dataset with root {root}")
             }
-            Ok(Membership::Absent) => {
+            (Some(Membership::Absent), _) => {
                 format!("VALID: the record is NOT in the dataset with root {root}")
             }
-            Err(reason) => format!("INVALID: {reason}"),
+            (None, reason) => format!("INVALID: {}", reason.as_deref().unwrap_or("?")),
         }]);
     }
-    Ok(if result.is_ok() {
+    Ok(if checked.valid {
         ExitStatus::Success
     } else {
         ExitStatus::Mismatch

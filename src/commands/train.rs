@@ -1,41 +1,24 @@
-//! `emrflow train`: reads a dataset published by `emrflow run` (Parquet files and
-//! `manifest.json`), turns its manifest into an `ml::DatasetSpec`, and hands training,
-//! cross-validation, calibration, evaluation and the artifacts to the `ml` crate. Flags (or
-//! `EMRFLOW_TRAIN_*` variables) become one `ml::TrainParams` (the estimator — a decision tree, a
-//! random forest or gradient-boosted trees —, the evaluation and the calibration); no training
-//! logic here.
+//! `emrflow train`: flags (or `EMRFLOW_TRAIN_*` variables) → one `ml::TrainParams` (the
+//! estimator — a decision tree, a random forest or gradient-boosted trees —, the evaluation and
+//! the calibration) in a `provenance::TrainConfig` → `provenance::train_model` → a summary. No
+//! training or anchoring logic here.
 
-use std::path::{Path, PathBuf};
-
-use anyhow::{Context, bail};
 use clap::{ArgAction, Args};
-use ledger::contracts::{AnchorKind, AnchorSpec, Role};
-use ledger::crypto::Digest;
-use ml::datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext};
 use ml::{
-    Affine, CalibrationConfig, ClassWeights, DatasetSpec, DecisionTreeParams, EvaluationConfig,
-    FeatureKind, FeatureSpec, GbtParams, Impurity, ModelParams, RandomForestParams, Step,
-    Storage, TrainParams, TrainingReport,
+    CalibrationConfig, ClassWeights, DecisionTreeParams, EvaluationConfig, GbtParams, Impurity,
+    ModelParams, RandomForestParams, Step, TrainParams,
 };
-use pipeline::manifest::{self, MANIFEST_FILE, Manifest};
-use pipeline::store::{Location, Staging};
+use provenance::TrainConfig;
 use serde::Serialize;
 
-use super::cluster::EngineArgs;
-use super::provenance::{
-    ANCHOR_FILE, AnchorFile, CODE_VERSION, LedgerArgs, Provenance, check_dataset, model_root,
-};
+use super::args::{EngineArgs, LedgerArgs, with_ledger};
 use super::{ExitStatus, print_json, print_lines, progress};
-
-/// The dataset's manifest, copied into the model directory so `predict` can transform raw rows
-/// exactly as the training rows were.
-pub(crate) const DATASET_MANIFEST_FILE: &str = "dataset-manifest.json";
 
 #[derive(Debug, Args)]
 #[command(
     after_help = "Writes model.json (canonical, versioned), metrics.json, tree.txt, tree.dot \
-(decision trees), roc.svg, reliability.svg, feature_importances.json and dataset-manifest.json \
-into --out.\n\n\
+(decision trees), roc.svg, reliability.svg (with a test split), feature_importances.json and \
+dataset-manifest.json into --out.\n\n\
 Rows are split 80/20 into train and test, and the training rows into --folds folds, by a seeded \
 hash of the dataset's row key: the same rows land on the same side whatever the partitioning. \
 With --calibration or --threshold, --holdout-fraction of the training rows is held out (by the \
@@ -43,15 +26,16 @@ same hash) to calibrate the probabilities and choose the operating threshold, wh
 keeps and `emrflow predict` uses."
 )]
 pub(crate) struct TrainArgs {
-    /// Dataset directory published by `emrflow run` (manifest.json + part-*.parquet)
-    #[arg(long, value_name = "DIR")]
-    dataset: PathBuf,
+    /// Dataset published by `emrflow run` (manifest.json + part-*.parquet): a directory or a
+    /// memory:// or s3:// URL
+    #[arg(long, value_name = "DIR|URL")]
+    dataset: String,
     /// Label column (default: the manifest's label); must be 0/1
     #[arg(long)]
     label: Option<String>,
-    /// Model directory to write
-    #[arg(long, value_name = "MODEL_DIR")]
-    out: PathBuf,
+    /// Model directory to publish: a path or a memory:// or s3:// URL
+    #[arg(long, value_name = "MODEL_DIR|URL")]
+    out: String,
     /// Estimator: decision-tree, random-forest or gbt (gradient-boosted trees)
     #[arg(
         long,
@@ -129,7 +113,7 @@ pub(crate) struct TrainArgs {
     #[arg(long, env = "EMRFLOW_TRAIN_CALIBRATION", default_value = "none")]
     calibration: String,
     /// Operating threshold rule, chosen on held-out training rows: default (0.5), max-f1,
-    /// recall=R or cost=C (a missed stroke costs C false alarms)
+    /// recall=R or cost=C (a missed positive costs C false alarms)
     #[arg(long, env = "EMRFLOW_TRAIN_THRESHOLD", default_value = "default")]
     threshold: String,
     /// Share of training rows held out for calibration and the threshold, in (0, 1)
@@ -210,77 +194,6 @@ impl TrainArgs {
     }
 }
 
-/// Reads `DIR/manifest.json`.
-pub(crate) fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    Ok(Manifest::from_json(&bytes, &path.display().to_string())?)
-}
-
-/// The training spec of a published dataset: its label (or `label`), row key and features, with
-/// the inverse normalization and category names so the tree can be printed in raw units.
-pub(crate) fn dataset_spec(
-    manifest: &Manifest,
-    label: Option<&str>,
-) -> anyhow::Result<DatasetSpec> {
-    let label = match (label, &manifest.label) {
-        (Some(l), _) => l.to_string(),
-        (None, Some(l)) => l.clone(),
-        (None, None) => anyhow::bail!("the dataset's manifest names no label; pass --label"),
-    };
-    let features = manifest
-        .features
-        .iter()
-        .filter(|f| f.name != label)
-        .map(|f| FeatureSpec {
-            name: f.name.clone(),
-            kind: match &f.kind {
-                manifest::FeatureKind::Continuous => FeatureKind::Continuous {
-                    raw: manifest.normalization.get(&f.name).map(|n| {
-                        let offset = n.invert(0.0);
-                        Affine {
-                            offset,
-                            scale: n.invert(1.0) - offset,
-                        }
-                    }),
-                },
-                manifest::FeatureKind::Categorical { categories } => FeatureKind::Categorical {
-                    categories: *categories,
-                    labels: manifest
-                        .encodings
-                        .get(&f.name)
-                        .map(|e| e.values.clone())
-                        .unwrap_or_default(),
-                },
-            },
-        })
-        .collect();
-    Ok(DatasetSpec {
-        label,
-        row_key: manifest.row_key.clone(),
-        features,
-    })
-}
-
-/// The dataset's Parquet files as one DataFrame.
-async fn read_dataset(
-    ctx: &SessionContext,
-    dir: &Path,
-    manifest: &Manifest,
-) -> anyhow::Result<DataFrame> {
-    let files: Vec<String> = if manifest.files.is_empty() {
-        vec![dir.display().to_string()]
-    } else {
-        manifest
-            .files
-            .iter()
-            .map(|f| dir.join(f).display().to_string())
-            .collect()
-    };
-    ctx.read_parquet(files, ParquetReadOptions::default())
-        .await
-        .with_context(|| format!("cannot read the Parquet files of {}", dir.display()))
-}
-
 #[derive(Serialize)]
 struct TrainSummary<'a> {
     out: String,
@@ -321,151 +234,6 @@ struct CvSummary {
     pr_auc: Option<ml::MeanSd>,
 }
 
-/// A trained, anchored model.
-pub(crate) struct Trained {
-    pub(crate) report: TrainingReport,
-    /// The model root.
-    pub(crate) root: Digest,
-    /// The root of the dataset it was trained on.
-    pub(crate) dataset_root: Digest,
-    /// Block height of the anchor.
-    pub(crate) height: u64,
-    /// Seconds spent checking the dataset against its anchor (fingerprinting it).
-    pub(crate) verify_seconds: f64,
-    /// Seconds spent training and evaluating (reading, binning, growing, scoring).
-    pub(crate) training_seconds: f64,
-}
-
-/// Trains on an anchored dataset directory and publishes the anchored model directory; shared
-/// with `demo`. The dataset is fingerprinted first and must be exactly what was anchored (the
-/// model's anchor names it as parent); its read is audited. The model directory is written
-/// beside `out`, anchored, and only then moved into place.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn train_dataset(
-    dataset: &Path,
-    label: Option<&str>,
-    params: &TrainParams,
-    engine: &EngineArgs,
-    out: &Path,
-    overwrite: bool,
-    provenance: &Provenance,
-    on_step: &(dyn Fn(Step) + Send + Sync),
-) -> anyhow::Result<Trained> {
-    let manifest_path = dataset.join(MANIFEST_FILE);
-    let manifest = read_manifest(&manifest_path)?;
-    let spec = dataset_spec(&manifest, label)?;
-    let ctx = engine.context().await?;
-    let target = Location::resolve(&ctx, &out.display().to_string())?;
-    if target.local_path().is_none() {
-        bail!("the model directory {} must be a local path", out.display());
-    }
-    // Refuse an existing output before any work.
-    let mut staging = Staging::begin(target.clone(), overwrite).await?;
-
-    // Only a dataset that is exactly what was anchored is trained on; the read is audited.
-    #[allow(clippy::disallowed_methods)] // the command reports where its time went
-    let verify_started = std::time::Instant::now();
-    let check = check_dataset(&ctx, dataset, provenance).await?;
-    let verify_seconds = verify_started.elapsed().as_secs_f64();
-    check.ensure_matches(dataset)?;
-    let dataset_root = check.anchor.root;
-    provenance
-        .record_read(Role::MlEngineer, dataset_root, "train")
-        .await?;
-
-    #[allow(clippy::disallowed_methods)] // the command reports where its time went
-    let training_started = std::time::Instant::now();
-    let df = read_dataset(&ctx, dataset, &manifest).await?;
-    // On a cluster every pass must be a plan the executors can run on their own, so the binned
-    // rows are recomputed per pass rather than held in this process's memory.
-    let storage = if engine.is_cluster() {
-        Storage::Inline
-    } else {
-        Storage::Memory
-    };
-    let report = ml::train(df, &spec, params, storage, on_step)
-        .await
-        .with_context(|| format!("training on {}", dataset.display()));
-    let training_seconds = training_started.elapsed().as_secs_f64();
-    let anchored = match report {
-        Ok(report) => {
-            let anchored = stage_model(
-                &report,
-                &manifest_path,
-                &mut staging,
-                &target,
-                dataset_root,
-                provenance,
-            )
-            .await;
-            anchored.map(|a| (report, a))
-        }
-        Err(e) => Err(e),
-    };
-    let (report, (root, height)) = match anchored {
-        Ok(a) => a,
-        Err(e) => {
-            staging.abort().await;
-            return Err(e);
-        }
-    };
-    staging.publish(ml::report::files::MODEL).await?;
-    Ok(Trained {
-        report,
-        root,
-        dataset_root,
-        height,
-        verify_seconds,
-        training_seconds,
-    })
-}
-
-/// Writes the artifacts into staging, anchors the model and stages its receipt beside it.
-async fn stage_model(
-    report: &TrainingReport,
-    manifest_path: &Path,
-    staging: &mut Staging,
-    target: &Location,
-    dataset_root: Digest,
-    provenance: &Provenance,
-) -> anyhow::Result<(Digest, u64)> {
-    let dir = staging
-        .local_dir()
-        .context("the model directory must be a local path")?;
-    report.write_artifacts(&dir)?;
-    std::fs::copy(manifest_path, dir.join(DATASET_MANIFEST_FILE)).with_context(|| {
-        format!(
-            "cannot copy {} into {}",
-            manifest_path.display(),
-            dir.display()
-        )
-    })?;
-    let model = &report.model;
-    let root = model_root(model, &dataset_root)?;
-    let spec = AnchorSpec {
-        kind: AnchorKind::Model,
-        root,
-        row_count: model.num_nodes() as u64,
-        schema_hash: Digest::of(&serde_json::to_vec(model.features())?),
-        location: target.url.to_string(),
-        parents: vec![dataset_root],
-        stage: "train".to_string(),
-        params_hash: Digest(model.params_hash()?),
-        code_version: CODE_VERSION.to_string(),
-    };
-    let (receipt, _) = provenance.anchor_once(Role::MlEngineer, spec).await?;
-    let height = receipt.header.height.0;
-    let file = AnchorFile::new(
-        AnchorKind::Model,
-        root,
-        Some(dataset_root),
-        provenance.genesis(),
-        receipt,
-    );
-    staging.put(ANCHOR_FILE, file.to_json()?).await?;
-    Ok((root, height))
-}
-
 /// What a training step is doing, for the progress spinner; shared with `demo`.
 pub(crate) fn step_message(step: Step) -> String {
     match step {
@@ -503,26 +271,24 @@ fn mean_sd(m: &ml::MeanSd) -> String {
 }
 
 pub(crate) async fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
-    let params = args.params()?;
+    let config = TrainConfig {
+        dataset: args.dataset.clone(),
+        label: args.label.clone(),
+        params: args.params()?,
+        out: args.out.clone(),
+        overwrite: args.overwrite,
+    };
     #[allow(clippy::disallowed_methods)] // the command reports its own wall-clock time
     let started = std::time::Instant::now();
     let bar = progress("training");
     let step_bar = bar.clone();
     let on_step = move |step: Step| step_bar.set_message(step_message(step));
-    let provenance = Provenance::open(&args.ledger).await?;
-    let trained = train_dataset(
-        &args.dataset,
-        args.label.as_deref(),
-        &params,
-        &args.engine,
-        &args.out,
-        args.overwrite,
-        &provenance,
-        &on_step,
-    )
+    let engine = args.engine.engine();
+    let trained = with_ledger(&args.ledger, async |p| {
+        provenance::train_model(&config, &engine, p, &on_step).await
+    })
     .await;
     bar.finish_and_clear();
-    provenance.close().await?;
     let trained = trained?;
     let report = &trained.report;
     let seconds = started.elapsed().as_secs_f64();
@@ -537,7 +303,7 @@ pub(crate) async fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
         pr_auc: cv.pr_auc,
     });
     let summary = TrainSummary {
-        out: args.out.display().to_string(),
+        out: args.out.clone(),
         model_root: trained.root.to_hex(),
         dataset_root: trained.dataset_root.to_hex(),
         ledger_height: trained.height,
@@ -581,10 +347,7 @@ pub(crate) async fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
     let mut lines = vec![
         format!(
             "trained {what} on {} ({} rows: {} train{held_out}, {} test) in {seconds:.2} s",
-            args.dataset.display(),
-            report.rows,
-            report.train_rows,
-            report.test_rows
+            args.dataset, report.rows, report.train_rows, report.test_rows
         ),
         format!(
             "  depth {}, {} nodes, {} passes over the data",
@@ -616,8 +379,12 @@ pub(crate) async fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
         lines.push(metrics_line(&name, &t.metrics));
         let c = &t.metrics.confusion;
         lines.push(format!(
-            "  {:<22} TN {}  FP {}  FN {}  TP {}  (rule {:?})",
-            "confusion", c.true_negative, c.false_positive, c.false_negative, c.true_positive,
+            "  {:<22} TN {}  FP {}  FN {}  TP {}  (rule {})",
+            "confusion",
+            c.true_negative,
+            c.false_positive,
+            c.false_negative,
+            c.true_positive,
             t.operating_point.rule
         ));
     }
@@ -661,8 +428,9 @@ pub(crate) async fn run(args: TrainArgs) -> anyhow::Result<ExitStatus> {
         .collect();
     lines.push(format!("  top features: {}", top.join(", ")));
     lines.push(format!(
-        "  model {} (root {}, anchored at height {}; trained on dataset {})",
-        args.out.join(ml::report::files::MODEL).display(),
+        "  model {}/{} (root {}, anchored at height {}; trained on dataset {})",
+        args.out.trim_end_matches('/'),
+        ml::report::files::MODEL,
         summary.model_root,
         summary.ledger_height,
         summary.dataset_root

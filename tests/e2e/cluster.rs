@@ -332,7 +332,10 @@ fn a_cluster_gives_the_embedded_dataset_model_and_metrics() {
             url,
             args,
         );
-        assert_eq!(embedded["model"], name.replace("forest", "random_forest").as_str());
+        assert_eq!(
+            embedded["model"],
+            name.replace("forest", "random_forest").as_str()
+        );
         for key in [
             "model_root",
             "model_sha256",

@@ -71,6 +71,7 @@ fn head(dir: &Path, i: usize) -> Option<serde_json::Value> {
 
 /// Polls `f` until it returns `Some`, at most `limit`.
 fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    #[allow(clippy::disallowed_methods)] // a bound on polling, not a timed assertion
     let start = Instant::now();
     loop {
         if let Some(v) = f() {

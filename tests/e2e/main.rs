@@ -4,6 +4,7 @@ mod cli;
 mod cluster;
 mod ledger;
 mod ml;
+mod object_store;
 mod pipeline;
 mod provenance;
 mod support;

@@ -45,7 +45,7 @@ pub(crate) fn train(dataset: &Path, out: &Path, extra: &[&str]) -> serde_json::V
 
 /// One raw row in the dataset's original units: the first category of each encoded column, the
 /// mean (or midpoint) of each normalized one, `value` for the rest.
-fn raw_csv(manifest: &serde_json::Value, older: bool) -> String {
+pub(crate) fn raw_csv(manifest: &serde_json::Value, older: bool) -> String {
     let features = manifest["features"].as_array().cloned().unwrap_or_default();
     let mut header = Vec::new();
     let mut row = Vec::new();
@@ -372,15 +372,29 @@ fn forests_and_boosted_trees_reproduce_calibrate_and_explain_each_prediction() {
         let a = train(&dataset, &dir, &one);
         let b = train(&dataset, &tmp.path().join(format!("{name}-4")), &four);
         assert_eq!(a["model"].as_str(), Some(name), "{a}");
-        assert_eq!(a["model_sha256"], b["model_sha256"], "{name}: partitioning changed the model");
+        assert_eq!(
+            a["model_sha256"], b["model_sha256"],
+            "{name}: partitioning changed the model"
+        );
         assert_eq!(a["model_root"], b["model_root"], "{name}");
         let auc = a["test"]["roc_auc"].as_f64().unwrap_or(0.0);
         assert!(auc > tree_auc, "{name}: AUC {auc} vs one tree {tree_auc}");
-        assert!(a["test_at_threshold"]["metrics"]["recall"].as_f64().is_some(), "{a}");
+        assert!(
+            a["test_at_threshold"]["metrics"]["recall"]
+                .as_f64()
+                .is_some(),
+            "{a}"
+        );
         assert!(a["brier"].as_f64().unwrap_or(1.0) < 0.25, "{a}");
         assert_eq!(a["baseline_always_negative"]["recall"].as_f64(), Some(0.0));
         assert!(a["holdout_rows"].as_u64().unwrap_or(0) > 500, "{a}");
-        for file in ["model.json", "metrics.json", "tree.txt", "roc.svg", "reliability.svg"] {
+        for file in [
+            "model.json",
+            "metrics.json",
+            "tree.txt",
+            "roc.svg",
+            "reliability.svg",
+        ] {
             assert!(dir.join(file).is_file(), "{name}: {file} missing");
         }
         let metrics: serde_json::Value =
@@ -394,7 +408,10 @@ fn forests_and_boosted_trees_reproduce_calibrate_and_explain_each_prediction() {
                 .is_empty(),
             "{metrics}"
         );
-        let importances = a["feature_importances"].as_array().cloned().unwrap_or_default();
+        let importances = a["feature_importances"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         let shap_total: f64 = importances
             .iter()
             .filter_map(|i| i["mean_abs_contribution"].as_f64())
@@ -426,9 +443,15 @@ fn forests_and_boosted_trees_reproduce_calibrate_and_explain_each_prediction() {
             } else {
                 probability
             };
-            assert!((raw - expected).abs() < 1e-6, "{name}: {raw} vs {expected}: {p}");
+            assert!(
+                (raw - expected).abs() < 1e-6,
+                "{name}: {raw} vs {expected}: {p}"
+            );
             let explanation = p["explanation"].as_str().unwrap_or_default();
-            assert!(explanation.contains(" = ") && explanation.contains("→ risk"), "{p}");
+            assert!(
+                explanation.contains(" = ") && explanation.contains("→ risk"),
+                "{p}"
+            );
         }
     }
 }
@@ -481,7 +504,10 @@ fn the_example_boosted_model_on_the_public_stroke_file_is_useful() {
         get(&["baseline_always_negative", "accuracy"]),
     );
     assert!(get(&["test", "roc_auc"]) > 0.8, "{v}");
-    assert!(get(&["test_at_threshold", "metrics", "recall"]) > 0.5, "{v}");
+    assert!(
+        get(&["test_at_threshold", "metrics", "recall"]) > 0.5,
+        "{v}"
+    );
     assert!(get(&["brier"]) < get(&["brier_uncalibrated"]), "{v}");
 }
 

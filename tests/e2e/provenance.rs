@@ -466,3 +466,145 @@ fn a_failed_job_anchors_nothing() {
         stderr(&out)
     );
 }
+
+/// `emrflow run` of the synthetic job on `data` into `out`, on `ledger`; the JSON summary.
+fn publish(data: &Path, out: &Path, ledger: &str) -> serde_json::Value {
+    publish_with(data, out, ledger, &[])
+}
+
+fn publish_with(data: &Path, out: &Path, ledger: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "run".to_string(),
+        "examples/stroke-synthetic.toml".to_string(),
+        "--input".to_string(),
+        format!("visits={}", data.join("visits.csv").display()),
+        "--input".to_string(),
+        format!("patients={}", data.join("patients.csv").display()),
+        "--out".to_string(),
+        out.display().to_string(),
+        "--ledger".to_string(),
+        ledger.to_string(),
+        "--json".to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let out = run(&mut emrflow(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    assert!(out.status.success(), "run failed: {}", stderr(&out));
+    serde_json::from_str(stdout(&out).trim()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn the_same_rows_published_again_elsewhere_are_a_second_record_and_both_verify() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data = tmp.path().join("data");
+    crate::support::generate(&data, 1_500);
+    // The same export, copied to another folder.
+    let copy = tmp.path().join("copy-of-export");
+    std::fs::create_dir_all(&copy).unwrap_or_else(|e| panic!("{e}"));
+    for f in ["visits.csv", "patients.csv"] {
+        std::fs::copy(data.join(f), copy.join(f)).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let ledger = tmp.path().join("ledger").display().to_string();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let first = publish(&data, &a, &ledger);
+    let second = publish(&copy, &b, &ledger);
+    assert_eq!(first["root"], second["root"], "the same rows");
+    assert_eq!(first["parents"], second["parents"], "the same bytes");
+    assert_ne!(
+        first["ledger_height"], second["ledger_height"],
+        "a second anchor"
+    );
+    // Each copy verifies against its own anchor, and each verdict lists both publications.
+    for dir in [&a, &b] {
+        let out = run(&mut emrflow(&[
+            "verify",
+            &dir.display().to_string(),
+            "--ledger",
+            &ledger,
+            "--json",
+        ]));
+        assert!(out.status.success(), "{}", stderr(&out));
+        let verdict: serde_json::Value =
+            serde_json::from_str(stdout(&out).trim()).unwrap_or_default();
+        let derivations = verdict["derivations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(derivations.len(), 2, "{verdict}");
+        let mine: Vec<_> = derivations
+            .iter()
+            .filter(|d| d["this_one"] == true)
+            .collect();
+        assert_eq!(mine.len(), 1, "{verdict}");
+        assert!(
+            mine[0]["location"]
+                .as_str()
+                .is_some_and(|l| l.ends_with(&format!(
+                    "/{}",
+                    dir.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+                ))),
+            "{verdict}"
+        );
+    }
+    // Lineage shows both publications.
+    let root = first["root"].as_str().unwrap_or_default();
+    let out = run(&mut emrflow(&["lineage", root, "--ledger", &ledger]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("also published at"),
+        "{}",
+        stdout(&out)
+    );
+    // The identical job again is the same publication: its anchor is reused.
+    let again = publish_with(&data, &a, &ledger, &["--overwrite"]);
+    assert_eq!(again["ledger_height"], first["ledger_height"]);
+}
+
+#[test]
+fn roots_of_fixed_inputs_are_pinned() {
+    // Fixed generator seed and size, the example job, the test key, a depth-4 tree: any change
+    // to the canonical encoding, the Merkle trees, the stages or the model's canonical form
+    // changes one of these.
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data = tmp.path().join("data");
+    crate::support::generate(&data, 3_000);
+    let ledger = tmp.path().join("ledger").display().to_string();
+    let dataset = tmp.path().join("dataset");
+    let published = publish(&data, &dataset, &ledger);
+    let out = run(&mut emrflow(&[
+        "train",
+        "--dataset",
+        &dataset.display().to_string(),
+        "--out",
+        &tmp.path().join("model").display().to_string(),
+        "--max-depth",
+        "4",
+        "--folds",
+        "0",
+        "--ledger",
+        &ledger,
+        "--json",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let trained: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap_or_default();
+    let parents = published["parents"].as_array().cloned().unwrap_or_default();
+    let pinned = [
+        ("dataset", published["root"].clone(), PINNED_DATASET_ROOT),
+        ("visits source", parents[0].clone(), PINNED_VISITS_ROOT),
+        ("patients source", parents[1].clone(), PINNED_PATIENTS_ROOT),
+        ("model", trained["model_root"].clone(), PINNED_MODEL_ROOT),
+    ];
+    for (what, got, want) in pinned {
+        assert_eq!(got.as_str(), Some(want), "the {what} root changed");
+    }
+}
+
+// Produced by the binary before the provenance library existed (commit ae4050f): the redesign
+// moved code, it did not change a single published root.
+const PINNED_DATASET_ROOT: &str =
+    "7ed9c11fd622bbdd9dfcdfb5bd3ff89854a94856514b92c6201437f8017e3763";
+const PINNED_VISITS_ROOT: &str = "a8d2864647f80f61adfb7ed64bb9700a8e68394b8a9aa50c67c91ef75bb81cb7";
+const PINNED_PATIENTS_ROOT: &str =
+    "040f942517e52ab11c1aa221a12232c18d60545da5ac0d9bcc8767b899ca0597";
+const PINNED_MODEL_ROOT: &str = "2934ccf4c67d77cb590a2f2a0c78b5fd83d5c520c74f67eb771d3eff80b3e22d";

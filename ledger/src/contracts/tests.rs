@@ -313,7 +313,10 @@ fn lineage_is_the_dag_of_parents_and_unknown_parents_are_refused() {
     );
     assert!(matches!(o, Outcome::Denied { reason } if reason.starts_with("unknown parent")));
     let again = w.exec(&owner, Call::Anchor(spec(AnchorKind::Dataset, b, vec![])));
-    assert!(!again.is_accepted(), "a root is anchored once");
+    assert!(
+        !again.is_accepted(),
+        "a root is anchored once per parameter hash"
+    );
 
     let l = w.state.lineage(&model, 10);
     let roots: Vec<Digest> = l.nodes.iter().map(|n| n.spec.root).collect();
@@ -354,4 +357,45 @@ fn audit_filters_by_subject_actor_and_time() {
     let window = w.state.audit(None, Some(&victim.public()), t, t);
     assert_eq!(window.len(), 1);
     assert_eq!(window[0].purpose.as_deref(), Some("study"));
+}
+
+#[test]
+fn one_root_published_under_other_parameters_is_a_second_derivation() {
+    let mut w = World::new();
+    let owner = w.owner.clone();
+    let admin = w.admin.clone();
+    let (a, b) = (w.dataset, Digest::of(b"b"));
+    w.ok(&owner, Call::Anchor(spec(AnchorKind::Dataset, b, vec![a])));
+    // The same rows, published by another job into another folder: another manifest.
+    let other_source = Digest::of(b"copy of the export");
+    w.ok(
+        &owner,
+        Call::Anchor(spec(AnchorKind::Dataset, other_source, vec![])),
+    );
+    let mut second = spec(AnchorKind::Dataset, b, vec![other_source]);
+    second.params_hash = Digest::of(b"other manifest");
+    second.location = "file:///elsewhere".into();
+    w.ok(&owner, Call::Anchor(second.clone()));
+    // Identical parameters again are the same publication, not a third.
+    let repeat = w.exec(&owner, Call::Anchor(second.clone()));
+    assert!(matches!(repeat, Outcome::Denied { reason } if reason.contains("these parameters")));
+    // A model can never share a dataset's root.
+    let ml = KeyPair::from_label("ml");
+    w.ok(&admin, register(ml.public(), Role::MlEngineer));
+    let mut as_model = spec(AnchorKind::Model, b, vec![a]);
+    as_model.params_hash = Digest::of(b"model params");
+    assert!(!w.exec(&ml, Call::Anchor(as_model)).is_accepted());
+
+    let derivations = w.state.anchors(&b);
+    assert_eq!(derivations.len(), 2);
+    assert_eq!(derivations[1].spec, second);
+    assert_eq!(
+        w.state.anchor(&b).map(|r| r.spec.params_hash),
+        Some(Digest::of(b"params"))
+    );
+    // Lineage shows both derivations and the parents of each.
+    let l = w.state.lineage(&b, 5);
+    let roots: Vec<Digest> = l.nodes.iter().map(|n| n.spec.root).collect();
+    assert_eq!(roots, vec![b, b, a, other_source]);
+    assert_eq!(l.edges, vec![(b, a), (b, other_source)]);
 }

@@ -21,7 +21,7 @@ use sha2::{Digest as _, Sha256};
 use crate::error::{Error, Result};
 
 /// A 32-byte SHA-256 value.
-pub type Hash32 = [u8; 32];
+pub use merkle::Hash32;
 
 /// Tag bytes of the canonical encoding. They never change within format version 1.
 mod tag {

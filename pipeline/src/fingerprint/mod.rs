@@ -3,13 +3,13 @@
 //! schema and row count, with inclusion and non-membership proofs for single records.
 //!
 //! The encoding and tree layout are specified in the crate README ("Dataset fingerprints");
-//! [`encode`] implements the rows, [`tree`] the trees, [`udf`] the DataFusion functions that
-//! compute it where the data is. This module drives them: [`fingerprint`] runs the aggregate over
-//! a DataFrame, [`prove`] builds a [`Proof`] for one record and [`Proof::verify`] checks it with
-//! nothing but the root.
+//! [`encode`] implements the rows, [`buckets`] the bucket layout (the Merkle trees are the
+//! `merkle` crate's), [`udf`] the DataFusion functions that compute it where the data is. This
+//! module drives them: [`fingerprint`] runs the aggregate over a DataFrame, [`prove`] builds a
+//! [`Proof`] for one record and [`Proof::verify`] checks it with nothing but the root.
 
+pub mod buckets;
 pub mod encode;
-pub mod tree;
 pub mod udf;
 
 use std::sync::Arc;
@@ -40,40 +40,8 @@ pub const FINGERPRINT_VERSION: u32 = 1;
 /// The file a published dataset keeps its fingerprint in.
 pub const FINGERPRINT_FILE: &str = "fingerprint.json";
 
-/// A 32-byte hash that reads and writes as 64 hex digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Hex(pub Hash32);
-
-impl std::fmt::Display for Hex {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&hex::encode(self.0))
-    }
-}
-
-impl std::str::FromStr for Hex {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        let bytes = hex::decode(s.trim())
-            .map_err(|_| Error::Fingerprint(format!("{s:?} is not a hex hash")))?;
-        let hash: Hash32 = bytes
-            .try_into()
-            .map_err(|_| Error::Fingerprint(format!("{s:?} is not 32 bytes of hex")))?;
-        Ok(Hex(hash))
-    }
-}
-
-impl Serialize for Hex {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for Hex {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+/// The digest type of roots, leaves and paths: 64 hex digits in files.
+pub use merkle::Digest;
 
 /// A column of a canonical schema, as files carry it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,7 +85,7 @@ pub struct Bucket {
     /// Rows whose leaf hash starts with this bucket's byte.
     pub count: u64,
     /// RFC 6962 root of their sorted leaves.
-    pub root: Hex,
+    pub root: Digest,
 }
 
 /// A dataset's fingerprint: the root and everything it is computed from.
@@ -129,9 +97,9 @@ pub struct Fingerprint {
     /// Always [`FINGERPRINT_VERSION`].
     pub version: u32,
     /// The dataset root.
-    pub root: Hex,
+    pub root: Digest,
     /// Hash of the canonical schema.
-    pub schema_hash: Hex,
+    pub schema_hash: Digest,
     /// Rows.
     pub row_count: u64,
     /// The canonical schema.
@@ -156,19 +124,19 @@ impl Fingerprint {
     pub fn from_table(schema: &CanonicalSchema, table: &[(u64, Hash32)]) -> Self {
         let row_count = table.iter().map(|(n, _)| n).sum();
         let schema_hash = schema.hash();
-        let root = tree::dataset_root(&schema_hash, row_count, &tree::top_root(table));
+        let root = buckets::dataset_root(&schema_hash, row_count, &buckets::top_root(table));
         Self {
             format: FINGERPRINT_FORMAT.to_string(),
             version: FINGERPRINT_VERSION,
-            root: Hex(root),
-            schema_hash: Hex(schema_hash),
+            root: Digest(root),
+            schema_hash: Digest(schema_hash),
             row_count,
             schema: schema_to_file(schema),
             buckets: table
                 .iter()
                 .map(|(count, root)| Bucket {
                     count: *count,
-                    root: Hex(*root),
+                    root: Digest(*root),
                 })
                 .collect(),
         }
@@ -199,11 +167,11 @@ impl Fingerprint {
                 self.format, self.version
             ));
         }
-        if self.buckets.len() != tree::BUCKETS {
+        if self.buckets.len() != buckets::BUCKETS {
             return Err(format!(
                 "{} buckets, expected {}",
                 self.buckets.len(),
-                tree::BUCKETS
+                buckets::BUCKETS
             ));
         }
         let schema = schema_from_file(&self.schema).map_err(|e| e.to_string())?;
@@ -238,13 +206,13 @@ impl Fingerprint {
 /// dataset it was trained on.
 pub fn model_root(params_hash: &Hash32, dataset_root: &Hash32, parts: &[Vec<u8>]) -> Hash32 {
     use sha2::{Digest as _, Sha256};
-    let leaves: Vec<Hash32> = parts.iter().map(|p| tree::leaf_hash(p)).collect();
+    let leaves: Vec<Hash32> = parts.iter().map(|p| merkle::leaf_hash(p)).collect();
     let mut h = Sha256::new();
     h.update(b"emrflow.model.v1");
     h.update(params_hash);
     h.update(dataset_root);
     h.update((parts.len() as u64).to_be_bytes());
-    h.update(tree::merkle_root(&leaves));
+    h.update(merkle::root(&leaves));
     h.finalize().into()
 }
 
@@ -278,14 +246,14 @@ pub fn start_source_root(
                 let mut data = Vec::with_capacity(40);
                 data.extend_from_slice(&digest);
                 data.extend_from_slice(&size.to_be_bytes());
-                tree::leaf_hash(&data)
+                merkle::leaf_hash(&data)
             })
             .collect();
         leaves.sort_unstable();
         let mut h = Sha256::new();
         h.update(b"emrflow.source.v1");
         h.update((leaves.len() as u64).to_be_bytes());
-        h.update(tree::merkle_root(&leaves));
+        h.update(merkle::root(&leaves));
         Ok(h.finalize().into())
     })
 }
@@ -544,7 +512,7 @@ pub struct ProofLeaf {
     /// Index among the bucket's sorted leaves.
     pub index: usize,
     /// The leaf hash.
-    pub leaf: Hex,
+    pub leaf: Digest,
 }
 
 /// An inclusion or non-membership proof for one record, checkable with the root alone.
@@ -558,7 +526,7 @@ pub struct Proof {
     /// Inclusion or non-membership.
     pub kind: ProofKind,
     /// The dataset root the proof leads to.
-    pub root: Hex,
+    pub root: Digest,
     /// The dataset's canonical schema (its hash is bound into the root).
     pub schema: Vec<ColumnKind>,
     /// The dataset's rows (bound into the root).
@@ -566,7 +534,7 @@ pub struct Proof {
     /// The record, column by column.
     pub record: Record,
     /// The record's leaf hash.
-    pub leaf: Hex,
+    pub leaf: Digest,
     /// The record's bucket.
     pub bucket: usize,
     /// Leaves in the bucket.
@@ -574,9 +542,9 @@ pub struct Proof {
     /// The leaves shown: the record's own (inclusion), or its sorted neighbours.
     pub neighbours: Vec<ProofLeaf>,
     /// Audit path of those leaves in the bucket tree.
-    pub bucket_path: Vec<Hex>,
+    pub bucket_path: Vec<Digest>,
     /// Audit path of the bucket in the top tree.
-    pub top_path: Vec<Hex>,
+    pub top_path: Vec<Digest>,
 }
 
 /// The answer of a valid proof.
@@ -620,7 +588,7 @@ impl Proof {
             return Err(format!(
                 "the proof is for root {}, not {}",
                 self.root,
-                Hex(*root)
+                Digest(*root)
             ));
         }
         let schema = schema_from_file(&self.schema).map_err(|e| e.to_string())?;
@@ -647,9 +615,9 @@ impl Proof {
             if !self.neighbours.is_empty() || !self.bucket_path.is_empty() {
                 return Err("an empty bucket cannot have leaves".to_string());
             }
-            tree::empty_root()
+            merkle::empty_root()
         } else {
-            tree::root_from_proof(&indices, &leaves, n, &path)
+            merkle::root_from_multi_proof(&indices, &leaves, n, &path)
                 .ok_or("the bucket path does not fit the bucket")?
         };
         let answer = match self.kind {
@@ -674,14 +642,14 @@ impl Proof {
             }
         };
         let top: Vec<Hash32> = self.top_path.iter().map(|h| h.0).collect();
-        let top_root = tree::root_from_proof(
+        let top_root = merkle::root_from_multi_proof(
             &[self.bucket],
-            &[tree::bucket_leaf(self.bucket_count, &bucket_root)],
-            tree::BUCKETS,
+            &[buckets::bucket_leaf(self.bucket_count, &bucket_root)],
+            buckets::BUCKETS,
             &top,
         )
         .ok_or("the top path does not fit the top tree")?;
-        let expected = tree::dataset_root(&schema.hash(), self.row_count, &top_root);
+        let expected = buckets::dataset_root(&schema.hash(), self.row_count, &top_root);
         if expected != *root {
             return Err("the proof does not lead to the root".to_string());
         }
@@ -717,7 +685,7 @@ pub async fn prove(df: DataFrame, record: &Record) -> Result<Proof> {
             );
         }
     }
-    let (leaves, table) = tree::bucket_table(leaves);
+    let (leaves, table) = buckets::bucket_table(leaves);
     let fp = Fingerprint::from_table(&schema, &table);
     let start: usize = table[..bucket].iter().map(|(n, _)| *n as usize).sum();
     let in_bucket = &leaves[start..start + table[bucket].0 as usize];
@@ -738,13 +706,13 @@ pub async fn prove(df: DataFrame, record: &Record) -> Result<Proof> {
     let bucket_path = if shown.is_empty() {
         Vec::new()
     } else {
-        tree::proof(in_bucket, &shown)
+        merkle::multi_proof(in_bucket, &shown)
     };
     let top_leaves: Vec<Hash32> = table
         .iter()
-        .map(|(n, r)| tree::bucket_leaf(*n, r))
+        .map(|(n, r)| buckets::bucket_leaf(*n, r))
         .collect();
-    let top_path = tree::proof(&top_leaves, &[bucket]);
+    let top_path = merkle::multi_proof(&top_leaves, &[bucket]);
     let record_json = batch_to_json(&schema, &batch)?;
     Ok(Proof {
         format: PROOF_FORMAT.to_string(),
@@ -754,18 +722,18 @@ pub async fn prove(df: DataFrame, record: &Record) -> Result<Proof> {
         schema: fp.schema.clone(),
         row_count: fp.row_count,
         record: record_json,
-        leaf: Hex(leaf),
+        leaf: Digest(leaf),
         bucket,
         bucket_count: table[bucket].0,
         neighbours: shown
             .iter()
             .map(|&i| ProofLeaf {
                 index: i,
-                leaf: Hex(in_bucket[i]),
+                leaf: Digest(in_bucket[i]),
             })
             .collect(),
-        bucket_path: bucket_path.into_iter().map(Hex).collect(),
-        top_path: top_path.into_iter().map(Hex).collect(),
+        bucket_path: bucket_path.into_iter().map(Digest).collect(),
+        top_path: top_path.into_iter().map(Digest).collect(),
     })
 }
 

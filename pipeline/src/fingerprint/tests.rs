@@ -13,7 +13,6 @@ use parquet::file::properties::WriterProperties;
 use sha2::Digest as _;
 
 use super::*;
-use crate::run::embedded_context;
 
 const ROWS: usize = 2_000;
 
@@ -373,4 +372,13 @@ async fn records_read_from_csv_prove_like_json() {
     let fp = fp_of(&dir, 1).await;
     assert_eq!(proof.verify(&fp.root.0), Ok(Membership::Present));
     assert!(read_record(b"a,b\n1,2\n3,4\n", "r.csv").is_err());
+}
+
+/// A context with the pipeline's functions on `partitions` partitions.
+fn embedded_context(partitions: Option<usize>) -> Result<SessionContext> {
+    let config =
+        datafusion::prelude::SessionConfig::new().with_target_partitions(partitions.unwrap_or(2));
+    let mut ctx = SessionContext::new_with_config(config);
+    crate::udf::register_functions(&mut ctx)?;
+    Ok(ctx)
 }

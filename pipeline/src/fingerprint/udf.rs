@@ -20,8 +20,8 @@ use datafusion::logical_expr::{
     ScalarUDFImpl, Signature, Volatility,
 };
 
+use super::buckets::{BUCKETS, SortedLeaves, available_threads, merged_table, sort_into_buckets};
 use super::encode::{Hash32, LeafEncoder, leaf_hashes};
-use super::tree::{BUCKETS, SortedLeaves, available_threads, merged_table, sort_into_buckets};
 use crate::error::Error;
 
 /// Name of the fingerprint aggregate.
@@ -297,7 +297,7 @@ mod tests {
             leaf_hashes(&batch, &mut all).unwrap();
         }
         assert!(acc.leaves.len() > 1, "the rows should span chunks");
-        let (_, table) = crate::fingerprint::tree::bucket_table(all);
+        let (_, table) = crate::fingerprint::buckets::bucket_table(all);
         let ScalarValue::Binary(Some(bytes)) = acc.evaluate().unwrap() else {
             panic!("the result is binary");
         };
