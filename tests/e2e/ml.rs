@@ -482,10 +482,11 @@ fn the_example_boosted_model_on_the_public_stroke_file_is_useful() {
     assert!(out.status.success(), "run failed: {}", stderr(&out));
     // The train command of examples/README.md.
     let v = train(&dataset, &tmp.path().join("model"), EXAMPLE_TRAIN_ARGS);
+    // A model's floats are exact strings (see ml's `exact`); metrics are plain numbers.
     let get = |path: &[&str]| {
-        path.iter()
-            .fold(&v, |v, k| &v[*k])
-            .as_f64()
+        let x = path.iter().fold(&v, |v, k| &v[*k]);
+        x.as_f64()
+            .or_else(|| x.as_str().and_then(|s| s.parse().ok()))
             .unwrap_or(f64::NAN)
     };
     eprintln!(
