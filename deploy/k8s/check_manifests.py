@@ -17,8 +17,10 @@ checks, across all files at once:
 - embedded configs: TOML and JSON in ConfigMaps parse;
 - Secrets: every Secret in the repository is a placeholder (annotated, all values REPLACE-ME);
 - the ledger: the StatefulSet runs exactly as many peers as there are peer configs (ids 0..n-1)
-  and genesis entries, each genesis address being its pod's stable name on the headless Service,
-  and every peer config has the same consensus parameters.
+  and genesis entries, each genesis address (peer and client) being its pod's stable name on the
+  headless Service at that listener's port, every peer config has the same consensus parameters,
+  the peer and client listeners are distinct container ports, and the NetworkPolicies let only
+  ledger peers reach the peer port while some policy admits clients to the client port.
 
 Prints one line per problem and exits 1 if there is any.
 """
@@ -409,10 +411,19 @@ def check_ledger(objs, workloads, services, parsed_toml, index):
         if len(consensus) > 1:
             problem(obj, f"{peer_cm[0]}: the peers' [consensus] parameters differ")
         ports = {p.get("containerPort") for _, ct in containers(spec) for p in ct.get("ports") or []}
+        listen_ports = {"listen": set(), "client_listen": set()}
         for key, c in configs.items():
-            listen_port = int(str(c.get("listen", ":0")).rsplit(":", 1)[1])
-            if listen_port not in ports:
-                problem(obj, f"{peer_cm[0]} {key} listens on {listen_port}, not a container port")
+            for field in listen_ports:
+                if field not in c:
+                    problem(obj, f"{peer_cm[0]} {key} has no {field}")
+                    continue
+                port = int(str(c.get(field)).rsplit(":", 1)[1])
+                listen_ports[field].add(port)
+                if port not in ports:
+                    problem(obj, f"{peer_cm[0]} {key} {field} port {port} is not a container port")
+        if listen_ports["listen"] & listen_ports["client_listen"]:
+            problem(obj, f"{peer_cm[0]}: the peer and client listeners share a port")
+        check_ledger_policy(objs, pod, listen_ports["listen"], listen_ports["client_listen"])
         genesis = index.get(("ConfigMap", "emrflow-ledger-genesis"))
         if genesis is None:
             problem(obj, "no genesis ConfigMap emrflow-ledger-genesis in the repository")
@@ -423,10 +434,43 @@ def check_ledger(objs, workloads, services, parsed_toml, index):
             problem(genesis, f"lists {len(peers)} peers; the StatefulSet {sts} runs {replicas}")
         svc_ports = {p.get("port") for p in (services.get(svc) or {}).get("ports") or []}
         for i, p in enumerate(peers):
-            host, _, port = str(p.get("address")).rpartition(":")
-            if host != f"{sts}-{i}.{svc}" or int(port or 0) not in svc_ports:
-                problem(genesis, f"peer {i} address {p.get('address')} is not "
-                                 f"{sts}-{i}.{svc}:<a port of Service {svc}>")
+            for field, want in (("address", listen_ports["listen"]),
+                                ("client_address", listen_ports["client_listen"])):
+                host, _, port = str(p.get(field)).rpartition(":")
+                if host != f"{sts}-{i}.{svc}" or int(port or 0) not in svc_ports \
+                        or int(port or 0) not in want:
+                    problem(genesis, f"peer {i} {field} {p.get(field)} is not "
+                                     f"{sts}-{i}.{svc}:<the {field} port of Service {svc}>")
+
+
+def check_ledger_policy(objs, pod, peer_ports, client_ports):
+    """The peer listener must be reachable from ledger peers only, and the client listener
+    must be reachable at all (from labelled clients): a NetworkPolicy selecting the ledger pods
+    allows ingress per port, and no rule lets a non-peer source reach a peer port."""
+    labels = ((pod.get("metadata") or {}).get("labels") or {})
+    policies = [o for o in objs if o["_doc"].get("kind") == "NetworkPolicy"
+                and all(labels.get(k) == v for k, v in
+                        (((o["_doc"].get("spec") or {}).get("podSelector") or {})
+                         .get("matchLabels") or {}).items())]
+    reachable = set()
+    for o in policies:
+        for rule in (o["_doc"].get("spec") or {}).get("ingress") or []:
+            rule_ports = {p.get("port") for p in rule.get("ports") or []}
+            sources = rule.get("from") or []
+            if not rule_ports:
+                rule_ports = peer_ports | client_ports
+            reachable |= rule_ports
+            if not (rule_ports & peer_ports):
+                continue
+            for src in sources or [{}]:
+                sel = (src.get("podSelector") or {}).get("matchLabels") or {}
+                if set(src) != {"podSelector"} or \
+                        sel.get("app.kubernetes.io/component") != "ledger":
+                    problem(o, f"ingress to the ledger peer port {sorted(peer_ports)} from "
+                               f"{src or 'anywhere'}: only ledger peers may reach it")
+    for port in sorted((peer_ports | client_ports) - reachable):
+        problem(policies[0] if policies else objs[0],
+                f"no NetworkPolicy admits ingress to ledger port {port}")
 
 
 def main(paths):

@@ -75,6 +75,8 @@ pub fn embedded_config(target_partitions: Option<usize>) -> SessionConfig {
 /// cores (or `target_partitions` of them).
 ///
 /// ```
+/// use datafusion::execution::FunctionRegistry;
+///
 /// let ctx = engine::embedded_context(Some(2))?;
 /// assert!(ctx.udaf("emr_fingerprint").is_ok() && ctx.udaf("ml_tree_histogram").is_ok());
 /// # Ok::<(), engine::Error>(())

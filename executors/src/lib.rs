@@ -37,7 +37,8 @@ pub struct ExecutorOptions {
     pub scheduler_host: String,
     /// Port of that scheduler.
     pub scheduler_port: u16,
-    /// Address to listen on.
+    /// Address to listen on: loopback by default (the executor authenticates no one, and
+    /// anyone who reaches its port reads shuffle data and results).
     pub bind_host: String,
     /// Host name the scheduler, other executors and clients reach this executor by (a pod IP
     /// on Kubernetes); the bind host when absent.
@@ -62,7 +63,7 @@ impl Default for ExecutorOptions {
         Self {
             scheduler_host: "localhost".into(),
             scheduler_port: 50050,
-            bind_host: "0.0.0.0".into(),
+            bind_host: "127.0.0.1".into(),
             external_host: None,
             port: 50051,
             concurrent_tasks: 0,

@@ -11,20 +11,25 @@ use serde::{Deserialize, Serialize};
 use crate::contracts::{Outcome, Position, Query, State};
 use crate::crypto::{Digest, Enc, PublicKey, Signature};
 use crate::error::{Error, Result};
-use crate::ids::{ReplicaId, SeqNo, Time, quorum};
+use crate::ids::{ReplicaId, SeqNo, Time, is_three_f_plus_one, max_faulty, quorum};
 use crate::merkle::{self, Frontier};
 use crate::pbft::{Batch, Checkpoint, Signed};
-use crate::tx::SignedTx;
+use crate::tx::{SignedQuery, SignedTx};
+
+/// Longest chain id, admin name or peer address in a genesis, in bytes.
+pub const MAX_GENESIS_TEXT: usize = 256;
 
 /// A peer as the genesis lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerInfo {
     /// Replica index.
     pub id: ReplicaId,
-    /// Its consensus key.
+    /// Its consensus key; also its TLS identity (an RFC 7250 raw public key) on both listeners.
     pub public_key: PublicKey,
-    /// Its gRPC address (`host:port`).
+    /// Its peer listener (`host:port`): mutual TLS, genesis peers only.
     pub address: String,
+    /// Its client listener (`host:port`): TLS authenticated by `public_key`, for clients.
+    pub client_address: String,
 }
 
 /// The ledger's founding document: the peers' keys and the first admin. Its hash identifies
@@ -50,7 +55,8 @@ impl Genesis {
         for p in &self.peers {
             e.u32(p.id.0)
                 .bytes(&p.public_key.0)
-                .bytes(p.address.as_bytes());
+                .bytes(p.address.as_bytes())
+                .bytes(p.client_address.as_bytes());
         }
         e.bytes(&self.admin.0).bytes(self.admin_name.as_bytes());
         e.hash()
@@ -61,20 +67,55 @@ impl Genesis {
         self.peers.iter().map(|p| p.public_key).collect()
     }
 
-    /// Checks the peer list.
+    /// Checks the peer list: `n = 3f + 1` peers (any other size tolerates no more faults than
+    /// the `3f + 1` below it, and with the textbook quorum `2f + 1` two halves could both
+    /// commit), indexed in order, with distinct, valid keys (a key listed twice would let one
+    /// peer vote twice), and bounded strings.
     pub fn validate(&self) -> Result<()> {
-        if self.peers.len() < 4 {
+        let n = self.peers.len();
+        if !is_three_f_plus_one(n) {
             return Err(Error::Config(format!(
-                "genesis lists {} peers; pbft needs at least 4",
-                self.peers.len()
+                "genesis lists {n} peers; pbft needs n = 3f + 1 (4, 7, 10, ...) peers"
             )));
         }
+        let mut keys = std::collections::BTreeSet::new();
         for (i, p) in self.peers.iter().enumerate() {
             if p.id.0 as usize != i {
                 return Err(Error::Config(format!("genesis peer {i} has id {}", p.id)));
             }
+            if !keys.insert(p.public_key) {
+                return Err(Error::Config(format!(
+                    "genesis peer {i} has the same key as another peer"
+                )));
+            }
+            if !crate::sigcheck::is_usable_key(&p.public_key) {
+                return Err(Error::Config(format!(
+                    "genesis peer {i} has an invalid or small-order key"
+                )));
+            }
+            for (what, text) in [
+                ("address", &p.address),
+                ("client address", &p.client_address),
+            ] {
+                if text.len() > MAX_GENESIS_TEXT {
+                    return Err(Error::Config(format!("genesis peer {i}: {what} too long")));
+                }
+            }
+        }
+        if !crate::sigcheck::is_usable_key(&self.admin) {
+            return Err(Error::Config("the genesis admin key is invalid".into()));
+        }
+        if self.chain_id.len() > MAX_GENESIS_TEXT || self.admin_name.len() > MAX_GENESIS_TEXT {
+            return Err(Error::Config(
+                "genesis chain id or admin name too long".into(),
+            ));
         }
         Ok(())
+    }
+
+    /// The faults the ledger tolerates, `f`.
+    pub fn max_faulty(&self) -> usize {
+        max_faulty(self.peers.len())
     }
 }
 
@@ -150,6 +191,40 @@ impl Block {
             .collect()
     }
 
+    /// Checks that the transactions are the ones the header's batch digest commits to, each
+    /// validly signed by its client, and returns their ids. This needs no execution: a block
+    /// whose header is authenticated and that passes is exactly what the quorum committed.
+    pub fn check_batch(&self) -> Result<Vec<Digest>> {
+        let bad =
+            |reason: &str| Error::Verification(format!("block {}: {reason}", self.header.height.0));
+        if self.txs.len() != self.header.tx_count as usize {
+            return Err(bad("transaction count does not match the header"));
+        }
+        let ids: Vec<Digest> = self.txs.iter().map(SignedTx::digest).collect();
+        if Batch::digest_of(self.batch_time, &ids) != self.header.batch {
+            return Err(bad("transactions do not match the certified batch digest"));
+        }
+        if !SignedTx::verify_all(&self.txs).into_iter().all(|ok| ok) {
+            return Err(bad("a transaction has a bad client signature"));
+        }
+        Ok(ids)
+    }
+
+    /// An upper bound of the bytes this block takes on the wire.
+    pub fn wire_size(&self) -> usize {
+        let outcomes: usize = self
+            .outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Accepted => 1,
+                Outcome::Denied { reason } => reason.len() + 11,
+            })
+            .sum();
+        let txs: usize = self.txs.iter().map(SignedTx::wire_size).sum();
+        // Header, batch time and length prefixes.
+        256 + txs + outcomes
+    }
+
     /// Checks that the header's transaction count and root match the body.
     pub fn check_body(&self) -> Result<()> {
         if self.txs.len() != self.outcomes.len() || self.txs.len() != self.header.tx_count as usize
@@ -167,6 +242,15 @@ impl Block {
         }
         Ok(())
     }
+}
+
+/// A block executed but not yet appended, with what appending it changes.
+#[derive(Debug)]
+struct Executed {
+    block: Block,
+    leaves: Vec<Digest>,
+    frontier: Frontier,
+    positions: Vec<(Digest, Position)>,
 }
 
 /// `2f + 1` peer signatures over a block hash: the PBFT checkpoint messages for that height.
@@ -190,8 +274,15 @@ impl CommitCertificate {
         }
     }
 
-    /// Checks `2f + 1` distinct valid peer signatures against the genesis keys.
-    pub fn verify(&self, peers: &[PublicKey]) -> Result<()> {
+    /// Checks a quorum (`2f + 1` of `n = 3f + 1`) of distinct valid peer signatures against the
+    /// genesis keys `peers`, made for the ledger whose genesis hash is `ledger`.
+    pub fn verify(&self, peers: &[PublicKey], ledger: &Digest) -> Result<()> {
+        if !is_three_f_plus_one(peers.len()) {
+            return Err(Error::Verification(format!(
+                "{} peers is not n = 3f + 1",
+                peers.len()
+            )));
+        }
         let keys: Vec<_> = peers.iter().filter_map(PublicKey::verifying_key).collect();
         if keys.len() != peers.len() {
             return Err(Error::Verification("a genesis peer key is invalid".into()));
@@ -206,7 +297,7 @@ impl CommitCertificate {
                 },
                 sig: *sig,
             };
-            if m.verify(&keys) {
+            if m.verify(&keys, ledger) {
                 good.insert(*from);
             }
         }
@@ -276,7 +367,7 @@ impl Receipt {
                 "certificate is not for this block header".into(),
             ));
         }
-        cert.verify(&genesis.peer_keys())
+        cert.verify(&genesis.peer_keys(), &genesis.hash())
     }
 }
 
@@ -387,15 +478,34 @@ impl Chain {
     }
     /// Blocks `from..=to` with their certificates.
     pub fn certified_blocks(&self, from: SeqNo, to: SeqNo) -> Vec<CertifiedBlock> {
-        (from.0.max(1)..=to.0.min(self.height().0))
-            .filter_map(|h| {
-                let h = SeqNo(h);
-                Some(CertifiedBlock {
-                    block: self.block(h)?.clone(),
-                    certificate: self.certs.get(&h).cloned(),
-                })
-            })
-            .collect()
+        self.certified_blocks_within(from, to, usize::MAX)
+    }
+
+    /// Blocks `from..=to` with their certificates, stopping before the total wire size would
+    /// pass `budget` bytes (but always at least the first block, which fits any budget of at
+    /// least one block's bound).
+    pub fn certified_blocks_within(
+        &self,
+        from: SeqNo,
+        to: SeqNo,
+        budget: usize,
+    ) -> Vec<CertifiedBlock> {
+        let mut out = Vec::new();
+        let mut used = 0usize;
+        for h in from.0.max(1)..=to.0.min(self.height().0) {
+            let h = SeqNo(h);
+            let Some(block) = self.block(h) else { break };
+            let size = block.wire_size() + 128 + 100 * self.genesis.peers.len();
+            if !out.is_empty() && used.saturating_add(size) > budget {
+                break;
+            }
+            used = used.saturating_add(size);
+            out.push(CertifiedBlock {
+                block: block.clone(),
+                certificate: self.certs.get(&h).cloned(),
+            });
+        }
+        out
     }
 
     /// The head.
@@ -418,6 +528,13 @@ impl Chain {
     /// [`Chain::apply`] for a batch the caller gives away, whose transaction ids it knows
     /// (the replica hashed them when it accepted the batch).
     pub fn apply_owned(&mut self, seq: SeqNo, batch: Batch, ids: &[Digest]) -> Result<&Block> {
+        let executed = self.execute(seq, batch, ids)?;
+        Ok(self.append(executed))
+    }
+
+    /// Runs a batch through the contracts and builds its block, without appending it: the
+    /// contract state changes (journaled if it is staged), nothing else does.
+    fn execute(&mut self, seq: SeqNo, batch: Batch, ids: &[Digest]) -> Result<Executed> {
         if ids.len() != batch.txs.len() {
             return Err(Error::Invariant(format!(
                 "block {}: {} ids for {} transactions",
@@ -437,6 +554,7 @@ impl Chain {
         let time = prev_time.max(batch.timestamp);
         let mut outcomes = Vec::with_capacity(batch.txs.len());
         let mut leaves = Vec::with_capacity(batch.txs.len());
+        let mut positions = Vec::with_capacity(batch.txs.len());
         for (i, (tx, id)) in batch.txs.iter().zip(ids).enumerate() {
             let position = Position {
                 seq,
@@ -444,12 +562,12 @@ impl Chain {
             };
             let outcome = self.state.execute_known(tx, *id, position, time);
             leaves.push(tx_leaf(id, &outcome));
-            self.tx_index.entry(*id).or_insert(position);
+            positions.push((*id, position));
             outcomes.push(outcome);
         }
+        let mut frontier = self.frontier.clone();
         for l in &leaves {
-            self.frontier.push(*l);
-            self.log_leaves.push(*l);
+            frontier.push(*l);
         }
         let header = BlockHeader {
             height: seq,
@@ -458,38 +576,86 @@ impl Chain {
             batch: Batch::digest_of(batch.timestamp, ids),
             tx_count: batch.txs.len() as u32,
             tx_root: merkle::root(&leaves),
-            log_size: self.frontier.size(),
-            log_root: self.frontier.root(),
+            log_size: frontier.size(),
+            log_root: frontier.root(),
         };
-        self.blocks.push(Block {
-            header,
-            batch_time: batch.timestamp,
-            txs: batch.txs,
-            outcomes,
-        });
-        self.leaves.push(leaves);
-        self.blocks
-            .last()
-            .ok_or_else(|| Error::Invariant("block vanished".into()))
+        Ok(Executed {
+            block: Block {
+                header,
+                batch_time: batch.timestamp,
+                txs: batch.txs,
+                outcomes,
+            },
+            leaves,
+            frontier,
+            positions,
+        })
     }
 
-    /// Re-executes a block received from elsewhere (state transfer) and checks that it
-    /// reproduces exactly the same header.
+    /// Appends an executed block.
+    fn append(&mut self, executed: Executed) -> &Block {
+        let Executed {
+            block,
+            leaves,
+            frontier,
+            positions,
+        } = executed;
+        for (id, position) in positions {
+            self.tx_index.entry(id).or_insert(position);
+        }
+        self.log_leaves.extend_from_slice(&leaves);
+        self.frontier = frontier;
+        self.leaves.push(leaves);
+        self.blocks.push(block);
+        &self.blocks[self.blocks.len() - 1]
+    }
+
+    /// Installs a block received from elsewhere (state transfer, or this peer's own store on
+    /// restart) whose header the caller has authenticated (a certificate, or a hash link to a
+    /// certified header). Before anything runs, the body must be the one the header commits
+    /// to: the header links to our head, and the transactions carry valid client signatures
+    /// and hash to the certified batch digest. Then the block executes on a staged state, kept
+    /// only if it reproduces the header exactly; otherwise the state is rolled back and the
+    /// chain is as it was.
     pub fn apply_block(&mut self, block: &Block) -> Result<()> {
+        let seq = block.header.height;
+        if seq != self.height().next() {
+            return Err(Error::Invariant(format!(
+                "block {} offered at height {}",
+                seq.0,
+                self.height().0
+            )));
+        }
+        if block.header.prev != self.head_hash() {
+            return Err(Error::CorruptChain {
+                seq,
+                reason: "does not link to the previous block".into(),
+            });
+        }
+        let ids = block.check_batch()?;
         let batch = Batch {
             timestamp: block.batch_time,
             txs: block.txs.clone(),
         };
-        let seq = block.header.height;
-        let ids = batch.ids();
-        let got = self.apply_owned(seq, batch, &ids)?.header.hash();
-        if got != block.header.hash() {
-            // The contract state has moved on: this chain must be discarded and rebuilt.
+        self.state.stage();
+        let executed = match self.execute(seq, batch, &ids) {
+            Ok(e) => e,
+            Err(e) => {
+                self.state.rollback();
+                return Err(e);
+            }
+        };
+        if executed.block.header != block.header {
+            self.state.rollback();
+            // Our own state must differ from the quorum's: a local fault, never the block's
+            // (its body was checked against the certified digest above).
             return Err(Error::CorruptChain {
                 seq,
                 reason: "re-execution does not reproduce the block".into(),
             });
         }
+        self.state.keep();
+        self.append(executed);
         Ok(())
     }
 
@@ -575,7 +741,17 @@ impl Chain {
         (size <= self.log_leaves.len()).then(|| merkle::root(&self.log_leaves[..size]))
     }
 
-    /// Answers a query from this chain's state.
+    /// Answers a signed query: the signature and the ledger are checked, then whether the
+    /// signer may ask it ([`State::authorize_query`]).
+    pub fn answer(&self, q: &SignedQuery) -> Result<QueryResult> {
+        let body = q.open(&self.genesis_hash)?;
+        self.state
+            .authorize_query(&q.signer, &body.query)
+            .map_err(Error::Denied)?;
+        Ok(self.query(&body.query))
+    }
+
+    /// Answers a query from this chain's state, for a caller that has authorized it.
     pub fn query(&self, q: &Query) -> QueryResult {
         match q {
             Query::Anchors(root) => QueryResult::Anchors(self.state.anchors(root).to_vec()),
@@ -606,7 +782,8 @@ impl Chain {
 /// block.
 pub fn verify_chain(genesis: &Genesis, blocks: &[CertifiedBlock]) -> Result<Head> {
     let keys = genesis.peer_keys();
-    let mut prev = genesis.hash();
+    let ledger = genesis.hash();
+    let mut prev = ledger;
     let mut frontier = Frontier::default();
     let mut prev_time = Time(0);
     let mut certified = SeqNo(0);
@@ -627,14 +804,7 @@ pub fn verify_chain(genesis: &Genesis, blocks: &[CertifiedBlock]) -> Result<Head
             return Err(bad("time goes backwards".into()));
         }
         b.check_body()?;
-        for tx in &b.txs {
-            if !tx.verify() {
-                return Err(bad(format!(
-                    "transaction {} has a bad signature",
-                    tx.digest()
-                )));
-            }
-        }
+        b.check_batch().map_err(|e| bad(e.to_string()))?;
         for leaf in b.leaves() {
             frontier.push(leaf);
         }
@@ -646,7 +816,7 @@ pub fn verify_chain(genesis: &Genesis, blocks: &[CertifiedBlock]) -> Result<Head
             if c.block_hash != hash || c.height != h.height {
                 return Err(bad("certificate is for another block".into()));
             }
-            c.verify(&keys).map_err(|e| bad(e.to_string()))?;
+            c.verify(&keys, &ledger).map_err(|e| bad(e.to_string()))?;
             certified = h.height;
         }
         prev = hash;
@@ -676,6 +846,7 @@ mod tests {
                     id: ReplicaId(i),
                     public_key: KeyPair::from_label(&format!("p{i}")).public(),
                     address: String::new(),
+                    client_address: String::new(),
                 })
                 .collect(),
             admin: KeyPair::from_label("admin").public(),
@@ -752,6 +923,7 @@ mod tests {
             .map(|(i, k)| {
                 Signed::new(
                     k,
+                    &g.hash(),
                     ReplicaId(i as u32),
                     Checkpoint {
                         seq: h.height,

@@ -1,8 +1,10 @@
 //! The client API the pipeline and the CLI use: the [`LedgerApi`] trait (submit a signed
-//! transaction, get a receipt; ask a query), implemented by the embedded [`Ledger`] (four
-//! in-process peers over channels, the same host code as `emrflow ledger node`) and by
-//! [`crate::transport::RemoteLedger`] (gRPC), and [`Client`], which signs calls for one identity.
-//! It owns no consensus logic.
+//! transaction, get a receipt; ask a signed query), implemented by the embedded [`Ledger`]
+//! (four in-process peers over channels, the same host code as `emrflow ledger node`) and by
+//! [`crate::transport::RemoteLedger`] (gRPC over TLS), and [`Client`] and [`Reader`], which sign
+//! calls and queries for one identity. An answer a client acts on is not taken from one peer on
+//! trust: an anchor comes with the receipt of its transaction, checked against the genesis, and
+//! an absence is confirmed by `f + 1` peers. It owns no consensus logic.
 //!
 //! ```no_run
 //! # async fn demo() -> ledger::Result<()> {
@@ -44,21 +46,32 @@ use crate::contracts::{
 };
 use crate::crypto::{Digest, KeyPair, PublicKey};
 use crate::error::{Error, Result};
-use crate::ids::{ReplicaId, Time};
+use crate::ids::{ReplicaId, Time, max_faulty};
 use crate::node::{self, Network, Node, NodeHandle};
 use crate::peer::Wire;
 use crate::store::Store;
-use crate::tx::{SignedTx, TxBody};
+use crate::tx::{QueryBody, SignedQuery, SignedTx, TxBody};
 
 /// What any ledger — embedded or remote — offers a client.
 pub trait LedgerApi: Send + Sync {
     /// Submits a signed transaction; resolves with its receipt once committed and certified.
     fn submit(&self, tx: SignedTx) -> impl Future<Output = Result<Receipt>> + Send;
-    /// Answers a read-only query.
-    fn query(&self, q: Query) -> impl Future<Output = Result<QueryResult>> + Send;
+    /// One peer's answer to a signed query.
+    fn query(&self, q: SignedQuery) -> impl Future<Output = Result<QueryResult>> + Send;
+    /// Every peer's answer to a signed query, asked at once, in peer order.
+    fn query_all(&self, q: SignedQuery) -> impl Future<Output = Vec<Result<QueryResult>>> + Send;
+    /// The faulty peers the ledger tolerates, `f`: an answer given alike by `f + 1` peers is
+    /// given by at least one correct peer.
+    fn max_faulty(&self) -> usize;
     /// The genesis, to sign transactions for this ledger and verify receipts.
     fn genesis(&self) -> &Genesis;
 }
+
+/// How many times an answer confirmed by `f + 1` peers is asked for before giving up (peers
+/// that have not executed the latest block yet answer differently for a moment).
+const QUORUM_ATTEMPTS: usize = 20;
+/// Between two such attempts.
+const QUORUM_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Signs contract calls for one identity and sends them to a ledger.
 #[derive(Debug)]
@@ -164,47 +177,151 @@ impl<'a, L: LedgerApi> Client<'a, L> {
         .await
     }
 
-    /// Read-only queries on the same ledger.
+    /// Read-only queries on the same ledger, signed by the same identity.
     pub fn reader(&self) -> Reader<'a, L> {
-        Reader::new(self.ledger)
+        Reader::new(self.ledger, self.key.clone())
     }
 }
 
-/// Typed read-only queries; they need no identity.
-#[derive(Debug, Clone, Copy)]
+/// Typed read-only queries, signed by one identity: only registered identities may ask, and
+/// the audit trail only those whose role allows it.
+#[derive(Debug)]
 pub struct Reader<'a, L> {
     ledger: &'a L,
+    key: KeyPair,
+    nonce: AtomicU64,
 }
 
 impl<'a, L: LedgerApi> Reader<'a, L> {
-    /// Queries `ledger`.
-    pub fn new(ledger: &'a L) -> Self {
-        Self { ledger }
+    /// Queries `ledger` as `key`.
+    pub fn new(ledger: &'a L, key: KeyPair) -> Self {
+        Self {
+            ledger,
+            key,
+            nonce: AtomicU64::new(0),
+        }
     }
 
-    /// The anchor of a root.
+    /// Signs `query` for this ledger.
+    pub fn sign(&self, query: Query) -> Result<SignedQuery> {
+        SignedQuery::sign(
+            &self.key,
+            &QueryBody {
+                ledger: self.ledger.genesis().hash(),
+                nonce: self.nonce.fetch_add(1, Ordering::Relaxed),
+                query,
+            },
+        )
+    }
+
+    /// One peer's answer.
+    pub async fn ask(&self, query: Query) -> Result<QueryResult> {
+        self.ledger.query(self.sign(query)?).await
+    }
+
+    /// An answer `f + 1` peers gave alike, so at least one correct peer: asked again for a
+    /// while when peers disagree (some have not executed the latest block yet).
+    pub async fn ask_quorum(&self, query: Query) -> Result<QueryResult> {
+        let need = self.ledger.max_faulty() + 1;
+        let mut last = String::new();
+        for attempt in 0..QUORUM_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(QUORUM_RETRY).await;
+            }
+            let answers = self.ledger.query_all(self.sign(query.clone())?).await;
+            let mut tally: Vec<(QueryResult, usize)> = Vec::new();
+            for a in answers {
+                match a {
+                    Ok(r) => match tally.iter_mut().find(|(x, _)| *x == r) {
+                        Some((_, n)) => *n += 1,
+                        None => tally.push((r, 1)),
+                    },
+                    Err(e) if is_refusal(&e) => return Err(e),
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            let agreed: Vec<QueryResult> = tally
+                .into_iter()
+                .filter(|(_, n)| *n >= need)
+                .map(|(r, _)| r)
+                .collect();
+            if let [one] = agreed.as_slice() {
+                return Ok(one.clone());
+            }
+        }
+        Err(Error::Verification(format!(
+            "no answer given alike by {need} peers ({last})"
+        )))
+    }
+
+    /// The anchor of a root, checked: a claimed anchor must come with the receipt of its
+    /// transaction (verified offline against the genesis) that anchored exactly this record; a
+    /// claimed absence must be confirmed by `f + 1` peers. A lying peer can therefore neither
+    /// invent an anchor nor hide one.
     pub async fn anchor_of(&self, root: Digest) -> Result<Option<AnchorRecord>> {
-        match self.ledger.query(Query::Anchor(root)).await? {
-            QueryResult::Anchor(a) => Ok(a.map(|b| *b)),
-            other => Err(unexpected(&other)),
+        let claimed = match self.ask(Query::Anchor(root)).await? {
+            QueryResult::Anchor(a) => a,
+            other => return Err(unexpected(&other)),
+        };
+        let record = match claimed {
+            Some(r) => *r,
+            None => match self.ask_quorum(Query::Anchor(root)).await? {
+                QueryResult::Anchor(None) => return Ok(None),
+                QueryResult::Anchor(Some(r)) => *r,
+                other => return Err(unexpected(&other)),
+            },
+        };
+        if record.spec.root != root {
+            return Err(Error::Verification(format!(
+                "asked for the anchor of {root}, got one of {}",
+                record.spec.root
+            )));
         }
+        let receipt = self
+            .receipt(record.tx)
+            .await?
+            .ok_or_else(|| Error::Verification(format!("no receipt for the anchor of {root}")))?;
+        check_anchor(&record, &receipt, self.ledger.genesis())?;
+        Ok(Some(record))
     }
 
-    /// Every anchor of a root (one per derivation), in commit order.
+    /// Every anchor of a root (one per derivation), in commit order, checked like
+    /// [`Reader::anchor_of`]: each claimed derivation against the receipt of its transaction, a
+    /// claimed absence against `f + 1` peers.
     pub async fn anchors_of(&self, root: Digest) -> Result<Vec<AnchorRecord>> {
-        match self.ledger.query(Query::Anchors(root)).await? {
-            QueryResult::Anchors(a) => Ok(a),
-            other => Err(unexpected(&other)),
+        let claimed = match self.ask(Query::Anchors(root)).await? {
+            QueryResult::Anchors(a) => a,
+            other => return Err(unexpected(&other)),
+        };
+        let records = if claimed.is_empty() {
+            match self.ask_quorum(Query::Anchors(root)).await? {
+                QueryResult::Anchors(a) => a,
+                other => return Err(unexpected(&other)),
+            }
+        } else {
+            claimed
+        };
+        for record in &records {
+            if record.spec.root != root {
+                return Err(Error::Verification(format!(
+                    "asked for the anchors of {root}, got one of {}",
+                    record.spec.root
+                )));
+            }
+            let receipt = self.receipt(record.tx).await?.ok_or_else(|| {
+                Error::Verification(format!(
+                    "no receipt for the anchor of {root} in transaction {}",
+                    record.tx
+                ))
+            })?;
+            check_anchor(record, &receipt, self.ledger.genesis())?;
         }
+        Ok(records)
     }
 
     /// The lineage DAG of a root.
     pub async fn lineage(&self, root: Digest, max_depth: u32) -> Result<Lineage> {
-        match self
-            .ledger
-            .query(Query::Lineage { root, max_depth })
-            .await?
-        {
+        match self.ask(Query::Lineage { root, max_depth }).await? {
             QueryResult::Lineage(l) => Ok(l),
             other => Err(unexpected(&other)),
         }
@@ -219,8 +336,7 @@ impl<'a, L: LedgerApi> Reader<'a, L> {
         to: Time,
     ) -> Result<Vec<AuditEvent>> {
         match self
-            .ledger
-            .query(Query::Audit {
+            .ask(Query::Audit {
                 subject,
                 actor,
                 from,
@@ -235,18 +351,68 @@ impl<'a, L: LedgerApi> Reader<'a, L> {
 
     /// A registered identity.
     pub async fn identity(&self, key: PublicKey) -> Result<Option<Identity>> {
-        match self.ledger.query(Query::Identity(key)).await? {
+        match self.ask(Query::Identity(key)).await? {
             QueryResult::Identity(i) => Ok(i),
             other => Err(unexpected(&other)),
         }
     }
 
-    /// The receipt of a committed transaction, once its block is certified.
+    /// The receipt of a committed transaction, once its block is certified, checked against
+    /// the genesis.
     pub async fn receipt(&self, tx: Digest) -> Result<Option<Receipt>> {
-        match self.ledger.query(Query::Receipt(tx)).await? {
-            QueryResult::Receipt(r) => Ok(r.map(|b| *b)),
+        match self.ask(Query::Receipt(tx)).await? {
+            QueryResult::Receipt(Some(r)) => {
+                r.verify(self.ledger.genesis())?;
+                if r.tx_id() != tx {
+                    return Err(Error::Verification(format!(
+                        "asked for the receipt of {tx}, got one of {}",
+                        r.tx_id()
+                    )));
+                }
+                Ok(Some(*r))
+            }
+            QueryResult::Receipt(None) => Ok(None),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// The chain head of the peer answering.
+    pub async fn head(&self) -> Result<crate::chain::Head> {
+        match self.ask(Query::Head).await? {
+            QueryResult::Head(h) => Ok(h),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// Whether an error is the ledger refusing the query (final), not a peer failing.
+fn is_refusal(e: &Error) -> bool {
+    match e {
+        Error::Denied(_) => true,
+        Error::Rpc(s) => s.code() == tonic::Code::PermissionDenied,
+        _ => false,
+    }
+}
+
+/// Checks that `receipt` (verified against `genesis`) proves `record`: an accepted anchor
+/// transaction by the record's signer, at the record's position, anchoring the record's spec.
+pub fn check_anchor(record: &AnchorRecord, receipt: &Receipt, genesis: &Genesis) -> Result<()> {
+    receipt.verify(genesis)?;
+    let body = receipt.tx.body()?;
+    let proves = matches!(&body.call, Call::Anchor(spec) if *spec == record.spec)
+        && receipt.outcome.is_accepted()
+        && receipt.tx.signer == record.signer
+        && receipt.tx_id() == record.tx
+        && receipt.header.height == record.position.seq
+        && receipt.index == record.position.index
+        && receipt.header.time == record.time;
+    if proves {
+        Ok(())
+    } else {
+        Err(Error::Verification(format!(
+            "the anchor of {} does not match the receipt of its transaction",
+            record.spec.root
+        )))
     }
 }
 
@@ -264,8 +430,9 @@ struct ChannelNetwork {
 impl Network for ChannelNetwork {
     fn send(&self, to: ReplicaId, wire: Wire) {
         if let Some(n) = self.nodes.get(to.0 as usize) {
-            // A stopped node drops messages, as a crashed peer would.
-            let _ = n.deliver(self.me, wire);
+            // A stopped node drops messages, as a crashed peer would. Nothing is encoded in
+            // process, so only the message count bounds the queue.
+            let _ = n.deliver(self.me, wire, 0);
         }
     }
 }
@@ -298,7 +465,7 @@ impl Ledger {
             configs.push(NodeConfig::load(&dir.join(format!("peer{i}.toml")))?);
         }
         let channels: Vec<_> = (0..n)
-            .map(|i| node::channel_for(ReplicaId(i as u32)))
+            .map(|i| node::channel_for(ReplicaId(i as u32), n))
             .collect();
         let handles: Arc<Vec<NodeHandle>> =
             Arc::new(channels.iter().map(|(h, _)| h.clone()).collect());
@@ -362,8 +529,16 @@ impl LedgerApi for Ledger {
         self.nodes[i].handle().submit(tx).await
     }
 
-    async fn query(&self, q: Query) -> Result<QueryResult> {
-        self.nodes[0].handle().query(q).await
+    async fn query(&self, q: SignedQuery) -> Result<QueryResult> {
+        self.nodes[0].handle().answer(&q)
+    }
+
+    async fn query_all(&self, q: SignedQuery) -> Vec<Result<QueryResult>> {
+        self.nodes.iter().map(|n| n.handle().answer(&q)).collect()
+    }
+
+    fn max_faulty(&self) -> usize {
+        max_faulty(self.genesis.peers.len())
     }
 
     fn genesis(&self) -> &Genesis {

@@ -32,7 +32,11 @@ pub struct ConsensusParams {
 impl Default for ConsensusParams {
     fn default() -> Self {
         Self {
-            window: 256,
+            // Checkpoints are taken after every block, so the low watermark trails execution by
+            // one round of checkpoint votes; 64 sequence numbers is far more than a primary
+            // with `max_inflight` in flight ever needs, and keeps the largest new-view message
+            // within the message limit (see `pbft::Config::validate`).
+            window: 64,
             max_batch: 2048,
             // Two batches in flight keep the pipeline busy while the previous one commits;
             // more only splits the same load into smaller blocks, and every block costs its
@@ -73,8 +77,12 @@ pub struct NodeConfig {
     pub key: PathBuf,
     /// Directory of the peer's redb store.
     pub data_dir: PathBuf,
-    /// Address to serve gRPC on (`host:port`); defaults to the genesis address.
+    /// Address to serve the peer listener on (`host:port`, mutual TLS between genesis peers);
+    /// defaults to the genesis address.
     pub listen: String,
+    /// Address to serve the client listener on (`host:port`, TLS); defaults to the genesis
+    /// client address.
+    pub client_listen: String,
     /// Consensus parameters.
     pub consensus: ConsensusParams,
 }
@@ -120,6 +128,29 @@ pub fn read_genesis(path: &Path) -> Result<Genesis> {
     Ok(g)
 }
 
+/// Creates `path` for writing, failing if it exists (`create_new`, so no other process can
+/// slip a file or a symlink in between a check and the write), owner-only on Unix from the
+/// first byte: a key is never readable by others, not even for a moment.
+fn create_private(path: &Path) -> Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::Config(format!(
+                "{} already exists; refusing to overwrite it",
+                path.display()
+            ))
+        } else {
+            Error::io(path, e)
+        }
+    })
+}
+
 /// Reads a key file (64 hex characters).
 pub fn read_key(path: &Path) -> Result<KeyPair> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -134,30 +165,22 @@ pub fn read_key(path: &Path) -> Result<KeyPair> {
     Ok(KeyPair::from_seed(seed))
 }
 
-fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+/// Writes a new file (never over an existing one), synced to disk.
+fn write_new(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut f = create_private(path)?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io(path, e))
 }
 
 fn write_key(path: &Path, key: &KeyPair) -> Result<()> {
-    write(path, &format!("{}\n", hex::encode(key.seed())))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::io(path, e))?;
-    }
-    Ok(())
+    write_new(path, &format!("{}\n", hex::encode(key.seed())))
 }
 
 /// Creates a new identity key from the operating system's randomness and writes it to `path`
-/// (owner-only permissions). Refuses to overwrite an existing key.
+/// (owner-only permissions from creation). Refuses to overwrite an existing key.
 pub fn new_key_file(path: &Path) -> Result<KeyPair> {
-    if path.exists() {
-        return Err(Error::Config(format!(
-            "{} already exists; refusing to overwrite a key",
-            path.display()
-        )));
-    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
@@ -173,13 +196,15 @@ pub fn new_key_file(path: &Path) -> Result<KeyPair> {
 pub struct InitOptions {
     /// Host of the peers' addresses.
     pub host: String,
-    /// Port of peer 0; peer `i` gets `base_port + i`.
+    /// Port of peer 0's peer listener; peer `i` gets `base_port + i` for its peer listener and
+    /// `base_port + peers + i` for its client listener.
     pub base_port: u16,
     /// Number of peers (`3f + 1`).
     pub peers: usize,
     /// Peer addresses from a template instead of `host` and `base_port`: `{i}` becomes the
     /// peer's index (`emrflow-ledger-{i}.emrflow-ledger:7400` names the pods of a Kubernetes
-    /// StatefulSet). The peer configs then listen on every interface at the address's port.
+    /// StatefulSet). The client listener is on the same host at the next port. The peer
+    /// configs then listen on every interface at those ports.
     pub address_template: Option<String>,
     /// Ledger name.
     pub chain_id: String,
@@ -229,35 +254,66 @@ pub fn init(out: &Path, opts: &InitOptions) -> Result<InitOutput> {
     init_with(out, opts, &mut new_key)
 }
 
-/// Each peer's (address in the genesis, address its config listens on).
-fn peer_addresses(opts: &InitOptions) -> Result<Vec<(String, String)>> {
+/// Where one peer is reached and listens.
+struct Addresses {
+    peer: String,
+    client: String,
+    listen: String,
+    client_listen: String,
+}
+
+/// Each peer's addresses in the genesis and the addresses its config listens on.
+fn peer_addresses(opts: &InitOptions) -> Result<Vec<Addresses>> {
+    let n = opts.peers;
     let Some(template) = &opts.address_template else {
-        return Ok((0..opts.peers)
-            .map(|i| {
-                let a = format!("{}:{}", opts.host, opts.base_port as usize + i);
-                (a.clone(), a)
+        let port = |k: usize| -> Result<u16> {
+            u16::try_from(opts.base_port as usize + k).map_err(|_| {
+                Error::Config(format!(
+                    "--base-port {} leaves no room for {n} peers' two ports",
+                    opts.base_port
+                ))
             })
-            .collect());
+        };
+        return (0..n)
+            .map(|i| {
+                let peer = format!("{}:{}", opts.host, port(i)?);
+                let client = format!("{}:{}", opts.host, port(n + i)?);
+                Ok(Addresses {
+                    listen: peer.clone(),
+                    client_listen: client.clone(),
+                    peer,
+                    client,
+                })
+            })
+            .collect();
     };
     if !template.contains("{i}") {
         return Err(Error::Config(format!(
             "--peer-address-template {template:?} has no {{i}}: every peer would get the same address"
         )));
     }
-    let port = template
+    let (host, port) = template
         .rsplit_once(':')
-        .and_then(|(_, p)| p.parse::<u16>().ok())
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
         .ok_or_else(|| {
             Error::Config(format!(
                 "--peer-address-template {template:?} must end in :PORT"
             ))
         })?;
-    Ok((0..opts.peers)
+    let client_port = port.checked_add(1).ok_or_else(|| {
+        Error::Config(format!(
+            "--peer-address-template {template:?}: no port after {port}"
+        ))
+    })?;
+    Ok((0..n)
         .map(|i| {
-            (
-                template.replace("{i}", &i.to_string()),
-                format!("0.0.0.0:{port}"),
-            )
+            let host = host.replace("{i}", &i.to_string());
+            Addresses {
+                peer: format!("{host}:{port}"),
+                client: format!("{host}:{client_port}"),
+                listen: format!("0.0.0.0:{port}"),
+                client_listen: format!("0.0.0.0:{client_port}"),
+            }
         })
         .collect())
 }
@@ -269,16 +325,28 @@ pub fn init_with(
     new_key: &mut dyn FnMut() -> KeyPair,
 ) -> Result<InitOutput> {
     let genesis_path = out.join("genesis.json");
-    if genesis_path.exists() {
+    if !crate::ids::is_three_f_plus_one(opts.peers) {
         return Err(Error::Config(format!(
-            "{} already exists; refusing to overwrite a ledger",
-            genesis_path.display()
+            "--peers {}: a ledger needs n = 3f + 1 peers (4, 7, 10, ...); any other number \
+             tolerates no more faulty peers than the 3f + 1 below it",
+            opts.peers
         )));
     }
-    if opts.peers < 4 {
-        return Err(Error::Config("a ledger needs at least 4 peers".into()));
-    }
     let addresses = peer_addresses(opts)?;
+    // Nothing is written unless nothing would be overwritten: an existing ledger's keys are
+    // never replaced, and a half-written directory is never left behind by a refusal.
+    let admin_key = out.join("admin.key");
+    let mut targets = vec![genesis_path.clone(), admin_key.clone()];
+    for i in 0..opts.peers {
+        targets.push(out.join(format!("peer{i}")).join("key"));
+        targets.push(out.join(format!("peer{i}.toml")));
+    }
+    if let Some(existing) = targets.iter().find(|p| p.exists()) {
+        return Err(Error::Config(format!(
+            "{} already exists; refusing to overwrite a ledger",
+            existing.display()
+        )));
+    }
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let admin = new_key();
     let keys: Vec<KeyPair> = (0..opts.peers).map(|_| new_key()).collect();
@@ -286,20 +354,27 @@ pub fn init_with(
         chain_id: opts.chain_id.clone(),
         peers: keys
             .iter()
+            .zip(&addresses)
             .enumerate()
-            .map(|(i, k)| PeerInfo {
+            .map(|(i, (k, a))| PeerInfo {
                 id: ReplicaId(i as u32),
                 public_key: k.public(),
-                address: addresses[i].0.clone(),
+                address: a.peer.clone(),
+                client_address: a.client.clone(),
             })
             .collect(),
         admin: admin.public(),
         admin_name: opts.admin_name.clone(),
     };
-    let admin_key = out.join("admin.key");
+    genesis.validate()?;
+    for i in 0..opts.peers {
+        opts.consensus
+            .replica_config(&genesis, ReplicaId(i as u32))
+            .validate()?;
+    }
     write_key(&admin_key, &admin)?;
     let mut configs = Vec::new();
-    for (i, k) in keys.iter().enumerate() {
+    for ((i, k), a) in keys.iter().enumerate().zip(&addresses) {
         let dir = out.join(format!("peer{i}"));
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         write_key(&dir.join("key"), k)?;
@@ -308,15 +383,17 @@ pub fn init_with(
             genesis: PathBuf::from("genesis.json"),
             key: PathBuf::from(format!("peer{i}/key")),
             data_dir: PathBuf::from(format!("peer{i}")),
-            listen: addresses[i].1.clone(),
+            listen: a.listen.clone(),
+            client_listen: a.client_listen.clone(),
             consensus: opts.consensus.clone(),
         };
         let path = out.join(format!("peer{i}.toml"));
         let text = toml::to_string(&cfg).map_err(|e| Error::Config(e.to_string()))?;
-        write(&path, &text)?;
+        write_new(&path, &text)?;
         configs.push(path);
     }
-    write(&genesis_path, &serde_json::to_string_pretty(&genesis)?)?;
+    // The genesis last: its presence marks a complete ledger directory.
+    write_new(&genesis_path, &serde_json::to_string_pretty(&genesis)?)?;
     Ok(InitOutput {
         genesis: genesis_path,
         admin_key,
@@ -359,8 +436,82 @@ mod address_tests {
                 "emrflow-ledger-3.emrflow-ledger:7400"
             ]
         );
+        let clients: Vec<&str> = genesis
+            .peers
+            .iter()
+            .map(|p| p.client_address.as_str())
+            .collect();
+        assert_eq!(clients[3], "emrflow-ledger-3.emrflow-ledger:7401");
         let peer2 = std::fs::read_to_string(dir.path().join("peer2.toml")).unwrap_or_default();
         assert!(peer2.contains("listen = \"0.0.0.0:7400\""), "{peer2}");
+        assert!(
+            peer2.contains("client_listen = \"0.0.0.0:7401\""),
+            "{peer2}"
+        );
+    }
+
+    #[test]
+    fn init_writes_private_keys_and_never_overwrites_a_ledger() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let out = init_with(dir.path(), &InitOptions::default(), &mut seeded())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let genesis = read_genesis(&out.genesis).unwrap_or_else(|e| panic!("{e}"));
+        // Peer listeners 7400..7403, client listeners 7404..7407.
+        assert_eq!(genesis.peers[1].address, "127.0.0.1:7401");
+        assert_eq!(genesis.peers[1].client_address, "127.0.0.1:7405");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for key in [out.admin_key.clone(), dir.path().join("peer3/key")] {
+                let mode = std::fs::metadata(&key)
+                    .map(|m| m.permissions().mode() & 0o777)
+                    .unwrap_or(0);
+                assert_eq!(mode, 0o600, "{}", key.display());
+            }
+        }
+        let admin_before = std::fs::read(&out.admin_key).unwrap_or_default();
+        // A second init into the same directory, even with the genesis gone, refuses and
+        // leaves every key as it was.
+        std::fs::remove_file(&out.genesis).unwrap_or_else(|e| panic!("{e}"));
+        let e = init_with(dir.path(), &InitOptions::default(), &mut seeded())
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("refusing to overwrite"), "{e}");
+        assert_eq!(
+            std::fs::read(&out.admin_key).unwrap_or_default(),
+            admin_before
+        );
+        assert!(!out.genesis.exists());
+        // A single identity key is never overwritten either.
+        let e = new_key_file(&out.admin_key)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("refusing to overwrite"), "{e}");
+    }
+
+    #[test]
+    fn init_refuses_a_peer_count_that_is_not_3f_plus_1() {
+        for peers in [3, 5, 6, 8] {
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+            let opts = InitOptions {
+                peers,
+                ..InitOptions::default()
+            };
+            let e = init_with(dir.path(), &opts, &mut seeded())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains("3f + 1"), "{peers}: {e}");
+            assert!(std::fs::read_dir(dir.path()).map_or(0, Iterator::count) == 0);
+        }
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let opts = InitOptions {
+            peers: 7,
+            ..InitOptions::default()
+        };
+        init_with(dir.path(), &opts, &mut seeded()).unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[test]

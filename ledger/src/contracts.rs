@@ -29,6 +29,34 @@ use crate::error::Error;
 use crate::ids::{SeqNo, Time};
 use crate::tx::SignedTx;
 
+/// Longest identity name, in bytes.
+pub const MAX_NAME_LEN: usize = 128;
+/// Longest artifact location (a URL or path), in bytes.
+pub const MAX_LOCATION_LEN: usize = 2048;
+/// Longest stage name, in bytes.
+pub const MAX_STAGE_LEN: usize = 128;
+/// Longest code version, in bytes.
+pub const MAX_CODE_VERSION_LEN: usize = 256;
+/// Longest stated purpose of an access, in bytes.
+pub const MAX_PURPOSE_LEN: usize = 512;
+/// Most parents one anchor may name.
+pub const MAX_PARENTS: usize = 256;
+
+/// Refuses a string over `max` bytes or holding a control character: every string of a
+/// transaction ends up in the audit trail, which people read in terminals.
+fn check_text(what: &str, s: &str, max: usize) -> Result<(), String> {
+    if s.len() > max {
+        return Err(format!(
+            "{what} of {} bytes is over the {max}-byte limit",
+            s.len()
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(format!("{what} holds a control character"));
+    }
+    Ok(())
+}
+
 /// The roles of the published system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -202,6 +230,29 @@ pub enum Call {
         /// Why (free text, no PHI).
         purpose: String,
     },
+}
+
+impl Call {
+    /// The length limits of its strings and lists (see the `MAX_*` constants).
+    pub fn check_limits(&self) -> Result<(), String> {
+        match self {
+            Call::RegisterIdentity { name, .. } => check_text("name", name, MAX_NAME_LEN),
+            Call::Anchor(a) => {
+                check_text("location", &a.location, MAX_LOCATION_LEN)?;
+                check_text("stage", &a.stage, MAX_STAGE_LEN)?;
+                check_text("code version", &a.code_version, MAX_CODE_VERSION_LEN)?;
+                if a.parents.len() > MAX_PARENTS {
+                    return Err(format!(
+                        "{} parents is over the limit of {MAX_PARENTS}",
+                        a.parents.len()
+                    ));
+                }
+                Ok(())
+            }
+            Call::RecordAccess { purpose, .. } => check_text("purpose", purpose, MAX_PURPOSE_LEN),
+            Call::RevokeIdentity { .. } | Call::Grant { .. } | Call::Revoke { .. } => Ok(()),
+        }
+    }
 }
 
 /// The action an audit event records.
@@ -446,6 +497,23 @@ pub struct Lineage {
     pub missing: Vec<Digest>,
 }
 
+/// One change to the state, as it is undone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Undo {
+    /// A nonce was recorded for a signer.
+    Nonce(PublicKey, u64),
+    /// An identity was added (`None`) or changed (its old value).
+    Identity(PublicKey, Option<Identity>),
+    /// A derivation was appended to a root's anchors (the last one).
+    Anchor(Digest),
+    /// A grant was added.
+    GrantAdded((Digest, PublicKey, Access)),
+    /// A grant was removed.
+    GrantRemoved((Digest, PublicKey, Access)),
+    /// An audit event was appended.
+    Audit,
+}
+
 /// The contract state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
@@ -458,6 +526,8 @@ pub struct State {
     audit: Vec<AuditEvent>,
     by_actor: BTreeMap<PublicKey, Vec<usize>>,
     by_subject: BTreeMap<Digest, Vec<usize>>,
+    /// While staging (see [`State::stage`]), every change in order, so that it can be undone.
+    journal: Option<Vec<Undo>>,
 }
 
 impl State {
@@ -486,6 +556,88 @@ impl State {
             audit: Vec::new(),
             by_actor: BTreeMap::new(),
             by_subject: BTreeMap::new(),
+            journal: None,
+        }
+    }
+
+    /// Starts staging: the changes made from now on are journaled and can be undone with
+    /// [`State::rollback`] or kept with [`State::keep`]. Executing on a staged state is
+    /// executing on a copy without copying the whole state (which grows with every
+    /// transaction ever executed).
+    pub(crate) fn stage(&mut self) {
+        self.journal = Some(Vec::new());
+    }
+
+    /// Keeps what was staged.
+    pub(crate) fn keep(&mut self) {
+        self.journal = None;
+    }
+
+    /// Undoes every change made since [`State::stage`], newest first.
+    pub(crate) fn rollback(&mut self) {
+        let Some(journal) = self.journal.take() else {
+            return;
+        };
+        for undo in journal.into_iter().rev() {
+            match undo {
+                Undo::Nonce(signer, nonce) => {
+                    if let Some(set) = self.nonces.get_mut(&signer) {
+                        set.remove(&nonce);
+                        if set.is_empty() {
+                            self.nonces.remove(&signer);
+                        }
+                    }
+                }
+                Undo::Identity(key, None) => {
+                    self.identities.remove(&key);
+                }
+                Undo::Identity(key, Some(old)) => {
+                    self.identities.insert(key, old);
+                }
+                Undo::Anchor(root) => {
+                    if let Some(derivations) = self.anchors.get_mut(&root) {
+                        derivations.pop();
+                        if derivations.is_empty() {
+                            self.anchors.remove(&root);
+                        }
+                    }
+                }
+                Undo::GrantAdded(g) => {
+                    self.grants.remove(&g);
+                }
+                Undo::GrantRemoved(g) => {
+                    self.grants.insert(g);
+                }
+                Undo::Audit => {
+                    let Some(e) = self.audit.pop() else { continue };
+                    let idx = self.audit.len();
+                    let unindex = |map: &mut Vec<usize>| {
+                        if map.last() == Some(&idx) {
+                            map.pop();
+                        }
+                    };
+                    if let Some(v) = self.by_actor.get_mut(&e.actor) {
+                        unindex(v);
+                        if v.is_empty() {
+                            self.by_actor.remove(&e.actor);
+                        }
+                    }
+                    if let Some(s) = e.subject
+                        && let Some(v) = self.by_subject.get_mut(&s)
+                    {
+                        unindex(v);
+                        if v.is_empty() {
+                            self.by_subject.remove(&s);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn journal(&mut self, undo: Undo) {
+        if let Some(j) = self.journal.as_mut() {
+            j.push(undo);
         }
     }
 
@@ -529,8 +681,13 @@ impl State {
                     .is_some_and(|n| n.contains(&body.nonce))
                 {
                     Outcome::denied(format!("{REPLAYED} {}", body.nonce))
+                } else if let Err(reason) = body.call.check_limits() {
+                    // Correct peers never order such a transaction (`SignedTx::check_shape`);
+                    // one that a faulty primary slipped in is denied, never applied.
+                    Outcome::denied(reason)
                 } else {
                     self.nonces.entry(tx.signer).or_default().insert(body.nonce);
+                    self.journal(Undo::Nonce(tx.signer, body.nonce));
                     self.apply(tx.signer, &body.call, action, id, position, time)
                 };
                 (action, subject, purpose, outcome)
@@ -551,6 +708,7 @@ impl State {
             tx: id,
             outcome: outcome.clone(),
         });
+        self.journal(Undo::Audit);
         outcome
     }
 
@@ -589,11 +747,16 @@ impl State {
                         registered: position,
                     },
                 );
+                self.journal(Undo::Identity(*key, None));
             }
             Call::RevokeIdentity { key } => match self.identities.get_mut(key) {
                 None => return Outcome::denied("unknown identity to revoke"),
                 Some(_) if *key == signer => return Outcome::denied("cannot revoke oneself"),
-                Some(id) => id.revoked = true,
+                Some(id) => {
+                    let old = id.clone();
+                    id.revoked = true;
+                    self.journal(Undo::Identity(*key, Some(old)));
+                }
             },
             Call::Anchor(spec) => {
                 // One root may be published several times (the same rows from another job or
@@ -628,6 +791,7 @@ impl State {
                         position,
                         time,
                     });
+                self.journal(Undo::Anchor(spec.root));
             }
             Call::Grant {
                 subject,
@@ -640,16 +804,21 @@ impl State {
                 if !self.identities.contains_key(grantee) {
                     return Outcome::denied("unknown grantee");
                 }
-                self.grants.insert((*subject, *grantee, *access));
+                let grant = (*subject, *grantee, *access);
+                if self.grants.insert(grant) {
+                    self.journal(Undo::GrantAdded(grant));
+                }
             }
             Call::Revoke {
                 subject,
                 grantee,
                 access,
             } => {
-                if !self.grants.remove(&(*subject, *grantee, *access)) {
+                let grant = (*subject, *grantee, *access);
+                if !self.grants.remove(&grant) {
                     return Outcome::denied("no such grant");
                 }
+                self.journal(Undo::GrantRemoved(grant));
             }
             Call::RecordAccess {
                 subject, access, ..
@@ -755,6 +924,41 @@ impl State {
     /// Number of audit events.
     pub fn audit_len(&self) -> usize {
         self.audit.len()
+    }
+
+    /// Whether `signer` may ask `query`: only registered, unrevoked identities may ask
+    /// anything; the audit trail is for the compliance role, or for the identity that anchored
+    /// the subject asked about (its own subject's accesses, by anyone).
+    pub fn authorize_query(&self, signer: &PublicKey, query: &Query) -> Result<(), String> {
+        let Some(me) = self.identities.get(signer) else {
+            return Err("unknown identity".into());
+        };
+        if me.revoked {
+            return Err("identity revoked".into());
+        }
+        match query {
+            Query::Audit { .. } if me.role == Role::Compliance => Ok(()),
+            Query::Audit {
+                subject: Some(s), ..
+            } if self
+                .anchors
+                .get(s)
+                .is_some_and(|d| d.iter().any(|a| a.signer == *signer)) =>
+            {
+                Ok(())
+            }
+            Query::Audit { .. } => Err(format!(
+                "role {} may read the audit trail only of subjects it anchored",
+                me.role
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `signer` is a registered identity that is not revoked: only those may have a
+    /// transaction ordered.
+    pub fn is_active(&self, signer: &PublicKey) -> bool {
+        self.identities.get(signer).is_some_and(|i| !i.revoked)
     }
 }
 

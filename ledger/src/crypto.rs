@@ -69,36 +69,11 @@ macro_rules! byte_newtype {
                     let s = String::deserialize(d)?;
                     Self::from_hex(&s).map_err(serde::de::Error::custom)
                 } else {
-                    let v: Vec<u8> = d.deserialize_bytes(BytesVisitor)?;
-                    let arr: [u8; $len] = v.try_into().map_err(|v: Vec<u8>| {
-                        serde::de::Error::custom(format!(
-                            "{}: expected {} bytes, got {}",
-                            $what,
-                            $len,
-                            v.len()
-                        ))
-                    })?;
-                    Ok(Self(arr))
+                    merkle::fixed_bytes::<_, $len>(d, $what).map(Self)
                 }
             }
         }
     };
-}
-
-/// Reads a byte string from a binary deserializer.
-struct BytesVisitor;
-
-impl serde::de::Visitor<'_> for BytesVisitor {
-    type Value = Vec<u8>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("bytes")
-    }
-    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<Vec<u8>, E> {
-        Ok(v.to_vec())
-    }
-    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> std::result::Result<Vec<u8>, E> {
-        Ok(v)
-    }
 }
 
 byte_newtype!(

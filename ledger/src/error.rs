@@ -41,6 +41,13 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The signer may not do what it asked (a query its role does not allow, an unknown or
+    /// revoked identity).
+    #[error("denied: {0}")]
+    Denied(String),
+    /// The peer is saturated (a bounded queue is full); try again or another peer.
+    #[error("busy: {0}")]
+    Busy(String),
     /// A local invariant broke: the replica's own state disagrees with a quorum.
     #[error("local invariant broken: {0}")]
     Invariant(String),

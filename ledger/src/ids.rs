@@ -20,9 +20,18 @@ pub const fn max_faulty(n: usize) -> usize {
     n.saturating_sub(1) / 3
 }
 
-/// `2f + 1`: any two quorums intersect in at least one correct replica (paper §4.2).
+/// The smallest quorum `q` for which any two quorums share at least `f + 1` replicas, so at
+/// least one correct one (paper §4.2): `2q - n >= f + 1`, i.e. `q = ⌊(n + f) / 2⌋ + 1`. For
+/// `n = 3f + 1` this is `2f + 1`; for any other `n` it stays safe where `2f + 1` would not
+/// (six peers with `2f + 1 = 3` would let two disjoint halves both commit).
 pub const fn quorum(n: usize) -> usize {
-    2 * max_faulty(n) + 1
+    (n + max_faulty(n)) / 2 + 1
+}
+
+/// Whether `n` is exactly `3f + 1` for some `f >= 1`: the only sizes the ledger accepts, since
+/// any other size pays for more peers without tolerating more faults.
+pub const fn is_three_f_plus_one(n: usize) -> bool {
+    n >= 4 && (n - 1).is_multiple_of(3)
 }
 
 /// A replica (peer) index `i` in `0..n`.
@@ -56,16 +65,17 @@ impl View {
         ReplicaId((self.0 % n) as u32)
     }
 
-    /// The next view.
+    /// The next view (saturating: a view number near `u64::MAX` can only come from a faulty
+    /// peer, and must not overflow).
     pub fn next(self) -> Self {
-        Self(self.0 + 1)
+        Self(self.0.saturating_add(1))
     }
 }
 
 impl SeqNo {
-    /// The next sequence number.
+    /// The next sequence number (saturating, like [`View::next`]).
     pub fn next(self) -> Self {
-        Self(self.0 + 1)
+        Self(self.0.saturating_add(1))
     }
 }
 
@@ -105,5 +115,15 @@ mod tests {
         assert_eq!(max_faulty(7), 2);
         assert_eq!(quorum(7), 5);
         assert_eq!(View(5).primary(4), ReplicaId(1));
+        // Any two quorums share f + 1 replicas (2q - n >= f + 1), whatever n.
+        for n in 1..40 {
+            let (f, q) = (max_faulty(n), quorum(n));
+            assert!(2 * q > n + f && q <= n.max(1), "n = {n}");
+            if is_three_f_plus_one(n) {
+                assert_eq!(q, 2 * f + 1, "n = {n}");
+            }
+        }
+        assert_eq!(quorum(6), 4);
+        assert!(!is_three_f_plus_one(6) && is_three_f_plus_one(7));
     }
 }

@@ -23,6 +23,8 @@ pub mod sim;
 #[cfg(feature = "net")]
 pub mod store;
 #[cfg(feature = "net")]
+pub mod tls;
+#[cfg(feature = "net")]
 pub mod transport;
 pub mod tx;
 

@@ -3,24 +3,39 @@
 //! persist first, in one durable transaction, then send. It owns all the IO and the clock of a
 //! peer; it must not make protocol decisions. How bytes travel is a [`Network`]: in-memory
 //! channels for the embedded ledger, tonic gRPC for `emrflow ledger node`.
+//!
+//! What waits for the consensus thread is bounded per source: each other peer may have at
+//! most [`MAX_QUEUED_PER_PEER`] messages and [`MAX_QUEUED_BYTES_PER_PEER`] bytes queued, and
+//! clients together [`MAX_QUEUED_SUBMITS`] transactions; beyond that a peer's messages are
+//! dropped (the protocol retransmits) and a client is told the peer is busy. A faulty peer or
+//! a flood of clients can thus neither exhaust memory nor crowd out the other peers. Queries
+//! never reach the consensus thread: they are answered from the shared chain by the caller.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
 
 use crate::chain::{Genesis, QueryResult, Receipt};
-use crate::contracts::Query;
 use crate::crypto::{Digest, KeyPair};
 use crate::error::{Error, Result};
 use crate::ids::{ReplicaId, Time};
-use crate::pbft::Config;
-use crate::peer::{Effect, Peer, PeerInput, Wire};
+use crate::pbft::{Config, MAX_MESSAGE_BYTES};
+use crate::peer::{Effect, Peer, PeerInput, SharedChain, Wire, read_chain};
 use crate::store::{Store, WriteBatch};
-use crate::tx::SignedTx;
+use crate::tx::{SignedQuery, SignedTx};
+
+/// Most messages from one peer waiting for the consensus thread.
+pub const MAX_QUEUED_PER_PEER: usize = 8192;
+/// Most bytes of messages from one peer waiting for the consensus thread (one message of the
+/// largest size is always let through when nothing of that peer waits).
+pub const MAX_QUEUED_BYTES_PER_PEER: usize = MAX_MESSAGE_BYTES;
+/// Most client transactions waiting for the consensus thread, all clients together.
+pub const MAX_QUEUED_SUBMITS: usize = 16_384;
 
 /// How a node reaches the other peers. Sending never blocks and may lose messages; the
 /// protocol retransmits.
@@ -32,14 +47,68 @@ pub trait Network: Send + Sync + 'static {
 /// What a node's thread receives.
 #[derive(Debug)]
 pub enum Command {
-    /// A message from another peer.
-    Wire(ReplicaId, Wire),
+    /// A message from another peer, with the bytes it took on the wire.
+    Wire(ReplicaId, Wire, usize),
     /// A client transaction; answered with its receipt once certified.
     Submit(SignedTx, oneshot::Sender<Result<Receipt>>),
-    /// A read-only query.
-    Query(Query, oneshot::Sender<QueryResult>),
     /// Stop the thread.
     Shutdown,
+}
+
+/// What is queued for the consensus thread, per source.
+#[derive(Debug)]
+struct Admission {
+    /// Per peer: messages and bytes queued.
+    peers: Vec<(AtomicUsize, AtomicUsize)>,
+    submits: AtomicUsize,
+}
+
+impl Admission {
+    fn new(n: usize) -> Self {
+        Self {
+            peers: (0..n)
+                .map(|_| (AtomicUsize::new(0), AtomicUsize::new(0)))
+                .collect(),
+            submits: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes a place for a message of `bytes` from `from`, if its share allows.
+    fn admit_peer(&self, from: ReplicaId, bytes: usize) -> bool {
+        let Some((count, queued)) = self.peers.get(from.0 as usize) else {
+            return false;
+        };
+        if count.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_PER_PEER {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        let before = queued.fetch_add(bytes, Ordering::AcqRel);
+        if before > 0 && before + bytes > MAX_QUEUED_BYTES_PER_PEER {
+            queued.fetch_sub(bytes, Ordering::AcqRel);
+            count.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn release_peer(&self, from: ReplicaId, bytes: usize) {
+        if let Some((count, queued)) = self.peers.get(from.0 as usize) {
+            count.fetch_sub(1, Ordering::AcqRel);
+            queued.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
+
+    fn admit_submit(&self) -> bool {
+        if self.submits.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_SUBMITS {
+            self.submits.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    fn release_submit(&self) {
+        self.submits.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// A cloneable handle to a running node.
@@ -47,6 +116,8 @@ pub enum Command {
 pub struct NodeHandle {
     id: ReplicaId,
     tx: Sender<Command>,
+    admission: Arc<Admission>,
+    chain: Arc<OnceLock<SharedChain>>,
 }
 
 impl NodeHandle {
@@ -55,29 +126,47 @@ impl NodeHandle {
         self.id
     }
 
-    /// Hands a message from peer `from` to the node; false once the node has stopped.
-    pub fn deliver(&self, from: ReplicaId, wire: Wire) -> bool {
-        self.tx.send(Command::Wire(from, wire)).is_ok()
+    /// Hands a message from peer `from` (authenticated by the caller), which took `bytes` on
+    /// the wire, to the node. Dropped when `from`'s share of the queue is full (the protocol
+    /// retransmits); false once the node has stopped.
+    pub fn deliver(&self, from: ReplicaId, wire: Wire, bytes: usize) -> bool {
+        if !self.admission.admit_peer(from, bytes) {
+            tracing::debug!(peer = self.id.0, %from, "queue full: message dropped");
+            return true;
+        }
+        if self.tx.send(Command::Wire(from, wire, bytes)).is_err() {
+            self.admission.release_peer(from, bytes);
+            return false;
+        }
+        true
     }
 
-    /// Submits a transaction and waits for its receipt (commit plus `2f + 1` certificate).
+    /// Submits a transaction and waits for its receipt (commit plus a quorum certificate).
     pub async fn submit(&self, tx: SignedTx) -> Result<Receipt> {
+        if !self.admission.admit_submit() {
+            return Err(Error::Busy(format!(
+                "{} has {MAX_QUEUED_SUBMITS} transactions waiting",
+                self.id
+            )));
+        }
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Submit(tx, reply))
-            .map_err(|_| Error::Stopped(format!("{} is not running", self.id)))?;
+        if self.tx.send(Command::Submit(tx, reply)).is_err() {
+            self.admission.release_submit();
+            return Err(Error::Stopped(format!("{} is not running", self.id)));
+        }
         rx.await
             .map_err(|_| Error::Stopped(format!("{} stopped before answering", self.id)))?
     }
 
-    /// Asks the node's state a question.
-    pub async fn query(&self, q: Query) -> Result<QueryResult> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Query(q, reply))
-            .map_err(|_| Error::Stopped(format!("{} is not running", self.id)))?;
-        rx.await
-            .map_err(|_| Error::Stopped(format!("{} stopped before answering", self.id)))
+    /// Answers a signed query from the node's executed chain, on the caller's thread (never
+    /// the consensus thread's): the signature, the ledger and the signer's right to ask are
+    /// checked first.
+    pub fn answer(&self, q: &SignedQuery) -> Result<QueryResult> {
+        let chain = self
+            .chain
+            .get()
+            .ok_or_else(|| Error::Stopped(format!("{} has not started", self.id)))?;
+        read_chain(chain).answer(q)
     }
 
     /// Asks the node to stop.
@@ -130,11 +219,19 @@ pub fn unix_ms() -> Time {
     Time(ms)
 }
 
-/// Creates the command channel of a node before it starts, so that networks can be wired
-/// to every node first.
-pub fn channel_for(id: ReplicaId) -> (NodeHandle, Receiver<Command>) {
+/// Creates the command channel of node `id` among `n` peers before it starts, so that
+/// networks can be wired to every node first.
+pub fn channel_for(id: ReplicaId, n: usize) -> (NodeHandle, Receiver<Command>) {
     let (tx, rx) = channel();
-    (NodeHandle { id, tx }, rx)
+    (
+        NodeHandle {
+            id,
+            tx,
+            admission: Arc::new(Admission::new(n)),
+            chain: Arc::new(OnceLock::new()),
+        },
+        rx,
+    )
 }
 
 /// Starts a node thread: restores the peer from `store`, then serves `commands`.
@@ -149,6 +246,9 @@ pub fn start(
 ) -> Result<Node> {
     let (state, blocks) = store.load()?;
     let (mut peer, mut effects) = Peer::restore(genesis, cfg, key, state, blocks)?;
+    if handle.chain.set(peer.shared_chain()).is_err() {
+        return Err(Error::Invariant(format!("{} started twice", handle.id)));
+    }
     // The replica's clock starts at zero: set it before any request can arm a timer.
     effects.extend(peer.handle(PeerInput::Tick(unix_ms())));
     let id = handle.id;
@@ -156,6 +256,7 @@ pub fn start(
         peer,
         store,
         network,
+        admission: handle.admission.clone(),
         timer: None,
         waiters: HashMap::new(),
     };
@@ -186,6 +287,7 @@ struct Host {
     peer: Peer,
     store: Store,
     network: Arc<dyn Network>,
+    admission: Arc<Admission>,
     timer: Option<Time>,
     waiters: HashMap<Digest, Vec<oneshot::Sender<Result<Receipt>>>>,
 }
@@ -244,23 +346,26 @@ impl Host {
 
     fn command(&mut self, cmd: Command, requests: &mut Requests, effects: &mut Vec<Effect>) {
         match cmd {
-            Command::Wire(_, Wire::Requests(txs)) => requests.relayed.extend(txs),
-            Command::Wire(from, wire) => {
+            Command::Wire(from, Wire::Requests(txs), bytes) => {
+                self.admission.release_peer(from, bytes);
+                requests.relayed.extend(txs);
+            }
+            Command::Wire(from, wire, bytes) => {
+                self.admission.release_peer(from, bytes);
                 effects.extend(self.peer.handle(PeerInput::Wire { from, wire }));
             }
             Command::Submit(tx, reply) => {
+                self.admission.release_submit();
                 // The replica checks the signature (once, in the step's batch) and answers
                 // with `Effect::Rejected` if it is bad.
                 let id = tx.digest();
-                if let Some(r) = self.peer.chain().receipt(&id) {
+                let known = self.peer.chain().receipt(&id);
+                if let Some(r) = known {
                     let _ = reply.send(Ok(r));
                     return;
                 }
                 self.waiters.entry(id).or_default().push(reply);
                 requests.client.push(tx);
-            }
-            Command::Query(q, reply) => {
-                let _ = reply.send(self.peer.chain().query(&q));
             }
             Command::Shutdown => {}
         }
@@ -278,9 +383,11 @@ impl Host {
                 Effect::PersistCertificate(c) => batch.certs.push(c),
                 Effect::SetTimer(t) => self.timer = Some(t),
                 Effect::Certified(seq) => certified.push(seq),
-                Effect::Rejected(id) => {
+                Effect::Rejected { id, reason } => {
                     for w in self.waiters.remove(&id).into_iter().flatten() {
-                        let _ = w.send(Err(Error::Verification("bad client signature".into())));
+                        let _ = w.send(Err(Error::Denied(format!(
+                            "refused before ordering: {reason}"
+                        ))));
                     }
                 }
                 other => sends.push(other),
@@ -289,6 +396,8 @@ impl Host {
         self.store.write(&batch)?;
         let me = self.peer.replica().id();
         let n = self.peer.chain().genesis().peers.len() as u32;
+        let chain = self.peer.shared_chain();
+        let chain = read_chain(&chain);
         for e in sends {
             match e {
                 Effect::Send { to, wire } => self.network.send(to, wire),
@@ -304,7 +413,7 @@ impl Host {
             return Ok(());
         }
         for seq in certified {
-            let has_waiter = self.peer.chain().block(seq).is_some_and(|b| {
+            let has_waiter = chain.block(seq).is_some_and(|b| {
                 b.txs
                     .iter()
                     .any(|tx| self.waiters.contains_key(&tx.digest()))
@@ -312,7 +421,7 @@ impl Host {
             if !has_waiter {
                 continue;
             }
-            for receipt in self.peer.chain().block_receipts(seq) {
+            for receipt in chain.block_receipts(seq) {
                 if let Some(waiting) = self.waiters.remove(&receipt.tx_id()) {
                     for w in waiting {
                         let _ = w.send(Ok(receipt.clone()));

@@ -78,6 +78,12 @@ impl Item {
     }
 }
 
+/// Whether `key` decodes to a point that is not of small order: the keys this rule accepts
+/// signatures from (a small-order key lets anyone sign).
+pub fn is_usable_key(key: &PublicKey) -> bool {
+    key_point(&key.0).is_some()
+}
+
 /// The key as a point, unless it does not decode or has small order.
 fn key_point(key: &[u8; 32]) -> Option<EdwardsPoint> {
     CompressedEdwardsY(*key)

@@ -1,5 +1,6 @@
-//! gRPC over tonic: the `Peer` service (one client stream from every peer to every other) and
-//! the `Ledger` service (submit, query), plus the [`Network`] that feeds the peer streams. It
+//! gRPC over tonic and TLS ([`crate::tls`]): the `Peer` service on the peer listener (one
+//! client stream from every peer to every other, mutual TLS), the `Ledger` service on the
+//! client listener (submit, query), and the [`GrpcNetwork`] that feeds the peer streams. It
 //! converts between protobuf envelopes and core values and does nothing else; errors map to a
 //! `tonic::Status` in one place.
 
@@ -9,13 +10,14 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::chain::{Genesis, QueryResult, Receipt};
 use crate::codec;
-use crate::contracts::Query;
+use crate::crypto::KeyPair;
 use crate::error::{Error, Result};
-use crate::ids::ReplicaId;
+use crate::ids::{ReplicaId, max_faulty};
 use crate::node::{Network, NodeHandle};
 use crate::peer::Wire;
 use crate::proto::ledger_client::LedgerClient;
@@ -23,10 +25,17 @@ use crate::proto::ledger_server::{Ledger, LedgerServer};
 use crate::proto::peer_client::PeerClient;
 use crate::proto::peer_server::{Peer, PeerServer};
 use crate::proto::{Ack, Envelope, QueryReply, QueryRequest, SubmitReply, SubmitRequest};
-use crate::tx::SignedTx;
+use crate::tls::{self, PeerIdentity};
+use crate::tx::{MAX_QUERY_BYTES, MAX_TX_BYTES, SignedQuery, SignedTx};
 
-/// Largest gRPC message accepted (state-transfer replies carry many blocks).
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+pub use crate::pbft::MAX_MESSAGE_BYTES;
+
+/// Largest request the client listener decodes: a transaction or a query of the largest size
+/// with its envelope. Anything an outsider sends beyond that is refused before decoding.
+pub const MAX_CLIENT_REQUEST_BYTES: usize = MAX_TX_BYTES + MAX_QUERY_BYTES + 1024;
+/// Most messages waiting to be sent to one peer; when full, messages are dropped (the
+/// protocol retransmits).
+pub const MAX_OUTBOUND_PER_PEER: usize = 8192;
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
@@ -34,6 +43,8 @@ impl From<Error> for Status {
             Error::Codec(_) | Error::Invalid { .. } | Error::Verification(_) => {
                 Status::invalid_argument(e.to_string())
             }
+            Error::Denied(_) => Status::permission_denied(e.to_string()),
+            Error::Busy(_) => Status::resource_exhausted(e.to_string()),
             Error::Stopped(_) => Status::unavailable(e.to_string()),
             Error::Timeout(_) => Status::deadline_exceeded(e.to_string()),
             Error::Rpc(s) => *s,
@@ -42,22 +53,27 @@ impl From<Error> for Status {
     }
 }
 
-/// Serves both services of one node.
+/// The `Peer` service of one node.
 #[derive(Debug, Clone)]
-struct Service {
+struct PeerService {
     node: NodeHandle,
 }
 
 #[tonic::async_trait]
-impl Peer for Service {
+impl Peer for PeerService {
     async fn deliver(
         &self,
         request: Request<Streaming<Envelope>>,
     ) -> std::result::Result<Response<Ack>, Status> {
+        // The sender is the genesis peer the TLS handshake proved; the listener accepts no
+        // other connection, so a stream without one is a wiring error, refused all the same.
+        let Some(from) = request.extensions().get::<PeerIdentity>().and_then(|p| p.0) else {
+            return Err(Status::unauthenticated("not a genesis peer"));
+        };
         let mut stream = request.into_inner();
         while let Some(env) = stream.message().await? {
             let wire: Wire = codec::decode(&env.body).map_err(Status::from)?;
-            if !self.node.deliver(ReplicaId(env.from), wire) {
+            if !self.node.deliver(from, wire, env.body.len()) {
                 // Ends the stream so the sender reconnects to whoever listens next.
                 return Err(Status::unavailable("peer stopped"));
             }
@@ -66,8 +82,14 @@ impl Peer for Service {
     }
 }
 
+/// The `Ledger` service of one node.
+#[derive(Debug, Clone)]
+struct LedgerService {
+    node: NodeHandle,
+}
+
 #[tonic::async_trait]
-impl Ledger for Service {
+impl Ledger for LedgerService {
     async fn submit(
         &self,
         request: Request<SubmitRequest>,
@@ -83,77 +105,138 @@ impl Ledger for Service {
         &self,
         request: Request<QueryRequest>,
     ) -> std::result::Result<Response<QueryReply>, Status> {
-        let q: Query = codec::decode(&request.into_inner().query)?;
-        let result = self.node.query(q).await?;
+        let q: SignedQuery = codec::decode(&request.into_inner().query)?;
+        // Off the IO thread as well as the consensus thread: a large answer is built under a
+        // read lock of the chain on a blocking-pool thread.
+        let node = self.node.clone();
+        let result = tokio::task::spawn_blocking(move || node.answer(&q))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(QueryReply {
             result: codec::encode(&result)?.into(),
         }))
     }
 }
 
-/// Serves the node on `addr` until `shutdown` resolves.
+/// Where and how one node serves.
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    /// The peer listener (mutual TLS).
+    pub peer: SocketAddr,
+    /// The client listener (TLS).
+    pub client: SocketAddr,
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::io(format!("listen on {addr}"), e))
+}
+
+/// Serves the node's two listeners until `shutdown` resolves: the `Peer` service under mutual
+/// TLS for the genesis peers on `at.peer`, the `Ledger` service under TLS on `at.client`.
 pub async fn serve(
     node: NodeHandle,
-    addr: SocketAddr,
+    genesis: &Genesis,
+    key: &KeyPair,
+    at: Listeners,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
-    let svc = Service { node };
-    tonic::transport::Server::builder()
+    let peers = genesis.peer_keys();
+    let peer_incoming = tls::incoming(
+        bind(at.peer).await?,
+        tls::peer_server_config(genesis, key)?,
+        peers.clone(),
+    );
+    let client_incoming = tls::incoming(
+        bind(at.client).await?,
+        tls::client_server_config(key)?,
+        peers,
+    );
+    let peer_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(
-            PeerServer::new(svc.clone())
+            PeerServer::new(PeerService { node: node.clone() })
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
+        .serve_with_incoming(peer_incoming);
+    let client_server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
         .add_service(
-            LedgerServer::new(svc)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            LedgerServer::new(LedgerService { node })
+                .max_decoding_message_size(MAX_CLIENT_REQUEST_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_shutdown(addr, shutdown)
-        .await?;
+        .serve_with_incoming(client_incoming);
+    tokio::select! {
+        r = peer_server => r?,
+        r = client_server => r?,
+        () = shutdown => {}
+    }
     Ok(())
 }
 
-/// Peer links over gRPC: one outbound queue and one reconnecting stream per peer.
+/// A tonic channel to `addr` over TLS under `config`, connected on first use.
+fn channel(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<Channel> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .connect_with_connector_lazy(tls::Dialer::new(config, addr.to_string())))
+}
+
+/// Peer links over gRPC and mutual TLS: one bounded outbound queue and one reconnecting
+/// stream per peer.
 #[derive(Debug)]
 pub struct GrpcNetwork {
-    queues: Vec<Option<mpsc::UnboundedSender<Wire>>>,
+    queues: Vec<Option<mpsc::Sender<Wire>>>,
 }
 
 impl GrpcNetwork {
-    /// Starts one link task per other peer on the current tokio runtime.
-    pub fn start(genesis: &Genesis, me: ReplicaId) -> Self {
-        let queues = genesis
-            .peers
-            .iter()
-            .map(|p| {
-                if p.id == me {
-                    return None;
-                }
-                let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(link(me, format!("http://{}", p.address), rx));
-                Some(tx)
-            })
-            .collect();
-        Self { queues }
+    /// Starts one link task per other peer on the current tokio runtime; `key` is this peer's
+    /// key, its TLS identity.
+    pub fn start(genesis: &Genesis, me: ReplicaId, key: &KeyPair) -> Result<Self> {
+        let mut queues = Vec::with_capacity(genesis.peers.len());
+        for p in &genesis.peers {
+            if p.id == me {
+                queues.push(None);
+                continue;
+            }
+            let config = tls::peer_client_config(key, p.public_key)?;
+            let (tx, rx) = mpsc::channel(MAX_OUTBOUND_PER_PEER);
+            tokio::spawn(link(p.address.clone(), config, rx));
+            queues.push(Some(tx));
+        }
+        Ok(Self { queues })
     }
 }
 
 impl Network for GrpcNetwork {
     fn send(&self, to: ReplicaId, wire: Wire) {
-        if let Some(Some(q)) = self.queues.get(to.0 as usize) {
-            let _ = q.send(wire);
+        if let Some(Some(q)) = self.queues.get(to.0 as usize)
+            && q.try_send(wire).is_err()
+        {
+            tracing::debug!(%to, "outbound queue full: message dropped");
         }
     }
 }
 
 /// Keeps a stream open to one peer, reconnecting when it breaks. Messages queued while the
 /// peer is unreachable are dropped; the protocol retransmits what matters.
-async fn link(me: ReplicaId, url: String, mut rx: mpsc::UnboundedReceiver<Wire>) {
+async fn link(addr: String, config: Arc<rustls::ClientConfig>, mut rx: mpsc::Receiver<Wire>) {
     loop {
-        let client = match PeerClient::connect(url.clone()).await {
-            Ok(c) => c
+        let connected = match Endpoint::from_shared(format!("http://{addr}")) {
+            Ok(e) => {
+                e.connect_timeout(Duration::from_secs(2))
+                    .connect_with_connector(tls::Dialer::new(config.clone(), addr.clone()))
+                    .await
+            }
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "bad peer address");
+                return;
+            }
+        };
+        let client = match connected {
+            Ok(c) => PeerClient::new(c)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES),
             Err(_) => {
@@ -166,7 +249,7 @@ async fn link(me: ReplicaId, url: String, mut rx: mpsc::UnboundedReceiver<Wire>)
                 continue;
             }
         };
-        let (tx, stream_rx) = mpsc::channel::<Envelope>(8192);
+        let (tx, stream_rx) = mpsc::channel::<Envelope>(MAX_OUTBOUND_PER_PEER);
         let mut client = client;
         let call =
             tokio::spawn(async move { client.deliver(ReceiverStream::new(stream_rx)).await });
@@ -177,10 +260,7 @@ async fn link(me: ReplicaId, url: String, mut rx: mpsc::UnboundedReceiver<Wire>)
             let Ok(body) = codec::encode(&wire) else {
                 continue;
             };
-            let env = Envelope {
-                from: me.0,
-                body: body.into(),
-            };
+            let env = Envelope { body: body.into() };
             if tx.send(env).await.is_err() || call.is_finished() {
                 break;
             }
@@ -189,36 +269,35 @@ async fn link(me: ReplicaId, url: String, mut rx: mpsc::UnboundedReceiver<Wire>)
     }
 }
 
-/// A client of one or more peers' `Ledger` service, failing over between them. Connections
-/// are made lazily and kept, so create it inside a tokio runtime and reuse it.
+/// A client of one or more peers' `Ledger` service over TLS, failing over between them.
+/// Each peer is authenticated by its genesis key. Connections are made lazily and kept, so
+/// create it inside a tokio runtime and reuse it.
 #[derive(Debug, Clone)]
 pub struct RemoteLedger {
     genesis: Arc<Genesis>,
-    endpoints: Vec<(String, tonic::transport::Channel)>,
+    endpoints: Vec<(String, Channel)>,
     timeout: Duration,
 }
 
 impl RemoteLedger {
-    /// A client for every peer listed in the genesis.
-    pub fn new(genesis: Genesis) -> Self {
+    /// A client for every peer listed in the genesis, at its client address.
+    pub fn new(genesis: Genesis) -> Result<Self> {
         let endpoints = genesis
             .peers
             .iter()
-            .filter_map(|p| {
-                let url = format!("http://{}", p.address);
-                let ch = tonic::transport::Endpoint::from_shared(url.clone())
-                    .ok()?
-                    .connect_timeout(Duration::from_secs(2))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                Some((url, ch))
+            .map(|p| {
+                let config = tls::ledger_client_config(p.public_key)?;
+                Ok((
+                    p.client_address.clone(),
+                    channel(&p.client_address, config)?,
+                ))
             })
-            .collect();
-        Self {
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
             genesis: Arc::new(genesis),
             endpoints,
             timeout: Duration::from_secs(10),
-        }
+        })
     }
 
     /// Only talk to these peers (by index), in this order of preference.
@@ -239,25 +318,26 @@ impl RemoteLedger {
         &self.genesis
     }
 
-    async fn client(&self, i: usize) -> Result<LedgerClient<tonic::transport::Channel>> {
+    fn client(&self, i: usize) -> Result<LedgerClient<Channel>> {
         let (_, ch) = self
             .endpoints
             .get(i)
             .ok_or_else(|| Error::Config("no peer endpoints".into()))?;
         Ok(LedgerClient::new(ch.clone())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+            .max_encoding_message_size(MAX_CLIENT_REQUEST_BYTES))
     }
 
     /// Submits to peer `start` first, then the others; the same signed transaction is
-    /// idempotent (a replay of an executed one just returns its receipt).
+    /// idempotent (a replay of an executed one just returns its receipt). A refusal (a bad
+    /// signature, a limit, an unknown signer) is final; an unreachable or busy peer is not.
     pub async fn submit_from(&self, tx: &SignedTx, start: usize) -> Result<Receipt> {
         let body = codec::encode(tx)?;
         let mut last = Error::Stopped("no peer reachable".into());
         for k in 0..self.endpoints.len() * 2 {
             let i = (start + k) % self.endpoints.len().max(1);
             let attempt = async {
-                let mut c = self.client(i).await?;
+                let mut c = self.client(i)?;
                 let reply = c
                     .submit(SubmitRequest {
                         transaction: body.clone().into(),
@@ -267,7 +347,12 @@ impl RemoteLedger {
             };
             match tokio::time::timeout(self.timeout, attempt).await {
                 Ok(Ok(r)) => return Ok(r),
-                Ok(Err(Error::Rpc(s))) if s.code() == tonic::Code::InvalidArgument => {
+                Ok(Err(Error::Rpc(s)))
+                    if matches!(
+                        s.code(),
+                        tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+                    ) =>
+                {
                     return Err(Error::Rpc(s));
                 }
                 Ok(Err(e)) => last = e,
@@ -278,14 +363,19 @@ impl RemoteLedger {
     }
 
     /// Asks peer `i` (an index into the endpoints).
-    pub async fn query_peer(&self, i: usize, q: &Query) -> Result<QueryResult> {
-        let mut c = self.client(i).await?;
-        let reply = c
-            .query(QueryRequest {
-                query: codec::encode(q)?.into(),
-            })
-            .await?;
-        codec::decode(&reply.into_inner().result)
+    pub async fn query_peer(&self, i: usize, q: &SignedQuery) -> Result<QueryResult> {
+        let mut c = self.client(i)?;
+        let attempt = async {
+            let reply = c
+                .query(QueryRequest {
+                    query: codec::encode(q)?.into(),
+                })
+                .await?;
+            codec::decode(&reply.into_inner().result)
+        };
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .map_err(|_| Error::Timeout(format!("query to {}", self.endpoints[i].0)))?
     }
 }
 
@@ -294,15 +384,28 @@ impl crate::client::LedgerApi for RemoteLedger {
         self.submit_from(&tx, 0).await
     }
 
-    async fn query(&self, q: Query) -> Result<QueryResult> {
+    async fn query(&self, q: SignedQuery) -> Result<QueryResult> {
         let mut last = Error::Stopped("no peer reachable".into());
         for i in 0..self.endpoints.len() {
             match self.query_peer(i, &q).await {
                 Ok(r) => return Ok(r),
+                // A refusal is the ledger's answer, not a peer's failure.
+                Err(Error::Rpc(s)) if s.code() == tonic::Code::PermissionDenied => {
+                    return Err(Error::Rpc(s));
+                }
                 Err(e) => last = e,
             }
         }
         Err(last)
+    }
+
+    async fn query_all(&self, q: SignedQuery) -> Vec<Result<QueryResult>> {
+        let asks = (0..self.endpoints.len()).map(|i| self.query_peer(i, &q));
+        futures::future::join_all(asks).await
+    }
+
+    fn max_faulty(&self) -> usize {
+        max_faulty(self.genesis.peers.len())
     }
 
     fn genesis(&self) -> &Genesis {
@@ -311,7 +414,8 @@ impl crate::client::LedgerApi for RemoteLedger {
 }
 
 /// Runs one peer as `emrflow ledger node` does: opens its store, links to the other peers over
-/// gRPC and serves until `shutdown` resolves. Must run inside a tokio runtime.
+/// mutual TLS, serves its peer and client listeners until `shutdown` resolves. Must run inside
+/// a tokio runtime.
 pub async fn run_node(
     cfg: &crate::config::NodeConfig,
     shutdown: impl Future<Output = ()> + Send,
@@ -320,22 +424,27 @@ pub async fn run_node(
     let id = ReplicaId(cfg.id);
     let key = crate::config::read_key(&cfg.key)?;
     crate::peer::check_key(&genesis, id, &key)?;
-    let listen = if cfg.listen.is_empty() {
-        genesis
-            .peers
-            .get(cfg.id as usize)
-            .map(|p| p.address.clone())
-            .ok_or_else(|| Error::Config(format!("no peer {id} in the genesis")))?
-    } else {
-        cfg.listen.clone()
+    let me = genesis
+        .peers
+        .get(cfg.id as usize)
+        .ok_or_else(|| Error::Config(format!("no peer {id} in the genesis")))?;
+    let parse = |configured: &str, default: &str, what: &str| -> Result<SocketAddr> {
+        let a = if configured.is_empty() {
+            default
+        } else {
+            configured
+        };
+        a.parse()
+            .map_err(|e| Error::Config(format!("{what} address {a:?}: {e}")))
     };
-    let addr: SocketAddr = listen
-        .parse()
-        .map_err(|e| Error::Config(format!("listen address {listen:?}: {e}")))?;
+    let at = Listeners {
+        peer: parse(&cfg.listen, &me.address, "listen")?,
+        client: parse(&cfg.client_listen, &me.client_address, "client listen")?,
+    };
     let store = crate::store::Store::open(&cfg.store_path())?;
-    let (handle, rx) = crate::node::channel_for(id);
+    let (handle, rx) = crate::node::channel_for(id, genesis.peers.len());
     let replica = cfg.consensus.replica_config(&genesis, id);
-    // The peer's network IO (its gRPC server and its links to the other peers) runs on one
+    // The peer's network IO (its gRPC servers and its links to the other peers) runs on one
     // thread of its own, next to the consensus thread of `node::start`, instead of on the
     // caller's multi-threaded runtime: every message crosses from IO to consensus anyway, and
     // with several workers it also hops between workers, which on a small machine hosting
@@ -351,19 +460,26 @@ pub async fn run_node(
                     .build()
                     .map_err(|e| Error::io("io runtime", e))?;
                 rt.block_on(async move {
-                    let net = Arc::new(GrpcNetwork::start(&genesis, id));
-                    let node =
-                        crate::node::start(handle.clone(), rx, genesis, replica, key, store, net)?;
+                    let net = Arc::new(GrpcNetwork::start(&genesis, id, &key)?);
+                    let node = crate::node::start(
+                        handle.clone(),
+                        rx,
+                        genesis.clone(),
+                        replica,
+                        key.clone(),
+                        store,
+                        net,
+                    )?;
                     // Stop at once on shutdown: a graceful drain would wait for the other
                     // peers' streams, which never end.
                     let served = tokio::select! {
-                        r = serve(handle, addr, std::future::pending()) => r,
+                        r = serve(handle, &genesis, &key, at, std::future::pending()) => r,
                         _ = stop_rx => Ok(()),
                     };
                     node.stop()?;
                     served
                 })
-                // The runtime is dropped here, closing the listener before `done` is sent.
+                // The runtime is dropped here, closing the listeners before `done` is sent.
             };
             let _ = done_tx.send(io());
         })

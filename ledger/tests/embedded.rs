@@ -135,10 +135,7 @@ async fn anchors_lineage_audit_receipts_restart_and_tamper_detection() {
         .collect();
     assert_eq!(kinds, vec![(Action::Read, false), (Action::Read, true)]);
 
-    let head_before = match ledger.query(ledger::contracts::Query::Head).await {
-        Ok(ledger::chain::QueryResult::Head(h)) => h,
-        other => panic!("head: {other:?}"),
-    };
+    let head_before = admin.reader().head().await.expect("head");
     assert!(head_before.height >= SeqNo(1));
     ledger.shutdown().expect("shutdown");
 

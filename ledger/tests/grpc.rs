@@ -1,5 +1,5 @@
-//! Four peers over real tonic gRPC on 127.0.0.1 inside one process: transactions commit with
-//! verifiable receipts, and after the primary stops the others change view and keep
+//! Four peers over real tonic gRPC and TLS on 127.0.0.1 inside one process: transactions
+//! commit with verifiable receipts, and after the primary stops the others change view and keep
 //! committing; the stopped peer restarts from its store and catches up to the same head.
 #![cfg(feature = "net")]
 
@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use ledger::chain::QueryResult;
+use ledger::client::Reader;
 use ledger::config::{self, InitOptions, NodeConfig};
 use ledger::contracts::Query;
 use ledger::crypto::KeyPair;
@@ -15,7 +16,7 @@ use ledger::transport::{RemoteLedger, run_node};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// A base port with four free consecutive ports.
+/// A base port with eight free consecutive ports (four peer and four client listeners).
 fn free_base() -> u16 {
     for _ in 0..200 {
         let Ok(l) = TcpListener::bind("127.0.0.1:0") else {
@@ -29,7 +30,7 @@ fn free_base() -> u16 {
         if base > 60_000 {
             continue;
         }
-        if (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+        if (0..8).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
     }
@@ -48,8 +49,9 @@ fn spawn(dir: &Path, i: usize) -> (oneshot::Sender<()>, JoinHandle<ledger::Resul
     (stop, task)
 }
 
-async fn head(remote: &RemoteLedger, peer: usize) -> Option<ledger::chain::Head> {
-    match remote.query_peer(peer, &Query::Head).await {
+async fn head(remote: &RemoteLedger, key: &KeyPair, peer: usize) -> Option<ledger::chain::Head> {
+    let q = Reader::new(remote, key.clone()).sign(Query::Head).ok()?;
+    match remote.query_peer(peer, &q).await {
         Ok(QueryResult::Head(h)) => Some(h),
         _ => None,
     }
@@ -75,9 +77,12 @@ async fn grpc_peers_survive_the_primary_stopping() {
     config::init_with(&dir, &opts, &mut keys).expect("init");
     let genesis = config::read_genesis(&dir.join("genesis.json")).expect("genesis");
     let admin = config::read_key(&dir.join("admin.key")).expect("admin");
+    let admin_key = admin.clone();
     let mut nodes: Vec<_> = (0..4).map(|i| Some(spawn(&dir, i))).collect();
 
-    let remote = RemoteLedger::new(genesis.clone()).with_timeout(Duration::from_secs(5));
+    let remote = RemoteLedger::new(genesis.clone())
+        .expect("client")
+        .with_timeout(Duration::from_secs(5));
     let report = ledger::load::run(&remote, admin.clone(), 200, 32, true, |_| Ok(()))
         .await
         .expect("load");
@@ -89,10 +94,11 @@ async fn grpc_peers_survive_the_primary_stopping() {
         task.await.expect("join").expect("peer 0 stopped cleanly");
     }
     let survivors = RemoteLedger::new(genesis.clone())
+        .expect("client")
         .with_peers(&[1, 2, 3])
         .with_timeout(Duration::from_secs(10));
     let mut ids = Vec::new();
-    let report = ledger::load::run(&survivors, admin, 100, 16, true, |r| {
+    let report = ledger::load::run(&survivors, admin.clone(), 100, 16, true, |r| {
         ids.push(r.tx_id());
         Ok(())
     })
@@ -100,7 +106,7 @@ async fn grpc_peers_survive_the_primary_stopping() {
     .expect("load without the primary");
     assert_eq!(report.acknowledged, 100, "{report:?}");
     for p in 0..3 {
-        let h = head(&survivors, p).await.expect("head");
+        let h = head(&survivors, &admin_key, p).await.expect("head");
         assert!(h.log_size >= 300, "peer {} has {} txs", p + 1, h.log_size);
     }
 
@@ -109,7 +115,10 @@ async fn grpc_peers_survive_the_primary_stopping() {
     let mut caught_up = false;
     for _ in 0..200 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let (Some(h0), Some(h1)) = (head(&remote, 0).await, head(&remote, 1).await) else {
+        let (Some(h0), Some(h1)) = (
+            head(&remote, &admin_key, 0).await,
+            head(&remote, &admin_key, 1).await,
+        ) else {
             continue;
         };
         if h0.height == h1.height && h0.hash == h1.hash && h0.log_size >= 300 {
@@ -118,8 +127,10 @@ async fn grpc_peers_survive_the_primary_stopping() {
         }
     }
     assert!(caught_up, "restarted peer did not catch up");
+    let reader = Reader::new(&remote, admin_key.clone());
     for id in ids {
-        match remote.query_peer(0, &Query::Receipt(id)).await {
+        let q = reader.sign(Query::Receipt(id)).expect("sign");
+        match remote.query_peer(0, &q).await {
             Ok(QueryResult::Receipt(Some(r))) => r.verify(&genesis).expect("receipt"),
             other => panic!("restarted peer lacks {id}: {other:?}"),
         }

@@ -95,13 +95,22 @@ impl<'de> Deserialize<'de> for Digest {
             let s = String::deserialize(d)?;
             Self::from_hex(&s).map_err(serde::de::Error::custom)
         } else {
-            let v = d.deserialize_bytes(BytesVisitor)?;
-            let arr: Hash32 = v.try_into().map_err(|v: Vec<u8>| {
-                serde::de::Error::custom(format!("digest: expected 32 bytes, got {}", v.len()))
-            })?;
-            Ok(Self(arr))
+            fixed_bytes(d, "digest").map(Self)
         }
     }
+}
+
+/// Reads exactly `N` bytes from a binary deserializer, naming `what` when the length differs.
+/// Every fixed-size byte value on the wire (digests here, keys and signatures in the ledger)
+/// is read through this one function, so they all fail the same way.
+pub fn fixed_bytes<'de, D: Deserializer<'de>, const N: usize>(
+    d: D,
+    what: &str,
+) -> Result<[u8; N], D::Error> {
+    let v = d.deserialize_bytes(BytesVisitor)?;
+    v.try_into().map_err(|v: Vec<u8>| {
+        serde::de::Error::custom(format!("{what}: expected {N} bytes, got {}", v.len()))
+    })
 }
 
 /// Reads a byte string from a binary deserializer.

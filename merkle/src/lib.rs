@@ -6,7 +6,7 @@ mod digest;
 mod frontier;
 mod rfc6962;
 
-pub use digest::{Digest, Hash32};
+pub use digest::{Digest, Hash32, fixed_bytes};
 pub use frontier::Frontier;
 pub use rfc6962::{
     Node, all_inclusion_proofs, consistency_proof, empty_root, inclusion_proof, leaf_hash,

@@ -311,8 +311,11 @@ pub async fn stage_job(
         .clone()
         .unwrap_or_else(|| job.output.path.clone());
     let target = Location::resolve(ctx, &target_raw)?;
-    // Refuse early, before any work, if the output exists.
-    if !options.overwrite && target.exists().await? {
+    // Refuse early, before any work, if the output exists (or, to be overwritten, is not an
+    // emrflow dataset).
+    if options.overwrite {
+        target.check_replaceable(MANIFEST_FILE).await?;
+    } else if target.exists().await? {
         return Err(Error::OutputExists(target_raw));
     }
 
@@ -439,7 +442,7 @@ pub async fn stage_job(
         .filter(|n| !plan.pseudonymized_out.contains(n))
         .collect();
     guard_schema(job, &out_schema)?;
-    let mut staging = Staging::begin(target, options.overwrite).await?;
+    let mut staging = Staging::begin(target, options.overwrite, MANIFEST_FILE).await?;
     #[allow(clippy::disallowed_methods)] // phase timings in the debug log
     let phase = Instant::now();
     let props = writer_properties(&plan.pseudonymized_out, job.row_key.as_deref());

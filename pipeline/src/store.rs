@@ -193,6 +193,32 @@ impl Location {
         Ok(!self.files().await?.is_empty())
     }
 
+    /// Whether `--overwrite` may replace what is here: only what emrflow published, which
+    /// holds `marker` (`manifest.json`, `model.json`) directly inside it. A mistyped output
+    /// naming a home folder, a data directory or a bucket's root must fail, not be wiped; the
+    /// root of a store (an empty prefix) is refused whatever it holds.
+    pub async fn check_replaceable(&self, marker: &str) -> Result<()> {
+        let refuse = |message: String| Error::Location {
+            location: self.raw.clone(),
+            message,
+        };
+        if self.path.parts().next().is_none() {
+            return Err(refuse(
+                "--overwrite never replaces the root of a store or filesystem".to_string(),
+            ));
+        }
+        if !self.exists().await? {
+            return Ok(());
+        }
+        match self.store.head(&self.child(marker)).await {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::NotFound { .. }) => Err(refuse(format!(
+                "--overwrite replaces only an emrflow output, and this has no {marker}"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// A child location (`dir/name`).
     pub fn child(&self, name: &str) -> ObjectPath {
         self.path.clone().join(name)
@@ -247,9 +273,13 @@ pub struct Staging {
 }
 
 impl Staging {
-    /// Prepares to publish at `target`. Fails if the target exists and `overwrite` is false.
-    pub async fn begin(target: Location, overwrite: bool) -> Result<Self> {
-        if !overwrite && target.exists().await? {
+    /// Prepares to publish at `target`, an output whose every publication holds `marker`.
+    /// Fails if the target exists and `overwrite` is false, and, when it is true, if the target
+    /// is not one emrflow published (see [`Location::check_replaceable`]).
+    pub async fn begin(target: Location, overwrite: bool, marker: &str) -> Result<Self> {
+        if overwrite {
+            target.check_replaceable(marker).await?;
+        } else if target.exists().await? {
             return Err(Error::OutputExists(target.raw.clone()));
         }
         let name = target.path.filename().unwrap_or("dataset").to_string();

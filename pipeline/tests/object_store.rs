@@ -145,3 +145,61 @@ async fn a_failed_job_leaves_nothing_in_the_store() {
         "left behind: {left:?}"
     );
 }
+
+#[tokio::test]
+async fn overwrite_replaces_only_an_emrflow_output_and_never_a_store_root() {
+    use pipeline::store::{Location, Staging};
+    let ctx = engine::embedded_context(Some(1)).unwrap_or_else(|e| panic!("{e}"));
+    let refused = |r: pipeline::Result<Staging>, why: &str| match r {
+        Err(pipeline::Error::Location { message, .. }) => {
+            assert!(message.contains(why), "{message}")
+        }
+        other => panic!("expected a refusal ({why}), got {other:?}"),
+    };
+    let resolve = |raw: &str| Location::resolve(&ctx, raw).unwrap_or_else(|e| panic!("{e}"));
+
+    // A prefix holding data emrflow did not publish is left alone.
+    put("notes/letter.txt", "keep me").await;
+    refused(
+        Staging::begin(resolve("memory:///notes"), true, "manifest.json").await,
+        "no manifest.json",
+    );
+    let store = pipeline::store::memory_store();
+    assert!(store.head(&Path::from("notes/letter.txt")).await.is_ok());
+    // The root of a store, whatever it holds.
+    refused(
+        Staging::begin(resolve("memory:///"), true, "manifest.json").await,
+        "root",
+    );
+    // A local folder that is not an emrflow output (a home folder given by mistake).
+    let home = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let precious = home.path().join("thesis.tex");
+    std::fs::write(&precious, "keep me").unwrap_or_else(|e| panic!("{e}"));
+    refused(
+        Staging::begin(
+            resolve(&home.path().display().to_string()),
+            true,
+            "manifest.json",
+        )
+        .await,
+        "no manifest.json",
+    );
+    assert!(precious.exists());
+    refused(
+        Staging::begin(resolve("/"), true, "manifest.json").await,
+        "root",
+    );
+
+    // What emrflow published, and what does not exist yet, may be replaced.
+    put("old/manifest.json", "{}").await;
+    assert!(
+        Staging::begin(resolve("memory:///old"), true, "manifest.json")
+            .await
+            .is_ok()
+    );
+    assert!(
+        Staging::begin(resolve("memory:///fresh"), true, "manifest.json")
+            .await
+            .is_ok()
+    );
+}

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ledger::contracts::{AuditEvent, Identity, Outcome};
+use ledger::contracts::{AuditEvent, Identity, Outcome, Role};
 use ledger::crypto::PublicKey;
 use ledger::ids::Time;
 use merkle::Digest;
@@ -65,7 +65,8 @@ pub fn escape(text: &str) -> String {
 
 /// The audit events `filter` selects, in commit order.
 pub async fn audit(provenance: &Provenance, filter: &AuditFilter) -> Result<Vec<AuditRow>> {
-    let reader = provenance.reader();
+    // The audit trail is answered to the compliance role (or a subject's owner) only.
+    let reader = provenance.reader_as(Role::Compliance).await?;
     let mut names: BTreeMap<PublicKey, Option<Identity>> = BTreeMap::new();
     let events = match filter {
         AuditFilter::Subject(s) => {

@@ -3,6 +3,8 @@
 //! ledger whose admin key is at hand, a command's per-role identity is created and registered
 //! on first use, and a missing read grant is given by the admin (and audited as such). Against
 //! a cluster nothing is created or granted implicitly: the caller names a registered identity.
+//! Queries are signed too (the ledger answers registered identities only), by the configured
+//! identity or, on an embedded ledger, by its admin.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -10,10 +12,10 @@ use std::path::{Path, PathBuf};
 use ledger::chain::{Genesis, QueryResult, Receipt};
 use ledger::client::{Client, Ledger, LedgerApi, Reader};
 use ledger::config;
-use ledger::contracts::{Access, AnchorRecord, AnchorSpec, Call, Outcome, Query, Role};
+use ledger::contracts::{Access, AnchorRecord, AnchorSpec, Call, Outcome, Role};
 use ledger::crypto::KeyPair;
 use ledger::transport::RemoteLedger;
-use ledger::tx::SignedTx;
+use ledger::tx::{SignedQuery, SignedTx};
 use merkle::Digest;
 use serde::Deserialize;
 
@@ -60,10 +62,24 @@ impl LedgerApi for Conn {
         }
     }
 
-    async fn query(&self, q: Query) -> ledger::Result<QueryResult> {
+    async fn query(&self, q: SignedQuery) -> ledger::Result<QueryResult> {
         match self {
             Conn::Embedded(l) => l.query(q).await,
             Conn::Remote(r) => r.query(q).await,
+        }
+    }
+
+    async fn query_all(&self, q: SignedQuery) -> Vec<ledger::Result<QueryResult>> {
+        match self {
+            Conn::Embedded(l) => l.query_all(q).await,
+            Conn::Remote(r) => r.query_all(q).await,
+        }
+    }
+
+    fn max_faulty(&self) -> usize {
+        match self {
+            Conn::Embedded(l) => l.max_faulty(),
+            Conn::Remote(r) => r.max_faulty(),
         }
     }
 
@@ -102,8 +118,11 @@ impl Provenance {
             let home = location
                 .parent()
                 .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+            let remote = RemoteLedger::new(genesis).with_context(|| {
+                format!("cannot set up TLS to the peers of {}", location.display())
+            })?;
             return Ok(Self {
-                conn: Some(Conn::Remote(RemoteLedger::new(genesis))),
+                conn: Some(Conn::Remote(remote)),
                 home,
                 identity: config.identity.clone(),
                 _lock: None,
@@ -291,23 +310,56 @@ impl Provenance {
 
     /// The receipt of a committed transaction, checked against the genesis.
     pub async fn receipt_of(&self, tx: Digest) -> Result<Receipt> {
-        let receipt = self.reader().receipt(tx).await?.ok_or_else(|| {
-            Error::invalid(format!("the ledger has no certified receipt for {tx}"))
-        })?;
-        receipt
-            .verify(self.genesis())
-            .context("the ledger returned a receipt that does not verify")?;
-        Ok(receipt)
+        self.reader()?
+            .receipt(tx)
+            .await
+            .context("the ledger returned a receipt that does not verify")?
+            .ok_or_else(|| Error::invalid(format!("the ledger has no certified receipt for {tx}")))
     }
 
-    /// Read-only queries.
-    pub fn reader(&self) -> Reader<'_, Conn> {
-        Reader::new(self.conn())
+    /// The key queries are signed with: the configured identity; on an embedded ledger, its
+    /// admin key, else any of its local per-role identities. A cluster is never queried with
+    /// a key found lying beside its genesis.
+    fn query_key(&self) -> Result<KeyPair> {
+        if let Some(path) = &self.identity {
+            return config::read_key(path)
+                .with_context(|| format!("cannot read the identity key {}", path.display()));
+        }
+        if let Some(admin) = self.local_admin() {
+            return Ok(admin);
+        }
+        if self.is_embedded() {
+            for role in Role::ALL {
+                let path = self.home.join("identities").join(format!("{role}.key"));
+                if path.exists() {
+                    return config::read_key(&path).with_context(|| {
+                        format!("cannot read the identity key {}", path.display())
+                    });
+                }
+            }
+        }
+        Err(Error::invalid(format!(
+            "queries to {} are signed by a registered identity: pass --identity KEY",
+            self.describe
+        )))
     }
 
-    /// Every anchor of a root (one per derivation), in commit order.
+    /// Read-only queries, signed by the configured identity (on an embedded ledger, its admin
+    /// key or a local per-role identity when none is configured).
+    pub fn reader(&self) -> Result<Reader<'_, Conn>> {
+        Ok(Reader::new(self.conn(), self.query_key()?))
+    }
+
+    /// Read-only queries signed as `role` (the audit trail is answered to the compliance role,
+    /// or to a subject's owner).
+    pub async fn reader_as(&self, role: Role) -> Result<Reader<'_, Conn>> {
+        Ok(Reader::new(self.conn(), self.key_for(role).await?))
+    }
+
+    /// Every anchor of a root (one per derivation), in commit order: each checked against the
+    /// receipt of its transaction, an absence against `f + 1` peers.
     pub async fn anchors_of(&self, root: Digest) -> Result<Vec<AnchorRecord>> {
-        Ok(self.reader().anchors_of(root).await?)
+        Ok(self.reader()?.anchors_of(root).await?)
     }
 
     /// A client acting as `role`.

@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 
 /// The lineage of `root` up to `depth` parent levels; an error when the root is not anchored.
 pub async fn lineage(provenance: &Provenance, root: Digest, depth: u32) -> Result<Lineage> {
-    let lineage = provenance.reader().lineage(root, depth).await?;
+    let lineage = provenance.reader()?.lineage(root, depth).await?;
     if lineage.nodes.is_empty() {
         return Err(Error::invalid(format!(
             "root {root} is not anchored on this ledger"

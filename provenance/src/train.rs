@@ -150,7 +150,8 @@ pub async fn train_model(
     let spec = dataset_spec(&manifest, config.label.as_deref())?;
     let target = Location::resolve(&ctx, &config.out)?;
     // Refuse an existing output before any work.
-    let mut staging = Staging::begin(target.clone(), config.overwrite).await?;
+    let mut staging =
+        Staging::begin(target.clone(), config.overwrite, ml::report::files::MODEL).await?;
     let result = async {
         // Only a dataset that is exactly what was anchored is trained on; the read is audited.
         #[allow(clippy::disallowed_methods)] // the command reports where its time went

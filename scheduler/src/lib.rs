@@ -23,7 +23,8 @@ pub enum Error {
 /// `emrflow scheduler`.
 #[derive(Debug, Clone)]
 pub struct SchedulerOptions {
-    /// Address to listen on (`0.0.0.0` for every interface).
+    /// Address to listen on: loopback by default, `0.0.0.0` for every interface (only on a
+    /// network that admits the cluster alone: the scheduler authenticates no one).
     pub bind_host: String,
     /// Port of the scheduler's gRPC service (clients use `df://HOST:PORT`).
     pub port: u16,
@@ -42,7 +43,7 @@ pub struct SchedulerOptions {
 impl Default for SchedulerOptions {
     fn default() -> Self {
         Self {
-            bind_host: "0.0.0.0".into(),
+            bind_host: "127.0.0.1".into(),
             port: 50050,
             external_host: "localhost".into(),
             // Ballista's 180 s suits long-lived services; a batch job that loses an executor

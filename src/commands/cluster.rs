@@ -16,7 +16,9 @@ Stops on SIGTERM or Ctrl-C."
 )]
 pub(crate) struct SchedulerArgs {
     /// Address to listen on
-    #[arg(long, env = "EMRFLOW_SCHEDULER_BIND_HOST", default_value = "0.0.0.0")]
+    // Loopback unless told otherwise: the scheduler authenticates no one, so another interface
+    // (0.0.0.0) belongs only on a network that admits the cluster's hosts alone.
+    #[arg(long, env = "EMRFLOW_SCHEDULER_BIND_HOST", default_value = "127.0.0.1")]
     bind_host: String,
     /// Port to listen on (clients use df://HOST:PORT)
     #[arg(long, env = "EMRFLOW_SCHEDULER_PORT", default_value_t = 50050)]
@@ -52,7 +54,9 @@ pub(crate) struct ExecutorArgs {
     #[arg(long, env = "EMRFLOW_SCHEDULER_PORT", default_value_t = 50050)]
     scheduler_port: u16,
     /// Address to listen on
-    #[arg(long, env = "EMRFLOW_EXECUTOR_BIND_HOST", default_value = "0.0.0.0")]
+    // Loopback unless told otherwise: anyone who reaches an executor's Flight port reads
+    // shuffle data and results.
+    #[arg(long, env = "EMRFLOW_EXECUTOR_BIND_HOST", default_value = "127.0.0.1")]
     bind_host: String,
     /// Host name others reach this executor by (default: the bind host; a pod IP on Kubernetes)
     #[arg(long, env = "EMRFLOW_EXECUTOR_EXTERNAL_HOST")]

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use ledger::chain::{QueryResult, Receipt, verify_chain};
+use ledger::client::Reader;
 use ledger::config::{self, InitOptions, NodeConfig};
 use ledger::contracts::Query;
 use ledger::store::Store;
@@ -63,14 +64,16 @@ pub(crate) struct InitArgs {
     /// Host of the peers' gRPC addresses
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
-    /// Port of peer 0; peer i listens on base-port + i
+    /// Port of peer 0's peer listener; peer i's peer listener (mutual TLS) is on base-port + i,
+    /// its client listener (TLS) on base-port + peers + i
     #[arg(long, default_value_t = 7400)]
     base_port: u16,
-    /// Number of peers (3f + 1)
+    /// Number of peers: 3f + 1 (4, 7, 10, ...)
     #[arg(long, default_value_t = 4)]
     peers: usize,
     /// Peer addresses from a template instead of --host/--base-port: {i} is the peer index, e.g.
-    /// emrflow-ledger-{i}.emrflow-ledger:7400 for the Kubernetes StatefulSet
+    /// emrflow-ledger-{i}.emrflow-ledger:7400 for the Kubernetes StatefulSet (each peer's client
+    /// listener is on the next port)
     #[arg(long, value_name = "HOST_WITH_{i}:PORT", conflicts_with_all = ["host", "base_port"])]
     peer_address_template: Option<String>,
     /// Print a JSON summary on stdout
@@ -119,6 +122,9 @@ pub(crate) struct HeadArgs {
     /// Peer index
     #[arg(long)]
     peer: usize,
+    /// Key file of a registered identity to sign the query with (defaults to DIR/admin.key)
+    #[arg(long)]
+    key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -129,6 +135,9 @@ pub(crate) struct HasArgs {
     /// Peer index
     #[arg(long)]
     peer: usize,
+    /// Key file of a registered identity to sign the queries with (defaults to DIR/admin.key)
+    #[arg(long)]
+    key: Option<PathBuf>,
     /// A receipts file written by `submit --receipts`
     #[arg(long)]
     receipts: PathBuf,
@@ -204,7 +213,21 @@ async fn node(a: NodeArgs) -> anyhow::Result<ExitStatus> {
 fn remote(dir: &std::path::Path) -> anyhow::Result<RemoteLedger> {
     Ok(RemoteLedger::new(config::read_genesis(
         &dir.join("genesis.json"),
-    )?))
+    )?)?)
+}
+
+/// The identity queries are signed with: `key`, else the ledger directory's admin key.
+fn query_key(
+    dir: &std::path::Path,
+    key: Option<&std::path::Path>,
+) -> anyhow::Result<ledger::crypto::KeyPair> {
+    let path = key.map_or_else(|| dir.join("admin.key"), std::path::Path::to_path_buf);
+    config::read_key(&path).with_context(|| {
+        format!(
+            "queries are signed by a registered identity: cannot read {}; pass --key",
+            path.display()
+        )
+    })
 }
 
 async fn submit(a: SubmitArgs) -> anyhow::Result<ExitStatus> {
@@ -241,7 +264,9 @@ async fn submit(a: SubmitArgs) -> anyhow::Result<ExitStatus> {
 
 async fn head(a: HeadArgs) -> anyhow::Result<ExitStatus> {
     let remote = remote(&a.dir)?;
-    match remote.query_peer(a.peer, &Query::Head).await? {
+    let key = query_key(&a.dir, a.key.as_deref())?;
+    let q = Reader::new(&remote, key).sign(Query::Head)?;
+    match remote.query_peer(a.peer, &q).await? {
         QueryResult::Head(h) => print_json(&h)?,
         other => anyhow::bail!("unexpected answer {other:?}"),
     }
@@ -271,11 +296,15 @@ fn read_receipts(path: &std::path::Path) -> anyhow::Result<Vec<Receipt>> {
 
 async fn has(a: HasArgs) -> anyhow::Result<ExitStatus> {
     let remote = remote(&a.dir)?;
+    let reader = Reader::new(&remote, query_key(&a.dir, a.key.as_deref())?);
     let receipts = read_receipts(&a.receipts)?;
     let mut missing = Vec::new();
     for r in &receipts {
         let id = r.tx_id();
-        match remote.query_peer(a.peer, &Query::Receipt(id)).await? {
+        match remote
+            .query_peer(a.peer, &reader.sign(Query::Receipt(id))?)
+            .await?
+        {
             QueryResult::Receipt(Some(_)) => {}
             _ => missing.push(id.to_hex()),
         }

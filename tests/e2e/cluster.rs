@@ -144,19 +144,7 @@ impl Drop for Cluster {
 
 /// The command line of the stroke job over the generated data in `data`, publishing to `out`.
 fn run_args(data: &Path, out: &Path, ledger: &Path, cluster: Option<&str>) -> Vec<String> {
-    let mut args = vec![
-        "run".to_string(),
-        "examples/stroke-synthetic.toml".to_string(),
-        "--input".to_string(),
-        format!("visits={}", data.join("visits.csv").display()),
-        "--input".to_string(),
-        format!("patients={}", data.join("patients.csv").display()),
-        "--out".to_string(),
-        out.display().to_string(),
-        "--ledger".to_string(),
-        ledger.display().to_string(),
-        "--json".to_string(),
-    ];
+    let mut args = crate::support::stroke_job_args(data, out, &ledger.display().to_string());
     if let Some(url) = cluster {
         args.extend(["--cluster".to_string(), url.to_string()]);
     }

@@ -1,5 +1,6 @@
-//! The ledger's process test: four `emrflow ledger node` processes on 127.0.0.1, a client
-//! streaming transactions, the primary killed with SIGKILL mid-stream. The other three change
+//! The ledger's process test: four `emrflow ledger node` processes on 127.0.0.1 (mutual TLS
+//! between peers, TLS to clients), a client streaming transactions, the primary killed with
+//! SIGKILL mid-stream. The other three change
 //! view and keep committing; every acknowledged transaction is on every surviving peer; the
 //! killed peer restarts from its redb store and catches up to the same head hash.
 
@@ -32,11 +33,12 @@ fn free_base() -> u16 {
         if base == 0 || base > 60_000 {
             continue;
         }
-        if (0..4).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
+        // Four peer listeners and four client listeners.
+        if (0..8).all(|i| TcpListener::bind(("127.0.0.1", base + i)).is_ok()) {
             return base;
         }
     }
-    panic!("no four free consecutive ports on 127.0.0.1");
+    panic!("no eight free consecutive ports on 127.0.0.1");
 }
 
 fn node(dir: &Path, i: usize) -> Child {

@@ -10,12 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{ArrayRef, AsArray, Float64Array, RecordBatch};
-use arrow::datatypes::{DataType, Float64Type};
+use arrow::array::RecordBatch;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::support::{emrflow, generate, run, stderr, stdout};
@@ -355,7 +353,7 @@ fn datasets_and_models_on_s3_are_published_anchored_checked_and_tampering_is_fou
     // One value of one row of one stored Parquet file.
     let part = first_part(&list(&s3, "datasets/v1"));
     let batches = read_parquet(&get(&s3, &part));
-    put(&s3, &part, tamper(&batches));
+    put(&s3, &part, crate::support::tampered_parquet(&batches));
     let out = cmd(
         &endpoint,
         &ledger,
@@ -410,28 +408,4 @@ fn read_parquet(bytes: &[u8]) -> Vec<RecordBatch> {
         .unwrap_or_else(|e| panic!("{e}"))
         .map(|b| b.unwrap_or_else(|e| panic!("{e}")))
         .collect()
-}
-
-/// The same rows with one float moved by 1.
-fn tamper(batches: &[RecordBatch]) -> Vec<u8> {
-    let schema = batches[0].schema();
-    let col = schema
-        .fields()
-        .iter()
-        .position(|f| f.data_type() == &DataType::Float64)
-        .unwrap_or_else(|| panic!("no float column"));
-    let mut out = batches.to_vec();
-    let values = out[0].column(col).as_primitive::<Float64Type>();
-    let mut changed: Vec<Option<f64>> = values.iter().collect();
-    changed[0] = changed[0].map(|x| x + 1.0).or(Some(1.0));
-    let mut cols: Vec<ArrayRef> = out[0].columns().to_vec();
-    cols[col] = Arc::new(Float64Array::from(changed));
-    out[0] = RecordBatch::try_new(schema.clone(), cols).unwrap_or_else(|e| panic!("{e}"));
-    let mut buf = Vec::new();
-    let mut w = ArrowWriter::try_new(&mut buf, schema, None).unwrap_or_else(|e| panic!("{e}"));
-    for b in &out {
-        w.write(b).unwrap_or_else(|e| panic!("{e}"));
-    }
-    w.close().unwrap_or_else(|e| panic!("{e}"));
-    buf
 }

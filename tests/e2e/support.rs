@@ -2,9 +2,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, AsArray, Float64Array, RecordBatch};
+use arrow::datatypes::{DataType, Float64Type};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
+use parquet::arrow::ArrowWriter;
 
 /// The workspace root, where `examples/` lives.
 pub(crate) fn root() -> PathBuf {
@@ -64,6 +67,24 @@ pub(crate) fn generate(dir: &Path, visits: u64) {
         &dir.display().to_string(),
     ]));
     assert!(out.status.success(), "generate failed: {}", stderr(&out));
+}
+
+/// `emrflow run` of the synthetic example job over the generated files in `data`, publishing to
+/// `out` and anchoring on `ledger`, with a JSON summary.
+pub(crate) fn stroke_job_args(data: &Path, out: &Path, ledger: &str) -> Vec<String> {
+    vec![
+        "run".to_string(),
+        "examples/stroke-synthetic.toml".to_string(),
+        "--input".to_string(),
+        format!("visits={}", data.join("visits.csv").display()),
+        "--input".to_string(),
+        format!("patients={}", data.join("patients.csv").display()),
+        "--out".to_string(),
+        out.display().to_string(),
+        "--ledger".to_string(),
+        ledger.to_string(),
+        "--json".to_string(),
+    ]
 }
 
 /// Every Parquet file under `dir`, read into batches.
@@ -135,4 +156,28 @@ pub(crate) fn assert_nothing_published(out: &Path) {
             .collect();
         assert!(leftovers.is_empty(), "staging leftovers: {leftovers:?}");
     }
+}
+
+/// The same rows as Parquet bytes, with the first value of the first float column moved by 1.
+pub(crate) fn tampered_parquet(batches: &[RecordBatch]) -> Vec<u8> {
+    let schema = batches[0].schema();
+    let col = schema
+        .fields()
+        .iter()
+        .position(|f| f.data_type() == &DataType::Float64)
+        .unwrap_or_else(|| panic!("no float column"));
+    let mut out = batches.to_vec();
+    let values = out[0].column(col).as_primitive::<Float64Type>();
+    let mut changed: Vec<Option<f64>> = values.iter().collect();
+    changed[0] = changed[0].map(|x| x + 1.0).or(Some(1.0));
+    let mut cols: Vec<ArrayRef> = out[0].columns().to_vec();
+    cols[col] = Arc::new(Float64Array::from(changed));
+    out[0] = RecordBatch::try_new(schema.clone(), cols).unwrap_or_else(|e| panic!("{e}"));
+    let mut buf = Vec::new();
+    let mut w = ArrowWriter::try_new(&mut buf, schema, None).unwrap_or_else(|e| panic!("{e}"));
+    for b in &out {
+        w.write(b).unwrap_or_else(|e| panic!("{e}"));
+    }
+    w.close().unwrap_or_else(|e| panic!("{e}"));
+    buf
 }

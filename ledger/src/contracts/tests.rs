@@ -360,6 +360,168 @@ fn audit_filters_by_subject_actor_and_time() {
 }
 
 #[test]
+fn a_staged_block_rolls_back_to_the_exact_state_before_it() {
+    let mut w = World::new();
+    let before = w.state.clone();
+    w.state.stage();
+    let admin = w.admin.clone();
+    let owner = w.owner.clone();
+    let victim = w.victim.clone();
+    // Every kind of change: identities added and revoked, an anchor, grants added and
+    // removed, nonces and audit events (accepted and denied).
+    w.ok(
+        &admin,
+        register(KeyPair::from_label("staged").public(), Role::Compliance),
+    );
+    w.ok(
+        &admin,
+        Call::RevokeIdentity {
+            key: victim.public(),
+        },
+    );
+    let fresh = Digest::of(b"staged-root");
+    w.ok(
+        &owner,
+        Call::Anchor(spec(AnchorKind::Dataset, fresh, vec![w.dataset])),
+    );
+    // A second derivation of an anchored root: undone, the first derivation stays.
+    let mut again = spec(AnchorKind::Dataset, w.dataset, vec![]);
+    again.params_hash = Digest::of(b"staged params");
+    w.ok(&owner, Call::Anchor(again));
+    w.ok(
+        &admin,
+        Call::Grant {
+            subject: fresh,
+            grantee: owner.public(),
+            access: Access::Export,
+        },
+    );
+    w.ok(
+        &admin,
+        Call::Revoke {
+            subject: w.dataset,
+            grantee: victim.public(),
+            access: Access::Query,
+        },
+    );
+    assert!(
+        !w.exec(
+            &victim,
+            Call::RecordAccess {
+                subject: w.dataset,
+                access: Access::Read,
+                purpose: "after revocation".into(),
+            },
+        )
+        .is_accepted()
+    );
+    assert_ne!(w.state, before);
+    w.state.rollback();
+    assert_eq!(w.state, before);
+
+    // Kept changes stay, and a later rollback without staging changes nothing.
+    w.state.stage();
+    w.ok(
+        &admin,
+        register(KeyPair::from_label("kept").public(), Role::Clinician),
+    );
+    w.state.keep();
+    let kept = w.state.clone();
+    w.state.rollback();
+    assert_eq!(w.state, kept);
+    assert!(kept.is_active(&KeyPair::from_label("kept").public()));
+}
+
+#[test]
+fn over_long_strings_and_control_characters_are_denied_on_execution() {
+    let mut w = World::new();
+    let owner = w.owner.clone();
+    let mut long = spec(AnchorKind::Dataset, Digest::of(b"long"), vec![]);
+    long.location = "x".repeat(MAX_LOCATION_LEN + 1);
+    let o = w.exec(&owner, Call::Anchor(long));
+    assert!(
+        matches!(&o, Outcome::Denied { reason } if reason.contains("limit")),
+        "{o:?}"
+    );
+    let o = w.exec(
+        &owner,
+        Call::RecordAccess {
+            subject: w.dataset,
+            access: Access::Read,
+            purpose: "fake\n2026-01-01 line\u{1b}[2K".into(),
+        },
+    );
+    assert!(
+        matches!(&o, Outcome::Denied { reason } if reason.contains("control")),
+        "{o:?}"
+    );
+    assert!(w.state.anchor(&Digest::of(b"long")).is_none());
+}
+
+#[test]
+fn queries_need_a_registered_identity_and_the_audit_trail_a_role_or_ownership() {
+    let mut w = World::new();
+    let admin = w.admin.clone();
+    let auditor = KeyPair::from_label("auditor");
+    w.ok(&admin, register(auditor.public(), Role::Compliance));
+    let audit = |subject| Query::Audit {
+        subject,
+        actor: None,
+        from: Time(0),
+        to: Time(u64::MAX),
+    };
+    let stranger = KeyPair::from_label("stranger").public();
+    assert!(w.state.authorize_query(&stranger, &Query::Head).is_err());
+    assert!(
+        w.state
+            .authorize_query(&w.victim.public(), &Query::Head)
+            .is_ok()
+    );
+    // Compliance reads any audit trail.
+    assert!(
+        w.state
+            .authorize_query(&auditor.public(), &audit(None))
+            .is_ok()
+    );
+    // The owner reads its subject's trail, not the whole trail nor another's subject.
+    let owner = w.owner.public();
+    assert!(
+        w.state
+            .authorize_query(&owner, &audit(Some(w.dataset)))
+            .is_ok()
+    );
+    assert!(w.state.authorize_query(&owner, &audit(None)).is_err());
+    assert!(
+        w.state
+            .authorize_query(&owner, &audit(Some(Digest::of(b"other"))))
+            .is_err()
+    );
+    // A grantee or the admin is not the owner.
+    assert!(
+        w.state
+            .authorize_query(&w.victim.public(), &audit(Some(w.dataset)))
+            .is_err()
+    );
+    assert!(
+        w.state
+            .authorize_query(&admin.public(), &audit(Some(w.dataset)))
+            .is_err()
+    );
+    // A revoked identity asks nothing.
+    w.ok(
+        &admin,
+        Call::RevokeIdentity {
+            key: auditor.public(),
+        },
+    );
+    assert!(
+        w.state
+            .authorize_query(&auditor.public(), &audit(None))
+            .is_err()
+    );
+}
+
+#[test]
 fn one_root_published_under_other_parameters_is_a_second_derivation() {
     let mut w = World::new();
     let owner = w.owner.clone();

@@ -36,6 +36,11 @@ impl Batch {
         Self::digest_of(self.timestamp, &self.ids())
     }
 
+    /// The bytes its transactions take on the wire ([`SignedTx::wire_size`]).
+    pub fn wire_size(&self) -> usize {
+        self.txs.iter().map(SignedTx::wire_size).sum()
+    }
+
     /// The ids of the transactions, in order.
     pub fn ids(&self) -> Vec<Digest> {
         self.txs.iter().map(SignedTx::digest).collect()
@@ -61,8 +66,9 @@ pub trait Signable {
     fn write(&self, e: &mut Enc);
 }
 
-/// A message with its sender and the sender's signature over `CONSENSUS_DOMAIN ‖ from ‖ TAG ‖
-/// fields`.
+/// A message with its sender and the sender's signature over `CONSENSUS_DOMAIN ‖ ledger ‖ from ‖
+/// TAG ‖ fields`, where `ledger` is the genesis hash: a vote signed for one ledger can never be
+/// counted on another ledger with the same peer keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signed<T> {
     /// The replica that signed.
@@ -73,35 +79,43 @@ pub struct Signed<T> {
     pub sig: Signature,
 }
 
-fn signed_bytes<T: Signable>(from: ReplicaId, body: &T) -> Enc {
-    let mut e = Enc::new(b"msg");
+fn message_bytes<T: Signable>(e: &mut Enc, from: ReplicaId, body: &T) {
     e.u32(from.0).u8(T::TAG);
-    body.write(&mut e);
+    body.write(e);
+}
+
+fn signed_bytes<T: Signable>(ledger: &Digest, from: ReplicaId, body: &T) -> Enc {
+    let mut e = Enc::new(b"msg");
+    e.digest(ledger);
+    message_bytes(&mut e, from, body);
     e
 }
 
 impl<T: Signable> Signed<T> {
-    /// Signs `body` as replica `from`.
-    pub fn new(key: &KeyPair, from: ReplicaId, body: T) -> Self {
-        let sig = key.sign(CONSENSUS_DOMAIN, signed_bytes(from, &body).finish());
+    /// Signs `body` as replica `from` of the ledger whose genesis hash is `ledger`.
+    pub fn new(key: &KeyPair, ledger: &Digest, from: ReplicaId, body: T) -> Self {
+        let sig = key.sign(CONSENSUS_DOMAIN, signed_bytes(ledger, from, &body).finish());
         Self { from, body, sig }
     }
 
-    /// Checks the signature against the sender's key in `keys` (indexed by replica).
-    pub fn verify(&self, keys: &[VerifyingKey]) -> bool {
+    /// Checks the signature against the sender's key in `keys` (indexed by replica) for the
+    /// ledger `ledger`.
+    pub fn verify(&self, keys: &[VerifyingKey], ledger: &Digest) -> bool {
         keys.get(self.from.0 as usize).is_some_and(|k| {
             verify_with(
                 k,
                 CONSENSUS_DOMAIN,
-                signed_bytes(self.from, &self.body).finish(),
+                signed_bytes(ledger, self.from, &self.body).finish(),
                 &self.sig,
             )
         })
     }
 
-    /// A digest naming this exact signed message, used when a bigger message embeds it.
+    /// A digest naming this exact signed message, used when a bigger message embeds it (the
+    /// signature binds the ledger, so the id need not repeat it).
     pub fn id(&self) -> Digest {
-        let mut e = signed_bytes(self.from, &self.body);
+        let mut e = Enc::new(b"msg-id");
+        message_bytes(&mut e, self.from, &self.body);
         e.bytes(&self.sig.0);
         e.hash()
     }
@@ -204,14 +218,14 @@ impl CheckpointProof {
     }
 
     /// Whether this is a valid proof: genesis with the expected digest, or `quorum` distinct
-    /// valid signatures over `(seq, digest)`.
+    /// valid signatures over `(seq, digest)` for the ledger `genesis`.
     pub fn is_valid(&self, keys: &[VerifyingKey], quorum: usize, genesis: &Digest) -> bool {
         if self.seq == SeqNo(0) {
             return self.digest == *genesis;
         }
         let mut seen = std::collections::BTreeSet::new();
         for m in &self.proof {
-            if m.body.seq != self.seq || m.body.digest != self.digest || !m.verify(keys) {
+            if m.body.seq != self.seq || m.body.digest != self.digest || !m.verify(keys, genesis) {
                 return false;
             }
             seen.insert(m.from);
@@ -245,13 +259,13 @@ impl PreparedProof {
     }
 
     /// Checks the certificate (paper §4.4, conditions on `P`): the pre-prepare is signed by the
-    /// primary of its view and matches its batch, and `2f` distinct backups signed matching
-    /// prepares.
-    pub fn is_valid(&self, keys: &[VerifyingKey], f: usize) -> bool {
+    /// primary of its view and matches its batch, and `quorum - 1` distinct backups (`2f` when
+    /// `n = 3f + 1`) signed matching prepares for the ledger `ledger`.
+    pub fn is_valid(&self, keys: &[VerifyingKey], quorum: usize, ledger: &Digest) -> bool {
         let pp = &self.pre_prepare;
         let n = keys.len();
         if pp.from != pp.body.view.primary(n)
-            || !pp.verify(keys)
+            || !pp.verify(keys, ledger)
             || pp.body.batch.digest() != pp.body.digest
         {
             return false;
@@ -262,13 +276,13 @@ impl PreparedProof {
                 || p.body.seq != pp.body.seq
                 || p.body.digest != pp.body.digest
                 || p.from == pp.from
-                || !p.verify(keys)
+                || !p.verify(keys, ledger)
             {
                 return false;
             }
             seen.insert(p.from);
         }
-        seen.len() >= 2 * f
+        seen.len() + 1 >= quorum
     }
 }
 

@@ -19,5 +19,6 @@ pub use message::{
     Prepare, PreparedProof, Signable, Signed, ViewChange,
 };
 pub use replica::{
-    Config, Input, Output, PersistentState, Replica, Restore, SlotState, Status, Trace,
+    Config, Input, MAX_BATCH_BYTES, MAX_CLOCK_SKEW_MS, MAX_MESSAGE_BYTES, MAX_VIEW_AHEAD, Output,
+    PersistentState, Replica, Restore, SlotState, Status, Trace,
 };

@@ -11,8 +11,28 @@ use super::message::{
 };
 use crate::crypto::{Digest, KeyPair, PublicKey};
 use crate::error::{Error, Result};
-use crate::ids::{ReplicaId, SeqNo, Time, View, max_faulty, quorum};
-use crate::tx::SignedTx;
+use crate::ids::{ReplicaId, SeqNo, Time, View, is_three_f_plus_one, max_faulty, quorum};
+use crate::tx::{MAX_TX_BYTES, SignedTx};
+
+/// The largest batch a primary proposes and a backup accepts, in wire bytes of its
+/// transactions. With the log window it bounds every consensus message (see
+/// [`Config::validate`]), far below [`MAX_MESSAGE_BYTES`] for one pre-prepare.
+pub const MAX_BATCH_BYTES: usize = 512 * 1024;
+/// The largest message peers exchange (the decoders' limit). The largest messages are a new
+/// view and a state-transfer reply; [`Config::validate`] checks that the first fits and
+/// [`crate::peer`] splits the second to fit.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// How far ahead of a backup's clock a primary's batch time may be. A faulty primary could
+/// otherwise stamp a batch far in the future, and every later block would inherit that time
+/// (block times never go backwards). Peers' clocks must agree within this.
+pub const MAX_CLOCK_SKEW_MS: u64 = 5_000;
+/// How many views above its own a replica keeps a view change for. A correct replica is never
+/// further ahead than the few views that timeouts doubling from one second allow; a replica
+/// left further behind catches up through a new-view message, which carries its own proof.
+pub const MAX_VIEW_AHEAD: u64 = 64;
+
+// A batch always has room for one request of the largest size.
+const _: () = assert!(MAX_TX_BYTES + 256 < MAX_BATCH_BYTES);
 
 /// How a replica is set up. Every replica of a ledger must use the same values except `id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,7 +63,7 @@ impl Config {
             id,
             peers,
             genesis,
-            window: 256,
+            window: 64,
             max_batch: 1024,
             max_inflight: 8,
             request_timeout_ms: 1_000,
@@ -54,9 +74,21 @@ impl Config {
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
         let n = self.peers.len();
-        if n < 4 {
+        if !is_three_f_plus_one(n) {
             return Err(Error::Config(format!(
-                "pbft needs n = 3f + 1 >= 4 replicas, got {n}"
+                "pbft needs n = 3f + 1 replicas (4, 7, 10, ...), got {n}"
+            )));
+        }
+        // The largest message is a new view: up to `window` re-proposed batches, plus the
+        // prepared certificates (a batch each) of a quorum of view changes.
+        let new_view = (quorum(n) as u64 + 1)
+            .saturating_mul(self.window)
+            .saturating_mul((MAX_BATCH_BYTES + 4096) as u64);
+        if new_view > MAX_MESSAGE_BYTES as u64 {
+            return Err(Error::Config(format!(
+                "window {} is too large for {n} peers: a new view could exceed the \
+                 {MAX_MESSAGE_BYTES}-byte message limit",
+                self.window
             )));
         }
         if self.id.0 as usize >= n {
@@ -133,9 +165,14 @@ pub enum Output {
     Broadcast(Message),
     /// Relay these client requests to every other replica.
     Relay(Vec<SignedTx>),
-    /// A request handed in through [`Input::Request`] failed its client signature check and
-    /// was dropped: the host can answer its client.
-    Rejected(Digest),
+    /// A request handed in through [`Input::Request`] failed its checks (signature, size,
+    /// ledger, limits) and was dropped: the host can answer its client.
+    Rejected {
+        /// The transaction id.
+        id: Digest,
+        /// Why.
+        reason: String,
+    },
     /// The consensus state changed: persist [`Replica::persistent_state`] durably before
     /// carrying out any later `Send`/`Broadcast`. Always the first output when present.
     Persist,
@@ -406,6 +443,18 @@ impl Replica {
     pub fn dropped(&self) -> u64 {
         self.dropped
     }
+    /// How many checkpoint votes and view changes the replica holds (what a faulty replica
+    /// could try to grow).
+    pub fn stored_votes(&self) -> (usize, usize) {
+        let votes = self
+            .checkpoints
+            .values()
+            .flat_map(BTreeMap::values)
+            .map(BTreeMap::len)
+            .sum();
+        let view_changes = self.view_changes.values().map(BTreeMap::len).sum();
+        (votes, view_changes)
+    }
 
     /// The single entry point: one input in, the effects out.
     pub fn handle(&mut self, input: Input) -> Vec<Output> {
@@ -476,7 +525,12 @@ impl Replica {
     }
 
     fn sign<T: super::message::Signable>(&self, body: T) -> Signed<T> {
-        Signed::new(&self.key, self.cfg.id, body)
+        Signed::new(&self.key, &self.cfg.genesis, self.cfg.id, body)
+    }
+
+    /// Whether `m` carries its sender's valid signature for this ledger.
+    fn verify<T: super::message::Signable>(&self, m: &Signed<T>) -> bool {
+        m.verify(&self.keys, &self.cfg.genesis)
     }
 
     // ----- requests and the primary (§4.1, §4.2 batching) -----
@@ -504,18 +558,23 @@ impl Replica {
             }
             fresh.push((d, tx));
         }
+        // Bounded and well formed first (cheap, and the same verdict on every replica): a
+        // request over the size limit or the contracts' string limits is never ordered.
+        let mut shaped = Vec::with_capacity(fresh.len());
+        for (d, tx) in fresh {
+            match tx.check_shape(&self.cfg.genesis) {
+                Ok(_) => shaped.push((d, tx)),
+                Err(reason) => self.reject(d, reason, relayed, out),
+            }
+        }
         // Validity: only requests signed by their client are ever ordered. Each request is
         // checked once per replica; the batch check gives each the verdict a single check
         // would (see `sigcheck`), so replicas that saw it by other paths agree with us.
-        let verdicts = SignedTx::verify_all(fresh.iter().map(|(_, tx)| tx));
+        let verdicts = SignedTx::verify_all(shaped.iter().map(|(_, tx)| tx));
         let mut relay = Vec::new();
-        for ((d, tx), ok) in fresh.into_iter().zip(verdicts) {
+        for ((d, tx), ok) in shaped.into_iter().zip(verdicts) {
             if !ok {
-                self.dropped += 1;
-                self.note(format!("drop request {d:?}: bad client signature"));
-                if !relayed {
-                    out.push(Output::Rejected(d));
-                }
+                self.reject(d, "bad client signature".into(), relayed, out);
                 continue;
             }
             if !relayed {
@@ -528,6 +587,14 @@ impl Replica {
             out.push(Output::Relay(relay));
         }
         self.try_propose(out);
+    }
+
+    fn reject(&mut self, d: Digest, reason: String, relayed: bool, out: &mut Out) {
+        self.dropped += 1;
+        self.note(format!("drop request {d:?}: {reason}"));
+        if !relayed {
+            out.push(Output::Rejected { id: d, reason });
+        }
     }
 
     fn try_propose(&mut self, out: &mut Out) {
@@ -543,17 +610,25 @@ impl Replica {
             }
             let mut txs = Vec::new();
             let mut ids = Vec::new();
+            let mut bytes = 0;
             while txs.len() < self.cfg.max_batch {
-                let Some(d) = self.queue.pop_front() else {
+                let Some(d) = self.queue.front().copied() else {
                     break;
                 };
                 if self.in_log.contains(&d) {
+                    self.queue.pop_front();
                     continue;
                 }
                 if let Some((tx, _)) = self.pending.get(&d) {
+                    // Every request is at most MAX_TX_BYTES, so the first always fits.
+                    if bytes + tx.wire_size() > MAX_BATCH_BYTES {
+                        break;
+                    }
+                    bytes += tx.wire_size();
                     txs.push(tx.clone());
                     ids.push(d);
                 }
+                self.queue.pop_front();
             }
             if txs.is_empty() {
                 return;
@@ -639,7 +714,7 @@ impl Replica {
         if !self.in_window(seq) {
             return self.drop_msg("pre-prepare", m.from, "outside the watermarks");
         }
-        if !m.verify(&self.keys) {
+        if !self.verify(&m) {
             return self.drop_msg("pre-prepare", m.from, "bad signature");
         }
         if let Some(existing) = self.log.get(&seq).and_then(|s| s.pre_prepare.as_ref())
@@ -657,6 +732,18 @@ impl Replica {
             }
             return;
         }
+        // A batch stamped further ahead of our clock than peers' clocks may differ: the block
+        // time would run ahead for good. Not proof of a fault (our clock may be late), so it is
+        // only not prepared here; if it is the primary's doing, the request timer expires.
+        if m.body.batch.timestamp > self.now.plus(MAX_CLOCK_SKEW_MS) {
+            return self.drop_msg("pre-prepare", m.from, "batch time ahead of our clock");
+        }
+        // Bounded batches (§4.2 batching, with a size limit every replica computes alike): a
+        // larger one is proof of a faulty primary.
+        if m.body.batch.wire_size() > MAX_BATCH_BYTES {
+            self.drop_msg("pre-prepare", m.from, "batch over the size limit");
+            return self.start_view_change(v.next(), out);
+        }
         // The primary signed a digest that does not match its batch, or ordered a request no
         // client signed: provably faulty (§4.2 "d is the digest for m"; validity, §2).
         let ids = m.body.batch.ids();
@@ -673,6 +760,16 @@ impl Replica {
                 return self.start_view_change(v.next(), out);
             }
             if !self.known_valid(&td) {
+                // The same shape rule as for requests: a request no correct replica would
+                // have accepted proves the primary faulty.
+                if let Err(reason) = tx.check_shape(&self.cfg.genesis) {
+                    self.drop_msg(
+                        "pre-prepare",
+                        m.from,
+                        &format!("batch holds a request: {reason}"),
+                    );
+                    return self.start_view_change(v.next(), out);
+                }
                 unchecked.push(tx);
             }
         }
@@ -728,7 +825,7 @@ impl Replica {
         if !self.in_window(seq) {
             return self.drop_msg("prepare", m.from, "outside the watermarks");
         }
-        if !m.verify(&self.keys) {
+        if !self.verify(&m) {
             return self.drop_msg("prepare", m.from, "bad signature");
         }
         let slot = self.log.entry(seq).or_default();
@@ -747,7 +844,8 @@ impl Replica {
     /// distinct backups; then multicast a commit.
     fn check_prepared(&mut self, seq: SeqNo, out: &mut Out) {
         let view = self.view;
-        let need = 2 * self.f;
+        // `2f` prepares from backups, with the pre-prepare a quorum (§4.2).
+        let need = self.q - 1;
         let me = self.cfg.id;
         let Some(slot) = self.log.get(&seq) else {
             return;
@@ -795,7 +893,7 @@ impl Replica {
         if !self.in_window(seq) {
             return self.drop_msg("commit", m.from, "outside the watermarks");
         }
-        if !m.verify(&self.keys) {
+        if !self.verify(&m) {
             return self.drop_msg("commit", m.from, "bad signature");
         }
         let slot = self.log.entry(seq).or_default();
@@ -910,7 +1008,7 @@ impl Replica {
         if seq <= self.stable.seq && (self.certified.contains(&seq) || self.cert_horizon() >= seq) {
             return self.drop_msg("checkpoint", m.from, "already stable");
         }
-        if !m.verify(&self.keys) {
+        if !self.verify(&m) {
             return self.drop_msg("checkpoint", m.from, "bad signature");
         }
         // Above the high watermark only the latest vote per replica is kept, so a faulty
@@ -922,8 +1020,11 @@ impl Replica {
                     for votes in by_digest.values_mut() {
                         votes.remove(&m.from);
                     }
+                    by_digest.retain(|_, votes| !votes.is_empty());
                 }
             }
+            self.checkpoints
+                .retain(|s, by_digest| *s <= high || *s == seq || !by_digest.is_empty());
         }
         self.record_checkpoint(m);
         self.check_stable(seq, d, out);
@@ -935,10 +1036,37 @@ impl Replica {
         SeqNo(self.stable.seq.0.saturating_sub(self.cfg.window))
     }
 
+    /// Keeps a checkpoint vote: one per replica and sequence number, so that a faulty replica
+    /// cannot add a vote for every digest it makes up. A correct replica signs one state digest
+    /// per sequence number; when a replica's votes conflict, the one kept is the one whose
+    /// digest more other replicas voted for, so a faulty replica's first, made-up vote cannot
+    /// shut out its genuine one when a correct replica forwards it in a checkpoint proof.
     fn record_checkpoint(&mut self, m: Signed<Checkpoint>) {
-        self.checkpoints
-            .entry(m.body.seq)
-            .or_default()
+        let by_digest = self.checkpoints.entry(m.body.seq).or_default();
+        let held = by_digest
+            .iter()
+            .find(|(_, votes)| votes.contains_key(&m.from))
+            .map(|(d, _)| *d);
+        if let Some(held) = held {
+            if held == m.body.digest {
+                return;
+            }
+            let support = |d: &Digest| {
+                by_digest
+                    .get(d)
+                    .map_or(0, |votes| votes.keys().filter(|r| **r != m.from).count())
+            };
+            if support(&m.body.digest) <= support(&held) {
+                return;
+            }
+            if let Some(votes) = by_digest.get_mut(&held) {
+                votes.remove(&m.from);
+                if votes.is_empty() {
+                    by_digest.remove(&held);
+                }
+            }
+        }
+        by_digest
             .entry(m.body.digest)
             .or_default()
             .insert(m.from, m);
@@ -1180,7 +1308,7 @@ impl Replica {
                 && p.seq() > cp.seq
                 && p.seq().0 <= cp.seq.0 + self.cfg.window
                 && seqs.insert(p.seq())
-                && p.is_valid(&self.keys, self.f)
+                && p.is_valid(&self.keys, self.q, &self.cfg.genesis)
         })
     }
 
@@ -1191,16 +1319,27 @@ impl Replica {
             self.help_lagging(m.from, v, out);
             return self.drop_msg("view-change", m.from, "view already installed");
         }
-        if self
+        if v.0 > self.view.0.saturating_add(MAX_VIEW_AHEAD) {
+            // Kept memory per replica is one view change (below), but a view this far ahead
+            // cannot come from a correct replica that is not also able to send the new view.
+            return self.drop_msg("view-change", m.from, "view too far ahead");
+        }
+        // One view change per replica: its latest. A replica that moved on to a higher view no
+        // longer takes part in lower ones (§4.4), so older ones are not needed.
+        let newer_held = self
             .view_changes
-            .get(&v)
-            .is_some_and(|vs| vs.contains_key(&m.from))
-        {
+            .range(v..)
+            .any(|(_, vs)| vs.contains_key(&m.from));
+        if newer_held {
             return;
         }
-        if !m.verify(&self.keys) || !self.valid_view_change(&m.body) {
+        if !self.verify(&m) || !self.valid_view_change(&m.body) {
             return self.drop_msg("view-change", m.from, "invalid signature or proofs");
         }
+        for vs in self.view_changes.values_mut() {
+            vs.remove(&m.from);
+        }
+        self.view_changes.retain(|_, vs| !vs.is_empty());
         self.view_changes.entry(v).or_default().insert(m.from, m);
         // §4.5.2: f + 1 view changes for views above ours prove a correct replica timed out;
         // join the smallest such view without waiting for our own timer.
@@ -1308,7 +1447,7 @@ impl Replica {
         if m.from != self.primary(v) {
             return self.drop_msg("new-view", m.from, "sender is not the new primary");
         }
-        if !m.verify(&self.keys) {
+        if !self.verify(&m) {
             return self.drop_msg("new-view", m.from, "bad signature");
         }
         let nv = &m.body;
@@ -1316,7 +1455,7 @@ impl Replica {
         let vcs_ok = senders.len() == nv.view_changes.len()
             && senders.len() >= self.q
             && nv.view_changes.iter().all(|vc| {
-                vc.body.new_view == v && vc.verify(&self.keys) && self.valid_view_change(&vc.body)
+                vc.body.new_view == v && self.verify(vc) && self.valid_view_change(&vc.body)
             });
         if !vcs_ok {
             return self.drop_msg("new-view", m.from, "invalid view-change set");
@@ -1332,7 +1471,7 @@ impl Replica {
                     && pp.body.seq == *s
                     && pp.body.digest == *d
                     && pp.body.batch.digest() == *d
-                    && pp.verify(&self.keys)
+                    && self.verify(pp)
             });
         if !o_ok {
             return self.drop_msg("new-view", m.from, "O does not follow from V");

@@ -4,8 +4,10 @@
 //! scenario: drop, duplicate, delay/reorder, partition and heal, crash and restart from the
 //! persisted state, and one Byzantine peer (equivocating primary, bad signatures, wrong
 //! digests, conflicting votes, forged client requests relayed or slipped into pre-prepares,
-//! replayed requests). After every step the checkers of the
-//! `invariants` module run. It owns no async code and touches no clock, file or socket.
+//! replayed requests, forged, replayed and unrequested state-transfer blocks, batches stamped
+//! far in the future, oversized requests, floods of checkpoint votes and view changes). After
+//! every step the checkers of the `invariants` module run, and correct peers' vote stores are
+//! checked to stay bounded. It owns no async code and touches no clock, file or socket.
 
 mod invariants;
 
@@ -16,10 +18,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::chain::{CertifiedBlock, Genesis, PeerInfo};
-use crate::contracts::{Access, Call};
+use crate::contracts::{Access, Call, Role};
 use crate::crypto::{Digest, KeyPair};
 use crate::ids::{ReplicaId, SeqNo, Time, View};
-use crate::pbft::{Batch, Config, Message, PersistentState, PrePrepare, Signed};
+use crate::pbft::{
+    Batch, Checkpoint, CheckpointProof, Config, MAX_CLOCK_SKEW_MS, Message, PersistentState,
+    PrePrepare, Signed, ViewChange,
+};
 use crate::peer::{Effect, Peer, PeerInput, Wire};
 use crate::tx::{SignedTx, TxBody};
 use invariants::{Agreement, Liveness, Order, Validity};
@@ -43,6 +48,16 @@ pub enum Byzantine {
     /// before: validly signed and already ordered, so the second copy must execute as a denied
     /// replay.
     Replay,
+    /// Answers state-transfer requests with genuine certified headers over other (validly
+    /// signed) transactions, and sends its earlier replies again, unrequested, to everyone.
+    ForgeTransfer,
+    /// As primary, stamps every batch far beyond the clock skew peers allow.
+    FutureTime,
+    /// With every checkpoint it sends, also sends votes for made-up digests and far-future
+    /// sequence numbers, and view changes for a run of future views and for the last view.
+    Flood,
+    /// Relays, and as primary proposes, a validly signed request over the size limit.
+    Oversized,
 }
 
 /// The faults of one run.
@@ -87,7 +102,7 @@ impl Scenario {
         };
         let byz_node = rng.random_range(0..4usize);
         let byz = |kind| Some((byz_node, kind));
-        match seed % 10 {
+        match seed % 14 {
             0 => base,
             1 => Self {
                 name: "partition and heal",
@@ -129,10 +144,34 @@ impl Scenario {
                 byzantine: Some((0, Byzantine::Replay)),
                 ..base
             },
-            _ => Self {
+            9 => Self {
                 name: "crash, partition and lossy network",
                 crash: true,
                 partition: true,
+                ..base
+            },
+            10 => Self {
+                // A crash and a partition leave a correct peer behind, so it fetches state;
+                // the faulty peer may be the one it asks.
+                name: "byzantine forges and replays state transfer",
+                crash: true,
+                partition: true,
+                byzantine: byz(Byzantine::ForgeTransfer),
+                ..base
+            },
+            11 => Self {
+                name: "byzantine primary stamps batches in the future",
+                byzantine: Some((0, Byzantine::FutureTime)),
+                ..base
+            },
+            12 => Self {
+                name: "byzantine floods checkpoints and view changes",
+                byzantine: byz(Byzantine::Flood),
+                ..base
+            },
+            _ => Self {
+                name: "byzantine relays and proposes oversized requests",
+                byzantine: Some((0, Byzantine::Oversized)),
                 ..base
             },
         }
@@ -244,6 +283,10 @@ pub struct Sim {
     lost: u64,
     /// What a replaying primary first proposed at each sequence number.
     proposed: BTreeMap<SeqNo, Vec<SignedTx>>,
+    /// The last state-transfer reply a forging peer sent, replayed unrequested.
+    last_reply: Option<Vec<CertifiedBlock>>,
+    /// A validly signed request over the size limit, for an oversizing peer.
+    oversized: Option<SignedTx>,
     agreement: Agreement,
     validity: Validity,
     order: Order,
@@ -267,6 +310,7 @@ impl Sim {
                     id: ReplicaId(i as u32),
                     public_key: k.public(),
                     address: format!("sim:{i}"),
+                    client_address: format!("sim-client:{i}"),
                 })
                 .collect(),
             admin: admin.public(),
@@ -300,11 +344,21 @@ impl Sim {
         let ledger = genesis.hash();
         let mut txs = Vec::new();
         for i in 0..scenario.requests {
+            // The admin registers the other client first; until that commits, the other
+            // client's requests wait on every peer (only registered signers are ordered).
             let key = if i % 2 == 0 { &admin } else { &other };
-            let call = Call::RecordAccess {
-                subject: Digest::of(&(i as u64).to_be_bytes()),
-                access: Access::Read,
-                purpose: format!("sim {i}"),
+            let call = if i == 0 {
+                Call::RegisterIdentity {
+                    key: other.public(),
+                    name: "sim client".into(),
+                    role: Role::Clinician,
+                }
+            } else {
+                Call::RecordAccess {
+                    subject: Digest::of(&(i as u64).to_be_bytes()),
+                    access: Access::Read,
+                    purpose: format!("sim {i}"),
+                }
             };
             let tx = SignedTx::sign(
                 key,
@@ -336,6 +390,20 @@ impl Sim {
             faults_pending: 0,
             lost: 0,
             proposed: BTreeMap::new(),
+            last_reply: None,
+            oversized: SignedTx::sign(
+                &admin,
+                &TxBody {
+                    ledger,
+                    nonce: u64::MAX,
+                    call: Call::RecordAccess {
+                        subject: Digest::of(b"oversized"),
+                        access: Access::Read,
+                        purpose: "x".repeat(crate::tx::MAX_TX_BYTES),
+                    },
+                },
+            )
+            .ok(),
             agreement: Agreement::default(),
             order: Order::new(n),
             liveness: Liveness::default(),
@@ -384,12 +452,17 @@ impl Sim {
             self.at(Time(at), Event::Crash(node));
             self.at(Time(back), Event::Restart(node));
         }
-        if let Some((b, _)) = self.scenario.byzantine {
+        if let Some((b, kind)) = self.scenario.byzantine {
             // A Byzantine peer also relays a forged request: a real one with its payload
-            // altered, so the client signature no longer matches.
+            // altered, so the client signature no longer matches; an oversizing one also
+            // relays its oversized request.
             if let Some(tx) = self.txs.first().cloned() {
                 let mut forged = tx;
                 forged.payload.push(0);
+                let mut bad = vec![forged];
+                if kind == Byzantine::Oversized {
+                    bad.extend(self.oversized.clone());
+                }
                 for to in 0..self.nodes.len() {
                     if to != b {
                         self.at(
@@ -397,7 +470,7 @@ impl Sim {
                             Event::Deliver {
                                 to,
                                 from: b,
-                                wire: Wire::Requests(vec![forged.clone()]),
+                                wire: Wire::Requests(bad.clone()),
                             },
                         );
                     }
@@ -443,7 +516,7 @@ impl Sim {
                         .iter()
                         .enumerate()
                         .filter(|(i, _)| self.is_correct(*i))
-                        .filter_map(|(_, n)| n.peer.as_ref().map(Peer::chain)),
+                        .filter_map(|(_, n)| n.peer.as_ref().map(|p| p.chain())),
                 );
                 if done {
                     return Ok(self.report());
@@ -525,7 +598,20 @@ impl Sim {
         if let Some(f) = peer.faults().first() {
             return Err(format!("peer{i} reports a local fault: {f}"));
         }
+        // What a faulty peer sends may not grow a correct peer's memory: at most one checkpoint
+        // vote per replica for each sequence number within the window on either side of the
+        // stable checkpoint (plus one above it), and one view change per replica.
+        let n = self.nodes.len();
+        let (votes, view_changes) = peer.replica().stored_votes();
+        let vote_bound = n * (2 * self.cfg.window as usize + 2);
+        if votes > vote_bound || view_changes > n {
+            return Err(format!(
+                "peer{i} holds {votes} checkpoint votes (bound {vote_bound}) and \
+                 {view_changes} view changes (bound {n})"
+            ));
+        }
         let chain = peer.chain();
+        let chain = &*chain;
         let from = self.order.height(i);
         self.agreement.check(i, chain, from)?;
         self.validity.check(i, chain, from)?;
@@ -664,7 +750,7 @@ impl Sim {
                     }
                     sends.push(Effect::SetTimer(t));
                 }
-                Effect::Certified(_) | Effect::Rejected(_) => {}
+                Effect::Certified(_) | Effect::Rejected { .. } => {}
                 other => sends.push(other),
             }
         }
@@ -686,12 +772,22 @@ impl Sim {
 
     fn send(&mut self, from: usize, to: usize, wire: Wire) {
         let wire = match self.scenario.byzantine {
-            Some((b, kind)) if b == from => match self.corrupt(from, to, kind, wire) {
-                Some(w) => w,
-                None => return,
-            },
+            Some((b, kind)) if b == from => {
+                for extra in self.extras(from, kind, &wire) {
+                    self.deliver(from, to, extra);
+                }
+                match self.corrupt(from, to, kind, wire) {
+                    Some(w) => w,
+                    None => return,
+                }
+            }
             _ => wire,
         };
+        self.deliver(from, to, wire);
+    }
+
+    /// Puts `wire` on the simulated network: partition, loss, duplication and delay.
+    fn deliver(&mut self, from: usize, to: usize, wire: Wire) {
         if let Some(side) = &self.side
             && side.contains(&from) != side.contains(&to)
         {
@@ -725,8 +821,14 @@ impl Sim {
     fn corrupt(&mut self, from: usize, to: usize, kind: Byzantine, wire: Wire) -> Option<Wire> {
         let key = self.nodes[from].key.clone();
         let me = ReplicaId(from as u32);
-        let Wire::Consensus(msg) = wire else {
-            return Some(wire);
+        let ledger = self.genesis.hash();
+        let msg = match wire {
+            Wire::Consensus(msg) => msg,
+            Wire::Blocks(blocks) if kind == Byzantine::ForgeTransfer => {
+                self.last_reply = Some(blocks.clone());
+                return Some(Wire::Blocks(self.forge(blocks)));
+            }
+            other => return Some(other),
         };
         let random = Digest::of(&self.rng.random::<u64>().to_be_bytes());
         // A pre-prepare for another batch, with its digest, signed by this peer: what an
@@ -734,6 +836,7 @@ impl Sim {
         let repropose = |body: PrePrepare, batch: Batch| {
             Message::PrePrepare(Signed::new(
                 &key,
+                &ledger,
                 me,
                 PrePrepare {
                     digest: batch.digest(),
@@ -751,6 +854,7 @@ impl Sim {
             }
             (Byzantine::WrongDigest, Message::PrePrepare(pp)) => Message::PrePrepare(Signed::new(
                 &key,
+                &ledger,
                 me,
                 PrePrepare {
                     digest: random,
@@ -771,17 +875,17 @@ impl Sim {
             (Byzantine::ConflictingVotes, Message::Prepare(p)) if to % 2 == 1 => {
                 let mut body = p.body;
                 body.digest = random;
-                Message::Prepare(Signed::new(&key, me, body))
+                Message::Prepare(Signed::new(&key, &ledger, me, body))
             }
             (Byzantine::ConflictingVotes, Message::Commit(c)) if to % 2 == 1 => {
                 let mut body = c.body;
                 body.digest = random;
-                Message::Commit(Signed::new(&key, me, body))
+                Message::Commit(Signed::new(&key, &ledger, me, body))
             }
             (Byzantine::ConflictingVotes, Message::Checkpoint(c)) if to % 2 == 1 => {
                 let mut body = c.body;
                 body.digest = random;
-                Message::Checkpoint(Signed::new(&key, me, body))
+                Message::Checkpoint(Signed::new(&key, &ledger, me, body))
             }
             (Byzantine::ForgedRequest, Message::PrePrepare(pp)) => {
                 let mut batch = pp.body.batch.clone();
@@ -810,9 +914,85 @@ impl Sim {
                 );
                 repropose(pp.body, batch)
             }
+            (Byzantine::FutureTime, Message::PrePrepare(pp)) => {
+                let mut batch = pp.body.batch.clone();
+                batch.timestamp = batch.timestamp.plus(10 * MAX_CLOCK_SKEW_MS);
+                repropose(pp.body, batch)
+            }
+            (Byzantine::Oversized, Message::PrePrepare(pp)) => {
+                let mut batch = pp.body.batch.clone();
+                batch.txs.extend(self.oversized.clone());
+                repropose(pp.body, batch)
+            }
             (_, m) => m,
         };
         Some(Wire::Consensus(msg))
+    }
+
+    /// What a Byzantine peer sends besides `wire`.
+    fn extras(&mut self, from: usize, kind: Byzantine, wire: &Wire) -> Vec<Wire> {
+        let Wire::Consensus(Message::Checkpoint(cp)) = wire else {
+            return Vec::new();
+        };
+        let key = self.nodes[from].key.clone();
+        let me = ReplicaId(from as u32);
+        let ledger = self.genesis.hash();
+        match kind {
+            Byzantine::ForgeTransfer => self
+                .last_reply
+                .clone()
+                .map(|blocks| vec![Wire::Blocks(self.forge(blocks))])
+                .unwrap_or_default(),
+            Byzantine::Flood => {
+                let seq = cp.body.seq;
+                let view = self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| n.peer.as_ref())
+                    .map(|p| p.replica().view())
+                    .max()
+                    .unwrap_or_default();
+                let mut out = Vec::new();
+                for k in 0..8u64 {
+                    let digest = Digest::of(&self.rng.random::<u64>().to_be_bytes());
+                    for s in [seq, SeqNo(seq.0 + 1_000 + k)] {
+                        out.push(Wire::Consensus(Message::Checkpoint(Signed::new(
+                            &key,
+                            &ledger,
+                            me,
+                            Checkpoint { seq: s, digest },
+                        ))));
+                    }
+                }
+                for v in (1..=8).map(|k| View(view.0 + k)).chain([View(u64::MAX)]) {
+                    out.push(Wire::Consensus(Message::ViewChange(Signed::new(
+                        &key,
+                        &ledger,
+                        me,
+                        ViewChange {
+                            new_view: v,
+                            checkpoint: CheckpointProof::genesis(ledger),
+                            prepared: Vec::new(),
+                        },
+                    ))));
+                }
+                out
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Genuine certified headers over other transactions: validly signed ones from the
+    /// clients' pool, so only the check against the certified batch digest catches them.
+    fn forge(&mut self, mut blocks: Vec<CertifiedBlock>) -> Vec<CertifiedBlock> {
+        for cb in &mut blocks {
+            // As many transactions as the header counts, so only the digest tells them apart.
+            for tx in &mut cb.block.txs {
+                let i = self.rng.random_range(0..self.txs.len());
+                *tx = self.txs[i].clone();
+            }
+        }
+        blocks
     }
 
     /// The highest view a correct peer is in.

@@ -175,10 +175,11 @@ fn invalid_pre_prepares_are_dropped_and_faulty_primaries_replaced() {
 
     let mut bad_sig = pp.clone();
     bad_sig.sig.0[3] ^= 0xff;
-    let mut from_backup = Signed::new(&keys[2], ReplicaId(2), pp.body.clone());
+    let mut from_backup = Signed::new(&keys[2], &genesis(), ReplicaId(2), pp.body.clone());
     from_backup.from = ReplicaId(2);
     let far = Signed::new(
         &keys[0],
+        &genesis(),
         ReplicaId(0),
         PrePrepare {
             seq: SeqNo(9),
@@ -215,6 +216,7 @@ fn invalid_pre_prepares_are_dropped_and_faulty_primaries_replaced() {
     // A digest that does not match the batch is signed proof of a faulty primary.
     let wrong = Signed::new(
         &keys[0],
+        &genesis(),
         ReplicaId(0),
         PrePrepare {
             digest: Digest::of(b"not the batch"),
@@ -242,6 +244,7 @@ fn invalid_pre_prepares_are_dropped_and_faulty_primaries_replaced() {
     other.timestamp = Time(77);
     let twin = Signed::new(
         &keys[0],
+        &genesis(),
         ReplicaId(0),
         PrePrepare {
             digest: other.digest(),
@@ -279,7 +282,7 @@ fn forged_client_requests_are_never_ordered() {
             expected_outputs: |o| {
                 broadcasts(o).is_empty()
                     && !o.iter().any(|x| matches!(x, Output::Relay(_)))
-                    && o.iter().any(|x| matches!(x, Output::Rejected(_)))
+                    && o.iter().any(|x| matches!(x, Output::Rejected { .. }))
             },
             expected_state: |r| r.pending() == 0 && r.dropped() == 1,
         }],
@@ -302,6 +305,7 @@ fn pre_prepare(seq: u64, txs: Vec<SignedTx>) -> Signed<PrePrepare> {
     };
     Signed::new(
         &keys()[0],
+        &genesis(),
         ReplicaId(0),
         PrePrepare {
             view: View(0),
@@ -353,7 +357,11 @@ fn a_checked_request_does_not_vouch_for_another_with_the_same_signer_and_nonce()
     let twin = forged_twin(1);
     let id = twin.digest();
     let out = r[2].handle(Input::Request(vec![twin]));
-    assert!(out.contains(&Output::Rejected(id)), "{out:#?}");
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Output::Rejected { id: i, .. } if *i == id)),
+        "{out:#?}"
+    );
     assert_eq!(r[2].pending(), 1);
 }
 
@@ -494,4 +502,141 @@ fn view_change_re_proposes_prepared_requests_and_restart_keeps_votes() {
     })));
     assert_eq!(fresh.view(), View(1));
     assert_eq!(fresh.persistent_state().slots, st.slots);
+}
+
+/// A validly signed request whose body is over [`crate::tx::MAX_TX_BYTES`].
+fn oversized_tx() -> SignedTx {
+    let body = TxBody {
+        ledger: genesis(),
+        nonce: 99,
+        call: crate::contracts::Call::RecordAccess {
+            subject: Digest::of(b"s"),
+            access: crate::contracts::Access::Read,
+            purpose: "x".repeat(crate::tx::MAX_TX_BYTES),
+        },
+    };
+    SignedTx::sign(&KeyPair::from_label("client"), &body).expect("sign")
+}
+
+#[test]
+fn oversized_requests_are_refused_and_a_primary_proposing_one_is_replaced() {
+    let mut r = replicas();
+    let big = oversized_tx();
+    let id = big.digest();
+    let out = r[0].handle(Input::Request(vec![big.clone()]));
+    assert!(
+        out.iter().any(
+            |o| matches!(o, Output::Rejected { id: i, reason } if *i == id && reason.contains("limit"))
+        ),
+        "{out:#?}"
+    );
+    assert!(broadcasts(&out).is_empty() && r[0].pending() == 0);
+    // Relayed: dropped silently, never pending.
+    let out = r[1].handle(Input::Relayed(vec![big.clone()]));
+    assert!(out.iter().all(|o| !matches!(o, Output::Rejected { .. })));
+    assert_eq!(r[1].pending(), 0);
+    // Proposed by the primary: no correct replica would accept it, so it proves a fault.
+    let out = r[2].handle(Input::Message(Message::PrePrepare(pre_prepare(
+        1,
+        vec![tx(1), big],
+    ))));
+    assert!(starts_view_change(&out) && !prepares(&out), "{out:#?}");
+}
+
+#[test]
+fn a_batch_stamped_beyond_the_clock_skew_is_not_prepared() {
+    let mut r = replicas();
+    let _ = r[1].handle(Input::Tick(Time(10_000)));
+    let batch = Batch {
+        timestamp: Time(10_000 + MAX_CLOCK_SKEW_MS + 1),
+        txs: vec![tx(1)],
+    };
+    let future = Signed::new(
+        &keys()[0],
+        &genesis(),
+        ReplicaId(0),
+        PrePrepare {
+            view: View(0),
+            seq: SeqNo(1),
+            digest: batch.digest(),
+            batch,
+        },
+    );
+    let out = r[1].handle(Input::Message(Message::PrePrepare(future)));
+    assert!(!prepares(&out) && !starts_view_change(&out), "{out:#?}");
+    assert!(r[1].trace().any(|t| t.event.contains("ahead of our clock")));
+    // Within the skew it prepares.
+    let batch = Batch {
+        timestamp: Time(10_000 + MAX_CLOCK_SKEW_MS),
+        txs: vec![tx(2)],
+    };
+    let near = Signed::new(
+        &keys()[0],
+        &genesis(),
+        ReplicaId(0),
+        PrePrepare {
+            view: View(0),
+            seq: SeqNo(1),
+            digest: batch.digest(),
+            batch,
+        },
+    );
+    let out = r[1].handle(Input::Message(Message::PrePrepare(near)));
+    assert!(prepares(&out), "{out:#?}");
+}
+
+#[test]
+fn a_flooding_replica_holds_one_checkpoint_vote_per_sequence_and_one_view_change() {
+    let mut r = replicas();
+    let k3 = &keys()[3];
+    for i in 0..200u64 {
+        // Votes for made-up digests at one sequence number, within and above the window.
+        for seq in [SeqNo(1), SeqNo(1_000 + i)] {
+            let cp = Signed::new(
+                k3,
+                &genesis(),
+                ReplicaId(3),
+                Checkpoint {
+                    seq,
+                    digest: Digest::of(&i.to_be_bytes()),
+                },
+            );
+            let _ = r[1].handle(Input::Message(Message::Checkpoint(cp)));
+        }
+        // View changes for ever higher views, and the last view there is.
+        for v in [View(1 + i), View(u64::MAX)] {
+            let vc = Signed::new(
+                k3,
+                &genesis(),
+                ReplicaId(3),
+                ViewChange {
+                    new_view: v,
+                    checkpoint: CheckpointProof::genesis(genesis()),
+                    prepared: Vec::new(),
+                },
+            );
+            let _ = r[1].handle(Input::Message(Message::ViewChange(vc)));
+        }
+    }
+    let (votes, view_changes) = r[1].stored_votes();
+    assert_eq!((votes, view_changes), (2, 1));
+    // One faulty replica alone never moves a correct one to another view.
+    assert_eq!(r[1].view(), View(0));
+    assert_eq!(r[1].status(), Status::Normal);
+}
+
+#[test]
+fn votes_signed_for_another_ledger_do_not_count() {
+    let mut r = replicas();
+    let out = r[0].handle(Input::Request(vec![tx(1)]));
+    let pp = pre_prepare_of(&out);
+    let elsewhere = Signed::new(
+        &keys()[0],
+        &Digest::of(b"another ledger with the same keys"),
+        ReplicaId(0),
+        pp.body.clone(),
+    );
+    let out = r[1].handle(Input::Message(Message::PrePrepare(elsewhere)));
+    assert!(!prepares(&out));
+    assert!(r[1].trace().any(|t| t.event.contains("bad signature")));
 }

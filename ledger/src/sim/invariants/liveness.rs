@@ -19,9 +19,9 @@ pub(crate) struct Liveness {
 
 impl Liveness {
     /// Whether every correct chain holds every submitted transaction and all heads agree.
-    pub(crate) fn done<'a>(
+    pub(crate) fn done(
         submitted: &BTreeSet<Digest>,
-        chains: impl Iterator<Item = &'a Chain>,
+        chains: impl Iterator<Item = impl std::ops::Deref<Target = Chain>>,
     ) -> bool {
         let mut head = None;
         for c in chains {
