@@ -9,7 +9,7 @@
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, UInt16Type};
+use datafusion::arrow::datatypes::{DataType, UInt16Type, UInt64Type};
 use datafusion::prelude::{DataFrame, lit};
 use serde::Serialize;
 
@@ -126,31 +126,30 @@ impl BinnedDataset {
         })
     }
 
-    /// Up to `limit` rows of a row set as feature values that route exactly as their bins do,
-    /// chosen by a seeded hash of their bins and sorted, so the sample and its order depend on
-    /// neither partitioning nor row order.
+    /// `min(limit, rows in the set)` rows of a row set as feature values that route exactly as
+    /// their bins do: the rows with the smallest seeded hash of their bins (a uniform sample of
+    /// exactly that size; only identical rows share a hash), sorted by their bins. A filter on
+    /// the hash keeps about twice the cap, so a few hundred rows reach the driver whatever the
+    /// set's size; in the rare case it keeps fewer than the cap, the set is read whole. Either
+    /// way the rows chosen are the same, for any partitioning and row order.
     async fn sample_values(
         &self,
         rows: RowSet,
         available: u64,
         limit: u64,
     ) -> Result<Vec<Vec<Option<f64>>>> {
-        let mut df = self.rows_df(rows)?;
-        if available > limit {
-            let h = row_hash_expr(
-                derive_seed(self.params.seed, SALT_EXPLAIN),
-                self.bin_exprs(),
-            );
-            let fraction = limit as f64 / available as f64;
-            df = df.filter(h.lt(lit(fraction_threshold(fraction))))?;
+        let want = limit.min(available) as usize;
+        let oversampled = 2.0 * limit as f64 / available.max(1) as f64;
+        let mut hashed = self
+            .hashed_rows(rows, (oversampled < 1.0).then_some(oversampled))
+            .await?;
+        if hashed.len() < want && oversampled < 1.0 {
+            hashed = self.hashed_rows(rows, None).await?;
         }
-        let batches = df.select(self.bin_exprs())?.collect().await?;
-        let mut binned: Vec<Vec<u16>> = Vec::new();
-        for batch in &batches {
-            binned.extend(rows_of(batch)?);
-        }
+        hashed.sort_unstable();
+        hashed.truncate(limit as usize);
+        let mut binned: Vec<Vec<u16>> = hashed.into_iter().map(|(_, row)| row).collect();
         binned.sort_unstable();
-        binned.truncate(limit as usize);
         Ok(binned
             .iter()
             .map(|row| {
@@ -160,6 +159,33 @@ impl BinnedDataset {
                     .collect()
             })
             .collect())
+    }
+
+    /// The rows of a row set as (explanation hash, bins), only those whose hash falls in the
+    /// given fraction when one is given.
+    async fn hashed_rows(
+        &self,
+        rows: RowSet,
+        fraction: Option<f64>,
+    ) -> Result<Vec<(u64, Vec<u16>)>> {
+        let h = row_hash_expr(
+            derive_seed(self.params.seed, SALT_EXPLAIN),
+            self.bin_exprs(),
+        );
+        let mut df = self.rows_df(rows)?;
+        if let Some(fraction) = fraction {
+            df = df.filter(h.clone().lt(lit(fraction_threshold(fraction))))?;
+        }
+        let mut columns = vec![h.alias("explain_hash")];
+        columns.extend(self.bin_exprs());
+        let batches = df.select(columns)?.collect().await?;
+        let mut out = Vec::new();
+        for batch in &batches {
+            let hashes = batch.column(0).as_primitive::<UInt64Type>();
+            let bins = rows_of(&batch.project(&(1..batch.num_columns()).collect::<Vec<_>>())?)?;
+            out.extend(hashes.values().iter().copied().zip(bins));
+        }
+        Ok(out)
     }
 }
 
