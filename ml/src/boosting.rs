@@ -5,11 +5,12 @@
 //! MLlib's `validationTol` rule. Gradients are computed for each row where the row is, and
 //! summed in fixed point, so the model is byte-identical for any partitioning.
 //!
-//! The margin of every row is kept between iterations: as a column of the in-memory binned table
-//! (updated once per tree) with [`Storage::Memory`], or recomputed from all trees so far inside
-//! each pass's plan with [`Storage::Inline`] (executors keep nothing between jobs). Both add the
-//! same leaf values in the same order, so they give the same bits. The result is a
-//! [`GbtModel`]. This module does not compute metrics.
+//! The margin of every row is kept between iterations: with [`Storage::Memory`] the training
+//! and validation rows are held in memory with their margins, to which each new tree adds its
+//! leaf values; with [`Storage::Inline`] it is recomputed from all trees so far inside each
+//! pass's plan (executors keep nothing between jobs). Both add the same leaf values in the same
+//! order, so they give the same bits. The result is a [`GbtModel`]. This module does not
+//! compute metrics.
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, Float64Type, UInt8Type};
@@ -27,9 +28,8 @@ use crate::histogram::{CellKind, Combine, PassSpec, Sampling, score_expr};
 use crate::logistic::GRADIENT_SCALE;
 use crate::model::TrainingSummary;
 use crate::params::{EvaluationConfig, GbtParams};
-use crate::prepare::{
-    BinnedDataset, Extras, KEY_COL, LABEL_COL, RowSet, SCORE_COL, Storage, WEIGHT_COL,
-};
+use crate::prepare::{BinnedDataset, Extras, KEY_COL, LABEL_COL, RowSet, Storage, WEIGHT_COL};
+use crate::resident::{HeldRows, ResidentPasses};
 use crate::split::{CellStats, GradStats, Newton};
 
 /// The gradient-boosted trees estimator: parameters checked once, then
@@ -103,6 +103,23 @@ fn log_loss(f: f64, label: u8) -> f64 {
     }
 }
 
+/// The mean weighted log loss of rows given as (label, row weight, margin). Each row's loss is
+/// summed in fixed point, so the mean does not depend on the order rows arrive in.
+fn mean_log_loss(rows: impl Iterator<Item = (u8, f64, f64)>, class_weights: [f64; 2]) -> f64 {
+    let mut total: i128 = 0;
+    let mut weights: i128 = 0;
+    for (label, w, margin) in rows {
+        let weight = w * class_weights[usize::from(label != 0)];
+        total += (log_loss(margin, label) * weight * GRADIENT_SCALE).round() as i128;
+        weights += (weight * GRADIENT_SCALE).round() as i128;
+    }
+    if weights > 0 {
+        total as f64 / weights as f64
+    } else {
+        0.0
+    }
+}
+
 impl BinnedDataset {
     /// Trains boosted trees on a row set (less its validation rows).
     pub async fn fit_gbt(&self, params: &GbtParams, rows: RowSet) -> Result<GbtModel> {
@@ -144,33 +161,42 @@ impl BinnedDataset {
         let cells = CellKind::Gradients {
             class_weights: scoring.class_weights,
         };
-        let memory = self.storage == Storage::Memory;
-        // With the table in memory, the margin of every row so far is a column of it.
-        let mut scored = if memory {
-            let mut select: Vec<Expr> = self
-                .df
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| column(f.name()))
-                .collect();
-            select.push(lit(init).alias(SCORE_COL));
-            Some(self.df.clone().select(select)?.cache().await?)
+        let validating = params.validation_fraction > 0.0;
+        let validation_rows = self.validation_filter(rows, true);
+        // With the table in memory, the training rows (and the validation rows) are held with
+        // their margins, which each new tree's leaf values are added to.
+        let mut held = if self.storage == Storage::Memory {
+            let source = PassSource {
+                df: self.df.clone(),
+                include: include.clone(),
+                key: key.clone(),
+                score: None,
+            };
+            let passes =
+                ResidentPasses::load(self, &source, cells, weighted, sampling.clone(), 1).await?;
+            let margins = vec![init; passes.len()];
+            let validation = if validating {
+                Some(HeldRows::load(self, validation_rows.clone(), weighted, init).await?)
+            } else {
+                None
+            };
+            Some((passes, margins, validation))
         } else {
             None
         };
-        let validating = params.validation_fraction > 0.0;
-        let validation_rows = self.validation_filter(rows, true);
         let mut trees: Vec<Tree> = Vec::new();
         let mut losses = Vec::new();
         let (mut best_loss, mut kept) = (f64::INFINITY, 0usize);
         for m in 0..params.max_iter {
             let m = u64::from(m);
             let source = PassSource {
-                df: scored.clone().unwrap_or_else(|| self.df.clone()),
+                df: self.df.clone(),
                 include: include.clone(),
                 key: key.clone(),
-                score: Some(self.margin_expr(init, &trees, memory)?),
+                score: match held {
+                    Some(_) => None,
+                    None => Some(self.margin_expr(init, &trees)?),
+                },
             };
             let mut plan = GrowPlan {
                 criterion: newton,
@@ -186,14 +212,24 @@ impl BinnedDataset {
                 sampling: sampling.clone(),
                 subset,
             };
-            let grown = self.grow(&mut plan, &source, |_, _| Ok(())).await?;
+            if let Some((passes, margins, _)) = &mut held {
+                passes.start_boosted_tree(margins, scoring.class_weights);
+            }
+            let resident = held.as_mut().map(|(passes, _, _)| passes);
+            let grown = self
+                .grow(&mut plan, &source, resident, |_, _| Ok(()))
+                .await?;
             passes += grown.passes;
             let nodes = grown.trees.into_iter().next().unwrap_or_default();
             let mut out = Vec::with_capacity(nodes.len());
             self.emit_boosted_node(&nodes, 0, &newton, params.step_size, &mut out)?;
             let tree = Tree { nodes: out };
-            if let Some(df) = scored.take() {
-                scored = Some(self.add_tree(df, &tree).await?);
+            if let Some((passes, margins, validation)) = &mut held {
+                let route = self.route_of_tree(&tree)?;
+                passes.add_tree(&route, margins)?;
+                if let Some(validation) = validation {
+                    validation.add_tree(&route)?;
+                }
             }
             trees.push(tree);
             if !validating {
@@ -201,15 +237,20 @@ impl BinnedDataset {
             }
             // MLlib's rule: stop when the loss improves by less than `validation_tol` of
             // itself (at least 0.01); keep the trees up to the best loss.
-            let loss = self
-                .validation_loss(
-                    scored.as_ref(),
-                    init,
-                    &trees,
-                    validation_rows.clone(),
-                    scoring.class_weights,
-                )
-                .await?;
+            let loss = match &held {
+                Some((_, _, Some(validation))) => {
+                    mean_log_loss(validation.each(), scoring.class_weights)
+                }
+                _ => {
+                    self.validation_loss(
+                        init,
+                        &trees,
+                        validation_rows.clone(),
+                        scoring.class_weights,
+                    )
+                    .await?
+                }
+            };
             losses.push(loss);
             if m == 0 {
                 (best_loss, kept) = (loss, 1);
@@ -222,7 +263,10 @@ impl BinnedDataset {
         let early_stopping = if validating {
             trees.truncate(kept);
             Some(EarlyStopping {
-                validation_rows: self.count_where(validation_rows).await?,
+                validation_rows: match &held {
+                    Some((_, _, Some(validation))) => validation.len() as u64,
+                    _ => self.count_where(validation_rows).await?,
+                },
                 losses,
                 kept: kept as u32,
             })
@@ -249,11 +293,8 @@ impl BinnedDataset {
         })
     }
 
-    /// The margin of trees so far: the in-memory column, or the trees scored inside the plan.
-    fn margin_expr(&self, init: f64, trees: &[Tree], memory: bool) -> Result<Expr> {
-        if memory {
-            return Ok(column(SCORE_COL));
-        }
+    /// The margin of trees so far, scored inside the plan.
+    fn margin_expr(&self, init: f64, trees: &[Tree]) -> Result<Expr> {
         if trees.is_empty() {
             return Ok(lit(init));
         }
@@ -268,24 +309,6 @@ impl BinnedDataset {
         score_expr(&spec, None, self.bin_exprs())
     }
 
-    /// The in-memory table with the new tree's leaf values added to every row's margin.
-    async fn add_tree(&self, df: DataFrame, tree: &Tree) -> Result<DataFrame> {
-        let spec = PassSpec::scoring(
-            self.num_bins(),
-            vec![self.route_of_tree(tree)?],
-            Combine::AddTo,
-        );
-        let mut select: Vec<Expr> = df
-            .schema()
-            .fields()
-            .iter()
-            .filter(|f| f.name() != SCORE_COL)
-            .map(|f| column(f.name()))
-            .collect();
-        select.push(score_expr(&spec, Some(column(SCORE_COL)), self.bin_exprs())?.alias(SCORE_COL));
-        Ok(df.select(select)?.cache().await?)
-    }
-
     /// Rows a filter keeps.
     async fn count_where(&self, filter: Option<Expr>) -> Result<u64> {
         let df = match filter {
@@ -295,54 +318,43 @@ impl BinnedDataset {
         Ok(df.count().await? as u64)
     }
 
-    /// The mean weighted log loss of the validation rows at the margin of `trees`. Each row's
-    /// loss is summed in fixed point, so the mean does not depend on the order rows arrive in.
+    /// The mean weighted log loss of the validation rows at the margin of `trees`, scored
+    /// inside a plan.
     async fn validation_loss(
         &self,
-        scored: Option<&DataFrame>,
         init: f64,
         trees: &[Tree],
         rows: Option<Expr>,
         class_weights: [f64; 2],
     ) -> Result<f64> {
-        let source = scored.cloned().unwrap_or_else(|| self.df.clone());
         let source = match rows {
-            Some(f) => source.filter(f)?,
-            None => source,
+            Some(f) => self.df.clone().filter(f)?,
+            None => self.df.clone(),
         };
         let weight = if self.params.weight_column.is_some() {
             column(WEIGHT_COL)
         } else {
             lit(1.0f64)
         };
-        let margin = self.margin_expr(init, trees, scored.is_some())?;
+        let margin = self.margin_expr(init, trees)?;
         let df = source.select(vec![
             column(LABEL_COL),
             cast(margin, DataType::Float64).alias("margin"),
             cast(weight, DataType::Float64).alias("weight"),
         ])?;
-        let mut total: i128 = 0;
-        let mut weights: i128 = 0;
-        for batch in df.collect().await? {
+        let batches = df.collect().await?;
+        let mut rows = Vec::new();
+        for batch in &batches {
             let labels = batch.column(0).as_primitive::<UInt8Type>();
             let margins = batch.column(1).as_primitive::<Float64Type>();
             let w = batch.column(2).as_primitive::<Float64Type>();
             for r in 0..batch.num_rows() {
-                if margins.is_null(r) {
-                    continue;
+                if margins.is_valid(r) {
+                    rows.push((labels.value(r), w.value(r), margins.value(r)));
                 }
-                let label = labels.value(r);
-                let weight = w.value(r) * class_weights[usize::from(label != 0)];
-                total +=
-                    (log_loss(margins.value(r), label) * weight * GRADIENT_SCALE).round() as i128;
-                weights += (weight * GRADIENT_SCALE).round() as i128;
             }
         }
-        Ok(if weights > 0 {
-            total as f64 / weights as f64
-        } else {
-            0.0
-        })
+        Ok(mean_log_loss(rows.into_iter(), class_weights))
     }
 
     /// Writes the subtree at `index` in preorder; returns its index in `out`.

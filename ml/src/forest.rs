@@ -163,7 +163,10 @@ impl BinnedDataset {
             sampling,
             subset: (per_node < features).then_some(per_node),
         };
-        let grown = self.grow(&mut plan, &source, |_, _| Ok(())).await?;
+        let mut resident = self.resident(&plan, &source).await?;
+        let grown = self
+            .grow(&mut plan, &source, resident.as_mut(), |_, _| Ok(()))
+            .await?;
         let trees = grown
             .trees
             .iter()

@@ -24,7 +24,8 @@ use crate::histogram::{
     CellKind, Combine, Layout, PassColumns, PassSpec, RouteNode, Sampling, TreeRoute,
     decode_histogram, histogram_expr,
 };
-use crate::prepare::{BinnedDataset, LABEL_COL, WEIGHT_COL};
+use crate::prepare::{BinnedDataset, LABEL_COL, Storage, WEIGHT_COL};
+use crate::resident::ResidentPasses;
 use crate::split::{Candidate, CellStats, Criterion, Stats, best_split, node_stats};
 
 /// A node while its tree grows.
@@ -36,6 +37,8 @@ pub(crate) struct GrowNode<S> {
     pub(crate) stats: Option<S>,
     pub(crate) split: Option<Candidate<S>>,
     pub(crate) children: Option<(usize, usize)>,
+    /// The index of its parent (`None` for the root).
+    pub(crate) parent: Option<usize>,
     /// The node's histogram, kept only while one child's histogram is still to be derived
     /// from it.
     hist: Option<Vec<u64>>,
@@ -44,13 +47,20 @@ pub(crate) struct GrowNode<S> {
 }
 
 impl<S> GrowNode<S> {
-    fn new(id: u64, depth: u32, stats: Option<S>, features: Option<Vec<u32>>) -> Self {
+    fn new(
+        id: u64,
+        depth: u32,
+        stats: Option<S>,
+        features: Option<Vec<u32>>,
+        parent: Option<usize>,
+    ) -> Self {
         Self {
             id,
             depth,
             stats,
             split: None,
             children: None,
+            parent,
             hist: None,
             features,
         }
@@ -183,12 +193,36 @@ impl BinnedDataset {
         Ok(node_stats(&hist, &spec.slot_layout(0)))
     }
 
-    /// Grows the plan's trees level by level. `on_root` sees each root's stats when its first
-    /// histogram arrives (and may set the criterion's class weights from it).
+    /// The source's rows held in memory for the plan's passes, with [`Storage::Memory`] (with
+    /// [`Storage::Inline`] every pass is a plan).
+    pub(crate) async fn resident<C>(
+        &self,
+        plan: &GrowPlan<C>,
+        source: &PassSource,
+    ) -> Result<Option<ResidentPasses>> {
+        if self.storage != Storage::Memory {
+            return Ok(None);
+        }
+        let passes = ResidentPasses::load(
+            self,
+            source,
+            plan.cells,
+            plan.weighted,
+            plan.sampling.clone(),
+            plan.trees.len(),
+        )
+        .await?;
+        Ok(Some(passes))
+    }
+
+    /// Grows the plan's trees level by level, each pass over `resident` rows when given, else
+    /// as a plan over the source. `on_root` sees each root's stats when its first histogram
+    /// arrives (and may set the criterion's class weights from it).
     pub(crate) async fn grow<C: Criterion + Clone>(
         &self,
         plan: &mut GrowPlan<C>,
         source: &PassSource,
+        mut resident: Option<&mut ResidentPasses>,
         mut on_root: impl FnMut(&mut C, &C::Stats) -> Result<()>,
     ) -> Result<Grown<C::Stats>> {
         let bins = self.num_bins();
@@ -202,7 +236,9 @@ impl BinnedDataset {
         };
         for t in 0..grower.plan.trees.len() {
             let subset = grower.node_features(t, 1);
-            grower.trees.push(vec![GrowNode::new(1, 0, None, subset)]);
+            grower
+                .trees
+                .push(vec![GrowNode::new(1, 0, None, subset, None)]);
             grower.queue.push_back(Pending {
                 tree: t,
                 node: 0,
@@ -228,23 +264,36 @@ impl BinnedDataset {
                 take += 1;
             }
             let group: Vec<Pending> = grower.queue.drain(..take).collect();
-            let spec = grower.pass_spec(&group, source.include.is_some(), features);
-            let hist = self.run_pass(&spec, source).await?;
+            let layouts: Vec<Layout> = group
+                .iter()
+                .map(|p| layout_of(&grower.trees[p.tree][p.node].features))
+                .collect();
+            let hist = match resident.as_deref_mut() {
+                Some(resident) => {
+                    let slots: Vec<(usize, usize)> =
+                        group.iter().map(|p| (p.tree, p.node)).collect();
+                    resident.pass(&slots, &layouts, &grower.trees, &grower.plan.trees)?
+                }
+                None => {
+                    let spec = grower.pass_spec(&group, source.include.is_some(), features);
+                    self.run_pass(&spec, source).await?
+                }
+            };
             passes += 1;
             tracing::debug!(pass = passes, nodes = group.len(), "histogram pass");
             let mut start = 0usize;
             for (slot, pending) in group.iter().enumerate() {
-                let layout = spec.slot_layout(slot);
+                let layout = &layouts[slot];
                 let block = &hist[start..start + layout.node_stride];
                 start += layout.node_stride;
                 let node = &mut grower.trees[pending.tree][pending.node];
                 if node.stats.is_none() {
-                    let stats: C::Stats = node_stats(block, &layout);
+                    let stats: C::Stats = node_stats(block, layout);
                     on_root(&mut grower.plan.criterion, &stats)?;
                     node.stats = Some(stats);
                 }
                 if pending.split {
-                    grower.split(pending.tree, pending.node, block, &layout);
+                    grower.split(pending.tree, pending.node, block, layout);
                 }
                 if let Some((sibling, parent)) = pending.sibling {
                     let Some(mut parent_hist) = grower.trees[pending.tree][parent].hist.take()
@@ -260,7 +309,7 @@ impl BinnedDataset {
                     for (p, c) in parent_hist.iter_mut().zip(block.iter()) {
                         *p = p.wrapping_sub(*c);
                     }
-                    grower.split(pending.tree, sibling, &parent_hist, &layout);
+                    grower.split(pending.tree, sibling, &parent_hist, layout);
                 }
             }
         }
@@ -318,6 +367,7 @@ impl<C: Criterion> Grower<'_, C> {
             depth,
             Some(candidate.left),
             left_features,
+            Some(index),
         ));
         let left = nodes.len() - 1;
         nodes.push(GrowNode::new(
@@ -325,6 +375,7 @@ impl<C: Criterion> Grower<'_, C> {
             depth,
             Some(candidate.right),
             right_features,
+            Some(index),
         ));
         let right = nodes.len() - 1;
         nodes[index].split = Some(candidate);
@@ -501,7 +552,7 @@ mod tests {
             score: None,
         };
         let grown = binned
-            .grow(&mut plan, &source, |_, _| Ok(()))
+            .grow(&mut plan, &source, None, |_, _| Ok(()))
             .await
             .unwrap();
         let nodes = &grown.trees[0];

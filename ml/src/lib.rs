@@ -20,6 +20,7 @@ pub mod model;
 pub mod params;
 pub mod prepare;
 pub mod report;
+mod resident;
 mod shap;
 mod split;
 pub mod synthetic;

@@ -38,8 +38,6 @@ pub(crate) const HOLDOUT_COL: &str = "__ml_holdout";
 pub(crate) const VALIDATION_COL: &str = "__ml_validation";
 /// The seeded hash of the row key that sample multiplicities are drawn from.
 pub(crate) const KEY_COL: &str = "__ml_key";
-/// A boosted model's margin so far (held in memory between iterations).
-pub(crate) const SCORE_COL: &str = "__ml_score";
 
 /// The name of the binned column of feature `i`.
 pub(crate) fn bin_col(i: usize) -> String {

@@ -21,7 +21,9 @@ use crate::params::Impurity;
 pub(crate) const MIN_GAIN_EPSILON: f64 = 1e-12;
 
 /// The counters of a cell, or of a sum of cells: what split selection adds and subtracts.
-pub(crate) trait CellStats: Copy + Default + PartialEq + std::fmt::Debug {
+pub(crate) trait CellStats:
+    Copy + Default + PartialEq + std::fmt::Debug + Send + Sync
+{
     /// The cell whose first counter is `block[at]`, in a block with `stats` counters per cell.
     fn read(block: &[u64], at: usize, stats: usize) -> Self;
     /// Adds another cell.

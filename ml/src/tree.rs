@@ -187,16 +187,22 @@ impl BinnedDataset {
             key: None,
             score: None,
         };
+        let mut resident = self.resident(&plan, &source).await?;
         let grown = self
-            .grow(&mut plan, &source, |scoring, root: &Stats| {
-                if root.rows() == 0 {
-                    return Err(Error::EmptyDataset {
-                        what: format!("no training rows in {rows:?}"),
-                    });
-                }
-                scoring.class_weights = self.class_weights(root, weighted)?;
-                Ok(())
-            })
+            .grow(
+                &mut plan,
+                &source,
+                resident.as_mut(),
+                |scoring, root: &Stats| {
+                    if root.rows() == 0 {
+                        return Err(Error::EmptyDataset {
+                            what: format!("no training rows in {rows:?}"),
+                        });
+                    }
+                    scoring.class_weights = self.class_weights(root, weighted)?;
+                    Ok(())
+                },
+            )
             .await?;
         let scoring = plan.criterion;
         let nodes = grown.trees.into_iter().next().unwrap_or_default();

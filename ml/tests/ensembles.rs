@@ -135,10 +135,14 @@ async fn a_forest_is_byte_identical_on_1_2_and_8_partitions_any_row_order_and_st
     let mut params = forest_params();
     params.tree.weight_column = Some("w".into());
     params.tree.class_weights = ClassWeights::Balanced;
-    let models = bytes_everywhere(&batch, &ModelParams::RandomForest(params)).await;
+    let models = bytes_everywhere(&batch, &ModelParams::RandomForest(params.clone())).await;
     assert_all_equal(&models);
     let model = Model::from_json(&models[0].1, "forest").unwrap();
     assert!(model.calibration().is_some() && model.operating_point().is_some());
+    // Every feature at every node: the larger child's histogram is derived by subtraction,
+    // from bootstrap counts.
+    params.feature_subset_strategy = FeatureSubset::All;
+    assert_all_equal(&bytes_everywhere(&batch, &ModelParams::RandomForest(params)).await);
 }
 
 #[tokio::test]
