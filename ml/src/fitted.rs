@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::logistic::sigmoid;
 use crate::model::{DecisionTreeModel, MODEL_FORMAT, Node, Split, TrainingSummary, format_number};
 use crate::params::{DecisionTreeParams, GbtParams, RandomForestParams};
-use crate::shap::{PathElement, ShapTree, add_contributions, expected_value};
+use crate::shap::{Scratch, ShapTree, add_contributions, expected_value, height};
 
 /// A fitted model of any kind.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,6 +156,24 @@ impl Explanation {
 
 /// A decision tree's nodes as TreeSHAP reads them: the cover is the training rows.
 struct DecisionNodes<'a>(&'a [Node]);
+
+/// Adds `scale` times one tree's contributions for each row to its part of `phi` (`n` entries
+/// per row).
+fn tree_contributions<R: AsRef<[Option<f64>]>>(
+    tree: &impl ShapTree,
+    height: usize,
+    scale: f64,
+    rows: &[R],
+    n: usize,
+    phi: &mut [f64],
+    buffer: &mut Scratch,
+) {
+    for (row, phi) in rows.iter().zip(phi.chunks_exact_mut(n)) {
+        let values = row.as_ref();
+        let goes_left = |s: &Split| s.goes_left(values.get(s.feature).copied().flatten());
+        add_contributions(tree, height, &goes_left, scale, phi, buffer);
+    }
+}
 
 impl ShapTree for DecisionNodes<'_> {
     fn split(&self, i: usize) -> Option<&Split> {
@@ -389,27 +407,41 @@ impl Model {
         }
     }
 
-    /// Adds every feature's TreeSHAP contribution for one row to `phi`.
-    fn contributions(
+    /// The height of each tree (splits on its longest path), as `contributions` takes them.
+    fn heights(&self) -> Vec<usize> {
+        match self {
+            Model::DecisionTree(m) => vec![height(&DecisionNodes(&m.nodes))],
+            Model::RandomForest(m) => m.trees.iter().map(height).collect(),
+            Model::Gbt(m) => m.trees.iter().map(height).collect(),
+        }
+    }
+
+    /// Adds every feature's TreeSHAP contribution for each row to its part of `phi` (one
+    /// entry per feature, row after row). Tree by tree: a tree's nodes stay in cache while every
+    /// row walks it (row by row, the walks of a large forest were bound by memory). Each row
+    /// still adds its trees in tree order, so its sums do not depend on how rows are grouped.
+    fn contributions<R: AsRef<[Option<f64>]>>(
         &self,
-        values: &[Option<f64>],
+        rows: &[R],
+        heights: &[usize],
         phi: &mut [f64],
-        buffer: &mut Vec<PathElement>,
+        buffer: &mut Scratch,
     ) {
-        let goes_left = |s: &Split| s.goes_left(values.get(s.feature).copied().flatten());
+        let n = self.features().len();
         match self {
             Model::DecisionTree(m) => {
-                add_contributions(&DecisionNodes(&m.nodes), &goes_left, 1.0, phi, buffer)
+                let nodes = DecisionNodes(&m.nodes);
+                tree_contributions(&nodes, heights[0], 1.0, rows, n, phi, buffer);
             }
             Model::RandomForest(m) => {
                 let scale = 1.0 / m.trees.len() as f64;
-                for tree in &m.trees {
-                    add_contributions(tree, &goes_left, scale, phi, buffer);
+                for (tree, h) in m.trees.iter().zip(heights) {
+                    tree_contributions(tree, *h, scale, rows, n, phi, buffer);
                 }
             }
             Model::Gbt(m) => {
-                for tree in &m.trees {
-                    add_contributions(tree, &goes_left, 1.0, phi, buffer);
+                for (tree, h) in m.trees.iter().zip(heights) {
+                    tree_contributions(tree, *h, 1.0, rows, n, phi, buffer);
                 }
             }
         }
@@ -419,7 +451,12 @@ impl Model {
     pub fn explain(&self, values: &[Option<f64>]) -> Result<Explanation> {
         self.check_row(values)?;
         let mut contributions = vec![0.0; values.len()];
-        self.contributions(values, &mut contributions, &mut Vec::new());
+        self.contributions(
+            &[values],
+            &self.heights(),
+            &mut contributions,
+            &mut Scratch::default(),
+        );
         Ok(Explanation {
             output: self.output(),
             expected_value: self.expected_value(),
@@ -439,6 +476,7 @@ impl Model {
             self.check_row(row)?;
         }
         let chunks: Vec<&[Vec<Option<f64>>]> = rows.chunks(CHUNK).collect();
+        let heights = self.heights();
         let threads = std::thread::available_parallelism()
             .map_or(1, |t| t.get())
             .min(chunks.len().max(1));
@@ -448,18 +486,19 @@ impl Model {
         std::thread::scope(|scope| {
             for _ in 0..threads {
                 scope.spawn(|| {
-                    let mut buffer = Vec::new();
-                    let mut phi = vec![0.0; n];
+                    let mut buffer = Scratch::default();
+                    let mut phi = Vec::new();
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(chunk) = chunks.get(i) else {
                             break;
                         };
+                        phi.clear();
+                        phi.resize(chunk.len() * n, 0.0);
+                        self.contributions(chunk, &heights, &mut phi, &mut buffer);
                         let mut sum = vec![0.0; n];
-                        for row in *chunk {
-                            phi.iter_mut().for_each(|p| *p = 0.0);
-                            self.contributions(row, &mut phi, &mut buffer);
-                            for (s, p) in sum.iter_mut().zip(&phi) {
+                        for row in phi.chunks_exact(n) {
+                            for (s, p) in sum.iter_mut().zip(row) {
                                 *s += p.abs();
                             }
                         }
