@@ -212,28 +212,25 @@ impl ResidentPasses {
                     (tree, w.as_slice(), nodes.as_slice(), plan.sample_seed)
                 })
                 .collect();
+            let cores = self.threads.min(jobs.len());
             let jobs = Mutex::new(jobs);
             let errors: Mutex<Option<Error>> = Mutex::new(None);
-            std::thread::scope(|scope| {
-                for _ in 0..self.threads {
-                    scope.spawn(|| {
-                        loop {
-                            let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).pop();
-                            let Some((tree, wanted, nodes, seed)) = job else {
-                                break;
-                            };
-                            if !tree.started {
-                                tree.start(rows, sampling, seed, n);
-                            }
-                            tree.ranges.resize(nodes.len(), None);
-                            for &node in wanted {
-                                if let Err(e) = tree.ensure(node, nodes, rows) {
-                                    *errors.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                                    return;
-                                }
-                            }
+            on_cores(cores, || {
+                loop {
+                    let job = jobs.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                    let Some((tree, wanted, nodes, seed)) = job else {
+                        break;
+                    };
+                    if !tree.started {
+                        tree.start(rows, sampling, seed, n);
+                    }
+                    tree.ranges.resize(nodes.len(), None);
+                    for &node in wanted {
+                        if let Err(e) = tree.ensure(node, nodes, rows) {
+                            *errors.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                            return;
                         }
-                    });
+                    }
                 }
             });
             if let Some(e) = errors.into_inner().unwrap_or_else(|p| p.into_inner()) {
@@ -314,20 +311,16 @@ impl ResidentPasses {
                 work.into_iter().map(|w| Mutex::new(Some(w))).collect();
             let rows = &self.rows;
             let gradients = self.gradients.as_ref();
-            std::thread::scope(|scope| {
-                for _ in 0..threads.min(work.len()) {
-                    scope.spawn(|| {
-                        loop {
-                            let i = next.fetch_add(1, Ordering::Relaxed);
-                            let Some(slot) = work.get(i) else {
-                                break;
-                            };
-                            let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                            if let Some(mut w) = taken {
-                                rows.accumulate(&mut w, gradients);
-                            }
-                        }
-                    });
+            on_cores(threads.min(work.len()), || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(slot) = work.get(i) else {
+                        break;
+                    };
+                    let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    if let Some(mut w) = taken {
+                        rows.accumulate(&mut w, gradients);
+                    }
                 }
             });
         }
@@ -349,14 +342,30 @@ impl ResidentPasses {
     }
 }
 
-/// Runs `f` over `items` in one chunk per core (a chunk at a time per core, in order within a
-/// chunk, so each item's result is the same however the work is shared).
+/// Runs `work` on `cores` cores: this thread and `cores - 1` scoped ones (passes are short,
+/// so a single core's work is not handed to a thread of its own).
+fn on_cores(cores: usize, work: impl Fn() + Sync) {
+    std::thread::scope(|scope| {
+        for _ in 1..cores {
+            scope.spawn(&work);
+        }
+        work();
+    });
+}
+
+/// Runs `f` over `items` in one chunk per core (in order within a chunk, so each item's result
+/// is the same however the work is shared).
 fn in_chunks<T: Send>(items: &mut [T], threads: usize, f: impl Fn(usize, &mut [T]) + Sync) {
     let size = items.len().div_ceil(threads.max(1)).max(1);
+    let mut chunks = items.chunks_mut(size).enumerate();
+    let first = chunks.next();
     std::thread::scope(|scope| {
-        for (i, chunk) in items.chunks_mut(size).enumerate() {
+        for (i, chunk) in chunks {
             let f = &f;
             scope.spawn(move || f(i * size, chunk));
+        }
+        if let Some((_, chunk)) = first {
+            f(0, chunk);
         }
     });
 }
