@@ -31,7 +31,7 @@ if [ ! -f "$WORK/data-$VISITS/visits.csv" ]; then
 fi
 if [ ! -f "$WORK/dataset-$VISITS/manifest.json" ]; then
   echo "== preprocessing" >&2
-  EMRFLOW_PSEUDONYM_KEY="bench-key-0123456789abcdef" "$BIN" run examples/stroke-synthetic.toml \
+  EMRFLOW_PSEUDONYM_KEY="b3e1c0d5a9f2e4b7c6d8a1f0e3b5c7d9a2e4f6b8c0d1e3f5a7b9c2d4e6f8a0b1" "$BIN" run examples/stroke-synthetic.toml \
     --input "visits=$WORK/data-$VISITS/visits.csv" \
     --input "patients=$WORK/data-$VISITS/patients.csv" \
     --out "$WORK/dataset-$VISITS" --overwrite >&2
@@ -42,14 +42,14 @@ QUALITY=130070
 if [ ! -f "$WORK/dataset-$QUALITY/manifest.json" ]; then
   echo "== generating and preprocessing $QUALITY visits" >&2
   "$BIN" generate --visits "$QUALITY" --seed 7 --out "$WORK/data-$QUALITY" >&2
-  EMRFLOW_PSEUDONYM_KEY="bench-key-0123456789abcdef" "$BIN" run examples/stroke-synthetic.toml \
+  EMRFLOW_PSEUDONYM_KEY="b3e1c0d5a9f2e4b7c6d8a1f0e3b5c7d9a2e4f6b8c0d1e3f5a7b9c2d4e6f8a0b1" "$BIN" run examples/stroke-synthetic.toml \
     --input "visits=$WORK/data-$QUALITY/visits.csv" \
     --input "patients=$WORK/data-$QUALITY/patients.csv" \
     --out "$WORK/dataset-$QUALITY" --overwrite >&2
 fi
 KAGGLE_ARGS=()
 if [ -f ../shared/data/healthcare-dataset-stroke-data.csv ]; then
-  EMRFLOW_PSEUDONYM_KEY="bench-key-0123456789abcdef" "$BIN" run examples/stroke-kaggle.toml \
+  EMRFLOW_PSEUDONYM_KEY="b3e1c0d5a9f2e4b7c6d8a1f0e3b5c7d9a2e4f6b8c0d1e3f5a7b9c2d4e6f8a0b1" "$BIN" run examples/stroke-kaggle.toml \
     --out "$WORK/dataset-kaggle" --overwrite >&2
   KAGGLE_ARGS=(--kaggle-dataset "$WORK/dataset-kaggle")
 else

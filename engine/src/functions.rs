@@ -10,7 +10,7 @@ use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 
 /// Every scalar function: the pipeline's and the `ml` crate's.
 pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
-    let mut all = pipeline::udf::functions();
+    let mut all = pipeline::functions::functions();
     all.extend(ml::scalar_functions());
     all
 }
@@ -18,14 +18,14 @@ pub fn scalar_functions() -> Vec<Arc<ScalarUDF>> {
 /// Every aggregate function: the pipeline's (fingerprint, exact moments, categories) and the
 /// training histogram.
 pub fn aggregate_functions() -> Vec<Arc<AggregateUDF>> {
-    let mut all = pipeline::udf::aggregate_functions();
+    let mut all = pipeline::functions::aggregate_functions();
     all.extend(ml::aggregate_functions());
     all
 }
 
 /// Registers every function with a context or a session state.
 pub fn register(registry: &mut dyn FunctionRegistry) -> DfResult<()> {
-    pipeline::udf::register_functions(registry)?;
+    pipeline::functions::register_functions(registry)?;
     ml::register_functions(registry).map_err(|e| DataFusionError::External(Box::new(e)))
 }
 

@@ -8,8 +8,8 @@ use datafusion::execution::SessionState;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use pipeline::functions::EmrflowOptions;
 use pipeline::store::EngineStores;
-use pipeline::udf::EmrflowOptions;
 use serde::Deserialize;
 
 use crate::{Result, cluster, functions};
@@ -23,6 +23,10 @@ pub struct Engine {
     pub cluster: Option<String>,
     /// Partitions to run with (default: all cores embedded, 16 on a cluster).
     pub partitions: Option<usize>,
+    /// The cluster's key file, when its links use mutual TLS ([`cluster::tls`]). Given on the
+    /// command line or in the environment, never in a job file.
+    #[serde(skip)]
+    pub cluster_key: Option<std::path::PathBuf>,
 }
 
 impl Engine {
@@ -35,7 +39,13 @@ impl Engine {
     pub async fn context(&self) -> Result<SessionContext> {
         match &self.cluster {
             None => embedded_context(self.partitions),
-            Some(url) => cluster::connect(url, self.partitions).await,
+            Some(url) => {
+                let key = match &self.cluster_key {
+                    Some(path) => Some(cluster::tls::ClusterKey::read(path)?),
+                    None => None,
+                };
+                cluster::connect(url, self.partitions, key.as_ref()).await
+            }
         }
     }
 
@@ -131,7 +141,7 @@ mod tests {
         let mut client = cluster_config();
         client
             .options_mut()
-            .set("emrflow.pseudonym_key", "00ff")
+            .set("emrflow.pseudonym_key_id", "00ff")
             .unwrap_or_else(|e| panic!("{e}"));
         let produced = cluster_config().update_from_key_value_pair(&client.to_key_value_pairs());
         let state = scheduler_state(produced).unwrap_or_else(|e| panic!("{e}"));
@@ -140,7 +150,7 @@ mod tests {
             .options()
             .extensions
             .get::<EmrflowOptions>()
-            .map(|o| o.pseudonym_key.clone());
+            .map(|o| o.pseudonym_key_id.clone());
         assert_eq!(key.as_deref(), Some("00ff"));
         // Ballista's own functions survive beside emrflow's.
         assert!(state.udaf("count").is_ok() && state.udaf("ml_tree_histogram").is_ok());

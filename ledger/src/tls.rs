@@ -228,7 +228,14 @@ pub fn peer_server_config(genesis: &Genesis, key: &KeyPair) -> Result<Arc<Server
         .into_iter()
         .filter(|k| *k != key.public())
         .collect();
-    server_config(key, Some(KeyList::new(others)))
+    mutual_server_config(key, others)
+}
+
+/// A listener presenting `key` that admits only clients proving one of `clients` (mutual TLS
+/// 1.3 with raw public keys). The peer listener is one; so is the emrflow cluster's, whose
+/// members all hold one shared cluster key.
+pub fn mutual_server_config(key: &KeyPair, clients: Vec<PublicKey>) -> Result<Arc<ServerConfig>> {
+    server_config(key, Some(KeyList::new(clients)))
 }
 
 /// The client listener of the peer holding `key`: TLS authenticated by the key, no client
@@ -374,6 +381,12 @@ pub fn incoming(
                 let _permit = permit;
                 let io = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(io)) => io,
+                    // A TCP health probe (Kubernetes' tcpSocket) connects and closes without
+                    // a byte; only a handshake that was attempted is worth a line at info.
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        tracing::debug!(%addr, error = %e, "connection closed before a handshake");
+                        return;
+                    }
                     Ok(Err(e)) => {
                         tracing::info!(%addr, error = %e, "tls handshake refused");
                         return;

@@ -16,7 +16,7 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Signature, Volatility,
 };
 
-use crate::udf::TextSet;
+use crate::functions::TextSet;
 
 /// Name of the aggregate.
 pub const CATEGORIES_FN: &str = "emr_categories";

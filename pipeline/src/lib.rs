@@ -5,15 +5,15 @@ pub mod categories;
 pub mod csvcheck;
 pub mod error;
 pub mod fingerprint;
+pub mod functions;
 pub mod generate;
 pub mod guard;
 pub mod job;
 pub mod manifest;
 pub mod moments;
-pub mod prepare;
 pub mod run;
 pub mod store;
-pub mod udf;
+pub mod transforms;
 
 pub use error::{Error, Result};
 pub use job::Job;

@@ -61,7 +61,11 @@ fn data(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     }
     std::fs::write(&visits, text).unwrap_or_else(|e| panic!("{e}"));
     let key = dir.join("key");
-    std::fs::write(&key, "00112233445566778899aabbccddeeff\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        &key,
+        "00112233445566778899aabbccddeeff0123456789abcdeffedcba9876543210\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     (visits, dir.join("patients.csv"), key)
 }
 

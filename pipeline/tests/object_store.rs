@@ -42,7 +42,11 @@ async fn put(path: &str, text: &str) {
 async fn job_reads_and_publishes_through_the_memory_store() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let key = dir.path().join("key");
-    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        &key,
+        "0123456789abcdef0123456789abcdeffedcba9876543210fedcba9876543210\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let job = Job::from_toml(
         &JOB.replace("KEYFILE", &key.display().to_string()),
         "mem.toml",
@@ -111,7 +115,11 @@ async fn job_reads_and_publishes_through_the_memory_store() {
 async fn a_failed_job_leaves_nothing_in_the_store() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let key = dir.path().join("key");
-    std::fs::write(&key, "0123456789abcdef0123456789abcdef").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        &key,
+        "0123456789abcdef0123456789abcdeffedcba9876543210fedcba9876543210",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let text = JOB
         .replace("KEYFILE", &key.display().to_string())
         .replace("memory:///in/", "memory:///bad/")

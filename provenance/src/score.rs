@@ -1,6 +1,6 @@
 //! Scoring raw rows with an anchored model: the model must be exactly what was anchored (the
 //! read is audited), the dataset manifest copied beside it says how the training rows were
-//! normalized and encoded, `pipeline::prepare::apply_fitted` applies the same transforms to the
+//! normalized and encoded, `pipeline::transforms::apply_fitted` applies the same transforms to the
 //! raw rows, and the model (a decision tree, a random forest or boosted trees) gives each row its
 //! calibrated probability, its class at the model's operating threshold, the exact contribution
 //! of every feature (TreeSHAP), and for a tree its decision path in words (thresholds in raw
@@ -186,7 +186,7 @@ pub async fn score_rows(
         }
     }
     let key = manifest.row_key.clone().filter(|k| available.contains(k));
-    let prepared = pipeline::prepare::apply_fitted(raw, manifest)
+    let prepared = pipeline::transforms::apply_fitted(raw, manifest)
         .await
         .with_context(|| format!("cannot apply the dataset's transforms to {input}"))?;
     let mut select: Vec<Expr> = fitted.features().iter().map(|f| column(&f.name)).collect();

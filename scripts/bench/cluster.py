@@ -74,7 +74,7 @@ def main():
         )
     env = dict(os.environ)
     env["EMRFLOW_HOME"] = os.path.join(work, "home")
-    env["EMRFLOW_PSEUDONYM_KEY"] = "benchmark-key-0123456789abcdef"
+    env["EMRFLOW_PSEUDONYM_KEY"] = "b3e1c0d5a9f2e4b7c6d8a1f0e3b5c7d9a2e4f6b8c0d1e3f5a7b9c2d4e6f8a0b1"
     env["RUST_LOG"] = "warn"
     job = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "stroke-synthetic.toml")
     inputs = [

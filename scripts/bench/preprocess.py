@@ -17,7 +17,7 @@ import time
 
 BIN, PY, WORK, VISITS = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
-KEY = "benchmark-key-0123456789abcdef"
+KEY = "b3e1c0d5a9f2e4b7c6d8a1f0e3b5c7d9a2e4f6b8c0d1e3f5a7b9c2d4e6f8a0b1"
 DATA = f"{WORK}/data"
 ENV = dict(os.environ, EMRFLOW_PSEUDONYM_KEY=KEY, RUST_LOG="error")
 EMR_OUT, COPY_OUT, SPARK_OUT = f"{WORK}/emrflow-out", f"{WORK}/copy-out", f"{WORK}/spark-out"

@@ -17,6 +17,10 @@ pub(crate) struct EngineArgs {
     /// Partitions to run with (default: all cores embedded, 16 on a cluster)
     #[arg(long)]
     pub(crate) partitions: Option<usize>,
+    /// The cluster's key file, when its links use mutual TLS (the scheduler and executors
+    /// were started with --cluster-key)
+    #[arg(long, env = "EMRFLOW_CLUSTER_KEY", value_name = "FILE")]
+    pub(crate) cluster_key: Option<PathBuf>,
 }
 
 impl EngineArgs {
@@ -24,6 +28,7 @@ impl EngineArgs {
         engine::Engine {
             cluster: self.cluster.clone(),
             partitions: self.partitions,
+            cluster_key: self.cluster_key.clone(),
         }
     }
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use super::ExitStatus;
+use super::{ExitStatus, print_json, print_lines};
 
 #[derive(Debug, Args)]
 #[command(
@@ -15,11 +15,13 @@ with --scheduler-host/--scheduler-port. One scheduler per cluster (its state is 
 Stops on SIGTERM or Ctrl-C."
 )]
 pub(crate) struct SchedulerArgs {
-    /// Address to listen on
-    // Loopback unless told otherwise: the scheduler authenticates no one, so another interface
-    // (0.0.0.0) belongs only on a network that admits the cluster's hosts alone.
+    /// Address to listen on; any but loopback needs --cluster-key
     #[arg(long, env = "EMRFLOW_SCHEDULER_BIND_HOST", default_value = "127.0.0.1")]
     bind_host: String,
+    /// The cluster's key (`emrflow cluster-key`): the port admits only its holders, over
+    /// mutual TLS, and the scheduler's own connections use it
+    #[arg(long, env = "EMRFLOW_CLUSTER_KEY", value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
     /// Port to listen on (clients use df://HOST:PORT)
     #[arg(long, env = "EMRFLOW_SCHEDULER_PORT", default_value_t = 50050)]
     port: u16,
@@ -53,11 +55,14 @@ pub(crate) struct ExecutorArgs {
     /// Port of the scheduler
     #[arg(long, env = "EMRFLOW_SCHEDULER_PORT", default_value_t = 50050)]
     scheduler_port: u16,
-    /// Address to listen on
-    // Loopback unless told otherwise: anyone who reaches an executor's Flight port reads
-    // shuffle data and results.
+    /// Address to listen on; any but loopback needs --cluster-key, and with it the address
+    /// others reach this executor by (a pod IP), since Ballista keeps 127.0.0.1 at that port
     #[arg(long, env = "EMRFLOW_EXECUTOR_BIND_HOST", default_value = "127.0.0.1")]
     bind_host: String,
+    /// The cluster's key (the scheduler's): the port admits only its holders, over mutual TLS,
+    /// and the executor's own connections use it
+    #[arg(long, env = "EMRFLOW_CLUSTER_KEY", value_name = "FILE")]
+    cluster_key: Option<PathBuf>,
     /// Host name others reach this executor by (default: the bind host; a pod IP on Kubernetes)
     #[arg(long, env = "EMRFLOW_EXECUTOR_EXTERNAL_HOST")]
     external_host: Option<String>,
@@ -79,11 +84,16 @@ pub(crate) struct ExecutorArgs {
     /// Memory for running tasks before they spill, in MiB (default: a share of RAM)
     #[arg(long, env = "EMRFLOW_EXECUTOR_MEMORY_MB")]
     memory_mb: Option<u64>,
+    /// The pseudonymization key of the jobs it runs (the file their pii.key_file names, or the
+    /// same bytes): keys never travel with a job, which names its key by id only
+    #[arg(long, env = "EMRFLOW_PSEUDONYM_KEY_FILE", value_name = "FILE")]
+    pseudonym_key_file: Option<PathBuf>,
 }
 
 pub(crate) async fn run_scheduler(args: SchedulerArgs) -> anyhow::Result<ExitStatus> {
     let options = scheduler::SchedulerOptions {
         bind_host: args.bind_host,
+        cluster_key: args.cluster_key,
         port: args.port,
         external_host: args.external_host,
         executor_timeout_seconds: args.executor_timeout.max(1),
@@ -113,6 +123,7 @@ pub(crate) async fn run_executor(args: ExecutorArgs) -> anyhow::Result<ExitStatu
         scheduler_host: args.scheduler_host,
         scheduler_port: args.scheduler_port,
         bind_host: args.bind_host,
+        cluster_key: args.cluster_key,
         external_host,
         port: args.port,
         concurrent_tasks: args.concurrent_tasks,
@@ -120,6 +131,7 @@ pub(crate) async fn run_executor(args: ExecutorArgs) -> anyhow::Result<ExitStatu
         heartbeat_interval_seconds: args.heartbeat_interval,
         scheduler_connect_timeout_seconds: args.connect_timeout,
         memory_pool_bytes: args.memory_mb.map(|mb| mb * 1024 * 1024),
+        pseudonym_key_file: args.pseudonym_key_file,
     };
     tracing::info!(
         "emrflow executor on {}:{}, scheduler {}:{}",
@@ -134,6 +146,37 @@ pub(crate) async fn run_executor(args: ExecutorArgs) -> anyhow::Result<ExitStatu
             options.bind_host, options.port, options.scheduler_host, options.scheduler_port
         )
     })?;
+    Ok(ExitStatus::Success)
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Give the same file to the scheduler, every executor and every client \
+(--cluster-key, or EMRFLOW_CLUSTER_KEY; a Secret on Kubernetes). It never crosses the network: \
+each side proves it in a TLS 1.3 handshake, and a connection that cannot is dropped before \
+Ballista reads a byte. Exit 2 if FILE exists (it is never overwritten)."
+)]
+pub(crate) struct ClusterKeyArgs {
+    /// Where to write the key (owner-only permissions; refuses to overwrite)
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Print a JSON summary on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn new_cluster_key(args: &ClusterKeyArgs) -> anyhow::Result<ExitStatus> {
+    let key = engine::cluster::tls::ClusterKey::create(&args.out)?;
+    if args.json {
+        print_json(&serde_json::json!({ "path": args.out, "cluster_key_id": key.id() }))?;
+    } else {
+        print_lines(&[format!(
+            "cluster key written to {} (id {}); give it to the scheduler, the executors and \
+             clients with --cluster-key",
+            args.out.display(),
+            key.id()
+        )]);
+    }
     Ok(ExitStatus::Success)
 }
 

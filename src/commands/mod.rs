@@ -90,8 +90,11 @@ pub(crate) enum Command {
     Ledger(ledger::LedgerCommand),
     /// Run a cluster scheduler (Ballista) that --cluster clients send their plans to
     Scheduler(cluster::SchedulerArgs),
-    /// Run a cluster executor (Ballista) that runs the tasks its scheduler pushes
+    /// Run a cluster executor (Ballista) that fetches and runs its scheduler's tasks
     Executor(cluster::ExecutorArgs),
+    /// Create the key a cluster's scheduler, executors and clients share (mutual TLS on every
+    /// link)
+    ClusterKey(cluster::ClusterKeyArgs),
     /// Baselines for benchmark scripts
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -113,6 +116,7 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Ledger(cmd) => ledger::run(cmd).await,
         Command::Scheduler(args) => cluster::run_scheduler(args).await,
         Command::Executor(args) => cluster::run_executor(args).await,
+        Command::ClusterKey(args) => cluster::new_cluster_key(&args),
         Command::Bench(cmd) => bench::run(cmd).await,
     }
 }

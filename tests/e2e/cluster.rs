@@ -18,10 +18,10 @@ fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
-/// Polls until `port` accepts connections or the process exits. Start-up is not a speed
+/// Polls until `addr` accepts connections or the process exits. Start-up is not a speed
 /// target: the bound only keeps a broken build from hanging the suite.
-fn wait_for_port(port: u16, child: &mut Child, log: &Path) {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+fn wait_for(addr: SocketAddr, child: &mut Child, log: &Path) {
+    let port = addr.port();
     for _ in 0..600 {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
             return;
@@ -50,8 +50,37 @@ struct Cluster {
 
 impl Cluster {
     fn start(dir: &Path, executors: usize) -> Self {
+        Self::start_on(dir, executors, [127, 0, 0, 1], None)
+    }
+
+    /// A cluster whose executors hold `pseudonym_key` rather than the test jobs' key.
+    fn start_holding(dir: &Path, pseudonym_key: &str) -> Self {
+        std::fs::write(dir.join("pseudonym.key"), pseudonym_key).unwrap_or_else(|e| panic!("{e}"));
+        Self::start_on(dir, 1, [127, 0, 0, 1], None)
+    }
+
+    /// A cluster whose every port is a mutual-TLS front under `key`, on 127.0.0.2: an address
+    /// that counts as the one others reach it by, so Ballista's own listeners stay on 127.0.0.1.
+    fn start_tls(dir: &Path, executors: usize, key: &Path) -> Self {
+        Self::start_on(dir, executors, [127, 0, 0, 2], Some(key))
+    }
+
+    fn start_on(dir: &Path, executors: usize, ip: [u8; 4], key: Option<&Path>) -> Self {
+        let host = std::net::Ipv4Addr::from(ip).to_string();
+        let with_key = |mut args: Vec<String>| {
+            if let Some(key) = key {
+                args.extend(["--cluster-key".to_string(), key.display().to_string()]);
+            }
+            args
+        };
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).unwrap_or_else(|e| panic!("{e}"));
+        // The executors hold the jobs' pseudonymization key themselves.
+        let pseudonym_key = dir.join("pseudonym.key");
+        if !pseudonym_key.exists() {
+            std::fs::write(&pseudonym_key, crate::support::TEST_PSEUDONYM_KEY)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
         let port = free_port();
         let spawn = |args: &[String], log: &Path| -> Child {
             let file = std::fs::File::create(log).unwrap_or_else(|e| panic!("{e}"));
@@ -65,21 +94,21 @@ impl Cluster {
         let s = |v: &str| v.to_string();
         let scheduler_log = logs.join("scheduler.log");
         let mut scheduler = spawn(
-            &[
+            &with_key(vec![
                 s("scheduler"),
                 s("--bind-host"),
-                s("127.0.0.1"),
+                host.clone(),
                 s("--port"),
                 port.to_string(),
                 // A lost executor is noticed after 3 s without a heartbeat.
                 s("--executor-timeout"),
                 s("3"),
-            ],
+            ]),
             &scheduler_log,
         );
-        wait_for_port(port, &mut scheduler, &scheduler_log);
+        wait_for(SocketAddr::from((ip, port)), &mut scheduler, &scheduler_log);
         let mut cluster = Cluster {
-            url: format!("df://127.0.0.1:{port}"),
+            url: format!("df://{host}:{port}"),
             scheduler,
             executors: Vec::new(),
             logs,
@@ -88,14 +117,14 @@ impl Cluster {
             let flight = free_port();
             let log = cluster.executor_log(i);
             let mut child = spawn(
-                &[
+                &with_key(vec![
                     s("executor"),
                     s("--scheduler-host"),
-                    s("127.0.0.1"),
+                    host.clone(),
                     s("--scheduler-port"),
                     port.to_string(),
                     s("--bind-host"),
-                    s("127.0.0.1"),
+                    host.clone(),
                     s("--port"),
                     flight.to_string(),
                     s("--concurrent-tasks"),
@@ -104,10 +133,12 @@ impl Cluster {
                     s("1"),
                     s("--work-dir"),
                     dir.join(format!("work-{i}")).display().to_string(),
-                ],
+                    s("--pseudonym-key-file"),
+                    pseudonym_key.display().to_string(),
+                ]),
                 &log,
             );
-            wait_for_port(flight, &mut child, &log);
+            wait_for(SocketAddr::from((ip, flight)), &mut child, &log);
             cluster.executors.push(child);
         }
         cluster
@@ -342,6 +373,122 @@ fn a_cluster_gives_the_embedded_dataset_model_and_metrics() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn a_cluster_over_mutual_tls_admits_its_key_holders_only() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data = tmp.path().join("data");
+    generate(&data, 5_000);
+    let ledger = tmp.path().join("ledger");
+    let key = tmp.path().join("cluster.key");
+    let made = json(
+        &run(&mut emrflow(&[
+            "cluster-key",
+            "--out",
+            &key.display().to_string(),
+            "--json",
+        ])),
+        "cluster-key",
+    );
+    assert_eq!(made["cluster_key_id"].as_str().map(str::len), Some(64));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).map(|m| m.permissions().mode() & 0o777);
+        assert_eq!(mode.ok(), Some(0o600));
+    }
+    let again = run(&mut emrflow(&[
+        "cluster-key",
+        "--out",
+        &key.display().to_string(),
+    ]));
+    crate::support::assert_one_line_error(&again, &["refusing to overwrite"]);
+
+    // An exposed port without the key is refused at start-up (before binding), by flag.
+    for role in ["scheduler", "executor"] {
+        let exposed = run(&mut emrflow(&[
+            role,
+            "--bind-host",
+            "0.0.0.0",
+            "--port",
+            &free_port().to_string(),
+        ]));
+        crate::support::assert_one_line_error(&exposed, &["--bind-host 0.0.0.0", "--cluster-key"]);
+    }
+
+    let cluster = Cluster::start_tls(tmp.path(), 2, &key);
+    let embedded = json(
+        &run_job(&data, &tmp.path().join("ds-embedded"), &ledger, None),
+        "embedded run",
+    );
+    let key_arg = key.display().to_string();
+    let with_key = |out: &str, key: &str| {
+        let mut args = run_args(&data, &tmp.path().join(out), &ledger, Some(&cluster.url));
+        args.extend(["--cluster-key".to_string(), key.to_string()]);
+        run(&mut emrflow(
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        ))
+    };
+    let member = with_key("ds-tls", &key_arg);
+    assert!(
+        member.status.success(),
+        "TLS cluster run failed: {}\n{}",
+        stderr(&member),
+        cluster.logs()
+    );
+    assert_eq!(json(&member, "TLS cluster run")["root"], embedded["root"]);
+
+    // Another key: the handshake is refused and the client says which flag to look at.
+    let other = tmp.path().join("other.key");
+    json(
+        &run(&mut emrflow(&[
+            "cluster-key",
+            "--out",
+            &other.display().to_string(),
+            "--json",
+        ])),
+        "cluster-key",
+    );
+    let outsider = with_key("ds-outsider", &other.display().to_string());
+    crate::support::assert_one_line_error(&outsider, &["cluster key", "--cluster-key"]);
+    crate::support::assert_nothing_published(&tmp.path().join("ds-outsider"));
+
+    // No key: Ballista's plaintext gRPC never gets past the front.
+    let plain = run_job(
+        &data,
+        &tmp.path().join("ds-plain"),
+        &ledger,
+        Some(&cluster.url),
+    );
+    assert_eq!(plain.status.code(), Some(2), "{}", stderr(&plain));
+    crate::support::assert_nothing_published(&tmp.path().join("ds-plain"));
+}
+
+#[test]
+fn the_pseudonym_key_never_travels_and_an_executor_holding_another_fails_by_id() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data = tmp.path().join("data");
+    generate(&data, 500);
+    let other = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+    let cluster = Cluster::start_holding(tmp.path(), other);
+    let out = tmp.path().join("out");
+    let result = run_job(&data, &out, &tmp.path().join("ledger"), Some(&cluster.url));
+    assert_eq!(result.status.code(), Some(2), "{}", stderr(&result));
+    let err = stderr(&result);
+    assert!(
+        err.contains("holds no pseudonymization key with id")
+            && err.contains("--pseudonym-key-file"),
+        "{err}"
+    );
+    for secret in [crate::support::TEST_PSEUDONYM_KEY, other] {
+        assert!(!err.contains(secret), "a key in the error: {err}");
+        assert!(
+            !cluster.logs().contains(secret),
+            "a key in the cluster's logs"
+        );
+    }
+    crate::support::assert_nothing_published(&out);
 }
 
 #[test]

@@ -75,7 +75,7 @@ fn synthetic_job_publishes_a_dataset_without_any_planted_pii() {
     assert!(manifest["encodings"]["smoking_status"]["values"].is_array());
     assert_eq!(manifest["pii"]["key_id"].as_str().map(str::len), Some(64));
     assert!(
-        !manifest_text.contains("test-key-0123456789abcdef"),
+        !manifest_text.contains(crate::support::TEST_PSEUDONYM_KEY),
         "key leaked into manifest"
     );
 

@@ -14,15 +14,23 @@ pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The pseudonymization key every test job runs with (`EMRFLOW_PSEUDONYM_KEY`, and the cluster's
+/// executors' key file): 32 bytes as hex.
+pub(crate) const TEST_PSEUDONYM_KEY: &str =
+    "5f0e8a3c2b7d4e91a6c8f0b3d2e5a7c91e4b7a0d3c6f9e2b5a8d1c4f7e0b3a69";
+
 /// A command running the `emrflow` binary from the workspace root with a test key.
 pub(crate) fn emrflow(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_emrflow"));
     cmd.args(args)
         .current_dir(root())
-        .env("EMRFLOW_PSEUDONYM_KEY", "test-key-0123456789abcdef")
+        .env("EMRFLOW_PSEUDONYM_KEY", TEST_PSEUDONYM_KEY)
+        .env_remove("EMRFLOW_PSEUDONYM_KEY_FILE")
         .env_remove("EMRFLOW_KEY_FILE")
         .env_remove("EMRFLOW_LEDGER")
         .env_remove("EMRFLOW_IDENTITY")
+        .env_remove("EMRFLOW_CLUSTER")
+        .env_remove("EMRFLOW_CLUSTER_KEY")
         .env("EMRFLOW_HOME", test_home())
         .env("RUST_LOG", "error");
     cmd

@@ -379,6 +379,6 @@ fn embedded_context(partitions: Option<usize>) -> Result<SessionContext> {
     let config =
         datafusion::prelude::SessionConfig::new().with_target_partitions(partitions.unwrap_or(2));
     let mut ctx = SessionContext::new_with_config(config);
-    crate::udf::register_functions(&mut ctx)?;
+    crate::functions::register_functions(&mut ctx)?;
     Ok(ctx)
 }

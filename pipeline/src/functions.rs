@@ -4,6 +4,7 @@
 //! [`register_functions`]; the key travels in the session configuration, never inside a plan
 //! literal, so it does not appear in plan text or logs of the plan.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Date32Array, Int32Array, Int64Array, StringArray};
@@ -20,33 +21,84 @@ use datafusion::logical_expr::{
 };
 use sha2::Sha256;
 
-/// Session options of emrflow's functions (`SET emrflow.pseudonym_key = ...`).
+/// Session options of emrflow's functions (`SET emrflow.pseudonym_key_id = ...`).
 ///
 /// Written by hand rather than with DataFusion's `extensions_options!`, whose entries are listed
 /// without the `emrflow.` prefix: a Ballista client sends a session's options as those
 /// key/value entries and the scheduler and executors apply them with `set`, which needs the
-/// prefix, so the key would silently not arrive. `Debug` does not print the key.
-#[derive(Clone, Default, PartialEq, Eq)]
+/// prefix, so the setting would silently not arrive.
+///
+/// The session names the pseudonymization key only by its id ([`key_id`]); the key itself never
+/// travels with a session or a plan. Each process that computes pseudonyms holds it
+/// ([`hold_key`]): the client from the job's key source, an executor from its own key file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EmrflowOptions {
-    /// The pseudonymization key, hex-encoded. Empty means no key was configured.
-    pub pseudonym_key: String,
+    /// The id of the pseudonymization key the session's plans use. Empty means none.
+    pub pseudonym_key_id: String,
 }
 
-const PSEUDONYM_KEY_OPTION: &str = "pseudonym_key";
+const PSEUDONYM_KEY_ID_OPTION: &str = "pseudonym_key_id";
 
-impl std::fmt::Debug for EmrflowOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmrflowOptions")
-            .field(
-                PSEUDONYM_KEY_OPTION,
-                &if self.pseudonym_key.is_empty() {
-                    ""
-                } else {
-                    "<set>"
-                },
-            )
-            .finish()
+/// Fewest bytes a pseudonymization key may have (a hex key needs twice as many characters).
+pub const MIN_KEY_BYTES: usize = 32;
+
+/// Checks that `key` can be a pseudonymization key: at least [`MIN_KEY_BYTES`] bytes of
+/// randomness, counted as hex digits at half a byte each when the key is hex text (as
+/// `openssl rand -hex 32` writes it), and not an obvious pattern. Anyone who can guess the key
+/// re-links every pseudonym to its identifier, so a short or patterned key is refused rather
+/// than warned about. The message says why, never what the key is.
+pub fn check_key(key: &[u8]) -> Result<(), String> {
+    let hex = !key.is_empty() && key.iter().all(u8::is_ascii_hexdigit);
+    let bytes = if hex { key.len() / 2 } else { key.len() };
+    if bytes < MIN_KEY_BYTES {
+        return Err(format!(
+            "the key holds {bytes} bytes{}; at least {MIN_KEY_BYTES} random bytes are required \
+             (for example `openssl rand -hex 32`)",
+            if hex { " as hex" } else { "" }
+        ));
     }
+    let mut seen = [false; 256];
+    for b in key {
+        seen[usize::from(*b)] = true;
+    }
+    let distinct = seen.iter().filter(|s| **s).count();
+    if distinct < 8 {
+        return Err(format!(
+            "the key uses only {distinct} distinct byte values: it is not random (for example \
+             `openssl rand -hex 32`)"
+        ));
+    }
+    Ok(())
+}
+
+/// A key's id: `HMAC-SHA256(key, "emrflow-pseudonym-key-id/v1")` in hex. It names the key in
+/// manifests, sessions and errors; unlike a plain hash of the key, it gives nothing to test
+/// guesses of the key against without the key itself.
+pub fn key_id(key: &[u8]) -> String {
+    pseudonym(key, b"emrflow-pseudonym-key-id/v1")
+}
+
+/// The pseudonymization keys this process holds, by id.
+static KEYS: std::sync::LazyLock<std::sync::RwLock<HashMap<String, Arc<HmacKey>>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Makes `key` available to `emr_pseudonym` in this process, for sessions that name its id;
+/// returns the id. Call [`check_key`] first.
+pub fn hold_key(key: &[u8]) -> String {
+    let id = key_id(key);
+    let mut keys = KEYS
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    keys.entry(id.clone())
+        .or_insert_with(|| Arc::new(HmacKey::new(key)));
+    id
+}
+
+fn held_key(id: &str) -> Option<Arc<HmacKey>> {
+    KEYS.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(id)
+        .cloned()
 }
 
 impl ExtensionOptions for EmrflowOptions {
@@ -66,20 +118,20 @@ impl ExtensionOptions for EmrflowOptions {
             .and_then(|k| k.strip_prefix('.'))
             .unwrap_or(key);
         match key {
-            PSEUDONYM_KEY_OPTION => {
-                self.pseudonym_key = value.to_string();
+            PSEUDONYM_KEY_ID_OPTION => {
+                self.pseudonym_key_id = value.to_string();
                 Ok(())
             }
             other => {
-                config_err!("unknown emrflow option {other:?} (known: {PSEUDONYM_KEY_OPTION})")
+                config_err!("unknown emrflow option {other:?} (known: {PSEUDONYM_KEY_ID_OPTION})")
             }
         }
     }
     fn entries(&self) -> Vec<ConfigEntry> {
         vec![ConfigEntry {
-            key: format!("{}.{PSEUDONYM_KEY_OPTION}", Self::PREFIX),
-            value: (!self.pseudonym_key.is_empty()).then(|| self.pseudonym_key.clone()),
-            description: "The pseudonymization key, hex-encoded; empty when none is configured.",
+            key: format!("{}.{PSEUDONYM_KEY_ID_OPTION}", Self::PREFIX),
+            value: (!self.pseudonym_key_id.is_empty()).then(|| self.pseudonym_key_id.clone()),
+            description: "The id of the pseudonymization key; empty when none is configured.",
         }]
     }
 }
@@ -135,6 +187,37 @@ pub fn register_functions(registry: &mut dyn FunctionRegistry) -> DfResult<()> {
         registry.register_udaf(f)?;
     }
     Ok(())
+}
+
+/// Calls of the pipeline's scalar functions as expressions, for the plan pieces built with the
+/// DataFrame API, as `datafusion::functions::expr_fn` offers DataFusion's own. A call carries
+/// the function by name, so it runs wherever [`register_functions`] registered it.
+pub(crate) mod expr_fn {
+    use datafusion::logical_expr::{Expr, ScalarUDF, lit};
+
+    use super::{AgeYears, CategoryIndex, FirstTrue, Pseudonym};
+
+    /// `emr_pseudonym(value)`.
+    pub(crate) fn pseudonym(value: Expr) -> Expr {
+        ScalarUDF::new_from_impl(Pseudonym::new()).call(vec![value])
+    }
+
+    /// `emr_age_years(dob, at)`.
+    pub(crate) fn age_years(dob: Expr, at: Expr) -> Expr {
+        ScalarUDF::new_from_impl(AgeYears::new()).call(vec![dob, at])
+    }
+
+    /// `emr_first_true(c0, c1, ...)`.
+    pub(crate) fn first_true(conditions: Vec<Expr>) -> Expr {
+        ScalarUDF::new_from_impl(FirstTrue::new()).call(conditions)
+    }
+
+    /// `emr_category_index(value, 'c0', 'c1', ...)`.
+    pub(crate) fn category_index(value: Expr, categories: &[String]) -> Expr {
+        let mut args = vec![value];
+        args.extend(categories.iter().map(|c| lit(c.as_str())));
+        ScalarUDF::new_from_impl(CategoryIndex::new()).call(args)
+    }
 }
 
 /// `hex(HMAC-SHA256(key, value))`; null stays null.
@@ -206,24 +289,26 @@ impl ScalarUDFImpl for Pseudonym {
         Ok(DataType::Utf8)
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let key_hex = args
+        let id = args
             .config_options
             .extensions
             .get::<EmrflowOptions>()
-            .map(|o| o.pseudonym_key.clone())
+            .map(|o| o.pseudonym_key_id.clone())
             .unwrap_or_default();
-        if key_hex.is_empty() {
-            return exec_err!("{PSEUDONYM_FN}: no pseudonymization key is configured");
+        if id.is_empty() {
+            return exec_err!("{PSEUDONYM_FN}: the session names no pseudonymization key");
         }
-        let Ok(key) = hex::decode(&key_hex) else {
-            return exec_err!("{PSEUDONYM_FN}: the configured key is not hex");
+        let Some(keyed) = held_key(&id) else {
+            return exec_err!(
+                "{PSEUDONYM_FN}: this process holds no pseudonymization key with id {id} \
+                 (an executor is given the job's key with --pseudonym-key-file)"
+            );
         };
         let [arg] = args.args.as_slice() else {
             return exec_err!("{PSEUDONYM_FN} takes one argument");
         };
         let array = as_text(arg.to_array(args.number_rows)?)?;
         let strings = texts(&array)?;
-        let keyed = HmacKey::new(&key);
         let present: Vec<&[u8]> = strings.iter().flatten().map(|v| v.as_bytes()).collect();
         let mut macs = vec![[0u8; 32]; present.len()];
         keyed.macs(&present, &mut macs);
@@ -475,17 +560,14 @@ struct CategoryLookup<'a> {
     /// Categories of up to [`INLINE_BYTES`] bytes by the view a string array gives them
     /// (length and bytes in one integer). Hashed rather than sorted: a binary search over a few
     /// dozen codes mispredicts a branch at most of its steps, which cost twice the probe.
-    short: std::collections::HashMap<u128, i32, ViewHasher>,
-    long: std::collections::HashMap<&'a str, i32>,
+    short: HashMap<u128, i32, ViewHasher>,
+    long: HashMap<&'a str, i32>,
 }
 
 impl<'a> CategoryLookup<'a> {
     fn new(categories: &[&'a str]) -> DfResult<Self> {
-        let mut short = std::collections::HashMap::with_capacity_and_hasher(
-            categories.len(),
-            ViewHasher::seeded(),
-        );
-        let mut long = std::collections::HashMap::new();
+        let mut short = HashMap::with_capacity_and_hasher(categories.len(), ViewHasher::seeded());
+        let mut long = HashMap::new();
         for (i, text) in categories.iter().enumerate() {
             let Ok(i) = i32::try_from(i) else {
                 return exec_err!("{CATEGORY_INDEX_FN} takes at most {} categories", i32::MAX);
@@ -665,7 +747,7 @@ mod tests {
         // What a cluster client sends is `entries()`; what the far side does is `set(key, value)`.
         let mut sent = SessionConfig::new().with_option_extension(EmrflowOptions::default());
         sent.options_mut()
-            .set("emrflow.pseudonym_key", "00ff")
+            .set("emrflow.pseudonym_key_id", "00ff")
             .unwrap_or_else(|e| panic!("{e}"));
         let mut received = SessionConfig::new().with_option_extension(EmrflowOptions::default());
         for entry in sent.options().entries() {
@@ -680,12 +762,8 @@ mod tests {
             .options()
             .extensions
             .get::<EmrflowOptions>()
-            .map(|o| o.pseudonym_key.clone());
+            .map(|o| o.pseudonym_key_id.clone());
         assert_eq!(key.as_deref(), Some("00ff"));
-        assert!(
-            !format!("{:?}", sent.options()).contains("00ff"),
-            "Debug shows the key"
-        );
         let unknown = received.options_mut().set("emrflow.nope", "1");
         assert!(unknown.is_err());
     }
@@ -777,6 +855,59 @@ mod tests {
         assert_eq!(age_years(day(1960, 6, 15), day(2020, 6, 14)), Some(59));
         assert_eq!(age_years(day(1960, 6, 15), day(2020, 6, 15)), Some(60));
         assert_eq!(age_years(day(1920, 1, 1), day(2020, 6, 15)), Some(AGE_CAP));
+    }
+
+    #[test]
+    fn a_key_must_hold_32_random_bytes_and_is_named_by_a_keyed_id() {
+        let short = check_key(b"test-key-0123456789abcdef")
+            .err()
+            .unwrap_or_default();
+        assert!(
+            short.contains("25 bytes") && short.contains("32"),
+            "{short}"
+        );
+        // 63 hex digits are 31 bytes; 64 are 32.
+        let hex63 = "0123456789abcdef".repeat(4)[..63].to_string();
+        assert!(check_key(hex63.as_bytes()).is_err());
+        assert!(check_key("0123456789abcdef".repeat(4).as_bytes()).is_ok());
+        assert!(check_key(&[7u8; 32]).is_err());
+        let patterned = check_key(&b"abcabcabc".repeat(8)).err().unwrap_or_default();
+        assert!(patterned.contains("not random"), "{patterned}");
+        let raw: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(37)).collect();
+        assert!(check_key(&raw).is_ok());
+        for e in [short, patterned] {
+            assert!(!e.contains("test-key") && !e.contains("abcabc"), "{e}");
+        }
+
+        use sha2::Digest as _;
+        let key = b"0123456789abcdef0123456789abcdef";
+        assert_eq!(key_id(key).len(), 64);
+        assert_ne!(
+            key_id(key),
+            hex::encode(Sha256::digest(key)),
+            "not a plain hash"
+        );
+        assert_ne!(key_id(key), key_id(b"0123456789abcdef0123456789abcdeF"));
+    }
+
+    #[tokio::test]
+    async fn a_session_naming_a_key_this_process_does_not_hold_fails_by_id() {
+        let ctx = context();
+        ctx.state_ref()
+            .write()
+            .config_mut()
+            .options_mut()
+            .set("emrflow.pseudonym_key_id", "feedface")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let result = match ctx.sql("SELECT emr_pseudonym('P1')").await {
+            Ok(df) => df.collect().await.map(drop),
+            Err(e) => Err(e),
+        };
+        let e = result.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            e.contains("feedface") && e.contains("--pseudonym-key-file"),
+            "{e}"
+        );
     }
 
     /// A context as every engine sets one up: emrflow's session options and functions.
@@ -1333,7 +1464,7 @@ mod tests {
             .write()
             .config_mut()
             .options_mut()
-            .set("emrflow.pseudonym_key", &hex::encode(KEY))
+            .set("emrflow.pseudonym_key_id", &hold_key(KEY))
             .unwrap_or_else(|e| panic!("{e}"));
         let mut values: Vec<Option<String>> = [
             Some("P00000001"),

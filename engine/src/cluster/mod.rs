@@ -1,10 +1,14 @@
 //! The `--cluster` client, and what a cluster's client, scheduler and executors agree on: the
-//! scheduling policy, the `df://` URL and the start-up reachability check.
+//! scheduling policy, the `df://` URL, the start-up reachability check and the TLS of their
+//! links ([`tls`]).
+
+pub mod tls;
 
 use std::time::Duration;
 
 use ballista::prelude::SessionContextExt;
 use ballista_core::config::TaskSchedulingPolicy;
+use ballista_core::extension::SessionConfigExt;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::prelude::SessionContext;
 
@@ -21,17 +25,33 @@ pub const SCHEDULING_POLICY: TaskSchedulingPolicy = TaskSchedulingPolicy::PullSt
 pub const DEFAULT_PORT: u16 = 50050;
 
 /// A client context whose queries run on the cluster behind `url` (`df://HOST:PORT`), with
-/// emrflow's functions and session options. The scheduler is contacted first so that a wrong
-/// address is reported as such rather than as a failed query.
-pub async fn connect(url: &str, target_partitions: Option<usize>) -> Result<SessionContext> {
+/// emrflow's functions and session options; its connections use mutual TLS under `key` when
+/// given. The scheduler is contacted first (and the TLS handshake tried) so that a wrong
+/// address or key is reported as such rather than as a failed query.
+pub async fn connect(
+    url: &str,
+    target_partitions: Option<usize>,
+    key: Option<&tls::ClusterKey>,
+) -> Result<SessionContext> {
     let (host, port) = parse_url(url)?;
+    let unreachable = |message| Error::Unreachable {
+        url: url.to_string(),
+        message,
+    };
     reach(&host, port, Duration::ZERO)
         .await
-        .map_err(|message| Error::Unreachable {
-            url: url.to_string(),
-            message,
-        })?;
+        .map_err(unreachable)?;
     let mut config = cluster_config();
+    if let Some(key) = key {
+        tls::probe(&host, port, key).await.map_err(|message| {
+            unreachable(format!(
+                "{message} (--cluster-key {})",
+                key.path().display()
+            ))
+        })?;
+        config =
+            config.with_ballista_override_create_grpc_client_endpoint(tls::endpoint_override(key)?);
+    }
     if let Some(n) = target_partitions {
         config = config.with_target_partitions(n.max(1));
     }
@@ -130,7 +150,7 @@ mod tests {
             .port();
         drop(listener);
         let url = format!("df://127.0.0.1:{port}");
-        let e = connect(&url, None)
+        let e = connect(&url, None, None)
             .await
             .err()
             .map(|e| e.to_string())
