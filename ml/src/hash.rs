@@ -1,9 +1,10 @@
 //! A stable, seeded 64-bit hash of row values and the `ml_row_hash` scalar UDF built on it. The
-//! train/test split, the cross-validation folds and the quantile-sketch sample are all decided
-//! by this hash of a row's key, so they depend on neither partitioning nor row order, and they
-//! are the same on every executor. The algorithm is fixed here (a splitmix64-style mixer over
-//! 8-byte words) and must never change silently: models would no longer reproduce. This module
-//! knows nothing about trees.
+//! train/test split, the cross-validation folds, the quantile-sketch sample, the calibration and
+//! validation hold-outs and every tree's bootstrap multiplicities are all decided by this hash
+//! of a row's key, so they depend on neither partitioning nor row order, and they are the same on
+//! every executor. The algorithm is fixed here (a splitmix64-style mixer over 8-byte words) and
+//! must never change silently: models would no longer reproduce. This module knows nothing
+//! about trees.
 
 use std::sync::Arc;
 
@@ -31,6 +32,23 @@ pub(crate) const SALT_TEST_SPLIT: u64 = 1;
 pub(crate) const SALT_FOLD: u64 = 2;
 /// Salt of the quantile-sketch sample hash.
 pub(crate) const SALT_SAMPLE: u64 = 3;
+/// Salt of the calibration hold-out hash.
+pub(crate) const SALT_HOLDOUT: u64 = 4;
+/// Salt of boosting's validation hash.
+pub(crate) const SALT_VALIDATION: u64 = 5;
+/// Salt of the row key hash that bootstrap and subsample multiplicities are drawn from.
+pub(crate) const SALT_ROW_KEY: u64 = 6;
+/// Salt of the per-tree multiplicity seeds.
+pub(crate) const SALT_TREE_SAMPLE: u64 = 7;
+/// Salt of the per-tree feature-subset seeds.
+pub(crate) const SALT_TREE_FEATURES: u64 = 8;
+/// Salt of the hash that picks the rows global explanations are averaged over.
+pub(crate) const SALT_EXPLAIN: u64 = 9;
+
+/// The seed of tree `index` for a purpose (a salt) under a user seed.
+pub(crate) fn tree_seed(seed: u64, salt: u64, index: u64) -> u64 {
+    mix64(derive_seed(seed, salt) ^ mix64(index.wrapping_add(1)))
+}
 
 /// The splitmix64 finalizer: a bijection on `u64` with full avalanche.
 pub(crate) fn mix64(mut z: u64) -> u64 {

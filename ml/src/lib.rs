@@ -2,17 +2,26 @@
 #![warn(missing_docs)]
 
 pub mod binning;
+pub mod boosting;
+pub mod calibration;
 pub mod dataset;
+pub mod ensemble;
 pub mod error;
 pub mod evaluate;
 mod exact;
+pub mod fitted;
+pub mod forest;
+mod grow;
 pub mod hash;
 pub mod histogram;
+mod logistic;
 pub mod metrics;
 pub mod model;
 pub mod params;
 pub mod prepare;
 pub mod report;
+mod resident;
+mod shap;
 mod split;
 pub mod synthetic;
 pub mod tree;
@@ -25,12 +34,23 @@ pub use datafusion;
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
 
+pub use boosting::GradientBoostedTrees;
+pub use calibration::{
+    Calibration, CalibrationReport, OperatingPoint, ReliabilityBin, ThresholdMetrics,
+};
 pub use dataset::{Affine, DatasetSpec, FeatureKind, FeatureSpec};
+pub use ensemble::{EarlyStopping, GbtModel, RandomForestModel, Tree, TreeNode};
 pub use error::{Error, Result};
-pub use evaluate::{Step, TrainingReport, train_and_evaluate};
+pub use evaluate::{Step, TrainingReport, train, train_and_evaluate};
+pub use fitted::{Explanation, Model, Output, Scored};
+pub use forest::RandomForest;
 pub use metrics::{BinaryMetrics, ConfusionMatrix, CrossValidation, MeanSd, RocPoint};
 pub use model::{DecisionTreeModel, Node, Prediction, Split, SplitRule};
-pub use params::{ClassWeights, DecisionTreeParams, EvaluationConfig, Impurity};
+pub use params::{
+    CalibrationConfig, CalibrationMethod, ClassWeights, DecisionTreeParams, EvaluationConfig,
+    FeatureSubset, GbtParams, Impurity, ModelParams, RandomForestParams, ThresholdRule,
+    TrainParams,
+};
 pub use prepare::{BinnedDataset, RowSet, Storage};
 pub use tree::DecisionTree;
 

@@ -1,7 +1,7 @@
 //! Binary classification metrics computed from labels and predicted probabilities: accuracy,
-//! precision, recall and F1 of class 1 at the 0.5 threshold, the confusion matrix, ROC AUC and
-//! PR AUC (trapezoids over the curves, equal scores grouped, as Spark's
-//! `BinaryClassificationMetrics` does), and the mean ± standard deviation of each over
+//! precision, recall and F1 of class 1 at the 0.5 threshold (or at an operating threshold), the
+//! confusion matrix, ROC AUC and PR AUC (trapezoids over the curves, equal scores grouped, as
+//! Spark's `BinaryClassificationMetrics` does), and the mean ± standard deviation of each over
 //! cross-validation folds. Pure functions; nothing here reads data or trains.
 
 use serde::{Deserialize, Serialize};
@@ -110,9 +110,19 @@ impl BinaryMetrics {
     /// Metrics of probabilities `scores` against `labels` (0/1); a row is predicted 1 when its
     /// score is above 0.5.
     pub fn compute(labels: &[u8], scores: &[f64]) -> Self {
+        Self::with_rule(labels, scores, |s| s > 0.5)
+    }
+
+    /// Metrics with a row predicted 1 when its score is at least `threshold` (an operating
+    /// threshold chosen by a rule); the AUCs do not depend on it.
+    pub fn at_threshold(labels: &[u8], scores: &[f64], threshold: f64) -> Self {
+        Self::with_rule(labels, scores, |s| s >= threshold)
+    }
+
+    fn with_rule(labels: &[u8], scores: &[f64], positive: impl Fn(f64) -> bool) -> Self {
         let mut cm = ConfusionMatrix::default();
         for (l, s) in labels.iter().zip(scores) {
-            match (*l != 0, *s > 0.5) {
+            match (*l != 0, positive(*s)) {
                 (false, false) => cm.true_negative += 1,
                 (false, true) => cm.false_positive += 1,
                 (true, false) => cm.false_negative += 1,

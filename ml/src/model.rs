@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::calibration::{Calibration, OperatingPoint};
 use crate::dataset::{FeatureKind, FeatureSpec};
 use crate::error::{Error, Result};
 use crate::params::DecisionTreeParams;
@@ -37,6 +38,12 @@ pub struct DecisionTreeModel {
     pub training: TrainingSummary,
     /// Nodes in preorder; `nodes[0]` is the root.
     pub nodes: Vec<Node>,
+    /// The calibration of its probabilities, fitted on held-out rows (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+    /// Its operating threshold (absent: class 1 above probability 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operating_point: Option<OperatingPoint>,
 }
 
 /// The rows a model was trained on.
@@ -96,6 +103,23 @@ pub struct Split {
     pub left: usize,
     /// Index of the right child.
     pub right: usize,
+}
+
+impl Split {
+    /// Whether a row whose feature value is `value` (`None`: missing) goes left. A category the
+    /// model does not know goes right.
+    pub fn goes_left(&self, value: Option<f64>) -> bool {
+        match (value.filter(|v| !v.is_nan()), &self.rule) {
+            (None, _) => self.missing_left,
+            (Some(v), SplitRule::Threshold { threshold }) => v <= *threshold,
+            (Some(v), SplitRule::Categories { left }) => {
+                v >= 0.0
+                    && v.fract() == 0.0
+                    && v <= f64::from(u32::MAX)
+                    && left.binary_search(&(v as u32)).is_ok()
+            }
+        }
+    }
 }
 
 /// The test of a split.
@@ -160,7 +184,7 @@ pub(crate) fn format_number(x: f64) -> String {
 }
 
 impl FeatureSpec {
-    fn category_name(&self, index: u32) -> String {
+    pub(crate) fn category_name(&self, index: u32) -> String {
         match &self.kind {
             FeatureKind::Categorical { labels, .. } => labels
                 .get(index as usize)
@@ -170,7 +194,7 @@ impl FeatureSpec {
         }
     }
 
-    fn raw(&self, value: f64) -> f64 {
+    pub(crate) fn raw(&self, value: f64) -> f64 {
         match &self.kind {
             FeatureKind::Continuous { raw: Some(map) } => map.apply(value),
             _ => value,
@@ -185,7 +209,7 @@ impl FeatureSpec {
     }
 
     /// The test a row passed, in words.
-    fn describe(&self, rule: &SplitRule, left: bool, missing: bool) -> String {
+    pub(crate) fn describe(&self, rule: &SplitRule, left: bool, missing: bool) -> String {
         let name = &self.name;
         let mut text = match rule {
             SplitRule::Threshold { threshold } => {
@@ -262,16 +286,7 @@ impl DecisionTreeModel {
                 .get(split.feature)
                 .ok_or_else(|| self.corrupt("a split names no feature"))?;
             let value = values[split.feature].filter(|v| !v.is_nan());
-            let left = match (value, &split.rule) {
-                (None, _) => split.missing_left,
-                (Some(v), SplitRule::Threshold { threshold }) => v <= *threshold,
-                (Some(v), SplitRule::Categories { left }) => {
-                    v >= 0.0
-                        && v.fract() == 0.0
-                        && v <= f64::from(u32::MAX)
-                        && left.binary_search(&(v as u32)).is_ok()
-                }
-            };
+            let left = split.goes_left(value);
             path.push(feature.describe(&split.rule, left, value.is_none()));
             index = if left { split.left } else { split.right };
         }
@@ -313,8 +328,9 @@ impl DecisionTreeModel {
     }
 
     /// The byte strings a model fingerprint is computed over, in order: the model without its
-    /// nodes (format, label, features, parameters, training summary), then every node in
-    /// preorder, each as canonical JSON. Changing any threshold, category set, probability or
+    /// nodes (format, label, features, parameters, training summary, and the calibration and
+    /// operating threshold when it has them), then every node in preorder, each as canonical
+    /// JSON. Changing any threshold, category set, probability or
     /// parameter changes exactly the part that holds it.
     pub fn canonical_parts(&self) -> Result<Vec<Vec<u8>>> {
         #[derive(Serialize)]
@@ -325,6 +341,10 @@ impl DecisionTreeModel {
             features: &'a [FeatureSpec],
             params: &'a DecisionTreeParams,
             training: &'a TrainingSummary,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            calibration: Option<&'a Calibration>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            operating_point: Option<&'a OperatingPoint>,
         }
         let mut parts = Vec::with_capacity(self.nodes.len() + 1);
         parts.push(serde_json::to_vec(&Header {
@@ -334,6 +354,8 @@ impl DecisionTreeModel {
             features: &self.features,
             params: &self.params,
             training: &self.training,
+            calibration: self.calibration.as_ref(),
+            operating_point: self.operating_point.as_ref(),
         })?);
         for node in &self.nodes {
             parts.push(serde_json::to_vec(node)?);
@@ -502,7 +524,7 @@ impl DecisionTreeModel {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::dataset::Affine;
 
@@ -575,6 +597,8 @@ mod tests {
                 leaf(6, 2, 0.4),
                 leaf(7, 2, 0.81),
             ],
+            calibration: None,
+            operating_point: None,
         }
     }
 

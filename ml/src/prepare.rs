@@ -21,7 +21,8 @@ use crate::binning::{FeatureBins, bin_expr, candidate_edges};
 use crate::dataset::{DatasetSpec, FeatureKind, column};
 use crate::error::{Error, Result};
 use crate::hash::{
-    SALT_FOLD, SALT_SAMPLE, SALT_TEST_SPLIT, derive_seed, fraction_threshold, row_hash_expr,
+    SALT_FOLD, SALT_HOLDOUT, SALT_ROW_KEY, SALT_SAMPLE, SALT_TEST_SPLIT, SALT_VALIDATION,
+    derive_seed, fraction_threshold, row_hash_expr,
 };
 use crate::histogram::MAX_ROW_WEIGHT;
 use crate::params::{DecisionTreeParams, EvaluationConfig};
@@ -31,6 +32,12 @@ pub(crate) const LABEL_COL: &str = "__ml_label";
 pub(crate) const WEIGHT_COL: &str = "__ml_weight";
 pub(crate) const SPLIT_COL: &str = "__ml_test";
 pub(crate) const FOLD_COL: &str = "__ml_fold";
+/// 1 for the training rows held out for calibration and the operating threshold.
+pub(crate) const HOLDOUT_COL: &str = "__ml_holdout";
+/// 1 for the training rows boosting validates on.
+pub(crate) const VALIDATION_COL: &str = "__ml_validation";
+/// The seeded hash of the row key that sample multiplicities are drawn from.
+pub(crate) const KEY_COL: &str = "__ml_key";
 
 /// The name of the binned column of feature `i`.
 pub(crate) fn bin_col(i: usize) -> String {
@@ -64,9 +71,16 @@ pub enum RowSet {
     TrainExceptFold(u32),
     /// Training rows inside cross-validation fold `k`.
     Fold(u32),
+    /// Training rows outside the calibration hold-out (all training rows when nothing is held
+    /// out).
+    TrainExceptHoldout,
+    /// Training rows held out for calibration and the operating threshold.
+    Holdout,
 }
 
 impl RowSet {
+    /// The row set as a filter on the columns every binned table has (the hold-out sets need
+    /// the dataset: see `BinnedDataset::row_filter`).
     pub(crate) fn filter(&self) -> Option<Expr> {
         let test = column(SPLIT_COL);
         let fold = column(FOLD_COL);
@@ -76,6 +90,8 @@ impl RowSet {
             RowSet::Test => Some(test.eq(lit(1u8))),
             RowSet::TrainExceptFold(k) => Some(test.eq(lit(0u8)).and(fold.not_eq(lit(k)))),
             RowSet::Fold(k) => Some(test.eq(lit(0u8)).and(fold.eq(lit(k)))),
+            RowSet::TrainExceptHoldout => Some(test.eq(lit(0u8))),
+            RowSet::Holdout => Some(lit(false)),
         }
     }
 }
@@ -100,6 +116,23 @@ pub struct BinnedDataset {
     pub(crate) bins: Vec<FeatureBins>,
     pub(crate) profile: Profile,
     pub(crate) folds: u32,
+    /// Whether the table has [`HOLDOUT_COL`].
+    pub(crate) holdout: bool,
+    /// Whether the table has [`VALIDATION_COL`].
+    pub(crate) validation: bool,
+    pub(crate) storage: Storage,
+}
+
+/// Columns a binned table carries beyond bins, label, weight, test side and fold, for
+/// ensembles and calibration.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Extras {
+    /// Share of training rows held out for calibration and the threshold.
+    pub(crate) holdout_fraction: Option<f64>,
+    /// Share of rows boosting validates on.
+    pub(crate) validation_fraction: Option<f64>,
+    /// Whether sample multiplicities need the row key hash.
+    pub(crate) key: bool,
 }
 
 /// Reads one row of aggregates as i64/f64 values.
@@ -427,6 +460,18 @@ impl BinnedDataset {
         evaluation: &EvaluationConfig,
         storage: Storage,
     ) -> Result<Self> {
+        Self::prepare_with(data, spec, params, evaluation, storage, Extras::default()).await
+    }
+
+    /// [`BinnedDataset::prepare`] with the extra columns ensembles and calibration need.
+    pub(crate) async fn prepare_with(
+        data: DataFrame,
+        spec: &DatasetSpec,
+        params: &DecisionTreeParams,
+        evaluation: &EvaluationConfig,
+        storage: Storage,
+        extras: Extras,
+    ) -> Result<Self> {
         params.validate()?;
         evaluation.validate()?;
         spec.check_schema(data.schema().as_arrow(), params.weight_column.as_deref())?;
@@ -464,12 +509,27 @@ impl BinnedDataset {
         };
         select.push(test.alias(SPLIT_COL));
         let fold = if evaluation.folds > 0 {
-            let h = row_hash_expr(derive_seed(params.seed, SALT_FOLD), keys);
+            let h = row_hash_expr(derive_seed(params.seed, SALT_FOLD), keys.clone());
             cast(h % lit(u64::from(evaluation.folds)), DataType::UInt32)
         } else {
             lit(0u32)
         };
         select.push(fold.alias(FOLD_COL));
+        let share = |salt: u64, fraction: f64| {
+            let h = row_hash_expr(derive_seed(params.seed, salt), keys.clone());
+            when(h.lt(lit(fraction_threshold(fraction))), lit(1u8)).otherwise(lit(0u8))
+        };
+        if let Some(fraction) = extras.holdout_fraction {
+            select.push(share(SALT_HOLDOUT, fraction)?.alias(HOLDOUT_COL));
+        }
+        if let Some(fraction) = extras.validation_fraction {
+            select.push(share(SALT_VALIDATION, fraction)?.alias(VALIDATION_COL));
+        }
+        if extras.key {
+            select.push(
+                row_hash_expr(derive_seed(params.seed, SALT_ROW_KEY), keys.clone()).alias(KEY_COL),
+            );
+        }
         // One byte per bin when every feature fits: each pass reads half as much.
         let narrow = bins.iter().all(|b| b.num_bins() <= 256);
         for (i, (f, b)) in spec.features.iter().zip(&bins).enumerate() {
@@ -495,6 +555,9 @@ impl BinnedDataset {
             bins,
             profile,
             folds: evaluation.folds,
+            holdout: extras.holdout_fraction.is_some(),
+            validation: extras.validation_fraction.is_some(),
+            storage,
         })
     }
 

@@ -1,17 +1,20 @@
-//! Training artifacts on disk: the model (canonical JSON), `metrics.json`, the readable tree,
-//! the Graphviz DOT file, the ROC curve as SVG and the feature importances. This module only
-//! renders and writes what a [`TrainingReport`] holds; it computes no statistics of its own.
+//! Training artifacts on disk: the model (canonical JSON), `metrics.json`, the readable trees,
+//! the Graphviz DOT file (decision trees), the ROC curve and the reliability diagram as SVG, and
+//! the feature importances (impurity and mean absolute contribution). This module only renders
+//! and writes what a [`TrainingReport`] holds; it computes no statistics of its own.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::calibration::{CalibrationReport, OperatingPoint, ThresholdMetrics, reliability_svg};
+use crate::ensemble::EarlyStopping;
 use crate::error::{Error, Result};
 use crate::evaluate::TrainingReport;
+use crate::fitted::{Model, ParamsRef};
 use crate::metrics::{BinaryMetrics, CrossValidation, RocPoint};
 use crate::model::format_number;
-use crate::params::DecisionTreeParams;
 
 /// File names inside a model directory.
 pub mod files {
@@ -19,12 +22,14 @@ pub mod files {
     pub const MODEL: &str = "model.json";
     /// Metrics of the run.
     pub const METRICS: &str = "metrics.json";
-    /// The tree as text.
+    /// The trees as text.
     pub const TREE_TEXT: &str = "tree.txt";
-    /// The tree in Graphviz DOT.
+    /// The tree in Graphviz DOT (decision trees).
     pub const TREE_DOT: &str = "tree.dot";
     /// The ROC curve.
     pub const ROC_SVG: &str = "roc.svg";
+    /// The reliability diagram.
+    pub const RELIABILITY_SVG: &str = "reliability.svg";
     /// Feature importances.
     pub const IMPORTANCES: &str = "feature_importances.json";
 }
@@ -34,8 +39,10 @@ pub mod files {
 pub struct Importance {
     /// Feature name.
     pub feature: String,
-    /// Share of the total importance.
+    /// Share of the split gains (MLlib's impurity importance).
     pub importance: f64,
+    /// Share of the mean absolute TreeSHAP contribution over the explained test rows.
+    pub mean_abs_contribution: f64,
 }
 
 /// What `metrics.json` holds.
@@ -43,26 +50,42 @@ pub struct Importance {
 pub struct MetricsFile<'a> {
     /// SHA-256 of the canonical model bytes.
     pub model_sha256: String,
+    /// `decision_tree`, `random_forest` or `gbt`.
+    pub model: &'static str,
     /// The parameters.
-    pub params: &'a DecisionTreeParams,
+    pub params: ParamsRef<'a>,
     /// Rows in the dataset, in training and in the test split.
     pub rows: u64,
     /// Training rows.
     pub train_rows: u64,
+    /// Training rows held out for calibration and the operating threshold.
+    pub holdout_rows: u64,
     /// Test rows.
     pub test_rows: u64,
-    /// Depth and node count of the model.
+    /// Trees of the model.
+    pub trees: usize,
+    /// Depth of the deepest tree.
     pub depth: u32,
-    /// Number of nodes.
+    /// Nodes of all trees.
     pub nodes: usize,
     /// Passes over the data to train the final model.
     pub passes: u32,
-    /// Final model on the test rows.
+    /// Boosting's early stopping.
+    pub early_stopping: Option<&'a EarlyStopping>,
+    /// Final model on the test rows at probability 0.5.
     pub test: Option<&'a BinaryMetrics>,
+    /// The operating threshold and the rule that chose it.
+    pub operating_point: Option<&'a OperatingPoint>,
+    /// Final model on the test rows at the operating threshold.
+    pub test_at_threshold: Option<&'a ThresholdMetrics>,
     /// The always-negative baseline on the test rows.
     pub baseline_always_negative: Option<&'a BinaryMetrics>,
+    /// Brier scores and reliability curves on the test rows.
+    pub calibration: Option<&'a CalibrationReport>,
     /// Cross-validation on the training rows.
     pub cross_validation: Option<&'a CrossValidation>,
+    /// Test rows the mean absolute contributions are averaged over.
+    pub explained_rows: u64,
 }
 
 impl TrainingReport {
@@ -70,12 +93,14 @@ impl TrainingReport {
     pub fn importances(&self) -> Vec<Importance> {
         let mut out: Vec<Importance> = self
             .model
-            .features
+            .features()
             .iter()
             .zip(self.model.feature_importances())
-            .map(|(f, importance)| Importance {
+            .zip(&self.mean_abs_contributions)
+            .map(|((f, importance), shap)| Importance {
                 feature: f.name.clone(),
                 importance,
+                mean_abs_contribution: *shap,
             })
             .collect();
         out.sort_by(|a, b| b.importance.total_cmp(&a.importance));
@@ -84,40 +109,62 @@ impl TrainingReport {
 
     /// The content of `metrics.json`.
     pub fn metrics_file(&self) -> Result<MetricsFile<'_>> {
+        let model = &self.model;
         Ok(MetricsFile {
-            model_sha256: self.model.sha256_hex()?,
-            params: &self.model.params,
+            model_sha256: model.sha256_hex()?,
+            model: model.kind(),
+            params: model.params(),
             rows: self.rows,
             train_rows: self.train_rows,
+            holdout_rows: self.holdout_rows,
             test_rows: self.test_rows,
-            depth: self.model.depth(),
-            nodes: self.model.num_nodes(),
-            passes: self.model.training.passes,
+            trees: model.num_trees(),
+            depth: model.depth(),
+            nodes: model.num_nodes(),
+            passes: model.passes(),
+            early_stopping: match model {
+                Model::Gbt(m) => m.early_stopping.as_ref(),
+                _ => None,
+            },
             test: self.test.as_ref(),
+            operating_point: model.operating_point(),
+            test_at_threshold: self.test_at_threshold.as_ref(),
             baseline_always_negative: self.baseline.as_ref(),
+            calibration: self.calibration.as_ref(),
             cross_validation: self.cross_validation.as_ref(),
+            explained_rows: self.explained_rows,
         })
     }
 
     /// Every artifact of a model directory, by file name: the model, its metrics, the readable
-    /// tree, its Graphviz DOT, the ROC curve and the importances. Where they are written is the
+    /// trees, a decision tree's Graphviz DOT, the ROC curve, the reliability curve (when the model
+    /// is calibrated) and the importances. Where they are written is the
     /// caller's business (a local directory, an object store).
     pub fn artifacts(&self) -> Result<Vec<(&'static str, Vec<u8>)>> {
         let auc = self.test.as_ref().and_then(|m| m.roc_auc);
-        Ok(vec![
+        let mut outputs: Vec<(&'static str, Vec<u8>)> = vec![
             (files::MODEL, self.model.to_canonical_json()?),
             (
                 files::METRICS,
                 serde_json::to_vec_pretty(&self.metrics_file()?)?,
             ),
             (files::TREE_TEXT, self.model.to_debug_string().into_bytes()),
-            (files::TREE_DOT, self.model.to_dot().into_bytes()),
             (files::ROC_SVG, roc_svg(&self.roc, auc).into_bytes()),
             (
                 files::IMPORTANCES,
                 serde_json::to_vec_pretty(&self.importances())?,
             ),
-        ])
+        ];
+        if let Some(dot) = self.model.to_dot() {
+            outputs.push((files::TREE_DOT, dot.into_bytes()));
+        }
+        if let Some(calibration) = &self.calibration {
+            outputs.push((
+                files::RELIABILITY_SVG,
+                reliability_svg(calibration).into_bytes(),
+            ));
+        }
+        Ok(outputs)
     }
 
     /// Writes every artifact into `dir` (created if needed); returns the paths written.

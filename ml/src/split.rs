@@ -1,19 +1,38 @@
-//! Choosing the best split of a node from its histogram, on the driver. Class counts arrive as
-//! integers; class weights and the fixed-point row weights are applied here, in a fixed order, so
-//! the choice is a pure function of the histogram. Continuous features try every bin edge, with
-//! missing values on either side; categorical features order their categories by the weighted
-//! share of class 1 (MLlib's ordering for binary labels) and try every prefix. The best split has
-//! the largest gain; exact ties go to the lower feature index, then to the earlier candidate
-//! (lower threshold; missing values left before right; fewer categories on the left). This
-//! module does not touch data.
+//! Choosing the best split of a node from its histogram, on the driver. Counters arrive as
+//! integers (class counts and fixed-point weights for classification trees; row counts and
+//! fixed-point gradient and hessian sums for boosted trees); weights are applied here, in a
+//! fixed order, so the choice is a pure function of the histogram. A [`Criterion`] scores the
+//! candidates: [`Scoring`] by impurity decrease (Gini or entropy, MLlib's classification
+//! trees), [`Newton`] by the second-order gain of the logistic loss (boosted trees, as XGBoost
+//! and LightGBM do). Continuous features try every bin edge, with missing values on either side;
+//! categorical features order their categories by the criterion's key (the weighted share of
+//! class 1, MLlib's ordering for binary labels, or the Newton step of each category) and try
+//! every prefix. The best split has the largest gain; exact ties go to the lower feature index,
+//! then to the earlier candidate (lower threshold; missing values left before right; fewer
+//! categories on the left). This module does not touch data.
 
 use crate::binning::{FeatureBins, MISSING_BIN};
 use crate::histogram::{BinRule, Layout, WEIGHT_SCALE};
+use crate::logistic::GRADIENT_SCALE;
 use crate::params::Impurity;
 
 /// A split must lower impurity by more than this, whatever `min_info_gain` says, so rounding
 /// noise never splits a node.
 pub(crate) const MIN_GAIN_EPSILON: f64 = 1e-12;
+
+/// The counters of a cell, or of a sum of cells: what split selection adds and subtracts.
+pub(crate) trait CellStats:
+    Copy + Default + PartialEq + std::fmt::Debug + Send + Sync
+{
+    /// The cell whose first counter is `block[at]`, in a block with `stats` counters per cell.
+    fn read(block: &[u64], at: usize, stats: usize) -> Self;
+    /// Adds another cell.
+    fn add(&mut self, other: &Self);
+    /// This minus a part of it.
+    fn minus(&self, other: &Self) -> Self;
+    /// Rows (counted with their multiplicity).
+    fn rows(&self) -> u64;
+}
 
 /// Raw class counts and (weighted) class weights of a set of rows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,9 +44,19 @@ pub(crate) struct Stats {
     pub(crate) weight: [u64; 2],
 }
 
-impl Stats {
-    pub(crate) fn rows(&self) -> u64 {
-        self.count[0] + self.count[1]
+impl CellStats for Stats {
+    fn read(block: &[u64], i: usize, stats: usize) -> Self {
+        if stats == 4 {
+            Stats {
+                count: [block[i], block[i + 1]],
+                weight: [block[i + 2], block[i + 3]],
+            }
+        } else {
+            Stats {
+                count: [block[i], block[i + 1]],
+                weight: [block[i], block[i + 1]],
+            }
+        }
     }
 
     fn add(&mut self, other: &Stats) {
@@ -37,13 +66,87 @@ impl Stats {
         }
     }
 
-    pub(crate) fn minus(&self, other: &Stats) -> Stats {
+    fn minus(&self, other: &Stats) -> Stats {
         let mut out = *self;
         for c in 0..2 {
             out.count[c] -= other.count[c];
             out.weight[c] = out.weight[c].wrapping_sub(other.weight[c]);
         }
         out
+    }
+
+    fn rows(&self) -> u64 {
+        self.count[0] + self.count[1]
+    }
+}
+
+/// Rows and fixed-point sums of logistic-loss gradients and hessians.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct GradStats {
+    /// Rows.
+    pub(crate) rows: u64,
+    /// Sum of gradients, fixed point.
+    pub(crate) grad: i64,
+    /// Sum of hessians, fixed point.
+    pub(crate) hess: i64,
+}
+
+impl GradStats {
+    /// The gradient sum.
+    pub(crate) fn g(&self) -> f64 {
+        self.grad as f64 / GRADIENT_SCALE
+    }
+
+    /// The hessian sum.
+    pub(crate) fn h(&self) -> f64 {
+        self.hess as f64 / GRADIENT_SCALE
+    }
+}
+
+impl CellStats for GradStats {
+    fn read(block: &[u64], i: usize, _stats: usize) -> Self {
+        GradStats {
+            rows: block[i],
+            grad: block[i + 1] as i64,
+            hess: block[i + 2] as i64,
+        }
+    }
+
+    fn add(&mut self, other: &Self) {
+        self.rows += other.rows;
+        self.grad = self.grad.wrapping_add(other.grad);
+        self.hess = self.hess.wrapping_add(other.hess);
+    }
+
+    fn minus(&self, other: &Self) -> Self {
+        GradStats {
+            rows: self.rows - other.rows,
+            grad: self.grad.wrapping_sub(other.grad),
+            hess: self.hess.wrapping_sub(other.hess),
+        }
+    }
+
+    fn rows(&self) -> u64 {
+        self.rows
+    }
+}
+
+/// How candidates are scored.
+pub(crate) trait Criterion {
+    /// The counters it reads.
+    type Stats: CellStats;
+    /// A node's own score, from which gains are measured; `None` when the node cannot be
+    /// improved (it is pure).
+    fn parent(&self, s: &Self::Stats) -> Option<f64>;
+    /// Gain of splitting `parent` into `left` and the rest, if the split is allowed.
+    fn gain(&self, parent: &Self::Stats, parent_score: f64, left: &Self::Stats) -> Option<f64>;
+    /// Categories are tried in ascending order of this key.
+    fn category_key(&self, s: &Self::Stats) -> f64;
+    /// The heavier child by this mass takes missing values when the node saw none.
+    fn mass(&self, s: &Self::Stats) -> f64;
+    /// Whether a node with these stats is worth a histogram at all (a pure node is not).
+    fn may_split(&self, _s: &Self::Stats) -> bool {
+        true
     }
 }
 
@@ -92,8 +195,16 @@ impl Scoring {
         let total = t[0] + t[1];
         if total > 0.0 { t[1] / total } else { 0.0 }
     }
+}
 
-    /// Gain of splitting `parent` into `left` and the rest, if the split is allowed.
+impl Criterion for Scoring {
+    type Stats = Stats;
+
+    fn parent(&self, s: &Stats) -> Option<f64> {
+        let impurity = self.impurity_of(self.totals(s));
+        (impurity > 0.0).then_some(impurity)
+    }
+
     fn gain(&self, parent: &Stats, parent_impurity: f64, left: &Stats) -> Option<f64> {
         let right = parent.minus(left);
         if left.rows() < self.min_instances || right.rows() < self.min_instances {
@@ -108,78 +219,141 @@ impl Scoring {
         let gain = parent_impurity - wl / w * self.impurity_of(tl) - wr / w * self.impurity_of(tr);
         (gain > MIN_GAIN_EPSILON && gain >= self.min_info_gain).then_some(gain)
     }
+
+    fn category_key(&self, s: &Stats) -> f64 {
+        self.probability(s)
+    }
+
+    fn mass(&self, s: &Stats) -> f64 {
+        let t = self.totals(s);
+        t[0] + t[1]
+    }
+
+    fn may_split(&self, s: &Stats) -> bool {
+        s.count[0] > 0 && s.count[1] > 0
+    }
+}
+
+/// Newton boosting's criterion for the logistic loss: a node with gradient sum `G` and hessian
+/// sum `H` scores `G² / (H + λ)`, a split gains half the children's scores minus the parent's,
+/// and a leaf's value is `-G / (H + λ)`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Newton {
+    /// L2 regularization of leaf values (λ).
+    pub(crate) lambda: f64,
+    pub(crate) min_instances: u64,
+    pub(crate) min_info_gain: f64,
+}
+
+impl Newton {
+    fn score(&self, s: &GradStats) -> f64 {
+        let (g, h) = (s.g(), s.h());
+        g * g / (h + self.lambda)
+    }
+
+    /// The Newton step of a node: the leaf value that minimizes its second-order loss.
+    pub(crate) fn leaf_value(&self, s: &GradStats) -> f64 {
+        let h = s.h() + self.lambda;
+        if h > 0.0 { -s.g() / h } else { 0.0 }
+    }
+}
+
+impl Criterion for Newton {
+    type Stats = GradStats;
+
+    fn parent(&self, s: &GradStats) -> Option<f64> {
+        (s.hess > 0 && s.h() + self.lambda > 0.0).then(|| self.score(s))
+    }
+
+    fn gain(&self, parent: &GradStats, parent_score: f64, left: &GradStats) -> Option<f64> {
+        let right = parent.minus(left);
+        if left.rows < self.min_instances || right.rows < self.min_instances {
+            return None;
+        }
+        if left.hess <= 0 || right.hess <= 0 {
+            return None;
+        }
+        let gain = 0.5 * (self.score(left) + self.score(&right) - parent_score);
+        (gain > MIN_GAIN_EPSILON && gain >= self.min_info_gain).then_some(gain)
+    }
+
+    fn category_key(&self, s: &GradStats) -> f64 {
+        self.leaf_value(s)
+    }
+
+    fn mass(&self, s: &GradStats) -> f64 {
+        s.h()
+    }
 }
 
 /// The chosen split of a node.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Candidate {
+pub(crate) struct Candidate<S> {
     pub(crate) feature: usize,
     pub(crate) rule: BinRule,
     pub(crate) gain: f64,
-    pub(crate) left: Stats,
-    pub(crate) right: Stats,
+    pub(crate) left: S,
+    pub(crate) right: S,
 }
 
-/// Stats of one bin of one feature in a node block.
-fn cell(block: &[u64], layout: &Layout, feature: usize, bin: usize) -> Stats {
-    let i = (layout.offsets[feature] + bin) * layout.stats;
-    if layout.stats == 4 {
-        Stats {
-            count: [block[i], block[i + 1]],
-            weight: [block[i + 2], block[i + 3]],
-        }
-    } else {
-        Stats {
-            count: [block[i], block[i + 1]],
-            weight: [block[i], block[i + 1]],
-        }
-    }
+/// Stats of one bin of one feature the block holds.
+fn cell<S: CellStats>(block: &[u64], layout: &Layout, offset: usize, bin: usize) -> S {
+    S::read(block, (offset + bin) * layout.stats, layout.stats)
 }
 
-/// Stats of the whole node (every row falls in exactly one bin of feature 0).
-pub(crate) fn node_stats(block: &[u64], layout: &Layout) -> Stats {
-    let mut total = Stats::default();
-    for bin in 0..layout.bins[0] {
-        total.add(&cell(block, layout, 0, bin));
+/// Stats of the whole node (every row falls in exactly one bin of each feature; the block's
+/// first feature is summed).
+pub(crate) fn node_stats<S: CellStats>(block: &[u64], layout: &Layout) -> S {
+    let mut total = S::default();
+    if let Some((f, offset)) = layout
+        .offsets
+        .iter()
+        .enumerate()
+        .find_map(|(f, o)| o.map(|o| (f, o)))
+    {
+        for bin in 0..layout.bins[f] {
+            total.add(&cell(block, layout, offset, bin));
+        }
     }
     total
 }
 
-/// The best allowed split of a node, if any.
-pub(crate) fn best_split(
+/// The best allowed split of a node, among the features its block holds, if any.
+pub(crate) fn best_split<C: Criterion>(
     block: &[u64],
     layout: &Layout,
     features: &[FeatureBins],
-    scoring: &Scoring,
-) -> Option<Candidate> {
-    let parent = node_stats(block, layout);
-    let parent_impurity = scoring.impurity_of(scoring.totals(&parent));
-    if parent_impurity <= 0.0 {
-        return None;
-    }
-    let mut best: Option<Candidate> = None;
-    let consider = |feature: usize, rule: BinRule, left: Stats, best: &mut Option<Candidate>| {
-        if let Some(gain) = scoring.gain(&parent, parent_impurity, &left)
-            && best.as_ref().is_none_or(|b| gain > b.gain)
-        {
-            *best = Some(Candidate {
-                feature,
-                rule,
-                gain,
-                left,
-                right: parent.minus(&left),
-            });
-        }
-    };
+    criterion: &C,
+) -> Option<Candidate<C::Stats>> {
+    let parent: C::Stats = node_stats(block, layout);
+    let parent_score = criterion.parent(&parent)?;
+    let mut best: Option<Candidate<C::Stats>> = None;
+    let consider =
+        |feature: usize, rule: BinRule, left: C::Stats, best: &mut Option<Candidate<C::Stats>>| {
+            if let Some(gain) = criterion.gain(&parent, parent_score, &left)
+                && best.as_ref().is_none_or(|b| gain > b.gain)
+            {
+                *best = Some(Candidate {
+                    feature,
+                    rule,
+                    gain,
+                    left,
+                    right: parent.minus(&left),
+                });
+            }
+        };
     for (f, bins) in features.iter().enumerate() {
-        let missing = cell(block, layout, f, MISSING_BIN as usize);
+        let Some(offset) = layout.offsets[f] else {
+            continue;
+        };
+        let missing: C::Stats = cell(block, layout, offset, MISSING_BIN as usize);
         match bins {
             FeatureBins::Continuous { .. } => {
                 let value_bins = layout.bins[f];
-                let mut left = Stats::default();
+                let mut left = C::Stats::default();
                 // Split after value bin b: bins 1..=b left. The last value bin has no edge.
                 for b in 1..value_bins - 1 {
-                    left.add(&cell(block, layout, f, b));
+                    left.add(&cell(block, layout, offset, b));
                     let mut with_missing = left;
                     with_missing.add(&missing);
                     if missing.rows() > 0 {
@@ -215,14 +389,14 @@ pub(crate) fn best_split(
                 }
             }
             FeatureBins::Categorical { .. } => {
-                // Non-empty bins (missing included) ordered by weighted share of class 1.
-                let mut order: Vec<(f64, u16, Stats)> = (0..layout.bins[f])
-                    .map(|b| (b as u16, cell(block, layout, f, b)))
+                // Non-empty bins (missing included) ordered by the criterion's key.
+                let mut order: Vec<(f64, u16, C::Stats)> = (0..layout.bins[f])
+                    .map(|b| (b as u16, cell::<C::Stats>(block, layout, offset, b)))
                     .filter(|(_, s)| s.rows() > 0)
-                    .map(|(b, s)| (scoring.probability(&s), b, s))
+                    .map(|(b, s)| (criterion.category_key(&s), b, s))
                     .collect();
                 order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-                let mut left = Stats::default();
+                let mut left = C::Stats::default();
                 for i in 0..order.len().saturating_sub(1) {
                     left.add(&order[i].2);
                     let mut set: Vec<u16> = order[..=i].iter().map(|o| o.1).collect();
@@ -233,11 +407,12 @@ pub(crate) fn best_split(
         }
     }
     // Where missing values go when the node saw none: to the heavier child (left on a tie).
-    if let Some(c) = best.as_mut() {
-        let missing = cell(block, layout, c.feature, MISSING_BIN as usize);
+    if let Some(c) = best.as_mut()
+        && let Some(offset) = layout.offsets[c.feature]
+    {
+        let missing: C::Stats = cell(block, layout, offset, MISSING_BIN as usize);
         if missing.rows() == 0 {
-            let (tl, tr) = (scoring.totals(&c.left), scoring.totals(&c.right));
-            let left_heavier = tl[0] + tl[1] >= tr[0] + tr[1];
+            let left_heavier = criterion.mass(&c.left) >= criterion.mass(&c.right);
             match &mut c.rule {
                 BinRule::Upto { missing_left, .. } => *missing_left = left_heavier,
                 BinRule::Set { bins } => {
@@ -268,11 +443,11 @@ mod tests {
     /// A one-node block from per-feature, per-bin class counts.
     fn block(features: &[Vec<[u64; 2]>]) -> (Vec<u64>, Layout) {
         let bins: Vec<u32> = features.iter().map(|f| f.len() as u32).collect();
-        let layout = Layout::new(&bins, false);
+        let layout = Layout::new(&bins, 2);
         let mut block = vec![0; layout.node_stride];
         for (f, cells) in features.iter().enumerate() {
             for (b, c) in cells.iter().enumerate() {
-                let i = (layout.offsets[f] + b) * 2;
+                let i = (layout.offsets[f].unwrap() + b) * 2;
                 block[i] = c[0];
                 block[i + 1] = c[1];
             }
@@ -387,5 +562,57 @@ mod tests {
             plain.gain
         );
         assert!((weighted.probability(&heavy.right) - 19.0 / 28.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn newton_splits_where_gradients_change_sign_and_steps_against_the_gradient() {
+        // Feature 0: bin 1 rows pull the margin up (negative gradients), bin 2 rows down.
+        let bins = [3u32];
+        let layout = Layout::new(&bins, 3);
+        let mut block = vec![0u64; layout.node_stride];
+        let put = |block: &mut Vec<u64>, bin: usize, rows: u64, g: f64, h: f64| {
+            let i = bin * 3;
+            block[i] = rows;
+            block[i + 1] = crate::logistic::to_fixed(g) as u64;
+            block[i + 2] = crate::logistic::to_fixed(h) as u64;
+        };
+        put(&mut block, 1, 10, -4.0, 2.5);
+        put(&mut block, 2, 10, 3.0, 2.0);
+        let newton = Newton {
+            lambda: 1.0,
+            min_instances: 1,
+            min_info_gain: 0.0,
+        };
+        let features = vec![FeatureBins::Continuous { edges: vec![0.5] }];
+        let best = best_split(&block, &layout, &features, &newton).unwrap();
+        assert_eq!(best.left.rows, 10);
+        let expected = 0.5 * (16.0 / 3.5 + 9.0 / 3.0 - 1.0 / 5.5);
+        assert!(
+            (best.gain - expected).abs() < 1e-9,
+            "{} vs {expected}",
+            best.gain
+        );
+        assert!((newton.leaf_value(&best.left) - 4.0 / 3.5).abs() < 1e-9);
+        assert!((newton.leaf_value(&best.right) + 1.0).abs() < 1e-9);
+        // Too few rows on a side: no split.
+        let strict = Newton {
+            min_instances: 11,
+            ..newton
+        };
+        assert!(best_split(&block, &layout, &features, &strict).is_none());
+    }
+
+    #[test]
+    fn a_block_without_a_feature_never_splits_on_it() {
+        // Feature 0 separates perfectly but is not in the block; feature 1 is.
+        let bins = [3u32, 3];
+        let layout = Layout::subset(&bins, 2, &[1]);
+        let mut block = vec![0u64; layout.node_stride];
+        // Feature 1: bins 1 and 2 each hold a mix.
+        block[2..6].copy_from_slice(&[4, 1, 1, 4]);
+        let features = vec![FeatureBins::Continuous { edges: vec![0.0] }; 2];
+        let best = best_split(&block, &layout, &features, &scoring()).unwrap();
+        assert_eq!(best.feature, 1);
+        assert_eq!(node_stats::<Stats>(&block, &layout).count, [5, 5]);
     }
 }

@@ -1,28 +1,28 @@
-//! Level-wise training, MLlib's `findBestSplits` loop: each pass sends the current tree (as a
-//! literal in the plan) to every partition, the `ml_tree_histogram` aggregate returns the merged
-//! histograms of the open nodes, and the driver picks each node's split and opens its children.
-//! The memory budget bounds how many nodes share a pass; with the default budget every level
-//! is one pass. [`DecisionTree`] is the estimator (validated parameters), the result a
-//! [`DecisionTreeModel`]. This module does not compute metrics.
+//! The decision-tree estimator: [`DecisionTree`] (validated parameters) grows one tree level by
+//! level through histogram passes (see `grow`) and turns it into a [`DecisionTreeModel`]. This
+//! module also holds what every estimator shares on a binned dataset: row sets as filters,
+//! class weights, split rules in the model's terms, and scoring a fitted model's trees inside a
+//! plan. It does not compute metrics.
 
-use std::collections::VecDeque;
-
-use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{Float64Type, UInt8Type};
-use datafusion::prelude::{DataFrame, Expr};
+use datafusion::prelude::{DataFrame, Expr, lit};
 
 use crate::binning::{FeatureBins, MISSING_BIN};
 use crate::dataset::{DatasetSpec, column};
+use crate::ensemble::Tree;
 use crate::error::{Error, Result};
-use crate::histogram::{
-    BinRule, Layout, PassSpec, RouteNode, decode_histogram, histogram_expr, score_expr,
-};
+use crate::fitted::Model;
+use crate::grow::{GrowNode, GrowPlan, PassSource, TreePlan};
+use crate::histogram::{BinRule, CellKind, Combine, PassSpec, RouteNode, TreeRoute, score_expr};
 use crate::model::{
     DecisionTreeModel, MODEL_FORMAT, MODEL_FORMAT_VERSION, Node, Split, SplitRule, TrainingSummary,
 };
 use crate::params::{ClassWeights, DecisionTreeParams, EvaluationConfig};
-use crate::prepare::{BinnedDataset, LABEL_COL, RowSet, Storage, WEIGHT_COL, bin_col};
-use crate::split::{Candidate, Scoring, Stats, best_split, node_stats};
+use crate::prepare::{
+    BinnedDataset, HOLDOUT_COL, LABEL_COL, RowSet, Storage, VALIDATION_COL, bin_col,
+};
+use crate::split::{Candidate, CellStats, Scoring, Stats};
 
 /// The decision-tree estimator: parameters checked once, then [`DecisionTree::fit`].
 ///
@@ -65,96 +65,63 @@ impl DecisionTree {
     }
 }
 
-/// A node while the tree grows.
-#[derive(Debug, Clone)]
-struct GrowNode {
-    id: u64,
-    depth: u32,
-    stats: Option<Stats>,
-    split: Option<Candidate>,
-    children: Option<(usize, usize)>,
-    /// This node's histogram, kept only while one child's histogram is still to be derived
-    /// from it.
-    hist: Option<Vec<u64>>,
-}
-
-impl GrowNode {
-    /// The root, before any pass has seen it.
-    fn root() -> Self {
-        Self {
-            id: 1,
-            depth: 0,
-            stats: None,
-            split: None,
-            children: None,
-            hist: None,
-        }
-    }
-}
-
-/// A node whose histogram the next passes accumulate.
-#[derive(Debug, Clone, Copy)]
-struct Pending {
-    node: usize,
-    /// Whether to look for a split of `node` itself (it may be accumulated only so that its
-    /// sibling can be derived).
-    split: bool,
-    /// The sibling whose histogram is the parent's minus this one's, and the parent.
-    sibling: Option<(usize, usize)>,
-}
+/// A node's value when it is a leaf, and its split, as trees of any model hold them.
+pub(crate) type NodeView<'a> = (Option<&'a Split>, f64);
 
 impl BinnedDataset {
-    fn layout(&self) -> Layout {
-        let bins: Vec<u32> = self.bins.iter().map(|b| b.num_bins() as u32).collect();
-        Layout::new(&bins, self.params.weight_column.is_some())
+    /// Bins per feature, the missing bin included.
+    pub(crate) fn num_bins(&self) -> Vec<u32> {
+        self.bins.iter().map(|b| b.num_bins() as u32).collect()
     }
 
-    fn rows_df(&self, rows: RowSet) -> Result<DataFrame> {
-        Ok(match rows.filter() {
+    /// The rows of a row set as a Boolean expression (`None`: every row).
+    pub(crate) fn row_filter(&self, rows: RowSet) -> Option<Expr> {
+        let test = column(crate::prepare::SPLIT_COL);
+        let train = test.clone().eq(lit(0u8));
+        let holdout = |inside: bool| {
+            self.holdout
+                .then(|| column(HOLDOUT_COL).eq(lit(u8::from(inside))))
+        };
+        match rows {
+            RowSet::TrainExceptHoldout => Some(match holdout(false) {
+                Some(h) => train.and(h),
+                None => train,
+            }),
+            RowSet::Holdout => Some(match holdout(true) {
+                Some(h) => train.and(h),
+                // Nothing was held out: no row.
+                None => lit(false),
+            }),
+            other => other.filter(),
+        }
+    }
+
+    /// The rows of a row set, inside or outside the validation rows (when there are any).
+    pub(crate) fn validation_filter(&self, rows: RowSet, validation: bool) -> Option<Expr> {
+        let base = self.row_filter(rows);
+        if !self.validation {
+            return if validation { Some(lit(false)) } else { base };
+        }
+        let v = column(VALIDATION_COL).eq(lit(u8::from(validation)));
+        Some(match base {
+            Some(b) => b.and(v),
+            None => v,
+        })
+    }
+
+    pub(crate) fn rows_df(&self, rows: RowSet) -> Result<DataFrame> {
+        Ok(match self.row_filter(rows) {
             Some(f) => self.df.clone().filter(f)?,
             None => self.df.clone(),
         })
     }
 
-    fn bin_exprs(&self) -> Vec<Expr> {
+    pub(crate) fn bin_exprs(&self) -> Vec<Expr> {
         (0..self.bins.len()).map(|i| column(&bin_col(i))).collect()
     }
 
-    /// One histogram pass.
-    async fn pass(&self, spec: &PassSpec, layout: &Layout, rows: RowSet) -> Result<Vec<u64>> {
-        let weight = self
-            .params
-            .weight_column
-            .as_ref()
-            .map(|_| column(WEIGHT_COL));
-        let agg = histogram_expr(
-            spec,
-            column(LABEL_COL),
-            weight,
-            rows.filter(),
-            self.bin_exprs(),
-        )?
-        .alias("histogram");
-        let batches = self
-            .df
-            .clone()
-            .aggregate(vec![], vec![agg])?
-            .collect()
-            .await?;
-        let cells = layout.node_stride * spec.slots as usize;
-        for batch in batches {
-            if batch.num_rows() == 1 {
-                let hist = batch.column(0).as_binary::<i32>();
-                if hist.is_valid(0) {
-                    return decode_histogram(hist.value(0), cells);
-                }
-            }
-        }
-        Ok(vec![0; cells])
-    }
-
     /// Class weights for the training rows at the root.
-    fn class_weights(&self, root: &Stats, weighted: bool) -> Result<[f64; 2]> {
+    pub(crate) fn class_weights(&self, root: &Stats, weighted: bool) -> Result<[f64; 2]> {
         Ok(match self.params.class_weights {
             ClassWeights::None => [1.0, 1.0],
             ClassWeights::Explicit { negative, positive } => [negative, positive],
@@ -180,84 +147,66 @@ impl BinnedDataset {
         })
     }
 
+    /// The classification criterion of the dataset's tree parameters (class weights unit).
+    pub(crate) fn scoring(&self) -> Scoring {
+        Scoring {
+            impurity: self.params.impurity,
+            class_weights: [1.0, 1.0],
+            weighted: self.params.weight_column.is_some(),
+            min_instances: self.params.min_instances_per_node,
+            min_info_gain: self.params.min_info_gain,
+        }
+    }
+
+    /// The histogram bytes a pass may use.
+    pub(crate) fn budget(max_memory_mb: usize) -> usize {
+        max_memory_mb.saturating_mul(1 << 20)
+    }
+
     /// Trains a tree on a row set: one pass per level (more if the memory budget is tight).
-    ///
-    /// Only the smaller child of each split is accumulated in a pass; the larger one's
-    /// histogram is its parent's minus the smaller one's (LightGBM's subtraction). Counters are
-    /// integers, so a derived histogram is exactly the one a pass would have returned, and the
-    /// tree is the same as if every node were accumulated.
     pub async fn fit(&self, rows: RowSet) -> Result<DecisionTreeModel> {
         let params = &self.params;
         let weighted = params.weight_column.is_some();
-        let layout = self.layout();
-        let budget = params.max_memory_mb.saturating_mul(1 << 20);
-        let per_pass = (budget / layout.bytes_per_node().max(1)).max(1);
-        let mut grower = Grower {
-            dataset: self,
-            layout: &layout,
-            scoring: Scoring {
-                impurity: params.impurity,
-                class_weights: [1.0, 1.0],
-                weighted,
-                min_instances: params.min_instances_per_node,
-                min_info_gain: params.min_info_gain,
-            },
-            nodes: vec![GrowNode::root()],
-            queue: VecDeque::from([Pending {
-                node: 0,
-                split: true,
-                sibling: None,
-            }]),
+        let mut plan = GrowPlan {
+            criterion: self.scoring(),
+            cells: CellKind::Classes,
+            weighted,
+            max_depth: params.max_depth,
+            min_instances: params.min_instances_per_node,
+            budget: Self::budget(params.max_memory_mb),
+            trees: vec![TreePlan {
+                sample_seed: 0,
+                subset_seed: 0,
+            }],
+            sampling: None,
+            subset: None,
         };
-        let mut passes = 0u32;
-        while !grower.queue.is_empty() {
-            let group: Vec<Pending> = grower
-                .queue
-                .drain(..per_pass.min(grower.queue.len()))
-                .collect();
-            let open: Vec<usize> = group.iter().map(|p| p.node).collect();
-            let spec = route_spec(
-                &grower.nodes,
-                &open,
-                &layout,
-                weighted,
-                rows.filter().is_some(),
-                |_| 0.0,
-            );
-            let hist = self.pass(&spec, &layout, rows).await?;
-            passes += 1;
-            tracing::debug!(pass = passes, nodes = group.len(), "histogram pass");
-            for (slot, pending) in group.iter().enumerate() {
-                let block = &hist[slot * layout.node_stride..(slot + 1) * layout.node_stride];
-                if grower.nodes[pending.node].stats.is_none() {
-                    let stats = node_stats(block, &layout);
-                    if stats.rows() == 0 {
+        let source = PassSource {
+            df: self.df.clone(),
+            include: self.row_filter(rows),
+            key: None,
+            score: None,
+        };
+        let mut resident = self.resident(&plan, &source).await?;
+        let grown = self
+            .grow(
+                &mut plan,
+                &source,
+                resident.as_mut(),
+                |scoring, root: &Stats| {
+                    if root.rows() == 0 {
                         return Err(Error::EmptyDataset {
                             what: format!("no training rows in {rows:?}"),
                         });
                     }
-                    grower.scoring.class_weights = self.class_weights(&stats, weighted)?;
-                    grower.nodes[pending.node].stats = Some(stats);
-                }
-                if pending.split {
-                    grower.split(pending.node, block);
-                }
-                if let Some((sibling, parent)) = pending.sibling {
-                    let Some(mut parent_hist) = grower.nodes[parent].hist.take() else {
-                        return Err(Error::Model {
-                            path: "(training)".into(),
-                            reason: format!("node {} lost its histogram", grower.nodes[parent].id),
-                        });
-                    };
-                    for (p, c) in parent_hist.iter_mut().zip(block.iter()) {
-                        *p = p.wrapping_sub(*c);
-                    }
-                    grower.split(sibling, &parent_hist);
-                }
-            }
-        }
-        let Grower { scoring, nodes, .. } = grower;
-        let root = nodes[0].stats.unwrap_or_default();
+                    scoring.class_weights = self.class_weights(root, weighted)?;
+                    Ok(())
+                },
+            )
+            .await?;
+        let scoring = plan.criterion;
+        let nodes = grown.trees.into_iter().next().unwrap_or_default();
+        let root = nodes.first().and_then(|n| n.stats).unwrap_or_default();
         let mut out = Vec::with_capacity(nodes.len());
         self.emit(&nodes, 0, &scoring, &mut out)?;
         Ok(DecisionTreeModel {
@@ -270,16 +219,18 @@ impl BinnedDataset {
                 rows: root.rows(),
                 class_counts: root.count,
                 class_weights: scoring.class_weights,
-                passes,
+                passes: grown.passes,
             },
             nodes: out,
+            calibration: None,
+            operating_point: None,
         })
     }
 
     /// Writes the subtree at `index` in preorder; returns its index in `out`.
     fn emit(
         &self,
-        nodes: &[GrowNode],
+        nodes: &[GrowNode<Stats>],
         index: usize,
         scoring: &Scoring,
         out: &mut Vec<Node>,
@@ -301,23 +252,34 @@ impl BinnedDataset {
         if let (Some(c), Some((l, r))) = (&g.split, g.children) {
             let left = self.emit(nodes, l, scoring, out)?;
             let right = self.emit(nodes, r, scoring, out)?;
-            let (rule, missing_left) = self.model_rule(c)?;
-            out[at].split = Some(Split {
-                feature: c.feature,
-                rule,
-                missing_left,
-                gain: c.gain,
-                weight: totals[0] + totals[1],
-                left,
-                right,
-            });
+            out[at].split = Some(self.model_split(c, totals[0] + totals[1], left, right)?);
         }
         Ok(at)
     }
 
+    /// A grown split in the model's terms.
+    pub(crate) fn model_split<S>(
+        &self,
+        c: &Candidate<S>,
+        weight: f64,
+        left: usize,
+        right: usize,
+    ) -> Result<Split> {
+        let (rule, missing_left) = self.model_rule(&c.rule, c.feature)?;
+        Ok(Split {
+            feature: c.feature,
+            rule,
+            missing_left,
+            gain: c.gain,
+            weight,
+            left,
+            right,
+        })
+    }
+
     /// A bin rule in the model's terms: thresholds in stored units, category indices.
-    fn model_rule(&self, c: &Candidate) -> Result<(SplitRule, bool)> {
-        match (&c.rule, &self.bins[c.feature]) {
+    fn model_rule(&self, rule: &BinRule, feature: usize) -> Result<(SplitRule, bool)> {
+        match (rule, &self.bins[feature]) {
             (BinRule::Upto { bin, missing_left }, FeatureBins::Continuous { edges }) => {
                 let threshold = edges
                     .get(usize::from(*bin).wrapping_sub(1))
@@ -338,20 +300,24 @@ impl BinnedDataset {
             }
             _ => Err(Error::Model {
                 path: "(training)".into(),
-                reason: format!("split rule does not fit feature {}", c.feature),
+                reason: format!("split rule does not fit feature {feature}"),
             }),
         }
     }
 
     /// A model's tree in bins, for `ml_tree_score`: thresholds map back to their bin edges.
-    fn score_spec(&self, model: &DecisionTreeModel) -> Result<PassSpec> {
-        let layout = self.layout();
-        let mut route = Vec::with_capacity(model.nodes.len());
-        for node in &model.nodes {
-            route.push(match &node.split {
-                None => RouteNode::Leaf {
-                    score: node.probability,
-                },
+    pub(crate) fn route_of<'a>(
+        &self,
+        nodes: impl Iterator<Item = NodeView<'a>>,
+    ) -> Result<TreeRoute> {
+        let bad = |reason: String| Error::Model {
+            path: "(evaluation)".into(),
+            reason,
+        };
+        let mut route = Vec::new();
+        for (split, value) in nodes {
+            route.push(match split {
+                None => RouteNode::Leaf { score: value },
                 Some(s) => {
                     let rule = match (&s.rule, self.bins.get(s.feature)) {
                         (
@@ -359,13 +325,10 @@ impl BinnedDataset {
                             Some(FeatureBins::Continuous { edges }),
                         ) => {
                             let k = edges.iter().position(|e| e == threshold).ok_or_else(|| {
-                                Error::Model {
-                                    path: "(evaluation)".into(),
-                                    reason: format!(
-                                        "threshold {threshold} is not a bin edge of feature {}",
-                                        s.feature
-                                    ),
-                                }
+                                bad(format!(
+                                    "threshold {threshold} is not a bin edge of feature {}",
+                                    s.feature
+                                ))
                             })?;
                             BinRule::Upto {
                                 bin: (k + 1) as u16,
@@ -380,13 +343,10 @@ impl BinnedDataset {
                             BinRule::Set { bins }
                         }
                         _ => {
-                            return Err(Error::Model {
-                                path: "(evaluation)".into(),
-                                reason: format!(
-                                    "split on feature {} does not fit the binning",
-                                    s.feature
-                                ),
-                            });
+                            return Err(bad(format!(
+                                "split on feature {} does not fit the binning",
+                                s.feature
+                            )));
                         }
                     };
                     RouteNode::Split {
@@ -398,25 +358,56 @@ impl BinnedDataset {
                 }
             });
         }
-        Ok(PassSpec {
-            bins: layout.bins.iter().map(|b| *b as u32).collect(),
-            weighted: false,
-            filtered: false,
+        Ok(TreeRoute {
             nodes: route,
-            slots: 0,
+            sample_seed: 0,
         })
     }
 
-    /// Labels and predicted probabilities of class 1 for a row set, scored inside a plan.
-    pub async fn score(
+    /// An ensemble tree in bins.
+    pub(crate) fn route_of_tree(&self, tree: &Tree) -> Result<TreeRoute> {
+        self.route_of(tree.nodes.iter().map(|n| (n.split.as_ref(), n.value)))
+    }
+
+    /// The scoring spec of a model: its raw output (a probability for trees and forests, the
+    /// margin for boosted trees).
+    pub(crate) fn score_spec(&self, model: &Model) -> Result<PassSpec> {
+        let (trees, combine) = match model {
+            Model::DecisionTree(m) => (
+                vec![self.route_of(m.nodes.iter().map(|n| (n.split.as_ref(), n.probability)))?],
+                Combine::Mean,
+            ),
+            Model::RandomForest(m) => (
+                m.trees
+                    .iter()
+                    .map(|t| self.route_of_tree(t))
+                    .collect::<Result<_>>()?,
+                Combine::Mean,
+            ),
+            Model::Gbt(m) => (
+                m.trees
+                    .iter()
+                    .map(|t| self.route_of_tree(t))
+                    .collect::<Result<_>>()?,
+                Combine::Sum { init: m.init },
+            ),
+        };
+        Ok(PassSpec::scoring(self.num_bins(), trees, combine))
+    }
+
+    /// Labels and scores of a row set under a scoring spec, computed inside a plan.
+    pub(crate) async fn score_with(
         &self,
-        model: &DecisionTreeModel,
-        rows: RowSet,
+        spec: &PassSpec,
+        rows: Option<Expr>,
     ) -> Result<(Vec<u8>, Vec<f64>)> {
-        let spec = self.score_spec(model)?;
-        let df = self.rows_df(rows)?.select(vec![
+        let df = match rows {
+            Some(f) => self.df.clone().filter(f)?,
+            None => self.df.clone(),
+        };
+        let df = df.select(vec![
             column(LABEL_COL),
-            score_expr(&spec, self.bin_exprs())?.alias("score"),
+            score_expr(spec, None, self.bin_exprs())?.alias("score"),
         ])?;
         let mut labels = Vec::new();
         let mut scores = Vec::new();
@@ -428,169 +419,21 @@ impl BinnedDataset {
         }
         Ok((labels, scores))
     }
-}
 
-/// The growing tree and the nodes waiting for a pass.
-struct Grower<'a> {
-    dataset: &'a BinnedDataset,
-    layout: &'a Layout,
-    scoring: Scoring,
-    nodes: Vec<GrowNode>,
-    queue: VecDeque<Pending>,
-}
-
-impl Grower<'_> {
-    /// Splits `index` by its histogram if a split is allowed, and queues the pass work its
-    /// children need: the smaller child is accumulated (if either child may split), the larger
-    /// one derived from this node's histogram (if it may split).
-    fn split(&mut self, index: usize, block: &[u64]) {
-        let params = &self.dataset.params;
-        let Some(candidate) = best_split(block, self.layout, &self.dataset.bins, &self.scoring)
-        else {
-            return;
-        };
-        let depth = self.nodes[index].depth + 1;
-        let id = self.nodes[index].id;
-        let splittable = |stats: &Stats| {
-            (depth as usize) < params.max_depth
-                && stats.rows() >= 2 * params.min_instances_per_node
-                && stats.count[0] > 0
-                && stats.count[1] > 0
-        };
-        let (left_ok, right_ok) = (splittable(&candidate.left), splittable(&candidate.right));
-        let left_smaller = candidate.left.rows() <= candidate.right.rows();
-        let mut child = |stats: Stats, id: u64| {
-            self.nodes.push(GrowNode {
-                id,
-                depth,
-                stats: Some(stats),
-                split: None,
-                children: None,
-                hist: None,
-            });
-            self.nodes.len() - 1
-        };
-        let left = child(candidate.left, 2 * id);
-        let right = child(candidate.right, 2 * id + 1);
-        self.nodes[index].split = Some(candidate);
-        self.nodes[index].children = Some((left, right));
-        if !(left_ok || right_ok) {
-            return;
-        }
-        let ((small, small_ok), (large, large_ok)) = if left_smaller {
-            ((left, left_ok), (right, right_ok))
-        } else {
-            ((right, right_ok), (left, left_ok))
-        };
-        let sibling = large_ok.then_some((large, index));
-        if sibling.is_some() {
-            self.nodes[index].hist = Some(block.to_vec());
-        }
-        self.queue.push_back(Pending {
-            node: small,
-            split: small_ok,
-            sibling,
-        });
+    /// Labels and predicted probabilities of class 1 for a row set, scored inside a plan.
+    pub async fn score(
+        &self,
+        model: &DecisionTreeModel,
+        rows: RowSet,
+    ) -> Result<(Vec<u8>, Vec<f64>)> {
+        let spec = self.score_spec(&Model::DecisionTree(model.clone()))?;
+        self.score_with(&spec, self.row_filter(rows)).await
     }
-}
 
-/// The tree as a pass sees it: splits so far, the group's nodes open, everything else a leaf.
-fn route_spec(
-    nodes: &[GrowNode],
-    group: &[usize],
-    layout: &Layout,
-    weighted: bool,
-    filtered: bool,
-    score: impl Fn(&GrowNode) -> f64,
-) -> PassSpec {
-    let mut slots = vec![None; nodes.len()];
-    for (slot, &node) in group.iter().enumerate() {
-        slots[node] = Some(slot as u32);
-    }
-    let route = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| match (&n.split, n.children) {
-            (Some(c), Some((l, r))) => RouteNode::Split {
-                feature: c.feature as u32,
-                rule: c.rule.clone(),
-                left: l as u32,
-                right: r as u32,
-            },
-            _ => match slots[i] {
-                Some(slot) => RouteNode::Open { slot },
-                None => RouteNode::Leaf { score: score(n) },
-            },
-        })
-        .collect();
-    PassSpec {
-        bins: layout.bins.iter().map(|b| *b as u32).collect(),
-        weighted,
-        filtered,
-        nodes: route,
-        slots: group.len() as u32,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
-    use datafusion::datasource::MemTable;
-    use datafusion::prelude::SessionContext;
-
-    use super::*;
-    use crate::synthetic::{stroke_spec, stroke_table};
-
-    #[tokio::test]
-    async fn a_derived_histogram_is_the_one_a_pass_accumulates() {
-        let batch = stroke_table(2000, 5, false).unwrap();
-        let table = MemTable::try_new(batch.schema(), vec![vec![batch]]).unwrap();
-        let data = SessionContext::new().read_table(Arc::new(table)).unwrap();
-        let params = DecisionTreeParams::default();
-        let binned = BinnedDataset::prepare(
-            data,
-            &stroke_spec(),
-            &params,
-            &EvaluationConfig::default(),
-            Storage::Memory,
-        )
-        .await
-        .unwrap();
-        let layout = binned.layout();
-        let scoring = Scoring {
-            impurity: params.impurity,
-            class_weights: [1.0, 1.0],
-            weighted: false,
-            min_instances: 1,
-            min_info_gain: 0.0,
-        };
-        let mut nodes = vec![GrowNode::root()];
-        let spec = route_spec(&nodes, &[0], &layout, false, true, |_| 0.0);
-        let root = binned.pass(&spec, &layout, RowSet::Train).await.unwrap();
-        let split = best_split(&root, &layout, &binned.bins, &scoring).unwrap();
-        for (id, stats) in [(2, split.left), (3, split.right)] {
-            nodes.push(GrowNode {
-                id,
-                depth: 1,
-                stats: Some(stats),
-                split: None,
-                children: None,
-                hist: None,
-            });
-        }
-        nodes[0].split = Some(split);
-        nodes[0].children = Some((1, 2));
-        // Both children accumulated in one pass.
-        let spec = route_spec(&nodes, &[1, 2], &layout, false, true, |_| 0.0);
-        let both = binned.pass(&spec, &layout, RowSet::Train).await.unwrap();
-        let (left, right) = both.split_at(layout.node_stride);
-        let derived: Vec<u64> = root
-            .iter()
-            .zip(left)
-            .map(|(p, l)| p.wrapping_sub(*l))
-            .collect();
-        assert_eq!(derived, right);
-        assert!(right.iter().any(|c| *c > 0));
+    /// Labels and raw outputs (probabilities for trees and forests, margins for boosted trees)
+    /// of any model for a row set, scored inside a plan.
+    pub async fn score_model(&self, model: &Model, rows: RowSet) -> Result<(Vec<u8>, Vec<f64>)> {
+        let spec = self.score_spec(model)?;
+        self.score_with(&spec, self.row_filter(rows)).await
     }
 }

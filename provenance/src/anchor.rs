@@ -118,7 +118,7 @@ impl AnchorFile {
 
 /// A model's root (see `pipeline::fingerprint::model_root`): its canonical parts, bound to its
 /// hyperparameters and to the root of the dataset it was trained on.
-pub fn model_root(model: &ml::DecisionTreeModel, dataset_root: &Digest) -> Result<Digest> {
+pub fn model_root(model: &ml::Model, dataset_root: &Digest) -> Result<Digest> {
     let parts = model.canonical_parts()?;
     Ok(Digest(pipeline::fingerprint::model_root(
         &model.params_hash()?,

@@ -178,7 +178,7 @@ pub async fn check_model(
 ) -> Result<Check> {
     let (dir, bytes, file) = model_files(ctx, path).await?;
     let (mut check, spec) = Check::start(&dir, provenance).await?;
-    let model = match ml::DecisionTreeModel::from_json(&bytes, &file) {
+    let model = match ml::Model::from_json(&bytes, &file) {
         Ok(model) => model,
         Err(e) => {
             check.problems.push(format!("the model file: {e}"));

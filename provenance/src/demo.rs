@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use engine::Engine;
-use ml::{DecisionTreeParams, EvaluationConfig, Step};
+use ml::{DecisionTreeParams, EvaluationConfig, ModelParams, Step, TrainParams};
 use pipeline::generate::{GenerateConfig, GenerateSummary, OutputFormat, generate};
 use pipeline::{Job, Progress, RunOptions};
 use serde::Serialize;
@@ -172,13 +172,16 @@ async fn demo(
     let train = TrainConfig {
         dataset: dataset.summary.output.clone(),
         label: None,
-        params: DecisionTreeParams {
-            max_depth: config.max_depth,
-            ..DecisionTreeParams::default()
-        },
-        evaluation: EvaluationConfig {
-            folds: config.folds,
-            ..EvaluationConfig::default()
+        params: TrainParams {
+            model: ModelParams::DecisionTree(DecisionTreeParams {
+                max_depth: config.max_depth,
+                ..DecisionTreeParams::default()
+            }),
+            evaluation: EvaluationConfig {
+                folds: config.folds,
+                ..EvaluationConfig::default()
+            },
+            ..TrainParams::default()
         },
         out: model_dir.display().to_string(),
         overwrite: true,

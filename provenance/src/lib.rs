@@ -19,7 +19,7 @@ pub use check::{Check, Verdict, check_dataset, check_model, verify};
 pub use connection::{LedgerConfig, Provenance, emrflow_home};
 pub use error::{Context, Error, Result};
 pub use publish::{Published, publish_dataset};
-pub use score::{Predictions, RowPrediction, predict};
+pub use score::{Contribution, Predictions, RowPrediction, predict};
 pub use train::{TrainConfig, Trained, train_model};
 
 /// The fingerprint of the Parquet dataset at `location` (a directory, a file or a URL), on

@@ -1,7 +1,9 @@
 //! Scoring raw rows with an anchored model: the model must be exactly what was anchored (the
 //! read is audited), the dataset manifest copied beside it says how the training rows were
 //! normalized and encoded, `pipeline::transforms::apply_fitted` applies the same transforms to the
-//! raw rows, and the model predicts each row with its decision path in words (thresholds in raw
+//! raw rows, and the model (a decision tree, a random forest or boosted trees) gives each row its
+//! calibrated probability, its class at the model's operating threshold, the exact contribution
+//! of every feature (TreeSHAP), and for a tree its decision path in words (thresholds in raw
 //! units). Models and inputs may live on any store.
 
 use engine::datafusion::arrow::array::{Array, AsArray};
@@ -12,7 +14,7 @@ use engine::datafusion::prelude::{
     CsvReadOptions, DataFrame, Expr, ParquetReadOptions, SessionContext,
 };
 use ledger::contracts::Role;
-use ml::DecisionTreeModel;
+use ml::Model;
 use pipeline::Manifest;
 use pipeline::store::Location;
 use serde::Serialize;
@@ -31,23 +33,44 @@ pub struct RowPrediction {
     /// The row key's raw value, when the input has the dataset's row key column.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
-    /// 0 or 1.
+    /// The class at the model's operating threshold.
     pub prediction: u8,
-    /// The probability of class 1.
+    /// The model's own probability of class 1.
     pub probability: f64,
-    /// The leaf reached.
-    pub leaf: u64,
-    /// The decision path, one condition per step, in raw units.
+    /// The probability after the model's calibration (the same without one): the risk to show.
+    pub calibrated_probability: f64,
+    /// Class 1 at or above this (0.5: above it, for a model without an operating threshold).
+    pub threshold: f64,
+    /// The leaf reached (decision trees only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leaf: Option<u64>,
+    /// The decision path, one condition per step, in raw units (decision trees only).
     pub path: Vec<String>,
-    /// The path and the risk in one line.
+    /// The path (or the largest contributions) and the risk in one line.
     pub explanation: String,
+    /// What the contributions add up to: `probability` or `log_odds`.
+    pub output: ml::Output,
+    /// The model's expected output over its training rows.
+    pub expected_value: f64,
+    /// Every feature's TreeSHAP contribution, largest first; with `expected_value` they add up
+    /// to the model's output for the row (before calibration).
+    pub contributions: Vec<Contribution>,
+}
+
+/// One feature's share of a prediction.
+#[derive(Debug, Clone, Serialize)]
+pub struct Contribution {
+    /// The feature and the row's value in raw units, e.g. `age = 81`.
+    pub feature: String,
+    /// Its TreeSHAP value, in the model's output units.
+    pub contribution: f64,
 }
 
 /// An anchored model, loaded with the transforms of its training data.
 #[derive(Debug)]
 pub struct LoadedModel {
     /// The model.
-    pub model: DecisionTreeModel,
+    pub model: Model,
     /// The manifest of the dataset it was trained on.
     pub manifest: Manifest,
     /// Its anchored root.
@@ -72,7 +95,7 @@ pub async fn load_model(
         .record_read(role, check.anchor.root, purpose)
         .await?;
     let (dir, bytes, file) = model_files(ctx, &artifact).await?;
-    let model = DecisionTreeModel::from_json(&bytes, &file)?;
+    let model = Model::from_json(&bytes, &file)?;
     let (manifest, _) = read_manifest(&dir, DATASET_MANIFEST_FILE).await?;
     Ok(LoadedModel {
         model,
@@ -145,7 +168,7 @@ pub async fn score_rows(
     input: &str,
     null_values: &[String],
 ) -> Result<Vec<RowPrediction>> {
-    let (tree, manifest) = (&model.model, &model.manifest);
+    let (fitted, manifest) = (&model.model, &model.manifest);
     let raw = read_input(ctx, input, null_values).await?;
     let available: Vec<String> = raw
         .schema()
@@ -153,7 +176,7 @@ pub async fn score_rows(
         .iter()
         .map(|f| f.name().clone())
         .collect();
-    for feature in &tree.features {
+    for feature in fitted.features() {
         if !available.contains(&feature.name) {
             return Err(Error::invalid(format!(
                 "{input} has no column {} (a feature of the model); it has: {}",
@@ -166,7 +189,7 @@ pub async fn score_rows(
     let prepared = pipeline::transforms::apply_fitted(raw, manifest)
         .await
         .with_context(|| format!("cannot apply the dataset's transforms to {input}"))?;
-    let mut select: Vec<Expr> = tree.features.iter().map(|f| column(&f.name)).collect();
+    let mut select: Vec<Expr> = fitted.features().iter().map(|f| column(&f.name)).collect();
     if let Some(k) = &key {
         select.push(column(k));
     }
@@ -178,8 +201,8 @@ pub async fn score_rows(
 
     let mut out = Vec::new();
     for batch in batches {
-        let features = tree
-            .features
+        let features = fitted
+            .features()
             .iter()
             .enumerate()
             .map(|(i, f)| {
@@ -192,7 +215,10 @@ pub async fn score_rows(
             })
             .collect::<Result<Vec<_>>>()?;
         let keys = match &key {
-            Some(_) => Some(cast(batch.column(tree.features.len()), &DataType::Utf8)?),
+            Some(_) => Some(cast(
+                batch.column(fitted.features().len()),
+                &DataType::Utf8,
+            )?),
             None => None,
         };
         for r in 0..batch.num_rows() {
@@ -203,7 +229,10 @@ pub async fn score_rows(
                     c.is_valid(r).then(|| c.value(r))
                 })
                 .collect();
-            let p = tree.predict(&values)?;
+            let p = fitted.predict(&values)?;
+            let e = fitted.explain(&values)?;
+            let top = e.top(fitted.features(), &values, values.len());
+            let explanation = p.explain(&top);
             out.push(RowPrediction {
                 row: out.len() + 1,
                 key: keys.as_ref().and_then(|k| {
@@ -212,9 +241,20 @@ pub async fn score_rows(
                 }),
                 prediction: p.prediction,
                 probability: p.probability,
+                calibrated_probability: p.calibrated_probability,
+                threshold: p.threshold,
                 leaf: p.leaf,
-                explanation: p.explain(),
+                explanation,
                 path: p.path,
+                output: e.output,
+                expected_value: e.expected_value,
+                contributions: top
+                    .into_iter()
+                    .map(|(feature, contribution)| Contribution {
+                        feature,
+                        contribution,
+                    })
+                    .collect(),
             });
         }
     }

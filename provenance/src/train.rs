@@ -10,8 +10,7 @@ use engine::datafusion::prelude::{DataFrame, ParquetReadOptions, SessionContext}
 use ledger::contracts::{AnchorKind, AnchorSpec, Role};
 use merkle::Digest;
 use ml::{
-    Affine, DatasetSpec, DecisionTreeParams, EvaluationConfig, FeatureKind, FeatureSpec, Step,
-    Storage, TrainingReport,
+    Affine, DatasetSpec, FeatureKind, FeatureSpec, Step, Storage, TrainParams, TrainingReport,
 };
 use pipeline::manifest::{self, MANIFEST_FILE, Manifest};
 use pipeline::store::{Location, Staging};
@@ -33,10 +32,9 @@ pub struct TrainConfig {
     pub dataset: String,
     /// The label column (default: the manifest's label).
     pub label: Option<String>,
-    /// The model's parameters.
-    pub params: DecisionTreeParams,
-    /// The split and cross-validation.
-    pub evaluation: EvaluationConfig,
+    /// The estimator (a decision tree, a random forest or gradient-boosted trees), the split and
+    /// cross-validation, the calibration and the operating threshold rule.
+    pub params: TrainParams,
     /// The model directory to publish (a path or URL).
     pub out: String,
     /// Replace the model directory if it exists.
@@ -146,7 +144,6 @@ pub async fn train_model(
     on_step: &(dyn Fn(Step) + Send + Sync),
 ) -> Result<Trained> {
     config.params.validate()?;
-    config.evaluation.validate()?;
     let ctx = engine.context().await?;
     let dataset = Artifact::resolve(&ctx, &config.dataset)?;
     let (manifest, manifest_bytes) = read_manifest(&dataset, MANIFEST_FILE).await?;
@@ -177,16 +174,9 @@ pub async fn train_model(
         } else {
             Storage::Memory
         };
-        let report = ml::train_and_evaluate(
-            df,
-            &spec,
-            &config.params,
-            &config.evaluation,
-            storage,
-            on_step,
-        )
-        .await
-        .with_context(|| format!("training on {}", dataset.name()))?;
+        let report = ml::train(df, &spec, &config.params, storage, on_step)
+            .await
+            .with_context(|| format!("training on {}", dataset.name()))?;
         let training_seconds = training_started.elapsed().as_secs_f64();
         let (root, height) = stage_model(
             &report,
@@ -243,7 +233,7 @@ async fn stage_model(
         .await?;
     let model = &report.model;
     let root = model_root(model, &dataset_root)?;
-    let features = serde_json::to_vec(&model.features)
+    let features = serde_json::to_vec(model.features())
         .map_err(|e| Error::invalid(format!("cannot encode the model's features: {e}")))?;
     let spec = AnchorSpec {
         kind: AnchorKind::Model,

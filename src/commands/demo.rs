@@ -65,6 +65,7 @@ struct ModelSummary<'a> {
     depth: u32,
     nodes: usize,
     test: Option<&'a ml::BinaryMetrics>,
+    baseline_always_negative: Option<&'a ml::BinaryMetrics>,
     cross_validation: Option<&'a ml::CrossValidation>,
 }
 
@@ -141,7 +142,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitStatus> {
             }
         });
     }
-    let outcome = provenance::demo::run_demo(&config, &report).await;
+    let outcome = Box::pin(provenance::demo::run_demo(&config, &report)).await;
     report.bar.finish_and_clear();
     let outcome = outcome?;
     let seconds = started.elapsed().as_secs_f64();
@@ -174,6 +175,7 @@ fn print_outcome(
         depth: report.model.depth(),
         nodes: report.model.num_nodes(),
         test: report.test.as_ref(),
+        baseline_always_negative: report.baseline.as_ref(),
         cross_validation: report.cross_validation.as_ref(),
     };
     if args.json {
@@ -194,16 +196,23 @@ fn print_outcome(
         "trained a depth-{} tree ({} nodes) on {} rows ({} train, {} test)",
         model.depth, model.nodes, report.rows, report.train_rows, report.test_rows
     )];
-    if let Some(m) = &report.test {
-        lines.push(format!(
-            "  test: accuracy {:.3}  precision {:.3}  recall {:.3}  F1 {:.3}  ROC AUC {}",
-            m.accuracy,
-            m.precision,
-            m.recall,
-            m.f1,
-            m.roc_auc
-                .map_or_else(|| "n/a".into(), |a| format!("{a:.3}"))
-        ));
+    let auc = |a: Option<f64>| a.map_or_else(|| "n/a".into(), |a| format!("{a:.3}"));
+    for (name, m) in [
+        ("test", &report.test),
+        ("always-negative", &report.baseline),
+    ] {
+        if let Some(m) = m {
+            lines.push(format!(
+                "  {name}: accuracy {:.3}  precision {:.3}  recall {:.3}  F1 {:.3}  ROC AUC {}  \
+                 PR AUC {}",
+                m.accuracy,
+                m.precision,
+                m.recall,
+                m.f1,
+                auc(m.roc_auc),
+                auc(m.pr_auc)
+            ));
+        }
     }
     if let Some(cv) = &report.cross_validation {
         lines.push(format!(

@@ -67,9 +67,11 @@ pub(crate) enum Command {
     Generate(generate::GenerateArgs),
     /// Run a preprocessing job file and publish a de-identified Parquet dataset
     Run(run::RunArgs),
-    /// Train a decision tree on a dataset published by `emrflow run`
-    Train(train::TrainArgs),
-    /// Score raw rows with a trained model, with the decision path of each prediction
+    /// Train a decision tree, random forest or boosted trees on a dataset from `emrflow run`
+    // Boxed: the ensemble, calibration and threshold flags make it several times larger than
+    // any other command's arguments.
+    Train(Box<train::TrainArgs>),
+    /// Score raw rows with a trained model: the risk, the class at its threshold, and why
     Predict(predict::PredictArgs),
     /// Generate, preprocess, train, anchor and verify end to end on one machine
     Demo(demo::DemoArgs),
@@ -102,9 +104,10 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
         Command::Generate(args) => generate::run(args).await,
         Command::Run(args) => run::run(args).await,
-        Command::Train(args) => train::run(args).await,
+        Command::Train(args) => train::run(*args).await,
         Command::Predict(args) => predict::run(args).await,
-        Command::Demo(args) => demo::run(args).await,
+        // Boxed: the demo's future holds a whole training run's state.
+        Command::Demo(args) => Box::pin(demo::run(args)).await,
         Command::Verify(args) => verify::run(args).await,
         Command::Lineage(args) => lineage::run(args).await,
         Command::Audit(args) => audit::run(args).await,

@@ -9,9 +9,18 @@ use super::{ExitStatus, print_json, print_lines, progress};
 #[derive(Debug, Args)]
 #[command(
     after_help = "The input holds raw rows: the model's features in the units and category \
-names of the original data (before normalization and encoding). Each row gets a prediction \
-(0/1), the probability of class 1, and the decision path, e.g.\n  \
-age > 67.5, atrial_fibrillation = 1, systolic_bp > 151 → risk 0.81"
+names of the original data (before normalization and encoding). Each row gets the model's \
+probability of class 1, its calibrated probability (the risk to show; the same when the model \
+is not calibrated), and a prediction (0/1) at the operating threshold stored in the model by \
+`emrflow train --threshold` (without one, class 1 above 0.5). A decision tree's line gives its \
+decision path, e.g.\n  \
+age > 67.5, atrial_fibrillation = 1, systolic_bp > 151 → risk 0.81\n\
+for a forest or boosted trees, the three largest contributions, e.g.\n  \
+age = 81 (+0.412), atrial_fibrillation = 1 (+0.093), systolic_bp = 162 (+0.051) → risk 0.34\n\
+With --json every prediction also carries the threshold, the leaf (trees), and every feature's \
+exact TreeSHAP contribution with the expected value they start from: the contributions add up \
+to the model's output (a probability for trees and forests, log-odds for boosted trees) before \
+calibration."
 )]
 pub(crate) struct PredictArgs {
     /// Model written by `emrflow train`: a directory (or its model.json), or a memory:// or

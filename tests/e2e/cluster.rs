@@ -1,7 +1,7 @@
 //! `emrflow scheduler` and `emrflow executor` as separate processes on 127.0.0.1: the same job,
-//! training and fingerprint give the same dataset root, model root and metrics as embedded, and
-//! a job that loses an executor to SIGKILL either completes with the same root or fails without
-//! publishing or anchoring anything.
+//! training (a tree, a random forest, boosted trees) and fingerprint give the same dataset root,
+//! model root and metrics as embedded, and a job that loses an executor to SIGKILL either
+//! completes with the same root or fails without publishing or anchoring anything.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -197,13 +197,75 @@ fn json(out: &std::process::Output, what: &str) -> serde_json::Value {
 }
 
 fn train(dataset: &Path, out: &Path, ledger: &Path, cluster: Option<&str>) -> serde_json::Value {
+    train_with(
+        dataset,
+        out,
+        ledger,
+        cluster,
+        &["--max-depth", "6", "--folds", "2"],
+    )
+}
+
+fn train_with(
+    dataset: &Path,
+    out: &Path,
+    ledger: &Path,
+    cluster: Option<&str>,
+    args: &[&str],
+) -> serde_json::Value {
     let ledger = ledger.display().to_string();
-    let mut extra = vec!["--max-depth", "6", "--folds", "2", "--ledger", &ledger];
+    let mut extra = args.to_vec();
+    extra.extend(["--ledger", &ledger]);
     if let Some(url) = cluster {
         extra.extend(["--cluster", url]);
     }
     crate::ml::train(dataset, out, &extra)
 }
+
+/// A forest and boosted trees, with sampling, feature subsets, early stopping, calibration and
+/// a threshold rule: everything whose determinism a cluster could break.
+const ENSEMBLES: [(&str, &[&str]); 2] = [
+    (
+        "forest",
+        &[
+            "--model",
+            "random-forest",
+            "--num-trees",
+            "6",
+            "--max-depth",
+            "4",
+            "--subsampling-rate",
+            "0.7",
+            "--folds",
+            "0",
+            "--calibration",
+            "isotonic",
+            "--threshold",
+            "max-f1",
+        ],
+    ),
+    (
+        "gbt",
+        &[
+            "--model",
+            "gbt",
+            "--max-iter",
+            "5",
+            "--max-depth",
+            "3",
+            "--subsampling-rate",
+            "0.8",
+            "--validation-fraction",
+            "0.2",
+            "--folds",
+            "0",
+            "--calibration",
+            "platt",
+            "--threshold",
+            "recall=0.7",
+        ],
+    ),
+];
 
 fn fingerprint(path: &Path, cluster: Option<&str>) -> String {
     let path = path.display().to_string();
@@ -273,6 +335,44 @@ fn a_cluster_gives_the_embedded_dataset_model_and_metrics() {
     let model =
         |dir: &str| std::fs::read(tmp.path().join(dir).join("model.json")).unwrap_or_default();
     assert_eq!(model("model-cluster"), model("model-embedded"));
+
+    for (name, args) in ENSEMBLES {
+        let embedded = train_with(
+            &tmp.path().join("ds-embedded"),
+            &tmp.path().join(format!("{name}-embedded")),
+            &ledger,
+            None,
+            args,
+        );
+        let distributed = train_with(
+            &tmp.path().join("ds-cluster"),
+            &tmp.path().join(format!("{name}-cluster")),
+            &ledger,
+            url,
+            args,
+        );
+        assert_eq!(
+            embedded["model"],
+            name.replace("forest", "random_forest").as_str()
+        );
+        for key in [
+            "model_root",
+            "model_sha256",
+            "test",
+            "test_at_threshold",
+            "brier",
+            "feature_importances",
+            "nodes",
+            "trees",
+        ] {
+            assert_eq!(distributed[key], embedded[key], "{name}: {key}");
+        }
+        assert_eq!(
+            model(&format!("{name}-cluster")),
+            model(&format!("{name}-embedded")),
+            "{name}"
+        );
+    }
 }
 
 #[test]

@@ -70,6 +70,13 @@ fn demo() -> Demo {
         v["model"]["test"]["accuracy"].as_f64().unwrap_or(0.0) > 0.6,
         "{v}"
     );
+    // The report reads accuracy against the always-negative baseline, with both AUCs.
+    assert_eq!(
+        v["model"]["baseline_always_negative"]["recall"].as_f64(),
+        Some(0.0),
+        "{v}"
+    );
+    assert!(v["model"]["test"]["pr_auc"].as_f64().is_some(), "{v}");
     assert_eq!(
         v["model"]["cross_validation"]["folds"]
             .as_array()
