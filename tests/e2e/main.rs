@@ -2,6 +2,7 @@
 
 mod cli;
 mod cluster;
+mod examples;
 mod ledger;
 mod ml;
 mod object_store;
