@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::metrics::BinaryMetrics;
 use crate::model::format_number;
 use crate::params::{CalibrationMethod, ThresholdRule};
+use crate::report::UnitChart;
 
 /// A fitted calibration: the model's score (a probability for trees and forests, a margin for
 /// boosted trees) to a calibrated probability of class 1.
@@ -413,44 +414,9 @@ pub struct CalibrationReport {
 /// the model's own probabilities and the calibrated ones, with the diagonal of perfect
 /// calibration.
 pub fn reliability_svg(report: &CalibrationReport) -> String {
-    const SIZE: f64 = 400.0;
-    const MARGIN: f64 = 50.0;
-    let x = |v: f64| MARGIN + v * SIZE;
-    let y = |v: f64| MARGIN + (1.0 - v) * SIZE;
-    let total = SIZE + 2.0 * MARGIN;
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="{total}" viewBox="0 0 {total} {total}" font-family="Helvetica, Arial, sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r##"<rect x="{MARGIN}" y="{MARGIN}" width="{SIZE}" height="{SIZE}" fill="none" stroke="#333"/>"##
-    );
-    for i in 0..=4 {
-        let v = f64::from(i) / 4.0;
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="middle">{v}</text>"#,
-            x(v),
-            y(0.0) + 18.0
-        );
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="end">{v}</text>"#,
-            x(0.0) - 6.0,
-            y(v) + 4.0
-        );
-    }
-    let _ = writeln!(
-        svg,
-        r##"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999" stroke-dasharray="4 4"/>"##,
-        x(0.0),
-        y(0.0),
-        x(1.0),
-        y(1.0)
-    );
+    let (x, y) = (UnitChart::x, UnitChart::y);
+    let mut chart = UnitChart::new();
+    let svg = &mut chart.svg;
     let mut curve = |bins: &[ReliabilityBin], color: &str, name: &str, legend_y: f64| {
         let points: Vec<String> = bins
             .iter()
@@ -475,7 +441,7 @@ pub fn reliability_svg(report: &CalibrationReport) -> String {
         let _ = writeln!(
             svg,
             r#"<text x="{}" y="{legend_y}" fill="{color}">{name}</text>"#,
-            MARGIN + 10.0
+            UnitChart::MARGIN + 10.0
         );
     };
     let brier = |b: Option<f64>| b.map_or_else(|| "n/a".to_string(), format_number);
@@ -487,35 +453,21 @@ pub fn reliability_svg(report: &CalibrationReport) -> String {
             "model probabilities (Brier {})",
             brier(report.brier_uncalibrated)
         ),
-        MARGIN + 18.0,
+        UnitChart::MARGIN + 18.0,
     );
     if calibrated {
         curve(
             &report.reliability,
             "#c0392b",
             &format!("calibrated (Brier {})", brier(report.brier)),
-            MARGIN + 34.0,
+            UnitChart::MARGIN + 34.0,
         );
     }
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="30" text-anchor="middle" font-size="15">Reliability (test rows)</text>"#,
-        total / 2.0
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="{}" text-anchor="middle">predicted risk</text>"#,
-        total / 2.0,
-        total - 12.0
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="14" y="{}" text-anchor="middle" transform="rotate(-90 14 {})">observed share of class 1</text>"#,
-        total / 2.0,
-        total / 2.0
-    );
-    svg.push_str("</svg>\n");
-    svg
+    chart.finish(
+        "Reliability (test rows)",
+        "predicted risk",
+        "observed share of class 1",
+    )
 }
 
 #[cfg(test)]

@@ -190,44 +190,8 @@ impl TrainingReport {
 
 /// The ROC curve as a standalone SVG image.
 pub fn roc_svg(points: &[RocPoint], auc: Option<f64>) -> String {
-    const SIZE: f64 = 400.0;
-    const MARGIN: f64 = 50.0;
-    let x = |v: f64| MARGIN + v * SIZE;
-    let y = |v: f64| MARGIN + (1.0 - v) * SIZE;
-    let mut svg = String::new();
-    let total = SIZE + 2.0 * MARGIN;
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="{total}" viewBox="0 0 {total} {total}" font-family="Helvetica, Arial, sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r##"<rect x="{MARGIN}" y="{MARGIN}" width="{SIZE}" height="{SIZE}" fill="none" stroke="#333"/>"##
-    );
-    for i in 0..=4 {
-        let v = f64::from(i) / 4.0;
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="middle">{v}</text>"#,
-            x(v),
-            y(0.0) + 18.0
-        );
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="end">{v}</text>"#,
-            x(0.0) - 6.0,
-            y(v) + 4.0
-        );
-    }
-    let _ = writeln!(
-        svg,
-        r##"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999" stroke-dasharray="4 4"/>"##,
-        x(0.0),
-        y(0.0),
-        x(1.0),
-        y(1.0)
-    );
+    let (x, y) = (UnitChart::x, UnitChart::y);
+    let mut chart = UnitChart::new();
     // At most 2,000 points: thin a long curve evenly, keeping both ends.
     let step = points.len().div_ceil(2000).max(1);
     let mut path = String::new();
@@ -237,7 +201,7 @@ pub fn roc_svg(points: &[RocPoint], auc: Option<f64>) -> String {
         }
     }
     let _ = writeln!(
-        svg,
+        chart.svg,
         r##"<polyline points="{}" fill="none" stroke="#c0392b" stroke-width="2"/>"##,
         path.trim_end()
     );
@@ -245,25 +209,96 @@ pub fn roc_svg(points: &[RocPoint], auc: Option<f64>) -> String {
         Some(a) => format!("ROC curve (test rows), AUC = {}", format_number(a)),
         None => "ROC curve (no test rows with both classes)".to_string(),
     };
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="30" text-anchor="middle" font-size="15">{title}</text>"#,
-        total / 2.0
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="{}" text-anchor="middle">false positive rate</text>"#,
-        total / 2.0,
-        total - 12.0
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="14" y="{}" text-anchor="middle" transform="rotate(-90 14 {})">true positive rate</text>"#,
-        total / 2.0,
-        total / 2.0
-    );
-    svg.push_str("</svg>\n");
-    svg
+    chart.finish(&title, "false positive rate", "true positive rate")
+}
+
+/// An SVG chart of two quantities that run from 0 to 1: a square frame with ticks at quarters and
+/// the dashed diagonal (chance for a ROC curve, perfect calibration for a reliability curve).
+/// The curves are written into `svg` between [`UnitChart::new`] and [`UnitChart::finish`].
+pub(crate) struct UnitChart {
+    pub(crate) svg: String,
+}
+
+impl UnitChart {
+    /// The side of the plotting square, in SVG units.
+    const SIZE: f64 = 400.0;
+    /// The space around it for ticks, labels and the title.
+    pub(crate) const MARGIN: f64 = 50.0;
+    const TOTAL: f64 = Self::SIZE + 2.0 * Self::MARGIN;
+
+    /// Where `v` falls across.
+    pub(crate) fn x(v: f64) -> f64 {
+        Self::MARGIN + v * Self::SIZE
+    }
+
+    /// Where `v` falls up (SVG's y runs down).
+    pub(crate) fn y(v: f64) -> f64 {
+        Self::MARGIN + (1.0 - v) * Self::SIZE
+    }
+
+    /// The document, the frame, the ticks and the diagonal.
+    pub(crate) fn new() -> Self {
+        let (x, y, total) = (Self::x, Self::y, Self::TOTAL);
+        let (size, margin) = (Self::SIZE, Self::MARGIN);
+        let mut svg = String::new();
+        let _ = writeln!(
+            svg,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="{total}" viewBox="0 0 {total} {total}" font-family="Helvetica, Arial, sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = writeln!(
+            svg,
+            r##"<rect x="{margin}" y="{margin}" width="{size}" height="{size}" fill="none" stroke="#333"/>"##
+        );
+        for i in 0..=4 {
+            let v = f64::from(i) / 4.0;
+            let _ = writeln!(
+                svg,
+                r#"<text x="{}" y="{}" text-anchor="middle">{v}</text>"#,
+                x(v),
+                y(0.0) + 18.0
+            );
+            let _ = writeln!(
+                svg,
+                r#"<text x="{}" y="{}" text-anchor="end">{v}</text>"#,
+                x(0.0) - 6.0,
+                y(v) + 4.0
+            );
+        }
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999" stroke-dasharray="4 4"/>"##,
+            x(0.0),
+            y(0.0),
+            x(1.0),
+            y(1.0)
+        );
+        Self { svg }
+    }
+
+    /// The title, the axis labels and the document's end.
+    pub(crate) fn finish(mut self, title: &str, x_label: &str, y_label: &str) -> String {
+        let total = Self::TOTAL;
+        let _ = writeln!(
+            self.svg,
+            r#"<text x="{}" y="30" text-anchor="middle" font-size="15">{title}</text>"#,
+            total / 2.0
+        );
+        let _ = writeln!(
+            self.svg,
+            r#"<text x="{}" y="{}" text-anchor="middle">{x_label}</text>"#,
+            total / 2.0,
+            total - 12.0
+        );
+        let _ = writeln!(
+            self.svg,
+            r#"<text x="14" y="{}" text-anchor="middle" transform="rotate(-90 14 {})">{y_label}</text>"#,
+            total / 2.0,
+            total / 2.0
+        );
+        self.svg.push_str("</svg>\n");
+        self.svg
+    }
 }
 
 #[cfg(test)]

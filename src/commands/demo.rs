@@ -261,6 +261,9 @@ fn print_outcome(
             args.dir.display(),
             model.dir
         ),
+        "  examples/README.md: gzipped exports, a cluster on 127.0.0.1, tamper and verify, \
+         a useful model for the public stroke file"
+            .to_string(),
     ]);
     print_lines(&lines);
     Ok(status)

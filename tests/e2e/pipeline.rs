@@ -10,8 +10,23 @@ use crate::support::{
 };
 
 fn run_synthetic(data: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let visits = format!("visits={}", data.join("visits.csv").display());
-    let patients = format!("patients={}", data.join("patients.csv").display());
+    run_stroke_job(
+        &data.join("visits.csv"),
+        &data.join("patients.csv"),
+        out,
+        extra,
+    )
+}
+
+/// Runs the synthetic example job over these visits and patients files.
+fn run_stroke_job(
+    visits: &Path,
+    patients: &Path,
+    out: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let visits = format!("visits={}", visits.display());
+    let patients = format!("patients={}", patients.display());
     let out = out.display().to_string();
     let mut args = vec![
         "run",
@@ -479,22 +494,12 @@ fn gzip_and_zstd_exports_give_the_dataset_of_their_rows_and_their_own_source_roo
     let plain = std::fs::read(data.join("visits.csv")).unwrap_or_else(|e| panic!("{e}"));
     let zstd = zstd::stream::encode_all(plain.as_slice(), 3).unwrap_or_else(|e| panic!("{e}"));
     let summary = |visits: &Path, out: &str| {
-        let (visits, patients) = (
-            format!("visits={}", visits.display()),
-            format!("patients={}", data.join("patients.csv").display()),
+        let run = run_stroke_job(
+            visits,
+            &data.join("patients.csv"),
+            &tmp.path().join(out),
+            &["--json"],
         );
-        let out = tmp.path().join(out).display().to_string();
-        let run = run(&mut emrflow(&[
-            "run",
-            "examples/stroke-synthetic.toml",
-            "--input",
-            &visits,
-            "--input",
-            &patients,
-            "--out",
-            &out,
-            "--json",
-        ]));
         assert!(run.status.success(), "{}", stderr(&run));
         serde_json::from_str::<serde_json::Value>(stdout(&run).trim())
             .unwrap_or_else(|e| panic!("{e}"))
