@@ -27,7 +27,7 @@ use crate::hash::{SALT_TREE_FEATURES, SALT_TREE_SAMPLE, tree_seed};
 use crate::histogram::{CellKind, Combine, PassSpec, Sampling, score_expr};
 use crate::logistic::GRADIENT_SCALE;
 use crate::model::TrainingSummary;
-use crate::params::{EvaluationConfig, GbtParams};
+use crate::params::GbtParams;
 use crate::prepare::{BinnedDataset, Extras, KEY_COL, LABEL_COL, RowSet, Storage, WEIGHT_COL};
 use crate::resident::{HeldRows, ResidentPasses};
 use crate::split::{CellStats, GradStats, Newton};
@@ -65,16 +65,10 @@ impl GradientBoostedTrees {
     /// Trains on every row of `data` (less the validation rows, when a validation fraction is
     /// set).
     pub async fn fit(&self, data: DataFrame, spec: &DatasetSpec) -> Result<GbtModel> {
-        let none = EvaluationConfig {
-            test_fraction: 0.0,
-            folds: 0,
-        };
-        let binned = BinnedDataset::prepare_with(
+        let binned = BinnedDataset::prepare_for_fit(
             data,
             spec,
             &self.params.tree(),
-            &none,
-            Storage::Memory,
             gbt_extras(&self.params),
         )
         .await?;

@@ -17,8 +17,8 @@ use crate::grow::{GrowNode, GrowPlan, PassSource, TreePlan};
 use crate::hash::{SALT_TREE_FEATURES, SALT_TREE_SAMPLE, tree_seed};
 use crate::histogram::{CellKind, Sampling};
 use crate::model::TrainingSummary;
-use crate::params::{EvaluationConfig, RandomForestParams};
-use crate::prepare::{BinnedDataset, Extras, KEY_COL, RowSet, Storage};
+use crate::params::RandomForestParams;
+use crate::prepare::{BinnedDataset, Extras, KEY_COL, RowSet};
 use crate::split::{CellStats, Scoring, Stats};
 
 /// 2⁶⁴ as a float, to scale probabilities to hash thresholds.
@@ -78,16 +78,10 @@ impl RandomForest {
 
     /// Trains on every row of `data`.
     pub async fn fit(&self, data: DataFrame, spec: &DatasetSpec) -> Result<RandomForestModel> {
-        let none = EvaluationConfig {
-            test_fraction: 0.0,
-            folds: 0,
-        };
-        let binned = BinnedDataset::prepare_with(
+        let binned = BinnedDataset::prepare_for_fit(
             data,
             spec,
             &self.params.tree,
-            &none,
-            Storage::Memory,
             forest_extras(&self.params),
         )
         .await?;

@@ -463,6 +463,20 @@ impl BinnedDataset {
         Self::prepare_with(data, spec, params, evaluation, storage, Extras::default()).await
     }
 
+    /// Every row of `data`, held in this process, for one fit: no test rows, no folds.
+    pub(crate) async fn prepare_for_fit(
+        data: DataFrame,
+        spec: &DatasetSpec,
+        params: &DecisionTreeParams,
+        extras: Extras,
+    ) -> Result<Self> {
+        let none = EvaluationConfig {
+            test_fraction: 0.0,
+            folds: 0,
+        };
+        Self::prepare_with(data, spec, params, &none, Storage::Memory, extras).await
+    }
+
     /// [`BinnedDataset::prepare`] with the extra columns ensembles and calibration need.
     pub(crate) async fn prepare_with(
         data: DataFrame,

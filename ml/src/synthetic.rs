@@ -6,7 +6,11 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Float64Array, Int32Array, Int64Array, RecordBatch, StringArray};
+use datafusion::arrow::array::{
+    AsArray, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, UInt32Array,
+};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::Int64Type;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 
 use crate::dataset::{Affine, DatasetSpec, FeatureKind, FeatureSpec};
@@ -72,6 +76,22 @@ pub fn stroke_spec() -> DatasetSpec {
             continuous("noise", None),
         ],
     }
+}
+
+/// The [`stroke_table`] of `rows` rows with every negative row and one positive in seven: a rare
+/// class (about 5 % positives), as on the public stroke file.
+pub fn rare_stroke_table(rows: usize, seed: u64) -> Result<RecordBatch> {
+    let batch = stroke_table(rows, seed, false)?;
+    let label = batch.column(7).as_primitive::<Int64Type>();
+    let keep: UInt32Array = (0..batch.num_rows() as u32)
+        .filter(|&i| label.value(i as usize) == 0 || i % 7 == 0)
+        .collect();
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| take(c, &keep, None))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
 /// `rows` rows of the [`stroke_spec`] table. With `grid` every continuous value is rounded to a

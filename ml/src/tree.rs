@@ -18,9 +18,9 @@ use crate::histogram::{BinRule, CellKind, Combine, PassSpec, RouteNode, TreeRout
 use crate::model::{
     DecisionTreeModel, MODEL_FORMAT, MODEL_FORMAT_VERSION, Node, Split, SplitRule, TrainingSummary,
 };
-use crate::params::{ClassWeights, DecisionTreeParams, EvaluationConfig};
+use crate::params::{ClassWeights, DecisionTreeParams};
 use crate::prepare::{
-    BinnedDataset, HOLDOUT_COL, LABEL_COL, RowSet, Storage, VALIDATION_COL, bin_col,
+    BinnedDataset, Extras, HOLDOUT_COL, LABEL_COL, RowSet, VALIDATION_COL, bin_col,
 };
 use crate::split::{Candidate, CellStats, Scoring, Stats};
 
@@ -55,12 +55,8 @@ impl DecisionTree {
 
     /// Trains on every row of `data`.
     pub async fn fit(&self, data: DataFrame, spec: &DatasetSpec) -> Result<DecisionTreeModel> {
-        let none = EvaluationConfig {
-            test_fraction: 0.0,
-            folds: 0,
-        };
         let binned =
-            BinnedDataset::prepare(data, spec, &self.params, &none, Storage::Memory).await?;
+            BinnedDataset::prepare_for_fit(data, spec, &self.params, Extras::default()).await?;
         binned.fit(RowSet::All).await
     }
 }

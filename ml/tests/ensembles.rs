@@ -3,49 +3,20 @@
 //! predictions on raw values that agree with the scores computed inside plans; exact
 //! explanations; calibration, operating thresholds and early stopping.
 
+mod common;
+
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{cast, take};
+use common::{frame, reversed};
+use datafusion::arrow::array::{Array, Float64Array, RecordBatch};
+use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::datasource::MemTable;
-use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
-use ml::synthetic::{stroke_spec, stroke_table};
+use ml::synthetic::{rare_stroke_table, stroke_spec, stroke_table};
 use ml::{
     BinnedDataset, CalibrationConfig, CalibrationMethod, ClassWeights, DecisionTreeParams,
     EvaluationConfig, FeatureSubset, GbtParams, GradientBoostedTrees, Model, ModelParams,
     RandomForest, RandomForestParams, RowSet, Storage, ThresholdRule, TrainParams,
 };
-
-/// A DataFrame over `batch` cut into `chunks` partitions, in a session with `partitions` target
-/// partitions.
-fn frame(batch: &RecordBatch, partitions: usize, chunks: usize) -> DataFrame {
-    let ctx = SessionContext::new_with_config(
-        SessionConfig::new()
-            .with_target_partitions(partitions)
-            .with_batch_size(89),
-    );
-    let rows = batch.num_rows();
-    let per = rows.div_ceil(chunks).max(1);
-    let parts: Vec<Vec<RecordBatch>> = (0..chunks)
-        .map(|c| {
-            let start = (c * per).min(rows);
-            vec![batch.slice(start, per.min(rows - start))]
-        })
-        .collect();
-    let table = MemTable::try_new(batch.schema(), parts).unwrap();
-    ctx.read_table(Arc::new(table)).unwrap()
-}
-
-fn reversed(batch: &RecordBatch) -> RecordBatch {
-    let idx = UInt32Array::from((0..batch.num_rows() as u32).rev().collect::<Vec<_>>());
-    let columns = batch
-        .columns()
-        .iter()
-        .map(|c| take(c, &idx, None).unwrap())
-        .collect();
-    RecordBatch::try_new(batch.schema(), columns).unwrap()
-}
 
 /// The table with a row weight column `w` (1, 2 or 0.5).
 fn with_weights(batch: &RecordBatch) -> RecordBatch {
@@ -359,29 +330,9 @@ async fn bootstrap_samples_differ_per_tree_and_feature_subsets_per_node() {
     assert!(all.trees.iter().all(|t| t.nodes[0].rows == 3000));
 }
 
-/// A stroke table with about 5 % positives.
-fn rare(rows: usize, seed: u64) -> RecordBatch {
-    let batch = stroke_table(rows, seed, false).unwrap();
-    let label = batch
-        .column(7)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap();
-    let keep: Vec<u32> = (0..batch.num_rows() as u32)
-        .filter(|i| label.value(*i as usize) == 0 || i % 7 == 0)
-        .collect();
-    let idx = UInt32Array::from(keep);
-    let columns = batch
-        .columns()
-        .iter()
-        .map(|c| take(c, &idx, None).unwrap())
-        .collect();
-    RecordBatch::try_new(batch.schema(), columns).unwrap()
-}
-
 #[tokio::test]
 async fn calibration_repairs_class_weighted_probabilities_and_the_threshold_meets_its_rule() {
-    let batch = rare(16_000, 37);
+    let batch = rare_stroke_table(16_000, 37).unwrap();
     let run = |method, threshold| {
         let batch = batch.clone();
         async move {

@@ -1,49 +1,19 @@
 //! Training end to end on small synthetic tables: determinism across partitionings, row orders
 //! and storage modes; bad input; class and row weights; cross-validation and artifacts.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::{frame, reversed};
 use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{cast, take};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::datasource::MemTable;
-use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
-use ml::synthetic::{stroke_spec, stroke_table};
+use ml::synthetic::{rare_stroke_table, stroke_spec, stroke_table};
 use ml::{
     BinnedDataset, ClassWeights, DatasetSpec, DecisionTree, DecisionTreeParams, Error,
     EvaluationConfig, FeatureKind, RowSet, Storage,
 };
-
-/// A DataFrame over `batch` cut into `chunks` partitions, in a session with `partitions` target
-/// partitions.
-fn frame(batch: &RecordBatch, partitions: usize, chunks: usize) -> DataFrame {
-    let ctx = SessionContext::new_with_config(
-        SessionConfig::new()
-            .with_target_partitions(partitions)
-            .with_batch_size(97),
-    );
-    let rows = batch.num_rows();
-    let per = rows.div_ceil(chunks).max(1);
-    let parts: Vec<Vec<RecordBatch>> = (0..chunks)
-        .map(|c| {
-            let start = (c * per).min(rows);
-            let len = per.min(rows - start);
-            vec![batch.slice(start, len)]
-        })
-        .collect();
-    let table = MemTable::try_new(batch.schema(), parts).unwrap();
-    ctx.read_table(Arc::new(table)).unwrap()
-}
-
-fn reversed(batch: &RecordBatch) -> RecordBatch {
-    let idx = UInt32Array::from((0..batch.num_rows() as u32).rev().collect::<Vec<_>>());
-    let columns = batch
-        .columns()
-        .iter()
-        .map(|c| take(c, &idx, None).unwrap())
-        .collect();
-    RecordBatch::try_new(batch.schema(), columns).unwrap()
-}
 
 fn params(depth: usize) -> DecisionTreeParams {
     DecisionTreeParams {
@@ -249,22 +219,7 @@ async fn bad_input_is_a_named_error() {
 #[tokio::test]
 async fn balanced_class_weights_raise_recall_on_a_rare_class() {
     // Keep only a few positives: about 5 %.
-    let batch = stroke_table(6000, 4, false).unwrap();
-    let label = batch
-        .column(7)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap();
-    let keep: Vec<u32> = (0..batch.num_rows() as u32)
-        .filter(|i| label.value(*i as usize) == 0 || i % 7 == 0)
-        .collect();
-    let idx = UInt32Array::from(keep);
-    let columns = batch
-        .columns()
-        .iter()
-        .map(|c| take(c, &idx, None).unwrap())
-        .collect();
-    let rare = RecordBatch::try_new(batch.schema(), columns).unwrap();
+    let rare = rare_stroke_table(6000, 4).unwrap();
     let eval = EvaluationConfig {
         folds: 0,
         ..Default::default()

@@ -76,7 +76,7 @@ pub fn diagnose(
         }
         for (field, value) in schema.fields().iter().zip(record.iter()) {
             let text = String::from_utf8_lossy(value);
-            if text.is_empty() || nulls.is_some_and(|re| re.is_match(&text)) {
+            if is_null(&text, nulls) {
                 if !field.is_nullable() {
                     return Some(CsvProblem {
                         line,
@@ -100,6 +100,34 @@ pub fn diagnose(
             }
         }
     }
+}
+
+/// The 1-based line of the first row of `bytes` (header expected) whose field in `column` is
+/// neither null (empty, or matched by `nulls`) nor `accepted`; `None` when there is none, or no
+/// such column, or the file stops parsing first (the scan's own error names that).
+pub(crate) fn first_line_not_matching(
+    bytes: &[u8],
+    delimiter: u8,
+    column: &str,
+    nulls: Option<&Regex>,
+    accepted: impl Fn(&str) -> bool,
+) -> Option<u64> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .from_reader(bytes);
+    let index = reader.headers().ok()?.iter().position(|h| h == column)?;
+    for record in reader.records() {
+        let record = record.ok()?;
+        let text = record.get(index).unwrap_or_default();
+        if !is_null(text, nulls) && !accepted(text) {
+            return record.position().map(|p| line_of(bytes, p));
+        }
+    }
+    None
+}
+
+fn is_null(text: &str, nulls: Option<&Regex>) -> bool {
+    text.is_empty() || nulls.is_some_and(|re| re.is_match(text))
 }
 
 /// The 1-based line of `bytes` a record starting at `position` is on. The reader's own line
@@ -196,6 +224,18 @@ mod tests {
             "{msg}"
         );
         assert!(!msg.contains("abc"), "{msg}");
+    }
+
+    #[test]
+    fn the_first_value_not_accepted_is_found_by_line_skipping_nulls() {
+        let nulls = Regex::new("^N/A$").ok();
+        let find = |text: &[u8], column: &str| {
+            first_line_not_matching(text, b',', column, nulls.as_ref(), |v| v == "0" || v == "1")
+        };
+        let text = b"id,y\r\na,0\r\nb,\r\nc,N/A\r\nd,2\r\ne,1\r\n";
+        assert_eq!(find(text, "y"), Some(5));
+        assert_eq!(find(b"id,y\na,0\nb,1\n", "y"), None);
+        assert_eq!(find(text, "absent"), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! public stroke CSV is present) the always-negative baseline next to a class-balanced model and
 //! the example's calibrated boosted model.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::support::{assert_one_line_error, emrflow, generate, root, run, stderr, stdout};
 
@@ -235,19 +235,19 @@ fn train_and_predict_have_help() {
     }
 }
 
-#[test]
-#[allow(clippy::print_stderr)] // the figures are the point of this test
-fn kaggle_stroke_baseline_versus_balanced_class_weights() {
+/// The public stroke file preprocessed by `examples/stroke-kaggle.toml` into `dir/kaggle`, or
+/// `None` (said on stderr) when the file is absent: it is not part of the project.
+#[allow(clippy::print_stderr)] // a skipped test says so
+fn public_stroke_dataset(dir: &Path) -> Option<PathBuf> {
     let csv = root().join("../shared/data/healthcare-dataset-stroke-data.csv");
     if !csv.exists() {
         eprintln!(
             "SKIPPED: {} is absent (the public stroke dataset is not part of the project)",
             csv.display()
         );
-        return;
+        return None;
     }
-    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let dataset = tmp.path().join("kaggle");
+    let dataset = dir.join("kaggle");
     let csv = csv.canonicalize().unwrap_or(csv);
     let input = format!("patients={}", csv.display());
     let out = run(&mut emrflow(&[
@@ -259,6 +259,16 @@ fn kaggle_stroke_baseline_versus_balanced_class_weights() {
         &dataset.display().to_string(),
     ]));
     assert!(out.status.success(), "run failed: {}", stderr(&out));
+    Some(dataset)
+}
+
+#[test]
+#[allow(clippy::print_stderr)] // the figures are the point of this test
+fn kaggle_stroke_baseline_versus_balanced_class_weights() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let Some(dataset) = public_stroke_dataset(tmp.path()) else {
+        return;
+    };
     let plain = train(&dataset, &tmp.path().join("plain"), &["--max-depth", "5"]);
     let balanced = train(
         &dataset,
@@ -459,27 +469,10 @@ fn forests_and_boosted_trees_reproduce_calibrate_and_explain_each_prediction() {
 #[test]
 #[allow(clippy::print_stderr)] // the figures are the point of this test
 fn the_example_boosted_model_on_the_public_stroke_file_is_useful() {
-    let csv = root().join("../shared/data/healthcare-dataset-stroke-data.csv");
-    if !csv.exists() {
-        eprintln!(
-            "SKIPPED: {} is absent (the public stroke dataset is not part of the project)",
-            csv.display()
-        );
-        return;
-    }
     let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let dataset = tmp.path().join("kaggle");
-    let csv = csv.canonicalize().unwrap_or(csv);
-    let input = format!("patients={}", csv.display());
-    let out = run(&mut emrflow(&[
-        "run",
-        "examples/stroke-kaggle.toml",
-        "--input",
-        &input,
-        "--out",
-        &dataset.display().to_string(),
-    ]));
-    assert!(out.status.success(), "run failed: {}", stderr(&out));
+    let Some(dataset) = public_stroke_dataset(tmp.path()) else {
+        return;
+    };
     // The train command of examples/README.md.
     let v = train(&dataset, &tmp.path().join("model"), EXAMPLE_TRAIN_ARGS);
     // A model's floats are exact strings (see ml's `exact`); metrics are plain numbers.

@@ -531,29 +531,22 @@ pub(super) async fn locate_label(
             let Some(bytes) = content(input, path).await else {
                 continue;
             };
-            let mut reader = csv::ReaderBuilder::new()
-                .delimiter(input.delimiter)
-                .from_reader(bytes.as_slice());
-            let column = reader.headers().ok()?.iter().position(|h| h == label)?;
-            for record in reader.records() {
-                let record = record.ok()?;
-                let Some(text) = record.get(column) else {
-                    continue;
-                };
-                let null =
-                    text.is_empty() || input.nulls.as_ref().is_some_and(|n| n.is_match(text));
-                if !null && !is_class(text) {
-                    return Some(Error::Csv {
-                        path: shown_path(&input.location, path),
-                        line: record
-                            .position()
-                            .map_or(0, |p| csvcheck::line_of(&bytes, p)),
-                        message: format!(
-                            "column {label}: a label outside the job's classes ({})",
-                            super::fit::classes_text(classes)
-                        ),
-                    });
-                }
+            let line = csvcheck::first_line_not_matching(
+                &bytes,
+                input.delimiter,
+                label,
+                input.nulls.as_ref(),
+                is_class,
+            );
+            if let Some(line) = line {
+                return Some(Error::Csv {
+                    path: shown_path(&input.location, path),
+                    line,
+                    message: format!(
+                        "column {label}: a label outside the job's classes ({})",
+                        super::fit::classes_text(classes)
+                    ),
+                });
             }
         }
     }
