@@ -177,6 +177,11 @@ pub fn tx_leaf(tx_id: &Digest, outcome: &Outcome) -> Digest {
     match outcome {
         Outcome::Accepted => e.u8(0),
         Outcome::Denied { reason } => e.u8(1).bytes(reason.as_bytes()),
+        Outcome::Granted(d) => {
+            e.u8(2);
+            d.encode(&mut e);
+            &mut e
+        }
     };
     merkle::leaf_hash(e.finish())
 }
@@ -218,6 +223,7 @@ impl Block {
             .map(|o| match o {
                 Outcome::Accepted => 1,
                 Outcome::Denied { reason } => reason.len() + 11,
+                Outcome::Granted(d) => d.wire_size(),
             })
             .sum();
         let txs: usize = self.txs.iter().map(SignedTx::wire_size).sum();
@@ -412,6 +418,8 @@ pub enum QueryResult {
     Head(Head),
     /// A receipt, once the transaction's block is certified.
     Receipt(Option<Box<Receipt>>),
+    /// Record grants.
+    RecordGrants(Vec<crate::contracts::RecordGrant>),
 }
 
 /// The executed chain of one peer.
@@ -773,6 +781,22 @@ impl Chain {
             Query::Identity(k) => QueryResult::Identity(self.state.identity(k).cloned()),
             Query::Head => QueryResult::Head(self.head()),
             Query::Receipt(id) => QueryResult::Receipt(self.receipt(id).map(Box::new)),
+            Query::RecordAudit {
+                patient,
+                actor,
+                break_glass,
+                from,
+                to,
+            } => QueryResult::Audit(self.state.record_audit(
+                patient.as_ref(),
+                actor.as_ref(),
+                *break_glass,
+                *from,
+                *to,
+            )),
+            Query::RecordGrants(grantee) => {
+                QueryResult::RecordGrants(self.state.record_grants(grantee.as_ref()))
+            }
         }
     }
 }

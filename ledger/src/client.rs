@@ -399,7 +399,12 @@ fn is_refusal(e: &Error) -> bool {
 pub fn check_anchor(record: &AnchorRecord, receipt: &Receipt, genesis: &Genesis) -> Result<()> {
     receipt.verify(genesis)?;
     let body = receipt.tx.body()?;
-    let proves = matches!(&body.call, Call::Anchor(spec) if *spec == record.spec)
+    let anchored = match &body.call {
+        Call::Anchor(spec) => *spec == record.spec,
+        Call::AmendRecord(amend) => crate::contracts::records::amend_anchor(amend) == record.spec,
+        _ => false,
+    };
+    let proves = anchored
         && receipt.outcome.is_accepted()
         && receipt.tx.signer == record.signer
         && receipt.tx_id() == record.tx

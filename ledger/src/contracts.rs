@@ -29,6 +29,14 @@ use crate::error::Error;
 use crate::ids::{SeqNo, Time};
 use crate::tx::SignedTx;
 
+pub mod records;
+
+pub use self::records::{
+    AmendSpec, Categories, Category, Decision, FacilityProof, GrantSpec, MAX_BREAK_GLASS_MINUTES,
+    Purpose, ReadSpec, RecordGrant, Scope, record_leaf,
+};
+use self::records::{RecordEvent, RecordState};
+
 /// Longest identity name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 /// Longest artifact location (a URL or path), in bytes.
@@ -230,6 +238,34 @@ pub enum Call {
         /// Why (free text, no PHI).
         purpose: String,
     },
+    /// Grants an identity categories of some patients' records for a purpose (admin only).
+    GrantRecords(GrantSpec),
+    /// Revokes a record grant by id (admin only).
+    RevokeRecords {
+        /// The grant's id.
+        grant: Digest,
+    },
+    /// Reads a patient's record: the contract decides which categories the reader gets.
+    ReadRecord(ReadSpec),
+    /// Opens a short emergency access to one patient's whole record (clinicians only).
+    BreakGlass {
+        /// The patient's pseudonym.
+        patient: Digest,
+        /// How long, at most [`MAX_BREAK_GLASS_MINUTES`].
+        minutes: u32,
+        /// The emergency (free text, no PHI).
+        reason: String,
+    },
+    /// Anchors a new version of a patient's records that supersedes others.
+    AmendRecord(AmendSpec),
+    /// Erases a patient: the store destroys the patient's keys; the ledger keeps a tombstone
+    /// (admin only).
+    ErasePatient {
+        /// The patient's pseudonym.
+        patient: Digest,
+        /// Why (free text, no PHI: the request's reference).
+        reason: String,
+    },
 }
 
 impl Call {
@@ -251,8 +287,88 @@ impl Call {
             }
             Call::RecordAccess { purpose, .. } => check_text("purpose", purpose, MAX_PURPOSE_LEN),
             Call::RevokeIdentity { .. } | Call::Grant { .. } | Call::Revoke { .. } => Ok(()),
+            Call::GrantRecords(g) => match &g.scope {
+                Scope::Facility(f) => check_text("facility", f, records::MAX_FACILITY_LEN),
+                _ => Ok(()),
+            },
+            Call::RevokeRecords { .. } => Ok(()),
+            Call::ReadRecord(r) => check_facility_proof(r.facility.as_ref()),
+            Call::BreakGlass { reason, .. } | Call::ErasePatient { reason, .. } => {
+                check_text("reason", reason, MAX_PURPOSE_LEN)
+            }
+            Call::AmendRecord(a) => {
+                check_text("reason", &a.reason, MAX_PURPOSE_LEN)?;
+                if a.supersedes.len() > MAX_PARENTS {
+                    return Err(format!(
+                        "{} superseded batches is over the limit of {MAX_PARENTS}",
+                        a.supersedes.len()
+                    ));
+                }
+                check_facility_proof(a.facility.as_ref())
+            }
         }
     }
+}
+
+fn check_facility_proof(proof: Option<&FacilityProof>) -> Result<(), String> {
+    let Some(p) = proof else { return Ok(()) };
+    check_text("facility", &p.facility, records::MAX_FACILITY_LEN)?;
+    if p.path.len() > records::MAX_PATH_LEN {
+        return Err(format!(
+            "a facility proof of {} hashes is over the limit of {}",
+            p.path.len(),
+            records::MAX_PATH_LEN
+        ));
+    }
+    Ok(())
+}
+
+/// What the audit trail keeps of a record access, accepted or denied.
+fn record_event(call: &Call, outcome: &Outcome) -> Option<RecordEvent> {
+    let used_break_glass = outcome.decision().is_some_and(|d| d.break_glass);
+    Some(match call {
+        Call::ReadRecord(r) => RecordEvent {
+            patient: r.patient,
+            asked: r.categories,
+            purpose: Some(r.purpose),
+            facility: r.facility.as_ref().map(|p| p.facility.clone()),
+            break_glass: used_break_glass,
+        },
+        Call::AmendRecord(a) => RecordEvent {
+            patient: a.patient,
+            asked: a.categories,
+            purpose: Some(Purpose::Treatment),
+            facility: a.facility.as_ref().map(|p| p.facility.clone()),
+            break_glass: used_break_glass,
+        },
+        Call::BreakGlass { patient, .. } => RecordEvent {
+            patient: *patient,
+            asked: Categories::ALL,
+            purpose: Some(Purpose::Treatment),
+            facility: None,
+            break_glass: true,
+        },
+        Call::ErasePatient { patient, .. } => RecordEvent {
+            patient: *patient,
+            asked: Categories::ALL,
+            purpose: None,
+            facility: None,
+            break_glass: false,
+        },
+        Call::GrantRecords(GrantSpec {
+            scope: Scope::Patient(patient),
+            categories,
+            purpose,
+            ..
+        }) => RecordEvent {
+            patient: *patient,
+            asked: *categories,
+            purpose: Some(*purpose),
+            facility: None,
+            break_glass: false,
+        },
+        _ => return None,
+    })
 }
 
 /// The action an audit event records.
@@ -281,11 +397,23 @@ pub enum Action {
     Export,
     /// A transaction that could not be decoded.
     Malformed,
+    /// Record grant.
+    GrantRecords,
+    /// Record grant revocation.
+    RevokeRecords,
+    /// Read of a patient's record.
+    ReadRecord,
+    /// Amendment of a patient's record.
+    AmendRecord,
+    /// Break-glass access to a patient's record.
+    BreakGlass,
+    /// Erasure of a patient.
+    ErasePatient,
 }
 
 impl Action {
     /// Every action a role can be asked to make.
-    pub const ALL: [Action; 10] = [
+    pub const ALL: [Action; 16] = [
         Action::RegisterIdentity,
         Action::RevokeIdentity,
         Action::AnchorDataset,
@@ -296,7 +424,26 @@ impl Action {
         Action::Query,
         Action::Update,
         Action::Export,
+        Action::GrantRecords,
+        Action::RevokeRecords,
+        Action::ReadRecord,
+        Action::AmendRecord,
+        Action::BreakGlass,
+        Action::ErasePatient,
     ];
+
+    /// Whether the action is on patients' records (see [`records`]).
+    pub fn is_record(self) -> bool {
+        matches!(
+            self,
+            Action::GrantRecords
+                | Action::RevokeRecords
+                | Action::ReadRecord
+                | Action::AmendRecord
+                | Action::BreakGlass
+                | Action::ErasePatient
+        )
+    }
 
     fn of(call: &Call) -> Self {
         match call {
@@ -307,6 +454,12 @@ impl Action {
             Call::Grant { .. } => Self::Grant,
             Call::Revoke { .. } => Self::Revoke,
             Call::RecordAccess { access, .. } => Self::from(*access),
+            Call::GrantRecords(_) => Self::GrantRecords,
+            Call::RevokeRecords { .. } => Self::RevokeRecords,
+            Call::ReadRecord(_) => Self::ReadRecord,
+            Call::AmendRecord(_) => Self::AmendRecord,
+            Call::BreakGlass { .. } => Self::BreakGlass,
+            Call::ErasePatient { .. } => Self::ErasePatient,
         }
     }
 }
@@ -339,7 +492,19 @@ pub fn policy(role: Role, action: Action) -> Permission {
     use Permission::{Allowed, Denied, WithGrant};
     match (role, action) {
         (_, A::Malformed) => Denied,
-        (Role::Admin, A::RegisterIdentity | A::RevokeIdentity | A::Grant | A::Revoke) => Allowed,
+        (_, A::ReadRecord) => WithGrant,
+        (
+            Role::Admin,
+            A::RegisterIdentity
+            | A::RevokeIdentity
+            | A::Grant
+            | A::Revoke
+            | A::GrantRecords
+            | A::RevokeRecords
+            | A::ErasePatient,
+        ) => Allowed,
+        (Role::Clinician, A::BreakGlass) => Allowed,
+        (Role::Clinician, A::AmendRecord) => WithGrant,
         (Role::Admin, A::Read | A::Query | A::Update | A::Export) => WithGrant,
         (Role::DataEngineer, A::AnchorDataset) => Allowed,
         (Role::MlEngineer, A::AnchorModel) => Allowed,
@@ -372,6 +537,8 @@ pub enum Outcome {
         /// Why.
         reason: String,
     },
+    /// A record read (or amendment) took effect with what it was granted.
+    Granted(Decision),
 }
 
 impl Outcome {
@@ -383,7 +550,15 @@ impl Outcome {
 
     /// Whether the call took effect.
     pub fn is_accepted(&self) -> bool {
-        matches!(self, Self::Accepted)
+        matches!(self, Self::Accepted | Self::Granted(_))
+    }
+
+    /// The decision of an accepted record read or amendment.
+    pub fn decision(&self) -> Option<&Decision> {
+        match self {
+            Self::Granted(d) => Some(d),
+            _ => None,
+        }
     }
 
     /// Whether the call was refused because its signer had used its nonce before.
@@ -446,6 +621,8 @@ pub struct AuditEvent {
     pub tx: Digest,
     /// Accepted or denied with a reason.
     pub outcome: Outcome,
+    /// The patient and categories of a record access.
+    pub record: Option<RecordEvent>,
 }
 
 /// A read-only question to a peer's state.
@@ -481,6 +658,22 @@ pub enum Query {
     Head,
     /// The receipt of a committed transaction.
     Receipt(Digest),
+    /// Record-access events filtered by patient, actor, break-glass and block time: what a
+    /// patient's access report and the break-glass review read (compliance and admin only).
+    RecordAudit {
+        /// Only events on this patient (pseudonym).
+        patient: Option<Digest>,
+        /// Only events by this identity.
+        actor: Option<PublicKey>,
+        /// Only break-glass events.
+        break_glass: bool,
+        /// Earliest block time (inclusive).
+        from: Time,
+        /// Latest block time (inclusive).
+        to: Time,
+    },
+    /// Record grants, of one grantee or all (an identity may always ask for its own).
+    RecordGrants(Option<PublicKey>),
 }
 
 /// The lineage DAG of a root.
@@ -510,6 +703,12 @@ enum Undo {
     GrantAdded((Digest, PublicKey, Access)),
     /// A grant was removed.
     GrantRemoved((Digest, PublicKey, Access)),
+    /// A record grant was added.
+    RecordGrantAdded(Digest),
+    /// A record grant was revoked.
+    RecordGrantRevoked(Digest),
+    /// A patient was erased.
+    Erased(Digest),
     /// An audit event was appended.
     Audit,
 }
@@ -526,6 +725,8 @@ pub struct State {
     audit: Vec<AuditEvent>,
     by_actor: BTreeMap<PublicKey, Vec<usize>>,
     by_subject: BTreeMap<Digest, Vec<usize>>,
+    by_patient: BTreeMap<Digest, Vec<usize>>,
+    records: RecordState,
     /// While staging (see [`State::stage`]), every change in order, so that it can be undone.
     journal: Option<Vec<Undo>>,
 }
@@ -556,6 +757,8 @@ impl State {
             audit: Vec::new(),
             by_actor: BTreeMap::new(),
             by_subject: BTreeMap::new(),
+            by_patient: BTreeMap::new(),
+            records: RecordState::default(),
             journal: None,
         }
     }
@@ -608,6 +811,24 @@ impl State {
                 Undo::GrantRemoved(g) => {
                     self.grants.insert(g);
                 }
+                Undo::RecordGrantAdded(id) => {
+                    if let Some(g) = self.records.grants.remove(&id)
+                        && let Some(ids) = self.records.by_grantee.get_mut(&g.spec.grantee)
+                    {
+                        ids.retain(|i| *i != id);
+                        if ids.is_empty() {
+                            self.records.by_grantee.remove(&g.spec.grantee);
+                        }
+                    }
+                }
+                Undo::RecordGrantRevoked(id) => {
+                    if let Some(g) = self.records.grants.get_mut(&id) {
+                        g.revoked = None;
+                    }
+                }
+                Undo::Erased(patient) => {
+                    self.records.erased.remove(&patient);
+                }
                 Undo::Audit => {
                     let Some(e) = self.audit.pop() else { continue };
                     let idx = self.audit.len();
@@ -628,6 +849,14 @@ impl State {
                         unindex(v);
                         if v.is_empty() {
                             self.by_subject.remove(&s);
+                        }
+                    }
+                    if let Some(r) = &e.record
+                        && let Some(v) = self.by_patient.get_mut(&r.patient)
+                    {
+                        unindex(v);
+                        if v.is_empty() {
+                            self.by_patient.remove(&r.patient);
                         }
                     }
                 }
@@ -654,12 +883,13 @@ impl State {
         position: Position,
         time: Time,
     ) -> Outcome {
-        let (action, subject, purpose, outcome) = match tx.body() {
+        let (action, subject, purpose, outcome, record) = match tx.body() {
             Err(e) => (
                 Action::Malformed,
                 None,
                 None,
                 Outcome::denied(format!("malformed: {e}")),
+                None,
             ),
             Ok(body) => {
                 let action = Action::of(&body.call);
@@ -671,6 +901,12 @@ impl State {
                     Call::RecordAccess {
                         subject, purpose, ..
                     } => (Some(*subject), Some(purpose.clone())),
+                    Call::AmendRecord(a) => (Some(a.root), Some(a.reason.clone())),
+                    Call::ReadRecord(r) => (None, Some(r.purpose.to_string())),
+                    Call::GrantRecords(g) => (None, Some(g.purpose.to_string())),
+                    Call::BreakGlass { reason, .. } | Call::ErasePatient { reason, .. } => {
+                        (None, Some(reason.clone()))
+                    }
                     _ => (None, None),
                 };
                 let outcome = if body.ledger != self.ledger {
@@ -690,13 +926,17 @@ impl State {
                     self.journal(Undo::Nonce(tx.signer, body.nonce));
                     self.apply(tx.signer, &body.call, action, id, position, time)
                 };
-                (action, subject, purpose, outcome)
+                let record = record_event(&body.call, &outcome);
+                (action, subject, purpose, outcome, record)
             }
         };
         let idx = self.audit.len();
         self.by_actor.entry(tx.signer).or_default().push(idx);
         if let Some(s) = subject {
             self.by_subject.entry(s).or_default().push(idx);
+        }
+        if let Some(r) = &record {
+            self.by_patient.entry(r.patient).or_default().push(idx);
         }
         self.audit.push(AuditEvent {
             position,
@@ -707,6 +947,7 @@ impl State {
             purpose,
             tx: id,
             outcome: outcome.clone(),
+            record,
         });
         self.journal(Undo::Audit);
         outcome
@@ -820,6 +1061,161 @@ impl State {
                 }
                 self.journal(Undo::GrantRemoved(grant));
             }
+            Call::GrantRecords(spec) => {
+                match self.identities.get(&spec.grantee) {
+                    None => return Outcome::denied("unknown grantee"),
+                    Some(g) if g.revoked => return Outcome::denied("grantee revoked"),
+                    Some(_) => {}
+                }
+                if spec.categories.is_empty() {
+                    return Outcome::denied("a record grant needs at least one category");
+                }
+                if spec.expires <= time {
+                    return Outcome::denied("the grant would expire before it starts");
+                }
+                self.add_record_grant(RecordGrant {
+                    id: tx,
+                    spec: spec.clone(),
+                    granted_by: signer,
+                    position,
+                    time,
+                    revoked: None,
+                    break_glass: None,
+                });
+            }
+            Call::RevokeRecords { grant } => match self.records.grants.get_mut(grant) {
+                None => return Outcome::denied("no such record grant"),
+                Some(g) if g.revoked.is_some() => {
+                    return Outcome::denied("record grant already revoked");
+                }
+                Some(g) => {
+                    g.revoked = Some(position);
+                    self.journal(Undo::RecordGrantRevoked(*grant));
+                }
+            },
+            Call::ReadRecord(read) => {
+                if let Err(reason) = self.check_patient(&read.patient) {
+                    return Outcome::denied(reason);
+                }
+                let facility = match &read.facility {
+                    None => None,
+                    Some(p) => match self.check_facility(&read.patient, p) {
+                        Ok(()) => Some(p.facility.as_str()),
+                        Err(reason) => return Outcome::denied(reason),
+                    },
+                };
+                let d = self.records.decide(
+                    &signer,
+                    &read.patient,
+                    facility,
+                    read.categories,
+                    read.purpose,
+                    time,
+                );
+                if d.categories().is_empty() {
+                    return Outcome::denied(format!(
+                        "no {} grant in force covers {} of this patient",
+                        read.purpose, read.categories
+                    ));
+                }
+                return Outcome::Granted(d);
+            }
+            Call::BreakGlass {
+                patient,
+                minutes,
+                reason,
+            } => {
+                if reason.trim().is_empty() {
+                    return Outcome::denied("break-glass needs a reason");
+                }
+                if *minutes == 0 || *minutes > MAX_BREAK_GLASS_MINUTES {
+                    return Outcome::denied(format!(
+                        "break-glass lasts 1 to {MAX_BREAK_GLASS_MINUTES} minutes, not {minutes}"
+                    ));
+                }
+                if let Err(reason) = self.check_patient(patient) {
+                    return Outcome::denied(reason);
+                }
+                self.add_record_grant(RecordGrant {
+                    id: tx,
+                    spec: GrantSpec {
+                        grantee: signer,
+                        scope: Scope::Patient(*patient),
+                        categories: Categories::ALL,
+                        purpose: Purpose::Treatment,
+                        expires: time.plus(u64::from(*minutes) * 60_000),
+                    },
+                    granted_by: signer,
+                    position,
+                    time,
+                    revoked: None,
+                    break_glass: Some(reason.clone()),
+                });
+            }
+            Call::AmendRecord(amend) => {
+                if let Err(reason) = self.check_patient(&amend.patient) {
+                    return Outcome::denied(reason);
+                }
+                if amend.categories.is_empty() {
+                    return Outcome::denied("an amendment changes at least one category");
+                }
+                let facility = match &amend.facility {
+                    None => None,
+                    Some(p) => match self.check_facility(&amend.patient, p) {
+                        Ok(()) => Some(p.facility.as_str()),
+                        Err(reason) => return Outcome::denied(reason),
+                    },
+                };
+                let d = self.records.decide(
+                    &signer,
+                    &amend.patient,
+                    facility,
+                    amend.categories,
+                    Purpose::Treatment,
+                    time,
+                );
+                let missing = amend
+                    .categories
+                    .minus(d.for_record(facility.unwrap_or_default()));
+                if !missing.is_empty() {
+                    return Outcome::denied(format!(
+                        "no treatment grant in force covers {missing} of this patient"
+                    ));
+                }
+                if self.anchors.contains_key(&amend.root) {
+                    return Outcome::denied("the amendment's root is anchored already");
+                }
+                if let Some(p) = amend
+                    .supersedes
+                    .iter()
+                    .find(|p| !self.anchors.contains_key(p))
+                {
+                    return Outcome::denied(format!("unknown superseded batch {p}"));
+                }
+                self.anchors
+                    .entry(amend.root)
+                    .or_default()
+                    .push(AnchorRecord {
+                        spec: records::amend_anchor(amend),
+                        signer,
+                        signer_name: my_name,
+                        tx,
+                        position,
+                        time,
+                    });
+                self.journal(Undo::Anchor(amend.root));
+                return Outcome::Granted(d);
+            }
+            Call::ErasePatient { patient, .. } => {
+                if let Some(at) = self.records.erased.get(patient) {
+                    return Outcome::denied(format!(
+                        "patient already erased at block {}",
+                        at.seq.0
+                    ));
+                }
+                self.records.erased.insert(*patient, position);
+                self.journal(Undo::Erased(*patient));
+            }
             Call::RecordAccess {
                 subject, access, ..
             } => {
@@ -835,6 +1231,94 @@ impl State {
             }
         }
         Outcome::Accepted
+    }
+
+    fn add_record_grant(&mut self, grant: RecordGrant) {
+        let id = grant.id;
+        self.records
+            .by_grantee
+            .entry(grant.spec.grantee)
+            .or_default()
+            .push(id);
+        self.records.grants.insert(id, grant);
+        self.journal(Undo::RecordGrantAdded(id));
+    }
+
+    /// Refuses a patient that was erased.
+    fn check_patient(&self, patient: &Digest) -> Result<(), String> {
+        match self.records.erased.get(patient) {
+            Some(at) => Err(format!("the patient was erased at block {}", at.seq.0)),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that `proof` leads from one of `patient`'s record leaves at its facility to an
+    /// anchored record batch of its size.
+    fn check_facility(&self, patient: &Digest, proof: &FacilityProof) -> Result<(), String> {
+        if proof.facility.is_empty() {
+            return Err("the facility proof names no facility".into());
+        }
+        let is_batch = self.anchors.get(&proof.batch).is_some_and(|d| {
+            d.iter().any(|a| {
+                (a.spec.stage == records::RECORDS_STAGE || a.spec.stage == records::AMEND_STAGE)
+                    && a.spec.row_count == proof.size
+            })
+        });
+        if !is_batch {
+            return Err(format!(
+                "facility proof: {} is not an anchored record batch of {} records",
+                proof.batch, proof.size
+            ));
+        }
+        let leaf = record_leaf(patient, &proof.facility, &proof.commitment);
+        if !merkle::verify_inclusion(proof.index, proof.size, &leaf, &proof.path, &proof.batch) {
+            return Err(format!(
+                "facility proof for {} does not lead to the batch root",
+                proof.facility
+            ));
+        }
+        Ok(())
+    }
+
+    /// Record grants of `grantee`, or all of them.
+    pub fn record_grants(&self, grantee: Option<&PublicKey>) -> Vec<RecordGrant> {
+        self.records.grants_of(grantee)
+    }
+
+    /// Where `patient` was erased, if it was.
+    pub fn erased(&self, patient: &Digest) -> Option<Position> {
+        self.records.erased.get(patient).copied()
+    }
+
+    /// Record-access events, filtered, in commit order.
+    pub fn record_audit(
+        &self,
+        patient: Option<&Digest>,
+        actor: Option<&PublicKey>,
+        break_glass: bool,
+        from: Time,
+        to: Time,
+    ) -> Vec<AuditEvent> {
+        let idx: Vec<usize> = match (patient, actor) {
+            (Some(p), _) => self.by_patient.get(p).cloned().unwrap_or_default(),
+            (None, Some(a)) => self.by_actor.get(a).cloned().unwrap_or_default(),
+            (None, None) => self
+                .by_patient
+                .values()
+                .flatten()
+                .copied()
+                .collect::<BTreeSet<usize>>()
+                .into_iter()
+                .collect(),
+        };
+        idx.into_iter()
+            .filter_map(|i| self.audit.get(i))
+            .filter(|e| e.record.is_some())
+            .filter(|e| actor.is_none_or(|a| e.actor == *a))
+            .filter(|e| !break_glass || e.record.as_ref().is_some_and(|r| r.break_glass))
+            .filter(|e| e.time >= from && e.time <= to)
+            .cloned()
+            .collect()
     }
 
     /// The ledger (genesis hash) this state belongs to.
@@ -951,6 +1435,19 @@ impl State {
                 "role {} may read the audit trail only of subjects it anchored",
                 me.role
             )),
+            Query::RecordAudit { .. } if matches!(me.role, Role::Compliance | Role::Admin) => {
+                Ok(())
+            }
+            Query::RecordAudit { .. } => Err(format!(
+                "role {} may not read the record access trail",
+                me.role
+            )),
+            Query::RecordGrants(Some(k)) if k == signer => Ok(()),
+            Query::RecordGrants(_) if matches!(me.role, Role::Compliance | Role::Admin) => Ok(()),
+            Query::RecordGrants(_) => Err(format!(
+                "role {} may list only its own record grants",
+                me.role
+            )),
             _ => Ok(()),
         }
     }
@@ -962,5 +1459,7 @@ impl State {
     }
 }
 
+#[cfg(test)]
+mod records_tests;
 #[cfg(test)]
 mod tests;

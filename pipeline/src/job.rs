@@ -48,6 +48,45 @@ pub struct Job {
     pub features: Option<Vec<String>>,
     /// Where the dataset is published.
     pub output: OutputConfig,
+    /// How `emrflow records import` reads the inputs as patients and their records.
+    #[serde(default)]
+    pub records: RecordsConfig,
+}
+
+/// The `[records]` section: which input holds the patients, which their visits, and the
+/// columns that link them. Every key has a default that fits `emrflow generate`'s schema.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordsConfig {
+    /// The input with one row per patient (default: `patients`, or the first join's right side).
+    pub patients: Option<String>,
+    /// The input with the patients' visits (default: `visits`, or the first join's left side).
+    pub visits: Option<String>,
+    /// The column naming the patient in both (default: the first join's `on`, else
+    /// `patient_id`).
+    pub patient_key: Option<String>,
+    /// The column identifying a visit (default: the job's `row_key`, else `visit_id`).
+    pub record_key: Option<String>,
+    /// The visit column naming the facility (default `facility_id`).
+    pub facility: Option<String>,
+    /// Column → data category, replacing the default mapping for those columns.
+    #[serde(default)]
+    pub categories: BTreeMap<String, String>,
+}
+
+/// The [`RecordsConfig`] with its defaults applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordsLayout {
+    /// The patients input.
+    pub patients: String,
+    /// The visits input.
+    pub visits: String,
+    /// The patient column of both.
+    pub patient_key: String,
+    /// The visit id column.
+    pub record_key: String,
+    /// The facility column of the visits.
+    pub facility: String,
 }
 
 /// One input.
@@ -234,6 +273,57 @@ impl Job {
         })?;
         job.validate()?;
         Ok(job)
+    }
+
+    /// The `[records]` section with its defaults, checked against the inputs.
+    pub fn records_layout(&self) -> Result<RecordsLayout> {
+        let r = &self.records;
+        let first = self.join.first();
+        let pick = |set: &Option<String>, named: &str, joined: Option<&String>| -> String {
+            set.clone().unwrap_or_else(|| {
+                if self.inputs.contains_key(named) {
+                    named.to_string()
+                } else {
+                    joined.cloned().unwrap_or_else(|| named.to_string())
+                }
+            })
+        };
+        let layout = RecordsLayout {
+            patients: pick(&r.patients, "patients", first.map(|j| &j.right)),
+            visits: pick(&r.visits, "visits", first.map(|j| &j.left)),
+            patient_key: r
+                .patient_key
+                .clone()
+                .or_else(|| first.map(|j| j.on.clone()))
+                .unwrap_or_else(|| "patient_id".to_string()),
+            record_key: r
+                .record_key
+                .clone()
+                .or_else(|| self.row_key.clone())
+                .unwrap_or_else(|| "visit_id".to_string()),
+            facility: r
+                .facility
+                .clone()
+                .unwrap_or_else(|| "facility_id".to_string()),
+        };
+        for (key, input) in [
+            ("records.patients", &layout.patients),
+            ("records.visits", &layout.visits),
+        ] {
+            if !self.inputs.contains_key(input) {
+                return Err(Error::invalid(
+                    key,
+                    format!("the job has no input named {input}"),
+                ));
+            }
+        }
+        if layout.patients == layout.visits {
+            return Err(Error::invalid(
+                "records",
+                "patients and visits must be two different inputs",
+            ));
+        }
+        Ok(layout)
     }
 
     /// Checks what can be checked without reading data.

@@ -133,6 +133,7 @@ fn row(e: &AuditEvent, who: Option<&Identity>) -> AuditRow {
         purpose: e.purpose.as_deref().map(escape),
         outcome: match &e.outcome {
             Outcome::Accepted => "accepted".to_string(),
+            Outcome::Granted(d) => format!("granted {}", d.categories()),
             Outcome::Denied { reason } => format!("denied: {}", escape(reason)),
         },
         tx: e.tx.to_hex(),

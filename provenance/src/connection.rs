@@ -261,7 +261,7 @@ impl Provenance {
                     what: "the registration".to_string(),
                     reason: match r.outcome {
                         Outcome::Denied { reason } => reason,
-                        Outcome::Accepted => String::new(),
+                        Outcome::Accepted | Outcome::Granted(_) => String::new(),
                     },
                 })
             }
@@ -360,6 +360,16 @@ impl Provenance {
     /// receipt of its transaction, an absence against `f + 1` peers.
     pub async fn anchors_of(&self, root: Digest) -> Result<Vec<AnchorRecord>> {
         Ok(self.reader()?.anchors_of(root).await?)
+    }
+
+    /// A client signing with `key` (an identity the caller holds, such as a clinician's).
+    pub fn client_with(&self, key: KeyPair) -> Client<'_, Conn> {
+        Client::new(self.conn(), key)
+    }
+
+    /// Read-only queries signed with `key`.
+    pub fn reader_with(&self, key: KeyPair) -> Reader<'_, Conn> {
+        Reader::new(self.conn(), key)
     }
 
     /// A client acting as `role`.

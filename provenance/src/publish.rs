@@ -181,8 +181,8 @@ async fn anchored_input(location: &Location) -> Result<Option<Artifact>> {
 
 /// The anchored root of an input: the anchor of an emrflow dataset read as input, or the
 /// source root of raw files (`source`, hashed while the job ran), anchored (stage `source`) if
-/// it is new.
-async fn input_root(
+/// it is new. The record store's imports name their sources the same way.
+pub async fn input_root(
     ctx: &SessionContext,
     provenance: &Provenance,
     input: &pipeline::manifest::InputSpec,

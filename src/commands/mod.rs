@@ -19,18 +19,21 @@ mod ledger;
 mod lineage;
 mod predict;
 mod prove;
+mod records;
 mod run;
 mod train;
 mod verify;
 
 /// What the process reports to its caller. Scripts rely on these values, so they never change:
 /// 0 success, 1 a negative result (a verification mismatch), 2 an error (bad input, bad
-/// configuration, a failed job).
+/// configuration, a failed job), 3 a refusal by the ledger's contracts (a read or change the
+/// caller's grants do not allow).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ExitStatus {
     Success,
     Mismatch,
     Error,
+    Denied,
 }
 
 impl From<ExitStatus> for ExitCode {
@@ -39,6 +42,7 @@ impl From<ExitStatus> for ExitCode {
             ExitStatus::Success => ExitCode::from(0),
             ExitStatus::Mismatch => ExitCode::from(1),
             ExitStatus::Error => ExitCode::from(2),
+            ExitStatus::Denied => ExitCode::from(3),
         }
     }
 }
@@ -85,6 +89,13 @@ pub(crate) enum Command {
     Prove(prove::ProveArgs),
     /// Compute the canonical fingerprint of a Parquet dataset
     Fingerprint(fingerprint::FingerprintArgs),
+    /// The clinical record store: import, read, history, amend, erase (every read decided and
+    /// recorded by the ledger)
+    #[command(subcommand)]
+    Records(records::RecordsCommand),
+    /// Who may read which records: grants, revocations, break-glass, access reports
+    #[command(subcommand)]
+    Access(records::AccessCommand),
     /// Run and inspect the four-peer PBFT ledger
     #[command(subcommand)]
     Ledger(ledger::LedgerCommand),
@@ -113,6 +124,8 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Audit(args) => audit::run(args).await,
         Command::Prove(args) => prove::run(args).await,
         Command::Fingerprint(args) => fingerprint::run(args).await,
+        Command::Records(cmd) => records::run_records(cmd).await,
+        Command::Access(cmd) => records::run_access(cmd).await,
         Command::Ledger(cmd) => ledger::run(cmd).await,
         Command::Scheduler(args) => cluster::run_scheduler(args).await,
         Command::Executor(args) => cluster::run_executor(args).await,

@@ -41,7 +41,7 @@ pub(crate) struct RunArgs {
     ledger: LedgerArgs,
 }
 
-fn parse_pair(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_pair(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("expected NAME=LOCATION, got {s:?}")),

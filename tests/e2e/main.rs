@@ -8,4 +8,5 @@ mod ml;
 mod object_store;
 mod pipeline;
 mod provenance;
+mod records;
 mod support;

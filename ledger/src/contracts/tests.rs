@@ -137,6 +137,12 @@ fn call_for(w: &World, action: Action, i: usize) -> Call {
             }
         }
         Action::Malformed => unreachable!("not a call"),
+        Action::GrantRecords
+        | Action::RevokeRecords
+        | Action::ReadRecord
+        | Action::AmendRecord
+        | Action::BreakGlass
+        | Action::ErasePatient => unreachable!("record actions: records_tests.rs"),
     }
 }
 
@@ -145,6 +151,9 @@ fn role_action_matrix() {
     let mut checked = 0;
     for (r, role) in Role::ALL.into_iter().enumerate() {
         for (a, action) in Action::ALL.into_iter().enumerate() {
+            if action.is_record() {
+                continue;
+            }
             let mut w = World::new();
             let actor = KeyPair::from_label(&format!("actor-{r}"));
             let admin = w.admin.clone();
@@ -192,7 +201,8 @@ fn role_action_matrix() {
             checked += 1;
         }
     }
-    assert_eq!(checked, Role::ALL.len() * Action::ALL.len());
+    let actions = Action::ALL.iter().filter(|a| !a.is_record()).count();
+    assert_eq!(checked, Role::ALL.len() * actions);
 }
 
 #[test]

@@ -21,6 +21,7 @@ use crate::csvcheck;
 use crate::error::{Error, Result};
 use crate::fingerprint::{Hash32, start_source_root};
 use crate::job::{ColumnType, InputConfig, InputFormat, Job};
+use crate::manifest::{InputFile, InputSpec};
 use crate::store::Location;
 
 /// A registered input.
@@ -35,6 +36,25 @@ pub(super) struct Input {
     delimiter: u8,
     nulls: Option<Regex>,
     compression: Compression,
+}
+
+impl Input {
+    /// What the manifest (or a record batch) says of the input named `name`.
+    pub(super) fn spec(&self, name: &str) -> InputSpec {
+        InputSpec {
+            name: name.to_string(),
+            location: self.location.raw.clone(),
+            format: self.format.as_str().to_string(),
+            files: self
+                .files
+                .iter()
+                .map(|(p, size)| InputFile {
+                    path: self.location.url_of(p),
+                    size: *size,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// Refuses `--input NAME=...` for a name the job does not have.

@@ -37,6 +37,7 @@ mod normalize;
 mod output;
 mod pii;
 mod sniff;
+pub mod sources;
 mod sql;
 
 use std::collections::BTreeMap;
@@ -57,9 +58,7 @@ use self::pii::Deidentified;
 use crate::error::{Error, Result};
 use crate::fingerprint::{Fingerprint, Hash32};
 use crate::job::Job;
-use crate::manifest::{
-    ColumnSpec, InputFile, InputSpec, MANIFEST_FILE, MANIFEST_VERSION, Manifest,
-};
+use crate::manifest::{ColumnSpec, MANIFEST_FILE, MANIFEST_VERSION, Manifest};
 use crate::store::{Location, Staging};
 
 pub use self::pii::{read_key_file, resolve_key};
@@ -493,22 +492,7 @@ fn manifest(
         normalization: fit.normalizers.clone(),
         encodings: fit.encodings.clone(),
         pii: pii::report(job, key_id, scanned),
-        inputs: inputs
-            .iter()
-            .map(|(name, i)| InputSpec {
-                name: name.clone(),
-                location: i.location.raw.clone(),
-                format: i.format.as_str().to_string(),
-                files: i
-                    .files
-                    .iter()
-                    .map(|(p, size)| InputFile {
-                        path: i.location.url_of(p),
-                        size: *size,
-                    })
-                    .collect(),
-            })
-            .collect(),
+        inputs: inputs.iter().map(|(name, i)| i.spec(name)).collect(),
         files: written.files.clone(),
     })
 }

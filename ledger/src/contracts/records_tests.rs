@@ -1,0 +1,778 @@
+//! Record entitlement tests: the seed's cardiologist and general practitioner, expiry,
+//! revocation, purpose, the whole role × action and category matrices, break-glass, erasure,
+//! amendment, facility proofs and the access trail.
+
+use super::*;
+use crate::crypto::KeyPair;
+use crate::tx::TxBody;
+
+const HOUR: u64 = 3_600_000;
+
+struct World {
+    state: State,
+    ledger: Digest,
+    nonce: u64,
+    seq: u64,
+    /// Block time of the next transaction.
+    now: u64,
+    admin: KeyPair,
+    engineer: KeyPair,
+    keys: BTreeMap<Role, KeyPair>,
+    /// Record leaves of the anchored batch: (patient, facility, commitment).
+    leaves: Vec<(Digest, String, Digest)>,
+    batch: Digest,
+}
+
+fn patient(n: u8) -> Digest {
+    Digest::of(&[b'p', n])
+}
+
+impl World {
+    fn new() -> Self {
+        let ledger = Digest::of(b"records-ledger");
+        let admin = KeyPair::from_label("admin");
+        let mut w = Self {
+            state: State::new(ledger, admin.public(), "admin"),
+            ledger,
+            nonce: 0,
+            seq: 0,
+            now: 1_000_000,
+            engineer: KeyPair::from_label("engineer"),
+            keys: BTreeMap::new(),
+            admin,
+            leaves: Vec::new(),
+            batch: Digest::of(b"none"),
+        };
+        let admin = w.admin.clone();
+        let engineer = w.engineer.public();
+        w.accept(&admin, register(engineer, "engineer", Role::DataEngineer));
+        for role in Role::ALL {
+            let key = KeyPair::from_label(&format!("user-{role}"));
+            w.accept(&admin, register(key.public(), role.as_str(), role));
+            w.keys.insert(role, key);
+        }
+        // Patients 1 and 2 have visits at facility A, patient 3 at B, patient 4 at both.
+        for (p, f) in [(1, "A"), (1, ""), (2, "A"), (3, "B"), (4, "A"), (4, "B")] {
+            w.leaves.push((
+                patient(p),
+                f.to_string(),
+                Digest::of(&[p, f.len() as u8, 7]),
+            ));
+        }
+        let hashes: Vec<Digest> = w
+            .leaves
+            .iter()
+            .map(|(p, f, c)| record_leaf(p, f, c))
+            .collect();
+        w.batch = merkle::root(&hashes);
+        let engineer = w.engineer.clone();
+        w.accept(
+            &engineer,
+            Call::Anchor(batch_spec(w.batch, hashes.len() as u64)),
+        );
+        w
+    }
+
+    fn key(&self, role: Role) -> KeyPair {
+        self.keys[&role].clone()
+    }
+
+    fn exec(&mut self, key: &KeyPair, call: Call) -> Outcome {
+        self.nonce += 1;
+        self.seq += 1;
+        self.now += 1_000;
+        let tx = SignedTx::sign(
+            key,
+            &TxBody {
+                ledger: self.ledger,
+                nonce: self.nonce,
+                call,
+            },
+        )
+        .expect("sign");
+        self.state.execute(
+            &tx,
+            Position {
+                seq: SeqNo(self.seq),
+                index: 0,
+            },
+            Time(self.now),
+        )
+    }
+
+    /// Executes and returns the transaction id the state keyed its effects by.
+    fn exec_id(&mut self, key: &KeyPair, call: Call) -> (Outcome, Digest) {
+        let outcome = self.exec(key, call);
+        let id = self.state.audit.last().expect("an event").tx;
+        (outcome, id)
+    }
+
+    fn accept(&mut self, key: &KeyPair, call: Call) {
+        let o = self.exec(key, call);
+        assert!(o.is_accepted(), "{o:?}");
+    }
+
+    fn proof(&self, p: Digest, facility: &str) -> FacilityProof {
+        let hashes: Vec<Digest> = self
+            .leaves
+            .iter()
+            .map(|(p, f, c)| record_leaf(p, f, c))
+            .collect();
+        let i = self
+            .leaves
+            .iter()
+            .position(|(lp, lf, _)| *lp == p && lf == facility)
+            .expect("a leaf at that facility");
+        FacilityProof {
+            facility: facility.to_string(),
+            batch: self.batch,
+            commitment: self.leaves[i].2,
+            index: i as u64,
+            size: hashes.len() as u64,
+            path: merkle::inclusion_proof(i, &hashes),
+        }
+    }
+
+    /// Grants `role`'s user and returns the grant id.
+    fn grant(
+        &mut self,
+        role: Role,
+        scope: Scope,
+        categories: Categories,
+        purpose: Purpose,
+    ) -> Digest {
+        let grantee = self.key(role).public();
+        let expires = Time(self.now + HOUR);
+        let admin = self.admin.clone();
+        let (o, id) = self.exec_id(
+            &admin,
+            Call::GrantRecords(GrantSpec {
+                grantee,
+                scope,
+                categories,
+                purpose,
+                expires,
+            }),
+        );
+        assert!(o.is_accepted(), "{o:?}");
+        id
+    }
+
+    fn read(
+        &mut self,
+        role: Role,
+        p: Digest,
+        categories: Categories,
+        purpose: Purpose,
+        facility: Option<&str>,
+    ) -> Outcome {
+        let proof = facility.map(|f| self.proof(p, f));
+        let key = self.key(role);
+        self.exec(
+            &key,
+            Call::ReadRecord(ReadSpec {
+                patient: p,
+                categories,
+                purpose,
+                facility: proof,
+            }),
+        )
+    }
+}
+
+fn register(key: PublicKey, name: &str, role: Role) -> Call {
+    Call::RegisterIdentity {
+        key,
+        name: name.to_string(),
+        role,
+    }
+}
+
+fn batch_spec(root: Digest, size: u64) -> AnchorSpec {
+    AnchorSpec {
+        kind: AnchorKind::Dataset,
+        root,
+        row_count: size,
+        schema_hash: Digest::of(records::RECORDS_SCHEMA),
+        location: "file:///records".to_string(),
+        parents: Vec::new(),
+        stage: records::RECORDS_STAGE.to_string(),
+        params_hash: Digest::of(b"params"),
+        code_version: "test".to_string(),
+    }
+}
+
+fn cats(list: &[Category]) -> Categories {
+    list.iter().copied().collect()
+}
+
+fn granted(o: &Outcome) -> &Decision {
+    o.decision()
+        .unwrap_or_else(|| panic!("expected a decision, got {o:?}"))
+}
+
+fn denied(o: &Outcome) -> &str {
+    match o {
+        Outcome::Denied { reason } => reason,
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_cardiologist_sees_cardiology_and_vitals_of_facility_a_only() {
+    let mut w = World::new();
+    let cardio = cats(&[Category::Cardiology, Category::Vitals]);
+    w.grant(
+        Role::Clinician,
+        Scope::Facility("A".into()),
+        cardio,
+        Purpose::Treatment,
+    );
+    // A patient of A, read as A: exactly cardiology and vitals, only at A.
+    let o = w.read(
+        Role::Clinician,
+        patient(1),
+        Categories::ALL,
+        Purpose::Treatment,
+        Some("A"),
+    );
+    let d = granted(&o);
+    assert_eq!(d.everywhere, Categories::NONE);
+    assert_eq!(d.at_facility, Some(("A".to_string(), cardio)));
+    assert_eq!(d.for_record("A"), cardio);
+    assert_eq!(d.for_record(""), cardio, "the patient's own record");
+    assert_eq!(d.for_record("B"), Categories::NONE, "visits elsewhere");
+    assert!(!d.break_glass);
+    // A patient of B only: the proof for B does not match the grant, nothing is granted.
+    let o = w.read(
+        Role::Clinician,
+        patient(3),
+        Categories::ALL,
+        Purpose::Treatment,
+        Some("B"),
+    );
+    assert!(denied(&o).contains("no treatment grant"), "{o:?}");
+    // Claiming facility A for a patient with no record there fails the proof.
+    let mut proof = w.proof(patient(1), "A");
+    proof.facility = "A".into();
+    let key = w.key(Role::Clinician);
+    let o = w.exec(
+        &key,
+        Call::ReadRecord(ReadSpec {
+            patient: patient(3),
+            categories: Categories::ALL,
+            purpose: Purpose::Treatment,
+            facility: Some(proof),
+        }),
+    );
+    assert!(
+        denied(&o).contains("does not lead to the batch root"),
+        "{o:?}"
+    );
+    // Without a facility, a facility grant covers nothing.
+    let o = w.read(
+        Role::Clinician,
+        patient(1),
+        Categories::ALL,
+        Purpose::Treatment,
+        None,
+    );
+    denied(&o);
+}
+
+#[test]
+fn a_general_practitioner_with_a_broader_grant_sees_more() {
+    let mut w = World::new();
+    let broad = Categories::ALL.minus(Category::Notes.into());
+    w.grant(Role::Clinician, Scope::All, broad, Purpose::Treatment);
+    for p in [1, 3, 4] {
+        let o = w.read(
+            Role::Clinician,
+            patient(p),
+            Categories::ALL,
+            Purpose::Treatment,
+            None,
+        );
+        let d = granted(&o);
+        assert_eq!(d.everywhere, broad);
+        assert_eq!(d.for_record("B"), broad);
+    }
+    // Asking for less gets less; asking for notes only gets nothing.
+    let o = w.read(
+        Role::Clinician,
+        patient(1),
+        Category::Vitals.into(),
+        Purpose::Treatment,
+        None,
+    );
+    assert_eq!(granted(&o).categories(), Category::Vitals.into());
+    let o = w.read(
+        Role::Clinician,
+        patient(1),
+        Category::Notes.into(),
+        Purpose::Treatment,
+        None,
+    );
+    denied(&o);
+}
+
+#[test]
+fn expired_revoked_and_other_purpose_grants_see_nothing() {
+    let mut w = World::new();
+    let grantee = w.key(Role::Clinician).public();
+    let admin = w.admin.clone();
+    let expires = Time(w.now + 5_000);
+    w.accept(
+        &admin,
+        Call::GrantRecords(GrantSpec {
+            grantee,
+            scope: Scope::Patient(patient(1)),
+            categories: Categories::ALL,
+            purpose: Purpose::Treatment,
+            expires,
+        }),
+    );
+    let o = w.read(
+        Role::Clinician,
+        patient(1),
+        Categories::ALL,
+        Purpose::Treatment,
+        None,
+    );
+    granted(&o);
+    // Research is not treatment.
+    let o = w.read(
+        Role::Clinician,
+        patient(1),
+        Categories::ALL,
+        Purpose::Research,
+        None,
+    );
+    denied(&o);
+    // Time passes beyond the expiry.
+    w.now += 10_000;
+    let o = w.read(
+        Role::Clinician,
+        patient(1),
+        Categories::ALL,
+        Purpose::Treatment,
+        None,
+    );
+    denied(&o);
+    // A live grant, revoked.
+    let id = w.grant(
+        Role::Clinician,
+        Scope::Patient(patient(2)),
+        Categories::ALL,
+        Purpose::Treatment,
+    );
+    let o = w.read(
+        Role::Clinician,
+        patient(2),
+        Categories::ALL,
+        Purpose::Treatment,
+        None,
+    );
+    granted(&o);
+    w.accept(&admin, Call::RevokeRecords { grant: id });
+    let o = w.read(
+        Role::Clinician,
+        patient(2),
+        Categories::ALL,
+        Purpose::Treatment,
+        None,
+    );
+    denied(&o);
+    let o = w.exec(&admin, Call::RevokeRecords { grant: id });
+    assert!(denied(&o).contains("already revoked"));
+    // A grant to one patient covers no other.
+    let o = w.read(
+        Role::Clinician,
+        patient(1),
+        Categories::ALL,
+        Purpose::Treatment,
+        None,
+    );
+    denied(&o);
+}
+
+#[test]
+fn every_category_alone_grants_exactly_itself() {
+    for c in Category::ALL {
+        let mut w = World::new();
+        w.grant(Role::Clinician, Scope::All, c.into(), Purpose::Treatment);
+        let o = w.read(
+            Role::Clinician,
+            patient(1),
+            Categories::ALL,
+            Purpose::Treatment,
+            None,
+        );
+        assert_eq!(granted(&o).categories(), c.into(), "{c}");
+        let others = Categories::ALL.minus(c.into());
+        let o = w.read(
+            Role::Clinician,
+            patient(1),
+            others,
+            Purpose::Treatment,
+            None,
+        );
+        denied(&o);
+    }
+}
+
+/// The records part of the policy table in `records`' module docs.
+#[test]
+fn the_role_action_matrix_holds() {
+    let actions = [
+        Action::GrantRecords,
+        Action::RevokeRecords,
+        Action::ReadRecord,
+        Action::AmendRecord,
+        Action::BreakGlass,
+        Action::ErasePatient,
+    ];
+    for role in Role::ALL {
+        for action in actions {
+            let expected = match (role, action) {
+                (
+                    Role::Admin,
+                    Action::GrantRecords | Action::RevokeRecords | Action::ErasePatient,
+                ) => Permission::Allowed,
+                (Role::Clinician, Action::BreakGlass) => Permission::Allowed,
+                (Role::Clinician, Action::AmendRecord) | (_, Action::ReadRecord) => {
+                    Permission::WithGrant
+                }
+                _ => Permission::Denied,
+            };
+            assert_eq!(policy(role, action), expected, "{role} {action:?}");
+        }
+        // Executed: every role may read with a grant and not without one.
+        let mut w = World::new();
+        let o = w.read(role, patient(1), Categories::ALL, Purpose::Audit, None);
+        denied(&o);
+        w.grant(role, Scope::All, Categories::ALL, Purpose::Audit);
+        let o = w.read(role, patient(1), Categories::ALL, Purpose::Audit, None);
+        assert_eq!(granted(&o).categories(), Categories::ALL, "{role}");
+        // Granting, erasing and break-glass by each role.
+        let key = w.key(role);
+        let grantee = w.key(Role::Clinician).public();
+        let expires = Time(w.now + HOUR);
+        let o = w.exec(
+            &key,
+            Call::GrantRecords(GrantSpec {
+                grantee,
+                scope: Scope::All,
+                categories: Categories::ALL,
+                purpose: Purpose::Treatment,
+                expires,
+            }),
+        );
+        assert_eq!(o.is_accepted(), role == Role::Admin, "{role} grant: {o:?}");
+        let o = w.exec(
+            &key,
+            Call::BreakGlass {
+                patient: patient(2),
+                minutes: 30,
+                reason: "arrived unconscious".into(),
+            },
+        );
+        assert_eq!(
+            o.is_accepted(),
+            role == Role::Clinician,
+            "{role} break-glass: {o:?}"
+        );
+        let o = w.exec(
+            &key,
+            Call::ErasePatient {
+                patient: patient(4),
+                reason: "request 17".into(),
+            },
+        );
+        assert_eq!(o.is_accepted(), role == Role::Admin, "{role} erase: {o:?}");
+    }
+}
+
+#[test]
+fn break_glass_is_short_flagged_and_needs_a_reason() {
+    let mut w = World::new();
+    let doc = w.key(Role::Clinician);
+    let o = w.read(
+        Role::Clinician,
+        patient(3),
+        Categories::ALL,
+        Purpose::Treatment,
+        None,
+    );
+    denied(&o);
+    for (minutes, reason, why) in [
+        (30, "  ", "needs a reason"),
+        (0, "stroke code", "1 to 240"),
+        (MAX_BREAK_GLASS_MINUTES + 1, "stroke code", "1 to 240"),
+    ] {
+        let o = w.exec(
+            &doc,
+            Call::BreakGlass {
+                patient: patient(3),
+                minutes,
+                reason: reason.into(),
+            },
+        );
+        assert!(denied(&o).contains(why), "{o:?}");
+    }
+    w.accept(
+        &doc,
+        Call::BreakGlass {
+            patient: patient(3),
+            minutes: 1,
+            reason: "stroke code, no consent possible".into(),
+        },
+    );
+    let o = w.read(
+        Role::Clinician,
+        patient(3),
+        Categories::ALL,
+        Purpose::Treatment,
+        None,
+    );
+    let d = granted(&o);
+    assert_eq!(d.categories(), Categories::ALL);
+    assert!(d.break_glass);
+    // Only that patient.
+    let o = w.read(
+        Role::Clinician,
+        patient(1),
+        Categories::ALL,
+        Purpose::Treatment,
+        None,
+    );
+    denied(&o);
+    // A minute later it is over.
+    w.now += 60_000;
+    let o = w.read(
+        Role::Clinician,
+        patient(3),
+        Categories::ALL,
+        Purpose::Treatment,
+        None,
+    );
+    denied(&o);
+    // The review lists the refused attempts, the opening and the read, flagged.
+    let flagged = w
+        .state
+        .record_audit(None, None, true, Time(0), Time(u64::MAX));
+    let actions: Vec<(Action, bool)> = flagged
+        .iter()
+        .map(|e| (e.action, e.outcome.is_accepted()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            (Action::BreakGlass, false),
+            (Action::BreakGlass, false),
+            (Action::BreakGlass, false),
+            (Action::BreakGlass, true),
+            (Action::ReadRecord, true),
+        ]
+    );
+    assert!(flagged.iter().all(|e| e.actor == doc.public()));
+}
+
+#[test]
+fn an_erased_patient_can_no_longer_be_read_amended_or_erased_again() {
+    let mut w = World::new();
+    w.grant(
+        Role::Clinician,
+        Scope::All,
+        Categories::ALL,
+        Purpose::Treatment,
+    );
+    let admin = w.admin.clone();
+    w.accept(
+        &admin,
+        Call::ErasePatient {
+            patient: patient(2),
+            reason: "erasure request 2026-0042".into(),
+        },
+    );
+    assert!(w.state.erased(&patient(2)).is_some());
+    let o = w.read(
+        Role::Clinician,
+        patient(2),
+        Categories::ALL,
+        Purpose::Treatment,
+        None,
+    );
+    assert!(denied(&o).contains("erased"), "{o:?}");
+    let o = w.exec(
+        &admin,
+        Call::ErasePatient {
+            patient: patient(2),
+            reason: "again".into(),
+        },
+    );
+    assert!(denied(&o).contains("already erased"), "{o:?}");
+    // Others are untouched.
+    let o = w.read(
+        Role::Clinician,
+        patient(1),
+        Categories::ALL,
+        Purpose::Treatment,
+        None,
+    );
+    granted(&o);
+}
+
+#[test]
+fn an_amendment_is_anchored_under_the_version_it_supersedes() {
+    let mut w = World::new();
+    let doc = w.key(Role::Clinician);
+    let new_root = Digest::of(b"amended version");
+    let amend = |w: &World, categories: Categories| AmendSpec {
+        patient: patient(1),
+        categories,
+        facility: Some(w.proof(patient(1), "A")),
+        root: new_root,
+        size: 1,
+        supersedes: vec![w.batch],
+        reason: "transcription error".into(),
+    };
+    // No grant: denied, nothing anchored.
+    let o = w.exec(&doc, Call::AmendRecord(amend(&w, Category::Vitals.into())));
+    denied(&o);
+    assert!(w.state.anchor(&new_root).is_none());
+    // A facility-A treatment grant of vitals: vitals may be amended, notes may not.
+    w.grant(
+        Role::Clinician,
+        Scope::Facility("A".into()),
+        Category::Vitals.into(),
+        Purpose::Treatment,
+    );
+    let o = w.exec(
+        &doc,
+        Call::AmendRecord(amend(&w, cats(&[Category::Vitals, Category::Notes]))),
+    );
+    assert!(denied(&o).contains("notes"), "{o:?}");
+    let o = w.exec(&doc, Call::AmendRecord(amend(&w, Category::Vitals.into())));
+    granted(&o);
+    let anchor = w.state.anchor(&new_root).expect("anchored");
+    assert_eq!(anchor.spec.parents, vec![w.batch]);
+    assert_eq!(anchor.spec.stage, records::AMEND_STAGE);
+    assert_eq!(
+        w.state.lineage(&new_root, 1).edges,
+        vec![(new_root, w.batch)]
+    );
+    // The same root twice is refused.
+    let o = w.exec(&doc, Call::AmendRecord(amend(&w, Category::Vitals.into())));
+    assert!(denied(&o).contains("anchored already"), "{o:?}");
+}
+
+#[test]
+fn a_facility_proof_must_lead_to_an_anchored_record_batch() {
+    let mut w = World::new();
+    w.grant(
+        Role::Clinician,
+        Scope::Facility("A".into()),
+        Categories::ALL,
+        Purpose::Treatment,
+    );
+    let key = w.key(Role::Clinician);
+    let read = |proof: FacilityProof| {
+        Call::ReadRecord(ReadSpec {
+            patient: patient(1),
+            categories: Categories::ALL,
+            purpose: Purpose::Treatment,
+            facility: Some(proof),
+        })
+    };
+    let mut wrong_size = w.proof(patient(1), "A");
+    wrong_size.size += 1;
+    let o = w.exec(&key, read(wrong_size));
+    assert!(denied(&o).contains("not an anchored record batch"), "{o:?}");
+    let mut tampered = w.proof(patient(1), "A");
+    tampered.commitment = Digest::of(b"another record");
+    let o = w.exec(&key, read(tampered));
+    assert!(denied(&o).contains("does not lead"), "{o:?}");
+    let mut nameless = w.proof(patient(1), "A");
+    nameless.facility = String::new();
+    let o = w.exec(&key, read(nameless));
+    assert!(denied(&o).contains("names no facility"), "{o:?}");
+    let good = w.proof(patient(1), "A");
+    let o = w.exec(&key, read(good));
+    granted(&o);
+}
+
+#[test]
+fn the_access_trail_names_patients_by_pseudonym_and_rolls_back() {
+    let mut w = World::new();
+    w.grant(
+        Role::Clinician,
+        Scope::All,
+        Categories::ALL,
+        Purpose::Treatment,
+    );
+    let o = w.read(
+        Role::Clinician,
+        patient(1),
+        cats(&[Category::Vitals]),
+        Purpose::Treatment,
+        None,
+    );
+    granted(&o);
+    let o = w.read(
+        Role::Clinician,
+        patient(1),
+        Categories::ALL,
+        Purpose::Research,
+        None,
+    );
+    denied(&o);
+    let trail = w
+        .state
+        .record_audit(Some(&patient(1)), None, false, Time(0), Time(u64::MAX));
+    assert_eq!(trail.len(), 2);
+    let first = trail[0].record.as_ref().expect("a record event");
+    assert_eq!(first.patient, patient(1));
+    assert_eq!(first.asked, Category::Vitals.into());
+    assert_eq!(first.purpose, Some(Purpose::Treatment));
+    assert!(trail[0].outcome.is_accepted());
+    assert!(!trail[1].outcome.is_accepted());
+    // Only compliance and admin may ask for it.
+    let q = Query::RecordAudit {
+        patient: Some(patient(1)),
+        actor: None,
+        break_glass: false,
+        from: Time(0),
+        to: Time(u64::MAX),
+    };
+    for role in Role::ALL {
+        let ok = w.state.authorize_query(&w.key(role).public(), &q).is_ok();
+        assert_eq!(ok, matches!(role, Role::Compliance | Role::Admin), "{role}");
+    }
+    // A staged read that is rolled back leaves no trace.
+    let before = w.state.clone();
+    w.state.stage();
+    w.grant(
+        Role::Clinician,
+        Scope::All,
+        Categories::ALL,
+        Purpose::Research,
+    );
+    let _ = w.read(
+        Role::Clinician,
+        patient(1),
+        Categories::ALL,
+        Purpose::Research,
+        None,
+    );
+    let admin = w.admin.clone();
+    let _ = w.exec(
+        &admin,
+        Call::ErasePatient {
+            patient: patient(3),
+            reason: "r".into(),
+        },
+    );
+    w.state.rollback();
+    assert_eq!(w.state, before);
+}

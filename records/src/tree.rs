@@ -1,0 +1,73 @@
+//! A batch's Merkle tree as the store keeps it: the leaves in chunks of [`CHUNK`], and the
+//! chunk roots. An RFC 6962 tree splits at the largest power of two below its size, so every
+//! full chunk (and the last, partial one) is a subtree of the batch tree, and the tree over the
+//! chunk roots is the rest of it: a proof is one chunk read plus the chunk roots, not the
+//! million leaves of an import.
+
+use merkle::Digest;
+
+/// Leaves per stored chunk (a power of two).
+pub const CHUNK: usize = 1024;
+
+/// The roots of `leaves`' chunks.
+pub fn chunk_roots(leaves: &[Digest]) -> Vec<Digest> {
+    leaves.chunks(CHUNK).map(merkle::root).collect()
+}
+
+/// The batch root from its chunk roots (equal to the RFC 6962 root of all the leaves).
+pub fn batch_root(chunk_roots: &[Digest]) -> Digest {
+    merkle::root(chunk_roots)
+}
+
+/// The audit path of leaf `index`, from the leaves of its chunk and every chunk root.
+pub fn proof(index: u64, chunk: &[Digest], chunk_roots: &[Digest]) -> Vec<Digest> {
+    let within = (index % CHUNK as u64) as usize;
+    let which = (index / CHUNK as u64) as usize;
+    let mut path = merkle::inclusion_proof(within, chunk);
+    path.extend(merkle::inclusion_proof(which, chunk_roots));
+    path
+}
+
+/// Leaf hashes as stored: 32 bytes each.
+pub fn encode(leaves: &[Digest]) -> Vec<u8> {
+    leaves.iter().flat_map(|d| d.0).collect()
+}
+
+/// Stored leaf hashes back.
+pub fn decode(bytes: &[u8]) -> Vec<Digest> {
+    bytes
+        .chunks_exact(32)
+        .map(|c| Digest(c.try_into().expect("32-byte chunks")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_tree_is_the_rfc6962_tree() {
+        for n in [1usize, 2, 1023, 1024, 1025, 2048, 3000, 5121] {
+            let leaves: Vec<Digest> = (0..n as u64)
+                .map(|i| merkle::leaf_hash(&i.to_le_bytes()))
+                .collect();
+            let roots = chunk_roots(&leaves);
+            let root = batch_root(&roots);
+            assert_eq!(root, merkle::root(&leaves), "n = {n}");
+            for i in [0, n / 2, n - 1] {
+                let c = i / CHUNK;
+                let chunk = &leaves[c * CHUNK..((c + 1) * CHUNK).min(n)];
+                let path = proof(i as u64, chunk, &roots);
+                assert!(
+                    merkle::verify_inclusion(i as u64, n as u64, &leaves[i], &path, &root),
+                    "n = {n}, i = {i}"
+                );
+                assert_eq!(
+                    path,
+                    merkle::inclusion_proof(i, &leaves),
+                    "n = {n}, i = {i}"
+                );
+            }
+        }
+    }
+}
