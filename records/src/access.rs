@@ -178,7 +178,7 @@ impl<'a> Records<'a> {
                 "patient {patient_id} was erased (ledger block {height})"
             )));
         }
-        if self.store.patient(&patient)?.is_none() {
+        if !self.store.has_patient(&patient)? {
             return Err(Error::Invalid(format!(
                 "no patient {patient_id} in the record store"
             )));

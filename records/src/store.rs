@@ -341,6 +341,13 @@ impl Store {
             .map(|v| u64::from_le_bytes(v.value().try_into().unwrap_or([0; 8]))))
     }
 
+    /// Whether the store holds records of `patient`.
+    pub fn has_patient(&self, patient: &Digest) -> Result<bool> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let t = txn.open_table(PATIENTS).map_err(|e| self.err(e))?;
+        Ok(t.get(&patient.0).map_err(|e| self.err(e))?.is_some())
+    }
+
     /// Number of patients held (erased ones are gone).
     pub fn patient_count(&self) -> Result<u64> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
