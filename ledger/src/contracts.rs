@@ -1094,15 +1094,9 @@ impl State {
                 }
             },
             Call::ReadRecord(read) => {
-                if let Err(reason) = self.check_patient(&read.patient) {
-                    return Outcome::denied(reason);
-                }
-                let facility = match &read.facility {
-                    None => None,
-                    Some(p) => match self.check_facility(&read.patient, p) {
-                        Ok(()) => Some(p.facility.as_str()),
-                        Err(reason) => return Outcome::denied(reason),
-                    },
+                let facility = match self.patient_at(&read.patient, read.facility.as_ref()) {
+                    Ok(facility) => facility,
+                    Err(reason) => return Outcome::denied(reason),
                 };
                 let d = self.records.decide(
                     &signer,
@@ -1153,19 +1147,13 @@ impl State {
                 });
             }
             Call::AmendRecord(amend) => {
-                if let Err(reason) = self.check_patient(&amend.patient) {
-                    return Outcome::denied(reason);
-                }
+                let facility = match self.patient_at(&amend.patient, amend.facility.as_ref()) {
+                    Ok(facility) => facility,
+                    Err(reason) => return Outcome::denied(reason),
+                };
                 if amend.categories.is_empty() {
                     return Outcome::denied("an amendment changes at least one category");
                 }
-                let facility = match &amend.facility {
-                    None => None,
-                    Some(p) => match self.check_facility(&amend.patient, p) {
-                        Ok(()) => Some(p.facility.as_str()),
-                        Err(reason) => return Outcome::denied(reason),
-                    },
-                };
                 let d = self.records.decide(
                     &signer,
                     &amend.patient,
@@ -1249,6 +1237,22 @@ impl State {
         match self.records.erased.get(patient) {
             Some(at) => Err(format!("the patient was erased at block {}", at.seq.0)),
             None => Ok(()),
+        }
+    }
+
+    /// The facility `patient` is read or amended at: the patient must not be erased, and a
+    /// `proof`, if given, must hold ([`State::check_facility`]).
+    fn patient_at<'p>(
+        &self,
+        patient: &Digest,
+        proof: Option<&'p FacilityProof>,
+    ) -> Result<Option<&'p str>, String> {
+        self.check_patient(patient)?;
+        match proof {
+            None => Ok(None),
+            Some(p) => self
+                .check_facility(patient, p)
+                .map(|()| Some(p.facility.as_str())),
         }
     }
 

@@ -212,15 +212,24 @@ impl<'a> Records<'a> {
         Ok(h)
     }
 
-    async fn proof_of(&self, v: &Version) -> Result<RecordProof> {
-        let batch = self.store.batch(v.batch)?;
+    /// `v`'s proof, checked. `batches` holds the batches read so far: a patient's records sit
+    /// in a few batches, each a row of chunk roots worth decoding once per read.
+    async fn proof_of(
+        &self,
+        v: &Version,
+        batches: &mut BTreeMap<u32, Batch>,
+    ) -> Result<RecordProof> {
+        if let std::collections::btree_map::Entry::Vacant(slot) = batches.entry(v.batch) {
+            slot.insert(self.store.batch(v.batch)?);
+        }
+        let batch = &batches[&v.batch];
         let proof = RecordProof {
             batch_root: batch.root,
             batch_size: batch.size,
-            anchor_height: self.anchor_height(&batch).await?,
+            anchor_height: self.anchor_height(batch).await?,
             leaf: v.leaf,
             index: v.index,
-            path: self.store.proof(&batch, v.index)?,
+            path: self.store.proof(batch, v.index)?,
         };
         if !proof.verifies() {
             return Err(Error::Unverified(format!(
@@ -269,6 +278,7 @@ impl<'a> Records<'a> {
             .ok_or_else(|| Error::Invalid(format!("no patient {} in the store", req.patient_id)))?;
         let mut records = Vec::new();
         let mut records_withheld = 0;
+        let mut batches = BTreeMap::new();
         for versions in &held.records {
             let count = versions.len() as u32;
             let shown: Vec<&Version> = if req.history {
@@ -295,7 +305,7 @@ impl<'a> Records<'a> {
                     fields: filtered.fields,
                     withheld,
                     reason: v.reason.clone(),
-                    proof: self.proof_of(v).await?,
+                    proof: self.proof_of(v, &mut batches).await?,
                 });
             }
         }

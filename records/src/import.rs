@@ -32,8 +32,8 @@ use crate::store::{BatchKind, STORE_FILE, Store, WriteStats, Writer, Written};
 pub struct Imported {
     /// The store directory.
     pub store: String,
-    /// The batch number in the store.
-    pub batch: u32,
+    /// The batch's number in the store; `None` when every record was held already.
+    pub batch: Option<u32>,
     /// The batch root anchored (hex); `None` when every record was held already.
     pub root: Option<String>,
     /// Leaves in the batch.
@@ -128,7 +128,7 @@ pub async fn import_job(
             .push(provenance::publish::input_root(&ctx, provenance, spec, source, &rows_in).await?);
     }
     let (root, ledger_height, number) = match writer.root() {
-        None => (None, None, writer_number(&store)?),
+        None => (None, None, None),
         Some((root, size)) => {
             let spec = AnchorSpec {
                 kind: AnchorKind::Dataset,
@@ -148,8 +148,8 @@ pub async fn import_job(
             let receipt = provenance.anchor(Role::DataEngineer, spec).await?;
             progress.stage("writing the store");
             let height = receipt.header.height.0;
-            let batch = writer_commit(writer, receipt.tx_id(), height, parents.clone())?;
-            (Some(root.to_hex()), Some(height), batch)
+            let batch = writer.commit(receipt.tx_id(), height, parents.clone())?;
+            (Some(root.to_hex()), Some(height), Some(batch.number))
         }
     };
     let written = counts.written;
@@ -186,14 +186,6 @@ async fn diagnosed(sources: &Sources, result: Result<()>) -> Result<()> {
             || Error::Invalid("reading the inputs failed".into()),
             Error::from,
         ))
-}
-
-fn writer_number(store: &Store) -> Result<u32> {
-    Ok(store.batches()?.last().map_or(0, |b| b.number))
-}
-
-fn writer_commit(writer: Writer<'_>, tx: Digest, height: u64, parents: Vec<Digest>) -> Result<u32> {
-    Ok(writer.commit(tx, height, parents)?.number)
 }
 
 fn dir_size(dir: &std::path::Path) -> u64 {

@@ -96,18 +96,23 @@ impl MasterKey {
 
     /// The keys a store works with.
     pub fn keys(&self) -> Keys {
+        let keyed = |label: &str| {
+            <Hmac<Sha256> as Mac>::new_from_slice(self.derive(label).as_ref())
+                .expect("HMAC takes any key")
+        };
         Keys {
-            pseudonym: self.derive("pseudonym/v1"),
-            handle: self.derive("handle/v1"),
+            pseudonym: keyed("pseudonym/v1"),
+            handle: keyed("handle/v1"),
             wrap: Sealer::new(&self.derive("wrap/v1")),
         }
     }
 }
 
-/// The keys derived from the master key.
+/// The keys derived from the master key. The HMACs are kept keyed (their inner and outer pads
+/// hashed once), since an import computes two for every record.
 pub struct Keys {
-    pseudonym: Zeroizing<[u8; 32]>,
-    handle: Zeroizing<[u8; 32]>,
+    pseudonym: Hmac<Sha256>,
+    handle: Hmac<Sha256>,
     wrap: Sealer,
 }
 
@@ -117,8 +122,8 @@ impl std::fmt::Debug for Keys {
     }
 }
 
-fn hmac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key");
+fn hmac(keyed: &Hmac<Sha256>, parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = keyed.clone();
     for p in parts {
         mac.update(&(p.len() as u64).to_le_bytes());
         mac.update(p);

@@ -84,14 +84,6 @@ impl Record {
             withheld,
         )
     }
-
-    /// The categories this record's fields fall in.
-    pub fn categories(&self, map: &CategoryMap) -> Categories {
-        self.fields
-            .iter()
-            .map(|(c, v)| map.classify(c, v.as_deref()))
-            .collect()
-    }
 }
 
 /// What is sealed for one version of a record.

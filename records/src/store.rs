@@ -20,10 +20,7 @@ use std::path::{Path, PathBuf};
 
 use ledger::contracts::FacilityProof;
 use merkle::Digest;
-use redb::{
-    Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
-};
+use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::categories::CategoryMap;
@@ -348,13 +345,6 @@ impl Store {
         Ok(t.get(&patient.0).map_err(|e| self.err(e))?.is_some())
     }
 
-    /// Number of patients held (erased ones are gone).
-    pub fn patient_count(&self) -> Result<u64> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = txn.open_table(PATIENTS).map_err(|e| self.err(e))?;
-        t.len().map_err(|e| self.err(e))
-    }
-
     /// Every version of every record of `patient`, opened; `None` if the store holds none.
     pub fn patient(&self, patient: &Digest) -> Result<Option<PatientRecords>> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
@@ -609,16 +599,6 @@ impl Writer<'_> {
         &self.stats
     }
 
-    /// Leaves so far.
-    pub fn len(&self) -> u64 {
-        self.leaves.len() as u64
-    }
-
-    /// Whether nothing was written.
-    pub fn is_empty(&self) -> bool {
-        self.leaves.is_empty()
-    }
-
     fn entry(&mut self, patient: &Digest) -> Result<Option<&mut PatientEntry>> {
         if !self.patients.contains_key(patient) {
             let store = self.store;
@@ -774,11 +754,6 @@ impl Writer<'_> {
                 self.leaves.len() as u64,
             )
         })
-    }
-
-    /// The proof of leaf `index` of this batch (before it is committed).
-    pub fn proof(&self, index: u64) -> Vec<Digest> {
-        merkle::inclusion_proof(index as usize, &self.leaves)
     }
 
     /// Writes the batch, anchored by `anchor_tx` at `height`, with its `parents`, in one

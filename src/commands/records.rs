@@ -202,11 +202,14 @@ pub(crate) struct GrantsArgs {
     store: StoreArgs,
 }
 
-/// Opens the ledger and the store, runs `body`, and closes the ledger whatever happened.
-async fn with_records<T>(
+/// Opens the store and the ledger, runs `body`, closes the ledger whatever happened, and prints
+/// what `body` returned: JSON with `--json`, else `lines` of it. A refusal by the ledger is
+/// reported and exits 3; other errors propagate (exit 2).
+async fn run_with<T: serde::Serialize>(
     args: &StoreArgs,
     body: impl AsyncFnOnce(&Records<'_>, &provenance::Provenance) -> records::Result<T>,
-) -> anyhow::Result<Result<T, records::Error>> {
+    lines: impl FnOnce(&T) -> Vec<String>,
+) -> anyhow::Result<ExitStatus> {
     let master = args.master()?;
     let store = Store::open(&args.dir(), &master)?;
     let provenance = provenance::Provenance::open(&args.ledger.config()).await?;
@@ -215,20 +218,20 @@ async fn with_records<T>(
         body(&records, &provenance).await
     };
     provenance.close().await?;
-    Ok(result)
-}
-
-/// The outcome of a library call: a ledger refusal is reported and exits 3; other errors
-/// propagate (exit 2).
-fn finish<T>(result: Result<T, records::Error>) -> anyhow::Result<Result<T, ExitStatus>> {
-    match result {
-        Ok(v) => Ok(Ok(v)),
+    let value = match result {
+        Ok(v) => v,
         Err(e) if e.is_denied() => {
             super::report_error(&anyhow::Error::new(e));
-            Ok(Err(ExitStatus::Denied))
+            return Ok(ExitStatus::Denied);
         }
-        Err(e) => Err(e.into()),
+        Err(e) => return Err(e.into()),
+    };
+    if args.json {
+        print_json(&value)?;
+    } else {
+        print_lines(&lines(&value));
     }
+    Ok(ExitStatus::Success)
 }
 
 async fn key(p: &provenance::Provenance, role: Role) -> records::Result<KeyPair> {
@@ -321,10 +324,9 @@ async fn import(args: ImportArgs) -> anyhow::Result<ExitStatus> {
             imported.visits_without_patient
         ));
     }
-    match (&imported.root, imported.ledger_height) {
-        (Some(root), Some(h)) => lines.push(format!(
-            "batch {} root {root} anchored at block {h}, parents {}",
-            imported.batch,
+    match (imported.batch, &imported.root, imported.ledger_height) {
+        (Some(batch), Some(root), Some(h)) => lines.push(format!(
+            "batch {batch} root {root} anchored at block {h}, parents {}",
             imported.parents.join(", ")
         )),
         _ => lines.push("nothing new: no batch was anchored".to_string()),
@@ -355,21 +357,12 @@ fn read_request(args: &GetArgs, history: bool) -> anyhow::Result<ReadRequest> {
 
 async fn get(args: GetArgs, history: bool) -> anyhow::Result<ExitStatus> {
     let req = read_request(&args, history)?;
-    let result = with_records(&args.store, async |r, p| {
-        let reader = key(p, Role::Clinician).await?;
-        r.read(&reader, &req).await
-    })
-    .await?;
-    let view = match finish(result)? {
-        Ok(v) => v,
-        Err(status) => return Ok(status),
-    };
-    if args.store.json {
-        print_json(&view)?;
-    } else {
-        print_lines(&view_lines(&view));
-    }
-    Ok(ExitStatus::Success)
+    run_with(
+        &args.store,
+        async |r, p| r.read(&key(p, Role::Clinician).await?, &req).await,
+        view_lines,
+    )
+    .await
 }
 
 fn view_lines(view: &PatientView) -> Vec<String> {
@@ -439,54 +432,41 @@ fn parse_set(set: &[String]) -> anyhow::Result<Vec<(String, Option<String>)>> {
 
 async fn amend(args: AmendArgs) -> anyhow::Result<ExitStatus> {
     let changes = parse_set(&args.set)?;
-    let result = with_records(&args.store, async |r, p| {
-        let author = key(p, Role::Clinician).await?;
-        r.amend(
-            &author,
-            &args.patient,
-            args.visit.as_deref(),
-            &changes,
-            &args.reason,
-        )
-        .await
-    })
-    .await?;
-    let done = match finish(result)? {
-        Ok(v) => v,
-        Err(status) => return Ok(status),
-    };
-    if args.store.json {
-        print_json(&done)?;
-    } else {
-        print_lines(&[format!(
-            "version {} written ({} changed), root {} anchored at block {}, supersedes {}",
-            done.version, done.categories, done.root, done.height, done.supersedes
-        )]);
-    }
-    Ok(ExitStatus::Success)
+    let record = args.visit.as_deref();
+    run_with(
+        &args.store,
+        async |r, p| {
+            let author = key(p, Role::Clinician).await?;
+            r.amend(&author, &args.patient, record, &changes, &args.reason)
+                .await
+        },
+        |done| {
+            vec![format!(
+                "version {} written ({} changed), root {} anchored at block {}, supersedes {}",
+                done.version, done.categories, done.root, done.height, done.supersedes
+            )]
+        },
+    )
+    .await
 }
 
 async fn erase(args: EraseArgs) -> anyhow::Result<ExitStatus> {
-    let result = with_records(&args.store, async |r, p| {
-        let admin = key(p, Role::Admin).await?;
-        r.erase(&admin, &args.patient, &args.reason).await
-    })
-    .await?;
-    let done = match finish(result)? {
-        Ok(v) => v,
-        Err(status) => return Ok(status),
-    };
-    if args.store.json {
-        print_json(&done)?;
-    } else {
-        print_lines(&[format!(
-            "patient {}… erased: {} record versions destroyed, tombstone at block {}",
-            &done.patient[..16],
-            done.records_destroyed,
-            done.height
-        )]);
-    }
-    Ok(ExitStatus::Success)
+    run_with(
+        &args.store,
+        async |r, p| {
+            let admin = key(p, Role::Admin).await?;
+            r.erase(&admin, &args.patient, &args.reason).await
+        },
+        |done| {
+            vec![format!(
+                "patient {}… erased: {} record versions destroyed, tombstone at block {}",
+                &done.patient[..16],
+                done.records_destroyed,
+                done.height
+            )]
+        },
+    )
+    .await
 }
 
 async fn grant(args: GrantArgs) -> anyhow::Result<ExitStatus> {
@@ -506,25 +486,21 @@ async fn grant(args: GrantArgs) -> anyhow::Result<ExitStatus> {
         .parse()
         .map_err(|e| anyhow::anyhow!("--purpose: {e}"))?;
     let expires = Time(now_ms().saturating_add(args.days.saturating_mul(86_400_000)));
-    let result = with_records(&args.store, async |r, p| {
-        let admin = key(p, Role::Admin).await?;
-        r.grant(&admin, grantee, scope, categories, purpose, expires)
-            .await
-    })
-    .await?;
-    let made = match finish(result)? {
-        Ok(v) => v,
-        Err(status) => return Ok(status),
-    };
-    if args.store.json {
-        print_json(&made)?;
-    } else {
-        print_lines(&[format!(
-            "grant {} committed at block {}",
-            made.grant, made.height
-        )]);
-    }
-    Ok(ExitStatus::Success)
+    run_with(
+        &args.store,
+        async |r, p| {
+            let admin = key(p, Role::Admin).await?;
+            r.grant(&admin, grantee, scope, categories, purpose, expires)
+                .await
+        },
+        |made| {
+            vec![format!(
+                "grant {} committed at block {}",
+                made.grant, made.height
+            )]
+        },
+    )
+    .await
 }
 
 /// Milliseconds since the epoch on this host's clock: the block times grants expire against
@@ -536,68 +512,73 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// What `access revoke --json` prints.
+#[derive(Debug, serde::Serialize)]
+struct Revoked {
+    grant: String,
+    height: u64,
+}
+
 async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitStatus> {
     let grant = Digest::from_hex(&args.grant).map_err(|e| anyhow::anyhow!("--grant: {e}"))?;
-    let result = with_records(&args.store, async |r, p| {
-        let admin = key(p, Role::Admin).await?;
-        r.revoke(&admin, grant).await
-    })
-    .await?;
-    let height = match finish(result)? {
-        Ok(v) => v,
-        Err(status) => return Ok(status),
-    };
-    if args.store.json {
-        print_json(&serde_json::json!({ "grant": args.grant, "height": height }))?;
-    } else {
-        print_lines(&[format!("grant {} revoked at block {height}", args.grant)]);
-    }
-    Ok(ExitStatus::Success)
+    run_with(
+        &args.store,
+        async |r, p| {
+            let admin = key(p, Role::Admin).await?;
+            let height = r.revoke(&admin, grant).await?;
+            Ok(Revoked {
+                grant: args.grant.clone(),
+                height,
+            })
+        },
+        |done| {
+            vec![format!(
+                "grant {} revoked at block {}",
+                done.grant, done.height
+            )]
+        },
+    )
+    .await
 }
 
 async fn break_glass(args: BreakGlassArgs) -> anyhow::Result<ExitStatus> {
-    let result = with_records(&args.store, async |r, p| {
-        let clinician = key(p, Role::Clinician).await?;
-        r.break_glass(&clinician, &args.patient, args.minutes, &args.reason)
-            .await
-    })
-    .await?;
-    let made = match finish(result)? {
-        Ok(v) => v,
-        Err(status) => return Ok(status),
-    };
-    if args.store.json {
-        print_json(&made)?;
-    } else {
-        print_lines(&[format!(
-            "break-glass access open for {} minutes (grant {}, block {}); it is flagged for \
-             compliance review",
-            args.minutes, made.grant, made.height
-        )]);
-    }
-    Ok(ExitStatus::Success)
+    run_with(
+        &args.store,
+        async |r, p| {
+            let clinician = key(p, Role::Clinician).await?;
+            r.break_glass(&clinician, &args.patient, args.minutes, &args.reason)
+                .await
+        },
+        |made| {
+            vec![format!(
+                "break-glass access open for {} minutes (grant {}, block {}); it is flagged for \
+                 compliance review",
+                args.minutes, made.grant, made.height
+            )]
+        },
+    )
+    .await
 }
 
 async fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
     let patient = args.patient.clone();
-    let result = with_records(&args.store, async |r, p| {
-        let auditor = key(p, Role::Compliance).await?;
-        let pseudonym = patient.as_deref().map(|id| r.store().pseudonym(id));
-        records::access_report(p, &auditor, pseudonym, args.break_glass).await
-    })
-    .await?;
-    let entries = match finish(result)? {
-        Ok(v) => v,
-        Err(status) => return Ok(status),
-    };
-    if args.store.json {
-        print_json(&entries)?;
-        return Ok(ExitStatus::Success);
-    }
+    run_with(
+        &args.store,
+        async |r, p| {
+            let auditor = key(p, Role::Compliance).await?;
+            let pseudonym = patient.as_deref().map(|id| r.store().pseudonym(id));
+            records::access_report(p, &auditor, pseudonym, args.break_glass).await
+        },
+        |entries| report_lines(entries),
+    )
+    .await
+}
+
+fn report_lines(entries: &[records::access::ReportEntry]) -> Vec<String> {
     if entries.is_empty() {
-        print_lines(&["no record accesses".to_string()]);
+        return vec!["no record accesses".to_string()];
     }
-    let lines: Vec<String> = entries
+    entries
         .iter()
         .map(|e| {
             let r = e.event.record.as_ref();
@@ -631,51 +612,44 @@ async fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
                 if e.verified { "verified" } else { "MISSING" }
             )
         })
-        .collect();
-    print_lines(&lines);
-    Ok(ExitStatus::Success)
+        .collect()
 }
 
 async fn list_grants(args: GrantsArgs) -> anyhow::Result<ExitStatus> {
     let grantee = args.to.as_deref().map(public_key).transpose()?;
-    let result = with_records(&args.store, async |_, p| {
-        let asker = key(p, Role::Compliance).await?;
-        records::access::grants(p, &asker, grantee).await
-    })
-    .await?;
-    let grants = match finish(result)? {
-        Ok(v) => v,
-        Err(status) => return Ok(status),
-    };
-    if args.store.json {
-        print_json(&grants)?;
-        return Ok(ExitStatus::Success);
-    }
     let now = Time(now_ms());
-    let lines: Vec<String> = grants
-        .iter()
-        .map(|g| {
-            format!(
-                "{} to {}… {} of {} for {} until {}{}{}",
-                g.id,
-                &g.spec.grantee.to_hex()[..16],
-                g.spec.categories,
-                g.spec.scope,
-                g.spec.purpose,
-                g.spec.expires.0,
-                if g.break_glass.is_some() {
-                    " BREAK-GLASS"
-                } else {
-                    ""
-                },
-                if g.is_live(now) {
-                    ""
-                } else {
-                    " (not in force)"
-                }
-            )
-        })
-        .collect();
-    print_lines(&lines);
-    Ok(ExitStatus::Success)
+    run_with(
+        &args.store,
+        async |_, p| {
+            let asker = key(p, Role::Compliance).await?;
+            records::access::grants(p, &asker, grantee).await
+        },
+        |grants| {
+            grants
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{} to {}… {} of {} for {} until {}{}{}",
+                        g.id,
+                        &g.spec.grantee.to_hex()[..16],
+                        g.spec.categories,
+                        g.spec.scope,
+                        g.spec.purpose,
+                        g.spec.expires.0,
+                        if g.break_glass.is_some() {
+                            " BREAK-GLASS"
+                        } else {
+                            ""
+                        },
+                        if g.is_live(now) {
+                            ""
+                        } else {
+                            " (not in force)"
+                        }
+                    )
+                })
+                .collect()
+        },
+    )
+    .await
 }

@@ -2,15 +2,14 @@
 //! revocation, purpose, the whole role × action and category matrices, break-glass, erasure,
 //! amendment, facility proofs and the access trail.
 
+use super::tests::execute_signed;
 use super::*;
 use crate::crypto::KeyPair;
-use crate::tx::TxBody;
 
 const HOUR: u64 = 3_600_000;
 
 struct World {
     state: State,
-    ledger: Digest,
     nonce: u64,
     seq: u64,
     /// Block time of the next transaction.
@@ -33,7 +32,6 @@ impl World {
         let admin = KeyPair::from_label("admin");
         let mut w = Self {
             state: State::new(ledger, admin.public(), "admin"),
-            ledger,
             nonce: 0,
             seq: 0,
             now: 1_000_000,
@@ -81,22 +79,13 @@ impl World {
         self.nonce += 1;
         self.seq += 1;
         self.now += 1_000;
-        let tx = SignedTx::sign(
+        execute_signed(
+            &mut self.state,
             key,
-            &TxBody {
-                ledger: self.ledger,
-                nonce: self.nonce,
-                call,
-            },
-        )
-        .expect("sign");
-        self.state.execute(
-            &tx,
-            Position {
-                seq: SeqNo(self.seq),
-                index: 0,
-            },
+            self.nonce,
+            SeqNo(self.seq),
             Time(self.now),
+            call,
         )
     }
 
@@ -156,6 +145,17 @@ impl World {
         );
         assert!(o.is_accepted(), "{o:?}");
         id
+    }
+
+    /// The clinician's read of all of `p`'s record for treatment, as no facility.
+    fn treat(&mut self, p: Digest) -> Outcome {
+        self.read(
+            Role::Clinician,
+            p,
+            Categories::ALL,
+            Purpose::Treatment,
+            None,
+        )
     }
 
     fn read(
@@ -270,13 +270,7 @@ fn the_cardiologist_sees_cardiology_and_vitals_of_facility_a_only() {
         "{o:?}"
     );
     // Without a facility, a facility grant covers nothing.
-    let o = w.read(
-        Role::Clinician,
-        patient(1),
-        Categories::ALL,
-        Purpose::Treatment,
-        None,
-    );
+    let o = w.treat(patient(1));
     denied(&o);
 }
 
@@ -332,13 +326,7 @@ fn expired_revoked_and_other_purpose_grants_see_nothing() {
             expires,
         }),
     );
-    let o = w.read(
-        Role::Clinician,
-        patient(1),
-        Categories::ALL,
-        Purpose::Treatment,
-        None,
-    );
+    let o = w.treat(patient(1));
     granted(&o);
     // Research is not treatment.
     let o = w.read(
@@ -351,13 +339,7 @@ fn expired_revoked_and_other_purpose_grants_see_nothing() {
     denied(&o);
     // Time passes beyond the expiry.
     w.now += 10_000;
-    let o = w.read(
-        Role::Clinician,
-        patient(1),
-        Categories::ALL,
-        Purpose::Treatment,
-        None,
-    );
+    let o = w.treat(patient(1));
     denied(&o);
     // A live grant, revoked.
     let id = w.grant(
@@ -366,33 +348,15 @@ fn expired_revoked_and_other_purpose_grants_see_nothing() {
         Categories::ALL,
         Purpose::Treatment,
     );
-    let o = w.read(
-        Role::Clinician,
-        patient(2),
-        Categories::ALL,
-        Purpose::Treatment,
-        None,
-    );
+    let o = w.treat(patient(2));
     granted(&o);
     w.accept(&admin, Call::RevokeRecords { grant: id });
-    let o = w.read(
-        Role::Clinician,
-        patient(2),
-        Categories::ALL,
-        Purpose::Treatment,
-        None,
-    );
+    let o = w.treat(patient(2));
     denied(&o);
     let o = w.exec(&admin, Call::RevokeRecords { grant: id });
     assert!(denied(&o).contains("already revoked"));
     // A grant to one patient covers no other.
-    let o = w.read(
-        Role::Clinician,
-        patient(1),
-        Categories::ALL,
-        Purpose::Treatment,
-        None,
-    );
+    let o = w.treat(patient(1));
     denied(&o);
 }
 
@@ -401,13 +365,7 @@ fn every_category_alone_grants_exactly_itself() {
     for c in Category::ALL {
         let mut w = World::new();
         w.grant(Role::Clinician, Scope::All, c.into(), Purpose::Treatment);
-        let o = w.read(
-            Role::Clinician,
-            patient(1),
-            Categories::ALL,
-            Purpose::Treatment,
-            None,
-        );
+        let o = w.treat(patient(1));
         assert_eq!(granted(&o).categories(), c.into(), "{c}");
         let others = Categories::ALL.minus(c.into());
         let o = w.read(
@@ -497,13 +455,7 @@ fn the_role_action_matrix_holds() {
 fn break_glass_is_short_flagged_and_needs_a_reason() {
     let mut w = World::new();
     let doc = w.key(Role::Clinician);
-    let o = w.read(
-        Role::Clinician,
-        patient(3),
-        Categories::ALL,
-        Purpose::Treatment,
-        None,
-    );
+    let o = w.treat(patient(3));
     denied(&o);
     for (minutes, reason, why) in [
         (30, "  ", "needs a reason"),
@@ -528,34 +480,16 @@ fn break_glass_is_short_flagged_and_needs_a_reason() {
             reason: "stroke code, no consent possible".into(),
         },
     );
-    let o = w.read(
-        Role::Clinician,
-        patient(3),
-        Categories::ALL,
-        Purpose::Treatment,
-        None,
-    );
+    let o = w.treat(patient(3));
     let d = granted(&o);
     assert_eq!(d.categories(), Categories::ALL);
     assert!(d.break_glass);
     // Only that patient.
-    let o = w.read(
-        Role::Clinician,
-        patient(1),
-        Categories::ALL,
-        Purpose::Treatment,
-        None,
-    );
+    let o = w.treat(patient(1));
     denied(&o);
     // A minute later it is over.
     w.now += 60_000;
-    let o = w.read(
-        Role::Clinician,
-        patient(3),
-        Categories::ALL,
-        Purpose::Treatment,
-        None,
-    );
+    let o = w.treat(patient(3));
     denied(&o);
     // The review lists the refused attempts, the opening and the read, flagged.
     let flagged = w
@@ -596,13 +530,7 @@ fn an_erased_patient_can_no_longer_be_read_amended_or_erased_again() {
         },
     );
     assert!(w.state.erased(&patient(2)).is_some());
-    let o = w.read(
-        Role::Clinician,
-        patient(2),
-        Categories::ALL,
-        Purpose::Treatment,
-        None,
-    );
+    let o = w.treat(patient(2));
     assert!(denied(&o).contains("erased"), "{o:?}");
     let o = w.exec(
         &admin,
@@ -613,13 +541,7 @@ fn an_erased_patient_can_no_longer_be_read_amended_or_erased_again() {
     );
     assert!(denied(&o).contains("already erased"), "{o:?}");
     // Others are untouched.
-    let o = w.read(
-        Role::Clinician,
-        patient(1),
-        Categories::ALL,
-        Purpose::Treatment,
-        None,
-    );
+    let o = w.treat(patient(1));
     granted(&o);
 }
 

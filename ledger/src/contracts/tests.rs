@@ -53,22 +53,13 @@ impl World {
     fn exec(&mut self, key: &KeyPair, call: Call) -> Outcome {
         self.nonce += 1;
         self.seq += 1;
-        let tx = SignedTx::sign(
+        execute_signed(
+            &mut self.state,
             key,
-            &TxBody {
-                ledger: self.ledger,
-                nonce: self.nonce,
-                call,
-            },
-        )
-        .expect("sign");
-        self.state.execute(
-            &tx,
-            Position {
-                seq: SeqNo(self.seq),
-                index: 0,
-            },
+            self.nonce,
+            SeqNo(self.seq),
             Time(self.seq * 10),
+            call,
         )
     }
 
@@ -98,6 +89,25 @@ fn spec(kind: AnchorKind, root: Digest, parents: Vec<Digest>) -> AnchorSpec {
         params_hash: Digest::of(b"params"),
         code_version: "abc123".into(),
     }
+}
+
+/// Signs `call` as `key` with `nonce` for `state`'s ledger and executes it alone in block
+/// `seq` at `time`.
+pub(super) fn execute_signed(
+    state: &mut State,
+    key: &KeyPair,
+    nonce: u64,
+    seq: SeqNo,
+    time: Time,
+    call: Call,
+) -> Outcome {
+    let body = TxBody {
+        ledger: state.ledger(),
+        nonce,
+        call,
+    };
+    let tx = SignedTx::sign(key, &body).expect("sign");
+    state.execute(&tx, Position { seq, index: 0 }, time)
 }
 
 /// The call an actor makes to attempt `action`.
