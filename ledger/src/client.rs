@@ -78,19 +78,33 @@ const QUORUM_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
 pub struct Client<'a, L> {
     ledger: &'a L,
     key: KeyPair,
-    nonce: AtomicU64,
+}
+
+/// A transaction nonce no other client of this process has used, and above any used by a
+/// process that ran before: the clock in microseconds, or one more than the last nonce handed
+/// out when that is higher. The contract refuses a nonce its signer used before, and a server
+/// makes many short-lived clients of one identity at once (one per request), so a per-client
+/// counter started from the clock would hand two of them the same nonce.
+fn next_nonce() -> u64 {
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    #[allow(clippy::disallowed_methods)] // a client's nonce floor, not consensus time
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let mut prev = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = prev.saturating_add(1).max(now);
+        match LAST.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => prev = seen,
+        }
+    }
 }
 
 impl<'a, L: LedgerApi> Client<'a, L> {
-    /// A client acting as `key`. Nonces start from the clock in microseconds so that
-    /// successive processes using the same identity never reuse one.
+    /// A client acting as `key`.
     pub fn new(ledger: &'a L, key: KeyPair) -> Self {
-        let start = node::unix_ms().0.saturating_mul(1000);
-        Self {
-            ledger,
-            key,
-            nonce: AtomicU64::new(start),
-        }
+        Self { ledger, key }
     }
 
     /// The identity.
@@ -100,7 +114,7 @@ impl<'a, L: LedgerApi> Client<'a, L> {
 
     /// Signs a call with a fresh nonce.
     pub fn sign(&self, call: Call) -> Result<SignedTx> {
-        let nonce = self.nonce.fetch_add(1, Ordering::Relaxed);
+        let nonce = next_nonce();
         SignedTx::sign(
             &self.key,
             &TxBody {
@@ -217,6 +231,24 @@ impl<'a, L: LedgerApi> Reader<'a, L> {
     /// One peer's answer.
     pub async fn ask(&self, query: Query) -> Result<QueryResult> {
         self.ledger.query(self.sign(query)?).await
+    }
+
+    /// Peer `peer`'s own answer (by its index in the genesis), to check one peer's copy of the
+    /// state, such as the audit trail of a peer that was down and has caught up.
+    pub async fn ask_peer(&self, peer: usize, query: Query) -> Result<QueryResult> {
+        let peers = self.ledger.genesis().peers.len();
+        if peer >= peers {
+            return Err(Error::Config(format!(
+                "no peer {peer}: the ledger has peers 0 to {}",
+                peers.saturating_sub(1)
+            )));
+        }
+        self.ledger
+            .query_all(self.sign(query)?)
+            .await
+            .into_iter()
+            .nth(peer)
+            .unwrap_or_else(|| Err(Error::Stopped(format!("peer {peer} did not answer"))))
     }
 
     /// An answer `f + 1` peers gave alike, so at least one correct peer: asked again for a
@@ -548,5 +580,25 @@ impl LedgerApi for Ledger {
 
     fn genesis(&self) -> &Genesis {
         &self.genesis
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_of_one_identity_never_share_a_nonce() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(|| (0..2_000).map(|_| next_nonce()).collect::<Vec<_>>()))
+            .collect();
+        let mut all: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().expect("thread"))
+            .collect();
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n);
     }
 }

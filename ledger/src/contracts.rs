@@ -79,16 +79,20 @@ pub enum Role {
     Compliance,
     /// Reads and updates records it was granted.
     Clinician,
+    /// A server that reads records for the identities signed in to it, each read carrying the
+    /// reader's own token ([`crate::token`]); it may do nothing in its own name.
+    Gateway,
 }
 
 impl Role {
     /// Every role.
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 6] = [
         Role::Admin,
         Role::DataEngineer,
         Role::MlEngineer,
         Role::Compliance,
         Role::Clinician,
+        Role::Gateway,
     ];
 
     /// The snake_case name.
@@ -99,6 +103,7 @@ impl Role {
             Role::MlEngineer => "ml_engineer",
             Role::Compliance => "compliance",
             Role::Clinician => "clinician",
+            Role::Gateway => "gateway",
         }
     }
 }
@@ -118,7 +123,8 @@ impl FromStr for Role {
             .ok_or_else(|| Error::Invalid {
                 what: "role",
                 reason: format!(
-                    "{s:?} is not one of admin, data_engineer, ml_engineer, compliance, clinician"
+                    "{s:?} is not one of admin, data_engineer, ml_engineer, compliance, \
+                     clinician, gateway"
                 ),
             })
     }
@@ -266,6 +272,17 @@ pub enum Call {
         /// Why (free text, no PHI: the request's reference).
         reason: String,
     },
+    /// A read made by a gateway (a server) for `reader`, who proves it asked with its own token
+    /// ([`crate::token`]): decided and audited as `reader`'s [`Call::ReadRecord`], with the
+    /// gateway named in the audit event.
+    ReadRecordAs {
+        /// The identity the read is for.
+        reader: PublicKey,
+        /// `reader`'s token (a compact EdDSA JWT for this ledger), valid at the block's time.
+        token: String,
+        /// The read.
+        read: ReadSpec,
+    },
 }
 
 impl Call {
@@ -293,6 +310,10 @@ impl Call {
             },
             Call::RevokeRecords { .. } => Ok(()),
             Call::ReadRecord(r) => check_facility_proof(r.facility.as_ref()),
+            Call::ReadRecordAs { token, read, .. } => {
+                check_text("token", token, crate::token::MAX_TOKEN_LEN)?;
+                check_facility_proof(read.facility.as_ref())
+            }
             Call::BreakGlass { reason, .. } | Call::ErasePatient { reason, .. } => {
                 check_text("reason", reason, MAX_PURPOSE_LEN)
             }
@@ -327,7 +348,7 @@ fn check_facility_proof(proof: Option<&FacilityProof>) -> Result<(), String> {
 fn record_event(call: &Call, outcome: &Outcome) -> Option<RecordEvent> {
     let used_break_glass = outcome.decision().is_some_and(|d| d.break_glass);
     Some(match call {
-        Call::ReadRecord(r) => RecordEvent {
+        Call::ReadRecord(r) | Call::ReadRecordAs { read: r, .. } => RecordEvent {
             patient: r.patient,
             asked: r.categories,
             purpose: Some(r.purpose),
@@ -456,7 +477,7 @@ impl Action {
             Call::RecordAccess { access, .. } => Self::from(*access),
             Call::GrantRecords(_) => Self::GrantRecords,
             Call::RevokeRecords { .. } => Self::RevokeRecords,
-            Call::ReadRecord(_) => Self::ReadRecord,
+            Call::ReadRecord(_) | Call::ReadRecordAs { .. } => Self::ReadRecord,
             Call::AmendRecord(_) => Self::AmendRecord,
             Call::BreakGlass { .. } => Self::BreakGlass,
             Call::ErasePatient { .. } => Self::ErasePatient,
@@ -492,6 +513,8 @@ pub fn policy(role: Role, action: Action) -> Permission {
     use Permission::{Allowed, Denied, WithGrant};
     match (role, action) {
         (_, A::Malformed) => Denied,
+        // A gateway's reads are its readers' (`Call::ReadRecordAs`), never its own.
+        (Role::Gateway, _) => Denied,
         (_, A::ReadRecord) => WithGrant,
         (
             Role::Admin,
@@ -611,6 +634,8 @@ pub struct AuditEvent {
     pub time: Time,
     /// Who.
     pub actor: PublicKey,
+    /// The gateway (server) that made the call for `actor`, if any.
+    pub via: Option<PublicKey>,
     /// What.
     pub action: Action,
     /// On which anchored root, if any.
@@ -883,6 +908,9 @@ impl State {
         position: Position,
         time: Time,
     ) -> Outcome {
+        // Who the event is of: the signer, or the identity a gateway read for.
+        let mut actor = tx.signer;
+        let mut via = None;
         let (action, subject, purpose, outcome, record) = match tx.body() {
             Err(e) => (
                 Action::Malformed,
@@ -902,7 +930,9 @@ impl State {
                         subject, purpose, ..
                     } => (Some(*subject), Some(purpose.clone())),
                     Call::AmendRecord(a) => (Some(a.root), Some(a.reason.clone())),
-                    Call::ReadRecord(r) => (None, Some(r.purpose.to_string())),
+                    Call::ReadRecord(r) | Call::ReadRecordAs { read: r, .. } => {
+                        (None, Some(r.purpose.to_string()))
+                    }
                     Call::GrantRecords(g) => (None, Some(g.purpose.to_string())),
                     Call::BreakGlass { reason, .. } | Call::ErasePatient { reason, .. } => {
                         (None, Some(reason.clone()))
@@ -924,14 +954,29 @@ impl State {
                 } else {
                     self.nonces.entry(tx.signer).or_default().insert(body.nonce);
                     self.journal(Undo::Nonce(tx.signer, body.nonce));
-                    self.apply(tx.signer, &body.call, action, id, position, time)
+                    match &body.call {
+                        Call::ReadRecordAs {
+                            reader,
+                            token,
+                            read,
+                        } => match self.check_gateway(&tx.signer, reader, token, time) {
+                            Err(reason) => Outcome::denied(reason),
+                            Ok(()) => {
+                                actor = *reader;
+                                via = Some(tx.signer);
+                                let call = Call::ReadRecord(read.clone());
+                                self.apply(*reader, &call, action, id, position, time)
+                            }
+                        },
+                        call => self.apply(tx.signer, call, action, id, position, time),
+                    }
                 };
                 let record = record_event(&body.call, &outcome);
                 (action, subject, purpose, outcome, record)
             }
         };
         let idx = self.audit.len();
-        self.by_actor.entry(tx.signer).or_default().push(idx);
+        self.by_actor.entry(actor).or_default().push(idx);
         if let Some(s) = subject {
             self.by_subject.entry(s).or_default().push(idx);
         }
@@ -941,7 +986,8 @@ impl State {
         self.audit.push(AuditEvent {
             position,
             time,
-            actor: tx.signer,
+            actor,
+            via,
             action,
             subject,
             purpose,
@@ -951,6 +997,27 @@ impl State {
         });
         self.journal(Undo::Audit);
         outcome
+    }
+
+    /// Whether `gateway` may read for `reader` now: it is an active gateway, and `token` is
+    /// `reader`'s own, for this ledger, valid at the block's time.
+    fn check_gateway(
+        &self,
+        gateway: &PublicKey,
+        reader: &PublicKey,
+        token: &str,
+        time: Time,
+    ) -> Result<(), String> {
+        match self.identities.get(gateway) {
+            Some(g) if g.role == Role::Gateway && !g.revoked => {}
+            Some(g) if g.revoked => return Err("identity revoked".into()),
+            _ => return Err("only a gateway may read for another identity".into()),
+        }
+        let (signer, _) = crate::token::verify(token, &self.ledger, time)?;
+        if signer != *reader {
+            return Err("the token is not the reader's".into());
+        }
+        Ok(())
     }
 
     fn apply(
@@ -1193,6 +1260,10 @@ impl State {
                     });
                 self.journal(Undo::Anchor(amend.root));
                 return Outcome::Granted(d);
+            }
+            // Unwrapped by `execute_known` after its gateway check; never applied as such.
+            Call::ReadRecordAs { .. } => {
+                return Outcome::denied("only a gateway may read for another identity");
             }
             Call::ErasePatient { patient, .. } => {
                 if let Some(at) = self.records.erased.get(patient) {

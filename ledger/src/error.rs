@@ -78,6 +78,27 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether the ledger could not be reached or could not commit in time (too few peers up,
+    /// a peer busy or stopped), as opposed to a refusal or a bad request: the caller may try
+    /// again later, and nothing was decided.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Stopped(_) | Error::Timeout(_) | Error::Busy(_) => true,
+            #[cfg(feature = "net")]
+            Error::Transport(_) => true,
+            #[cfg(feature = "net")]
+            Error::Rpc(s) => matches!(
+                s.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::ResourceExhausted
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Aborted
+            ),
+            _ => false,
+        }
+    }
+
     /// An [`Error::Io`] on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {

@@ -24,6 +24,7 @@ pub mod sim;
 pub mod store;
 #[cfg(feature = "net")]
 pub mod tls;
+pub mod token;
 #[cfg(feature = "net")]
 pub mod transport;
 pub mod tx;

@@ -31,6 +31,11 @@ pub struct LedgerConfig {
     /// Key file of the identity to sign with. Default: the per-role identity kept in an
     /// embedded ledger's `identities/`.
     pub identity: Option<PathBuf>,
+    /// How long one attempt at one peer of a cluster may take before the next is tried (a
+    /// transaction tries each peer twice). Default: 10 seconds. A clinician's read waits for
+    /// its audit event to commit, so a site whose ledger may lose its quorum sets it lower to
+    /// be refused sooner.
+    pub timeout_secs: Option<u64>,
 }
 
 /// `$EMRFLOW_HOME`, else `$XDG_DATA_HOME/emrflow`, else `~/.local/share/emrflow`.
@@ -118,9 +123,12 @@ impl Provenance {
             let home = location
                 .parent()
                 .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-            let remote = RemoteLedger::new(genesis).with_context(|| {
+            let mut remote = RemoteLedger::new(genesis).with_context(|| {
                 format!("cannot set up TLS to the peers of {}", location.display())
             })?;
+            if let Some(secs) = config.timeout_secs {
+                remote = remote.with_timeout(std::time::Duration::from_secs(secs.max(1)));
+            }
             return Ok(Self {
                 conn: Some(Conn::Remote(remote)),
                 home,

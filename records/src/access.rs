@@ -119,8 +119,6 @@ pub struct ReadRequest {
 pub struct Records<'a> {
     store: &'a Store,
     provenance: &'a Provenance,
-    /// Batch roots checked against their anchors, with the anchor's height.
-    anchored: std::sync::Mutex<BTreeMap<Digest, u64>>,
 }
 
 impl std::fmt::Debug for Records<'_> {
@@ -144,11 +142,7 @@ fn denial(what: String, receipt: &Receipt) -> Result<()> {
 impl<'a> Records<'a> {
     /// The store and the ledger it anchors on.
     pub fn new(store: &'a Store, provenance: &'a Provenance) -> Self {
-        Self {
-            store,
-            provenance,
-            anchored: std::sync::Mutex::new(BTreeMap::new()),
-        }
+        Self { store, provenance }
     }
 
     /// The store.
@@ -159,9 +153,13 @@ impl<'a> Records<'a> {
     async fn submit(&self, key: &KeyPair, call: Call, what: &str) -> Result<Receipt> {
         let client: Client<'_, Conn> = self.provenance.client_with(key.clone());
         let receipt = client.call(call).await.map_err(|e| {
-            Error::Invalid(format!(
-                "the ledger did not commit {what}, so nothing was done or returned: {e}"
-            ))
+            let message =
+                format!("the ledger did not commit {what}, so nothing was done or returned: {e}");
+            if e.is_unavailable() {
+                Error::Unavailable(message)
+            } else {
+                Error::Invalid(message)
+            }
         })?;
         receipt.verify(self.provenance.genesis()).map_err(|e| {
             Error::Unverified(format!(
@@ -186,10 +184,10 @@ impl<'a> Records<'a> {
         Ok(patient)
     }
 
-    /// The anchor height of `batch`'s root, checked on the ledger once per handle.
+    /// The anchor height of `batch`'s root, checked on the ledger once per opened store.
     async fn anchor_height(&self, batch: &Batch) -> Result<u64> {
-        if let Some(h) = self.anchored.lock().expect("poisoned").get(&batch.root) {
-            return Ok(*h);
+        if let Some(h) = self.store.checked_anchor(&batch.root) {
+            return Ok(h);
         }
         let anchors = self.provenance.anchors_of(batch.root).await?;
         let Some(anchor) = anchors.iter().find(|a| a.tx == batch.anchor_tx) else {
@@ -205,10 +203,7 @@ impl<'a> Records<'a> {
             )));
         }
         let h = anchor.position.seq.0;
-        self.anchored
-            .lock()
-            .expect("poisoned")
-            .insert(batch.root, h);
+        self.store.remember_anchor(batch.root, h);
         Ok(h)
     }
 
@@ -244,6 +239,33 @@ impl<'a> Records<'a> {
     /// Reads a patient's record as `reader`: the ledger decides which categories, records the
     /// decision, and only those fields are returned, each record with its proof.
     pub async fn read(&self, reader: &KeyPair, req: &ReadRequest) -> Result<PatientView> {
+        self.read_signed(reader, req, Call::ReadRecord).await
+    }
+
+    /// Reads a patient's record for `reader` as the gateway `gateway` (a server the reader
+    /// signed in to with `token`): decided and audited as `reader`'s own read, with the gateway
+    /// named in the audit event.
+    pub async fn read_as(
+        &self,
+        gateway: &KeyPair,
+        reader: PublicKey,
+        token: &str,
+        req: &ReadRequest,
+    ) -> Result<PatientView> {
+        self.read_signed(gateway, req, |read| Call::ReadRecordAs {
+            reader,
+            token: token.to_string(),
+            read,
+        })
+        .await
+    }
+
+    async fn read_signed(
+        &self,
+        signer: &KeyPair,
+        req: &ReadRequest,
+        call: impl FnOnce(ReadSpec) -> Call,
+    ) -> Result<PatientView> {
         let patient = self.patient_in_store(&req.patient_id)?;
         let facility = match &req.facility {
             None => None,
@@ -257,8 +279,8 @@ impl<'a> Records<'a> {
         let what = format!("the read of patient {}", req.patient_id);
         let receipt = self
             .submit(
-                reader,
-                Call::ReadRecord(ReadSpec {
+                signer,
+                call(ReadSpec {
                     patient,
                     categories: req.categories,
                     purpose: req.purpose,
@@ -592,23 +614,26 @@ pub struct ReportEntry {
 }
 
 /// Every record access of a patient (or every break-glass access), each with its proof, asked as
-/// `auditor` (compliance or admin).
+/// `auditor` (compliance or admin), of any peer or of peer `peer`'s own copy of the trail.
 pub async fn access_report(
     provenance: &Provenance,
     auditor: &KeyPair,
     patient: Option<Digest>,
     break_glass: bool,
+    peer: Option<usize>,
 ) -> Result<Vec<ReportEntry>> {
     let reader = provenance.reader_with(auditor.clone());
-    let result = reader
-        .ask(ledger::contracts::Query::RecordAudit {
-            patient,
-            actor: None,
-            break_glass,
-            from: Time(0),
-            to: Time(u64::MAX),
-        })
-        .await?;
+    let query = ledger::contracts::Query::RecordAudit {
+        patient,
+        actor: None,
+        break_glass,
+        from: Time(0),
+        to: Time(u64::MAX),
+    };
+    let result = match peer {
+        Some(i) => reader.ask_peer(i, query).await?,
+        None => reader.ask(query).await?,
+    };
     let ledger::chain::QueryResult::Audit(events) = result else {
         return Err(Error::Invalid(
             "the ledger answered the access query with something else".into(),

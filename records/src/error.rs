@@ -52,6 +52,10 @@ pub enum Error {
         /// The contract's reason.
         reason: String,
     },
+    /// The ledger could not commit in time (too few peers reachable): nothing was decided,
+    /// done or returned; the same request may be tried again later.
+    #[error("{0}")]
+    Unavailable(String),
     /// A record does not verify against its anchored batch.
     #[error("{0}")]
     Unverified(String),
@@ -100,6 +104,15 @@ impl Error {
         match self {
             Error::Denied { .. } => true,
             Error::Provenance(p) => p.is_denied(),
+            _ => false,
+        }
+    }
+
+    /// Whether the ledger could not commit: nothing was done, and trying later may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Unavailable(_) => true,
+            Error::Ledger(e) => e.is_unavailable(),
             _ => false,
         }
     }

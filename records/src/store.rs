@@ -162,6 +162,12 @@ pub struct Store {
     id: [u8; 16],
     keys: Keys,
     categories: CategoryMap,
+    /// Per batch, the audit path of each chunk root in the tree over the chunk roots: a batch
+    /// never changes once written, and these paths are the same for every record of a chunk.
+    upper_paths: std::sync::Mutex<HashMap<u32, std::sync::Arc<Vec<Vec<Digest>>>>>,
+    /// Batch roots found anchored on the ledger by a reader of this handle, with the anchor's
+    /// height: checked once, not at every read.
+    anchored: std::sync::Mutex<HashMap<Digest, u64>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -223,6 +229,8 @@ impl Store {
             id,
             keys,
             categories: categories.clone(),
+            upper_paths: Default::default(),
+            anchored: Default::default(),
         })
     }
 
@@ -273,7 +281,26 @@ impl Store {
             id,
             keys,
             categories,
+            upper_paths: Default::default(),
+            anchored: Default::default(),
         })
+    }
+
+    /// The anchor height found for a batch root, if a reader checked it already.
+    pub(crate) fn checked_anchor(&self, root: &Digest) -> Option<u64> {
+        self.anchored
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(root)
+            .copied()
+    }
+
+    /// Remembers that a batch root was found anchored at `height`.
+    pub(crate) fn remember_anchor(&self, root: Digest, height: u64) {
+        self.anchored
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(root, height);
     }
 
     /// The store's directory.
@@ -434,11 +461,21 @@ impl Store {
             .get(chunk_key(batch.number, chunk))
             .map_err(|e| self.err(e))?
             .ok_or_else(|| Error::Corrupt(format!("batch {}: no chunk {chunk}", batch.number)))?;
-        Ok(tree::proof(
-            index,
-            &tree::decode(row.value()),
-            &batch.chunk_roots,
-        ))
+        let mut path = tree::chunk_path(index, &tree::decode(row.value()));
+        let upper = {
+            let mut cache = self
+                .upper_paths
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            cache
+                .entry(batch.number)
+                .or_insert_with(|| std::sync::Arc::new(tree::upper_paths(&batch.chunk_roots)))
+                .clone()
+        };
+        path.extend_from_slice(upper.get(chunk as usize).ok_or_else(|| {
+            Error::Corrupt(format!("batch {}: no chunk root {chunk}", batch.number))
+        })?);
+        Ok(path)
     }
 
     /// The proof, for the contract, that `patient` has records made at `facility`.
@@ -795,7 +832,7 @@ impl Writer<'_> {
             let mut chunks = txn.open_table(CHUNKS).map_err(|e| store.err(e))?;
             for (i, c) in self.leaves.chunks(tree::CHUNK).enumerate() {
                 chunks
-                    .insert(chunk_key(self.number, i as u32), &tree::encode(c)[..])
+                    .insert(chunk_key(self.number, i as u32), &tree::encode_chunk(c)[..])
                     .map_err(|e| store.err(e))?;
             }
             let mut records = txn.open_table(RECORDS).map_err(|e| store.err(e))?;

@@ -2,7 +2,9 @@
 //! chunk roots. An RFC 6962 tree splits at the largest power of two below its size, so every
 //! full chunk (and the last, partial one) is a subtree of the batch tree, and the tree over the
 //! chunk roots is the rest of it: a proof is one chunk read plus the chunk roots, not the
-//! million leaves of an import.
+//! million leaves of an import. A full chunk is stored with every level above its leaves, so the
+//! path inside it is read, not recomputed from 1,024 leaves at each read; the paths over the
+//! chunk roots are computed once per batch ([`upper_paths`]) by whoever serves reads.
 
 use merkle::Digest;
 
@@ -21,11 +23,51 @@ pub fn batch_root(chunk_roots: &[Digest]) -> Digest {
 
 /// The audit path of leaf `index`, from the leaves of its chunk and every chunk root.
 pub fn proof(index: u64, chunk: &[Digest], chunk_roots: &[Digest]) -> Vec<Digest> {
-    let within = (index % CHUNK as u64) as usize;
     let which = (index / CHUNK as u64) as usize;
-    let mut path = merkle::inclusion_proof(within, chunk);
+    let mut path = chunk_path(index, chunk);
     path.extend(merkle::inclusion_proof(which, chunk_roots));
     path
+}
+
+/// The audit path of leaf `index` inside its chunk, stored as [`encode_chunk`] wrote it: read
+/// from the stored levels of a full chunk, computed from the leaves of the last, partial one.
+pub fn chunk_path(index: u64, stored: &[Digest]) -> Vec<Digest> {
+    let mut i = (index % CHUNK as u64) as usize;
+    if stored.len() != 2 * CHUNK - 1 {
+        return merkle::inclusion_proof(i, stored);
+    }
+    // A full chunk is a perfect binary tree: the siblings bottom-up, level by level.
+    let mut path = Vec::with_capacity(CHUNK.trailing_zeros() as usize);
+    let (mut offset, mut width) = (0, CHUNK);
+    while width > 1 {
+        path.push(stored[offset + (i ^ 1)]);
+        offset += width;
+        width /= 2;
+        i /= 2;
+    }
+    path
+}
+
+/// The audit paths of every chunk root in the tree over the chunk roots, by chunk number.
+pub fn upper_paths(chunk_roots: &[Digest]) -> Vec<Vec<Digest>> {
+    merkle::all_inclusion_proofs(chunk_roots)
+}
+
+/// A chunk as stored: its leaves, then for a full chunk each level above them up to its root
+/// (2 × [`CHUNK`] − 1 nodes).
+pub fn encode_chunk(leaves: &[Digest]) -> Vec<u8> {
+    let mut nodes = leaves.to_vec();
+    if leaves.len() == CHUNK {
+        let mut level = leaves.to_vec();
+        while level.len() > 1 {
+            level = level
+                .chunks_exact(2)
+                .map(|p| merkle::node_hash(&p[0], &p[1]))
+                .collect();
+            nodes.extend_from_slice(&level);
+        }
+    }
+    encode(&nodes)
 }
 
 /// Leaf hashes as stored: 32 bytes each.
@@ -57,7 +99,10 @@ mod tests {
             for i in [0, n / 2, n - 1] {
                 let c = i / CHUNK;
                 let chunk = &leaves[c * CHUNK..((c + 1) * CHUNK).min(n)];
-                let path = proof(i as u64, chunk, &roots);
+                let stored = decode(&encode_chunk(chunk));
+                let path = proof(i as u64, &stored, &roots);
+                let upper = &upper_paths(&roots)[c];
+                assert!(path.ends_with(upper), "n = {n}, leaf {i}");
                 assert!(
                     merkle::verify_inclusion(i as u64, n as u64, &leaves[i], &path, &root),
                     "n = {n}, i = {i}"

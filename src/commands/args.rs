@@ -45,6 +45,10 @@ pub(crate) struct LedgerArgs {
     /// use when the ledger's admin key is there]
     #[arg(long, env = "EMRFLOW_IDENTITY", value_name = "KEY")]
     pub(crate) identity: Option<PathBuf>,
+    /// With a cluster: how long one attempt at one peer may take before the next peer is tried
+    /// (each peer is tried twice) [default: 10]
+    #[arg(long, env = "EMRFLOW_LEDGER_TIMEOUT", value_name = "SECONDS")]
+    pub(crate) ledger_timeout: Option<u64>,
 }
 
 impl LedgerArgs {
@@ -52,6 +56,7 @@ impl LedgerArgs {
         provenance::LedgerConfig {
             ledger: self.ledger.clone(),
             identity: self.identity.clone(),
+            timeout_secs: self.ledger_timeout,
         }
     }
 }

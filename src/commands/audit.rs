@@ -40,6 +40,12 @@ pub(crate) async fn run(args: AuditArgs) -> anyhow::Result<ExitStatus> {
     let ledger = LedgerArgs {
         ledger: args.ledger.clone(),
         identity: std::env::var_os("EMRFLOW_IDENTITY").map(std::path::PathBuf::from),
+        ledger_timeout: match std::env::var("EMRFLOW_LEDGER_TIMEOUT") {
+            Ok(s) => Some(s.parse().map_err(|e| {
+                anyhow::anyhow!("EMRFLOW_LEDGER_TIMEOUT {s:?} is not a number of seconds: {e}")
+            })?),
+            Err(_) => None,
+        },
     };
     let rows = with_ledger(&ledger, async |p| {
         provenance::audit::audit(p, &filter).await

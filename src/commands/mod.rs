@@ -21,6 +21,7 @@ mod predict;
 mod prove;
 mod records;
 mod run;
+mod serve;
 mod train;
 mod verify;
 
@@ -34,6 +35,7 @@ pub(crate) enum ExitStatus {
     Mismatch,
     Error,
     Denied,
+    Unavailable,
 }
 
 impl From<ExitStatus> for ExitCode {
@@ -43,6 +45,7 @@ impl From<ExitStatus> for ExitCode {
             ExitStatus::Mismatch => ExitCode::from(1),
             ExitStatus::Error => ExitCode::from(2),
             ExitStatus::Denied => ExitCode::from(3),
+            ExitStatus::Unavailable => ExitCode::from(4),
         }
     }
 }
@@ -96,6 +99,12 @@ pub(crate) enum Command {
     /// Who may read which records: grants, revocations, break-glass, access reports
     #[command(subcommand)]
     Access(records::AccessCommand),
+    /// Serve the online API: FHIR-shaped record reads, each decided and audited by the ledger
+    Serve(Box<serve::ServeArgs>),
+    /// Print an identity token (a JWT signed with the identity's key) for the API
+    Token(serve::TokenArgs),
+    /// Send one authenticated GET to an emrflow server and print the answer
+    Api(serve::ApiArgs),
     /// Run and inspect the four-peer PBFT ledger
     #[command(subcommand)]
     Ledger(ledger::LedgerCommand),
@@ -126,6 +135,9 @@ pub(crate) async fn dispatch(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Fingerprint(args) => fingerprint::run(args).await,
         Command::Records(cmd) => records::run_records(cmd).await,
         Command::Access(cmd) => records::run_access(cmd).await,
+        Command::Serve(args) => serve::serve(*args).await,
+        Command::Token(args) => serve::token(&args),
+        Command::Api(args) => serve::api(args).await,
         Command::Ledger(cmd) => ledger::run(cmd).await,
         Command::Scheduler(args) => cluster::run_scheduler(args).await,
         Command::Executor(args) => cluster::run_executor(args).await,
@@ -138,7 +150,10 @@ impl Command {
     /// Cluster services log what they do (executors joining and lost, jobs, task retries) by
     /// default; other commands only warnings.
     pub(crate) fn is_server(&self) -> bool {
-        matches!(self, Command::Scheduler(_) | Command::Executor(_))
+        matches!(
+            self,
+            Command::Scheduler(_) | Command::Executor(_) | Command::Serve(_)
+        )
     }
 }
 

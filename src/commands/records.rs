@@ -188,6 +188,9 @@ pub(crate) struct ReportArgs {
     /// Every break-glass access, for review
     #[arg(long)]
     break_glass: bool,
+    /// Ask only this peer (its index in the genesis): check one peer's copy of the trail
+    #[arg(long, value_name = "N")]
+    peer: Option<usize>,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -204,7 +207,7 @@ pub(crate) struct GrantsArgs {
 
 /// Opens the store and the ledger, runs `body`, closes the ledger whatever happened, and prints
 /// what `body` returned: JSON with `--json`, else `lines` of it. A refusal by the ledger is
-/// reported and exits 3; other errors propagate (exit 2).
+/// reported and exits 3, a ledger that could not commit 4; other errors propagate (exit 2).
 async fn run_with<T: serde::Serialize>(
     args: &StoreArgs,
     body: impl AsyncFnOnce(&Records<'_>, &provenance::Provenance) -> records::Result<T>,
@@ -223,6 +226,10 @@ async fn run_with<T: serde::Serialize>(
         Err(e) if e.is_denied() => {
             super::report_error(&anyhow::Error::new(e));
             return Ok(ExitStatus::Denied);
+        }
+        Err(e) if e.is_unavailable() => {
+            super::report_error(&anyhow::Error::new(e));
+            return Ok(ExitStatus::Unavailable);
         }
         Err(e) => return Err(e.into()),
     };
@@ -567,7 +574,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<ExitStatus> {
         async |r, p| {
             let auditor = key(p, Role::Compliance).await?;
             let pseudonym = patient.as_deref().map(|id| r.store().pseudonym(id));
-            records::access_report(p, &auditor, pseudonym, args.break_glass).await
+            records::access_report(p, &auditor, pseudonym, args.break_glass, args.peer).await
         },
         |entries| report_lines(entries),
     )

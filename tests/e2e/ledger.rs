@@ -11,15 +11,123 @@ use std::time::{Duration, Instant};
 
 use crate::support::{emrflow, run, stderr, stdout};
 
-/// Kills the child processes it owns when dropped, so a failing test leaves no peer behind.
-struct Peers(Vec<Option<Child>>);
+/// Four `emrflow ledger node` processes of a new ledger, each killed when dropped, so a failing
+/// test leaves no peer behind.
+pub(crate) struct Cluster {
+    dir: PathBuf,
+    peers: Vec<Option<Child>>,
+}
 
-impl Drop for Peers {
-    fn drop(&mut self) {
-        for c in self.0.iter_mut().flatten() {
-            let _ = c.kill();
-            let _ = c.wait();
+impl Cluster {
+    /// Writes a ledger into `dir` (on free ports of 127.0.0.1) and starts its four peers.
+    pub(crate) fn start(dir: &Path) -> Self {
+        let base = free_base();
+        let out = run(&mut emrflow(&[
+            "ledger",
+            "init",
+            "--out",
+            &dir.to_string_lossy(),
+            "--base-port",
+            &base.to_string(),
+            "--json",
+        ]));
+        assert!(out.status.success(), "init: {}", stderr(&out));
+        let mut cluster = Self {
+            dir: dir.to_path_buf(),
+            peers: (0..4).map(|_| None).collect(),
+        };
+        for i in 0..4 {
+            cluster.restart(i);
         }
+        for i in 0..4 {
+            wait_for(
+                Duration::from_secs(30),
+                &format!("peer {i} to serve"),
+                || cluster.head(i),
+            );
+        }
+        cluster
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The genesis that names the peers, which clients pass as their ledger.
+    pub(crate) fn genesis(&self) -> PathBuf {
+        self.dir.join("genesis.json")
+    }
+
+    /// Starts peer `i` from its store.
+    pub(crate) fn restart(&mut self, i: usize) {
+        let child = emrflow(&[
+            "ledger",
+            "node",
+            "--config",
+            &self.dir.join(format!("peer{i}.toml")).to_string_lossy(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start peer {i}: {e}"));
+        self.peers[i] = Some(child);
+    }
+
+    /// SIGKILLs peer `i`.
+    pub(crate) fn kill(&mut self, i: usize) {
+        if let Some(mut p) = self.peers[i].take() {
+            p.kill().unwrap_or_else(|e| panic!("SIGKILL peer {i}: {e}"));
+            let _ = p.wait();
+        }
+    }
+
+    /// Stops every peer (the stores stay).
+    pub(crate) fn stop(&mut self) {
+        for i in 0..self.peers.len() {
+            self.kill(i);
+        }
+    }
+
+    /// Peer `i`'s head (`emrflow ledger head`), or `None` while it does not answer.
+    pub(crate) fn head(&self, i: usize) -> Option<serde_json::Value> {
+        let out = emrflow(&[
+            "ledger",
+            "head",
+            "--dir",
+            &self.dir.to_string_lossy(),
+            "--peer",
+            &i.to_string(),
+        ])
+        .output()
+        .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_str(stdout(&out).trim()).ok()
+    }
+
+    /// Waits until peer `i` has `j`'s head hash and the certificates up to it: a receipt needs
+    /// its block's certificate, which can arrive after the block itself, so an equal hash alone
+    /// is not yet "caught up".
+    pub(crate) fn wait_caught_up(&self, i: usize, j: usize) {
+        wait_for(
+            Duration::from_secs(60),
+            &format!("peer {i} to catch up"),
+            || {
+                let a = self.head(i)?;
+                let b = self.head(j)?;
+                (a["height"] == b["height"]
+                    && a["hash"] == b["hash"]
+                    && a["certified"] == b["certified"])
+                    .then_some(())
+            },
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -41,38 +149,8 @@ fn free_base() -> u16 {
     panic!("no eight free consecutive ports on 127.0.0.1");
 }
 
-fn node(dir: &Path, i: usize) -> Child {
-    emrflow(&[
-        "ledger",
-        "node",
-        "--config",
-        &dir.join(format!("peer{i}.toml")).to_string_lossy(),
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap_or_else(|e| panic!("cannot start peer {i}: {e}"))
-}
-
-fn head(dir: &Path, i: usize) -> Option<serde_json::Value> {
-    let out = emrflow(&[
-        "ledger",
-        "head",
-        "--dir",
-        &dir.to_string_lossy(),
-        "--peer",
-        &i.to_string(),
-    ])
-    .output()
-    .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_str(stdout(&out).trim()).ok()
-}
-
 /// Polls `f` until it returns `Some`, at most `limit`.
-fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     #[allow(clippy::disallowed_methods)] // a bound on polling, not a timed assertion
     let start = Instant::now();
     loop {
@@ -110,25 +188,7 @@ fn has(dir: &Path, peer: usize, receipts: &Path) -> (bool, String) {
 fn primary_killed_mid_stream_loses_nothing_and_catches_up() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir: PathBuf = tmp.path().join("ledger");
-    let base = free_base();
-    let out = run(&mut emrflow(&[
-        "ledger",
-        "init",
-        "--out",
-        &dir.to_string_lossy(),
-        "--base-port",
-        &base.to_string(),
-        "--json",
-    ]));
-    assert!(out.status.success(), "init: {}", stderr(&out));
-    let mut peers = Peers((0..4).map(|i| Some(node(&dir, i))).collect());
-    for i in 0..4 {
-        wait_for(
-            Duration::from_secs(30),
-            &format!("peer {i} to serve"),
-            || head(&dir, i),
-        );
-    }
+    let mut cluster = Cluster::start(&dir);
 
     let receipts = dir.join("receipts.jsonl");
     let total = 2_000;
@@ -155,10 +215,7 @@ fn primary_killed_mid_stream_loses_nothing_and_catches_up() {
     wait_for(Duration::from_secs(60), "the first receipts", || {
         (lines(&receipts) >= 200).then_some(())
     });
-    if let Some(mut p) = peers.0[0].take() {
-        p.kill().expect("SIGKILL peer 0");
-        let _ = p.wait();
-    }
+    cluster.kill(0);
     let acknowledged_at_kill = lines(&receipts);
     assert!(
         acknowledged_at_kill < total,
@@ -194,26 +251,17 @@ fn primary_killed_mid_stream_loses_nothing_and_catches_up() {
         let (ok, out) = has(&dir, p, &receipts);
         assert!(ok, "peer {p} lacks acknowledged transactions: {out}");
     }
-    let h1 = head(&dir, 1).expect("peer 1 head");
+    let h1 = cluster.head(1).expect("peer 1 head");
     assert!(h1["log_size"].as_u64().unwrap_or(0) >= total as u64);
 
-    // The killed peer restarts from its store and reaches the same head hash, with the
-    // certificates up to it: a receipt needs its block's certificate, which can arrive after
-    // the block itself, so an equal hash alone is not yet "caught up".
-    peers.0[0] = Some(node(&dir, 0));
-    wait_for(Duration::from_secs(60), "peer 0 to catch up", || {
-        let h0 = head(&dir, 0)?;
-        let h1 = head(&dir, 1)?;
-        (h0["height"] == h1["height"]
-            && h0["hash"] == h1["hash"]
-            && h0["certified"] == h1["certified"])
-            .then_some(())
-    });
+    // The killed peer restarts from its store and catches up.
+    cluster.restart(0);
+    cluster.wait_caught_up(0, 1);
     let (ok, out) = has(&dir, 0, &receipts);
     assert!(ok, "restarted peer lacks acknowledged transactions: {out}");
 
     // Stopped, every peer's chain re-verifies from genesis on disk.
-    drop(peers);
+    cluster.stop();
     for p in 0..4 {
         let out = run(&mut emrflow(&[
             "ledger",

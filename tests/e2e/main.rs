@@ -9,4 +9,5 @@ mod object_store;
 mod pipeline;
 mod provenance;
 mod records;
+mod serve;
 mod support;

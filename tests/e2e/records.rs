@@ -1,6 +1,7 @@
 //! The record store end to end: an import of generated exports, reads decided by grants on the
 //! ledger (the cardiologist of facility A, the general practitioner), revocation, break-glass,
-//! an amendment with its history, an erasure, the access report, and encryption at rest.
+//! an amendment with its history, an erasure, the access report, encryption at rest, and reads
+//! against four `emrflow ledger node` processes while one peer is killed and restarted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -8,21 +9,42 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+use crate::ledger::Cluster;
 use crate::support::{emrflow, generate, run, stderr, stdout};
 
 /// The master key the tests' stores are sealed with.
 const MASTER: &str = "9c1f0e2d3b4a59687766554433221100ffeeddccbbaa99887766554433221100";
 
-/// A hospital: generated exports, a record store and an embedded ledger in one directory.
-struct Site {
+/// A hospital: generated exports and a record store in one directory, and a ledger: embedded
+/// in the same directory, or a cluster of peer processes.
+pub(crate) struct Site {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
-    data: PathBuf,
+    pub(crate) data: PathBuf,
+    ledger: PathBuf,
+    /// Who signs when a command names no identity: the admin, on a cluster (on an embedded
+    /// ledger, its local identity for the command's role).
+    signer: Option<PathBuf>,
 }
 
 impl Site {
     fn new(visits: u64) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
+        let ledger = tmp.path().join("ledger");
+        Self::with(tmp, visits, ledger, None)
+    }
+
+    /// A site whose ledger is the cluster of `genesis`, administered with `admin`.
+    pub(crate) fn on(visits: u64, genesis: PathBuf, admin: PathBuf) -> Self {
+        Self::with(
+            tempfile::tempdir().expect("tempdir"),
+            visits,
+            genesis,
+            Some(admin),
+        )
+    }
+
+    fn with(tmp: tempfile::TempDir, visits: u64, ledger: PathBuf, signer: Option<PathBuf>) -> Self {
         let dir = tmp.path().to_path_buf();
         let data = dir.join("data");
         generate(&data, visits);
@@ -30,25 +52,27 @@ impl Site {
             _tmp: tmp,
             dir,
             data,
+            ledger,
+            signer,
         }
     }
 
-    fn store(&self) -> PathBuf {
+    pub(crate) fn store(&self) -> PathBuf {
         self.dir.join("store")
     }
 
-    fn ledger(&self) -> PathBuf {
-        self.dir.join("ledger")
+    pub(crate) fn ledger(&self) -> PathBuf {
+        self.ledger.clone()
     }
 
     /// `emrflow ARGS` against this site's store and ledger, signing as `identity` (a key file)
-    /// or, with `None`, as the embedded ledger's local identity for the command's role.
-    fn cmd(&self, args: &[&str], identity: Option<&Path>) -> Command {
+    /// or, with `None`, as the site's default signer.
+    pub(crate) fn cmd(&self, args: &[&str], identity: Option<&Path>) -> Command {
         let mut cmd = emrflow(args);
         cmd.env("EMRFLOW_MASTER_KEY", MASTER)
             .env("EMRFLOW_RECORDS", self.store())
             .env("EMRFLOW_LEDGER", self.ledger());
-        if let Some(key) = identity {
+        if let Some(key) = identity.or(self.signer.as_deref()) {
             cmd.env("EMRFLOW_IDENTITY", key);
         }
         cmd
@@ -64,7 +88,15 @@ impl Site {
         stdout(&out)
     }
 
-    fn json(&self, args: &[&str], identity: Option<&Path>) -> Value {
+    /// The JSON a successful command printed.
+    pub(crate) fn json_of(&self, cmd: &mut Command) -> Value {
+        let out = run(cmd);
+        assert!(out.status.success(), "{cmd:?}: {}", stderr(&out));
+        let text = stdout(&out);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+
+    pub(crate) fn json(&self, args: &[&str], identity: Option<&Path>) -> Value {
         let mut args = args.to_vec();
         args.push("--json");
         let text = self.ok(&args, identity);
@@ -72,6 +104,10 @@ impl Site {
     }
 
     fn import(&self) -> Value {
+        self.import_as(None)
+    }
+
+    pub(crate) fn import_as(&self, identity: Option<&Path>) -> Value {
         let visits = format!("visits={}", self.data.join("visits.csv").display());
         let patients = format!("patients={}", self.data.join("patients.csv").display());
         self.json(
@@ -84,12 +120,12 @@ impl Site {
                 "--input",
                 &patients,
             ],
-            None,
+            identity,
         )
     }
 
     /// Registers an identity with `role` and returns its key file.
-    fn identity(&self, role: &str, name: &str) -> PathBuf {
+    pub(crate) fn identity(&self, role: &str, name: &str) -> PathBuf {
         let key = self.dir.join(format!("{name}.key"));
         let ledger = self.ledger().display().to_string();
         let out = run(&mut emrflow(&[
@@ -108,7 +144,7 @@ impl Site {
         key
     }
 
-    fn grant(&self, to: &Path, scope: &str, categories: &str, purpose: &str) -> String {
+    pub(crate) fn grant(&self, to: &Path, scope: &str, categories: &str, purpose: &str) -> String {
         let made = self.json(
             &[
                 "access",
@@ -134,7 +170,7 @@ impl Site {
     }
 
     /// Patients by facility, and each patient's facilities, from the generated visits.
-    fn facilities(&self) -> BTreeMap<String, BTreeSet<String>> {
+    pub(crate) fn facilities(&self) -> BTreeMap<String, BTreeSet<String>> {
         let mut reader = csv::Reader::from_path(self.data.join("visits.csv")).expect("visits");
         let headers = reader.headers().expect("header").clone();
         let p = headers.iter().position(|h| h == "patient_id").expect("p");
@@ -494,5 +530,176 @@ fn planted_identifiers_notes_and_vitals_are_nowhere_in_the_store_or_the_ledger()
     assert!(
         text.contains(planted[0]) && text.contains(planted[1]),
         "{text}"
+    );
+}
+
+/// The transaction ids of the reads a client received, with who read.
+fn received_tx(out: &Output) -> String {
+    let view: Value = serde_json::from_str(&stdout(out)).expect("json");
+    assert!(
+        !view["records"].as_array().expect("records").is_empty(),
+        "{view}"
+    );
+    view["tx"].as_str().expect("tx").to_string()
+}
+
+#[test]
+fn reads_on_four_peer_processes_are_audited_on_every_peer_and_refused_without_a_quorum() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::start(&tmp.path().join("ledger"));
+    let site = Site::on(300, cluster.genesis(), cluster.dir().join("admin.key"));
+    let engineer = site.identity("data_engineer", "etl");
+    site.import_as(Some(&engineer));
+    let cardio = site.identity("clinician", "cardiologist");
+    let gp = site.identity("clinician", "general-practitioner");
+    let officer = site.identity("compliance", "compliance-officer");
+    let (patient, facility) = site
+        .facilities()
+        .into_iter()
+        .find_map(|(p, f)| (f.len() == 1).then(|| (p, f.into_iter().next())))
+        .and_then(|(p, f)| Some((p, f?)))
+        .expect("a patient of one facility");
+    site.grant(
+        &cardio,
+        &format!("facility:{facility}"),
+        "cardiology,vitals",
+        "treatment",
+    );
+    site.grant(&gp, "all", "demographics,vitals,diagnoses", "treatment");
+    site.grant(&officer, "all", "identifiers", "audit");
+
+    let readers: [(&str, &Path, Vec<&str>); 3] = [
+        (
+            "cardiologist",
+            &cardio,
+            vec!["--facility", &facility, "--categories", "cardiology,vitals"],
+        ),
+        (
+            "general-practitioner",
+            &gp,
+            vec!["--categories", "demographics,vitals,diagnoses"],
+        ),
+        (
+            "compliance-officer",
+            &officer,
+            vec!["--purpose", "audit", "--categories", "identifiers"],
+        ),
+    ];
+    // Twelve rounds of the three kinds of read; the primary of view 0 is SIGKILLed before the
+    // fourth and restarted from its store before the ninth. Three peers commit on their own, so
+    // every read is served, each after its audit event committed.
+    let mut received: Vec<(String, &str)> = Vec::new();
+    for round in 0..12 {
+        if round == 3 {
+            cluster.kill(0);
+        }
+        if round == 8 {
+            cluster.restart(0);
+        }
+        for (name, key, extra) in &readers {
+            let out = site.get(key, &patient, extra);
+            assert!(
+                out.status.success(),
+                "round {round}, {name}: {}",
+                stderr(&out)
+            );
+            received.push((received_tx(&out), name));
+        }
+    }
+
+    // Every read received is an audit event on every peer, the restarted one included, with
+    // its reader and the categories the contract granted.
+    cluster.wait_caught_up(0, 1);
+    for peer in 0..4 {
+        let report = site.json(
+            &[
+                "access",
+                "report",
+                "--patient",
+                &patient,
+                "--peer",
+                &peer.to_string(),
+            ],
+            Some(&officer),
+        );
+        let events: BTreeMap<String, &Value> = report
+            .as_array()
+            .expect("entries")
+            .iter()
+            .map(|e| (e["event"]["tx"].as_str().expect("tx").to_string(), e))
+            .collect();
+        for (tx, name) in &received {
+            let entry = events
+                .get(tx)
+                .unwrap_or_else(|| panic!("peer {peer} has no audit event for read {tx}"));
+            assert_eq!(entry["actor_name"], *name, "peer {peer}: {entry}");
+            assert_eq!(entry["event"]["action"], "read_record", "{entry}");
+        }
+    }
+
+    // Two peers down: the ledger cannot commit, so a read is refused and returns nothing.
+    cluster.kill(2);
+    cluster.kill(3);
+    let out = run(site
+        .cmd(
+            &[
+                "records",
+                "get",
+                "--patient",
+                &patient,
+                "--categories",
+                "vitals",
+                "--json",
+            ],
+            Some(&gp),
+        )
+        .env("EMRFLOW_LEDGER_TIMEOUT", "2"));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty(), "a refused read returns nothing");
+    assert!(stderr(&out).contains("did not commit"), "{}", stderr(&out));
+}
+
+#[test]
+fn an_import_killed_at_any_point_leaves_all_of_it_or_none() {
+    let site = Site::new(20_000);
+    let data = |name: &str| format!("{name}={}", site.data.join(format!("{name}.csv")).display());
+    let import_into = |store: &Path| {
+        let mut args = vec!["records", "import", "examples/stroke-synthetic.toml"];
+        let (visits, patients) = (data("visits"), data("patients"));
+        let store = store.display().to_string();
+        args.extend_from_slice(&["--input", &visits, "--input", &patients, "--store", &store]);
+        site.cmd(&args, None)
+    };
+    let whole = site.dir.join("whole");
+    let clean = site.json_of(import_into(&whole).arg("--json"));
+    let total = clean["records"].as_u64().expect("records");
+
+    // SIGKILLed at several points of an import (the embedded ledger dies with it); each time
+    // the rerun finds every record of the killed import held or none, never a part, and
+    // completes the store.
+    let mut finished_before_the_kill = 0;
+    for (i, after_ms) in [50, 200, 400, 700, 1_000, 1_500].into_iter().enumerate() {
+        let store = site.dir.join(format!("killed-{i}"));
+        let mut child = import_into(&store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the import");
+        std::thread::sleep(std::time::Duration::from_millis(after_ms));
+        let _ = child.kill();
+        let status = child.wait().expect("wait");
+        finished_before_the_kill += usize::from(status.success());
+        let rerun = site.json_of(import_into(&store).arg("--json"));
+        let written = &rerun["written"];
+        let held = written["unchanged"].as_u64().expect("unchanged");
+        assert!(
+            held == 0 || held == total,
+            "kill {i}: {held} of {total} held"
+        );
+        assert_eq!(held + written["new"].as_u64().expect("new"), total);
+    }
+    assert!(
+        finished_before_the_kill < 6,
+        "no kill landed inside an import"
     );
 }

@@ -393,6 +393,7 @@ fn the_role_action_matrix_holds() {
     for role in Role::ALL {
         for action in actions {
             let expected = match (role, action) {
+                (Role::Gateway, _) => Permission::Denied,
                 (
                     Role::Admin,
                     Action::GrantRecords | Action::RevokeRecords | Action::ErasePatient,
@@ -411,7 +412,12 @@ fn the_role_action_matrix_holds() {
         denied(&o);
         w.grant(role, Scope::All, Categories::ALL, Purpose::Audit);
         let o = w.read(role, patient(1), Categories::ALL, Purpose::Audit, None);
-        assert_eq!(granted(&o).categories(), Categories::ALL, "{role}");
+        if role == Role::Gateway {
+            // A gateway reads only for others (`the_gateway_reads_as_its_reader_and_no_one_else`).
+            assert!(denied(&o).contains("may not"), "{o:?}");
+        } else {
+            assert_eq!(granted(&o).categories(), Categories::ALL, "{role}");
+        }
         // Granting, erasing and break-glass by each role.
         let key = w.key(role);
         let grantee = w.key(Role::Clinician).public();
@@ -697,4 +703,66 @@ fn the_access_trail_names_patients_by_pseudonym_and_rolls_back() {
     );
     w.state.rollback();
     assert_eq!(w.state, before);
+}
+
+#[test]
+fn the_gateway_reads_as_its_reader_and_no_one_else() {
+    let mut w = World::new();
+    let ledger = Digest::of(b"records-ledger");
+    let gateway = w.key(Role::Gateway);
+    let clinician = w.key(Role::Clinician);
+    w.grant(
+        Role::Clinician,
+        Scope::All,
+        cats(&[Category::Vitals]),
+        Purpose::Treatment,
+    );
+    let read = ReadSpec {
+        patient: patient(1),
+        categories: Categories::ALL,
+        purpose: Purpose::Treatment,
+        facility: None,
+    };
+    let token_of = |w: &World, key: &KeyPair, lifetime: u64| {
+        crate::token::issue(key, &ledger, Time(w.now), lifetime, "t")
+    };
+    let as_reader = |reader: &KeyPair, token: String| Call::ReadRecordAs {
+        reader: reader.public(),
+        token,
+        read: read.clone(),
+    };
+
+    // Decided on the reader's grants, audited as the reader's, through the gateway.
+    let token = token_of(&w, &clinician, 600_000);
+    let call = as_reader(&clinician, token.clone());
+    let o = w.exec(&gateway, call);
+    assert_eq!(granted(&o).categories(), cats(&[Category::Vitals]));
+    let event = w.state.audit.last().expect("an event").clone();
+    assert_eq!(event.actor, clinician.public());
+    assert_eq!(event.via, Some(gateway.public()));
+    assert_eq!(event.action, Action::ReadRecord);
+    assert_eq!(event.record.expect("a record event").patient, patient(1));
+
+    // Only a gateway may do it; only with the reader's own, unexpired token.
+    let engineer = w.engineer.clone();
+    let call = as_reader(&clinician, token.clone());
+    assert!(denied(&w.exec(&engineer, call)).contains("only a gateway"));
+    let other = w.key(Role::Compliance);
+    let call = as_reader(&clinician, token_of(&w, &other, 600_000));
+    assert!(denied(&w.exec(&gateway, call)).contains("not the reader's"));
+    let short = token_of(&w, &clinician, 1_000);
+    w.now += 5_000;
+    let call = as_reader(&clinician, short);
+    assert!(denied(&w.exec(&gateway, call)).contains("expired"));
+
+    // A revoked reader is refused on its next read, whatever its token.
+    let admin = w.admin.clone();
+    w.accept(
+        &admin,
+        Call::RevokeIdentity {
+            key: clinician.public(),
+        },
+    );
+    let call = as_reader(&clinician, token);
+    assert!(denied(&w.exec(&gateway, call)).contains("revoked"));
 }

@@ -1,0 +1,349 @@
+//! FHIR R4 shapes of what a read returned: `Patient`, `Encounter`, `Observation` and
+//! `Condition` from the granted fields of a patient's records, and `Bundle` searchsets with
+//! paging links. Only the shapes emrflow
+//! serves are built here; a field the contract withheld is absent from the resource and its
+//! category is named in the Bundle's outcome entry, so nothing goes silently missing.
+
+use ledger::contracts::{Categories, Category};
+use records::PatientView;
+use records::access::{RecordProof, RecordView};
+use records::record::Kind;
+use serde_json::{Value, json};
+
+/// The media type of every FHIR answer.
+pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+/// The extension carrying a resource's Merkle inclusion proof.
+pub const PROOF_EXTENSION: &str =
+    "https://emrflow.dev/fhir/StructureDefinition/record-inclusion-proof";
+const LOINC: &str = "http://loinc.org";
+const ICD10: &str = "http://hl7.org/fhir/sid/icd-10";
+const OBSERVATION_CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
+const UCUM: &str = "http://unitsofmeasure.org";
+/// The identifier system of the hospital's patient ids.
+const MRN_SYSTEM: &str = "urn:emrflow:patient-id";
+
+/// The categories each resource type is built from: what a read for it asks the contract.
+pub fn categories_for(resource: &str) -> Categories {
+    let list: &[Category] = match resource {
+        "Patient" => &[Category::Identifiers, Category::Demographics],
+        "Encounter" => &[Category::Demographics],
+        "Observation" => &[
+            Category::Demographics,
+            Category::Vitals,
+            Category::Metabolic,
+            Category::Cardiology,
+        ],
+        "Condition" => &[
+            Category::Demographics,
+            Category::Diagnoses,
+            Category::Cardiology,
+            Category::Neurology,
+            Category::Metabolic,
+        ],
+        _ => &[],
+    };
+    list.iter().copied().collect()
+}
+
+/// One LOINC-coded measurement: column, code, display, UCUM unit, FHIR observation category.
+struct Measure {
+    column: &'static str,
+    code: &'static str,
+    display: &'static str,
+    unit: &'static str,
+    category: &'static str,
+}
+
+/// The generator's measured columns and their LOINC codes.
+const MEASURES: &[Measure] = &[
+    Measure {
+        column: "systolic_bp",
+        code: "8480-6",
+        display: "Systolic blood pressure",
+        unit: "mm[Hg]",
+        category: "vital-signs",
+    },
+    Measure {
+        column: "diastolic_bp",
+        code: "8462-4",
+        display: "Diastolic blood pressure",
+        unit: "mm[Hg]",
+        category: "vital-signs",
+    },
+    Measure {
+        column: "heart_rate",
+        code: "8867-4",
+        display: "Heart rate",
+        unit: "/min",
+        category: "vital-signs",
+    },
+    Measure {
+        column: "bmi",
+        code: "39156-5",
+        display: "Body mass index (BMI) [Ratio]",
+        unit: "kg/m2",
+        category: "vital-signs",
+    },
+    Measure {
+        column: "avg_glucose",
+        code: "2339-0",
+        display: "Glucose [Mass/volume] in Blood",
+        unit: "mg/dL",
+        category: "laboratory",
+    },
+    Measure {
+        column: "cholesterol",
+        code: "2093-3",
+        display: "Cholesterol [Mass/volume] in Serum or Plasma",
+        unit: "mg/dL",
+        category: "laboratory",
+    },
+];
+
+/// Yes/no history columns recorded as conditions, with their ICD-10 codes.
+const FLAGS: &[(&str, &str, &str)] = &[
+    ("hypertension", "I10", "Essential (primary) hypertension"),
+    ("heart_disease", "I51.9", "Heart disease, unspecified"),
+    (
+        "atrial_fibrillation",
+        "I48.91",
+        "Unspecified atrial fibrillation",
+    ),
+    (
+        "diabetes",
+        "E11.9",
+        "Type 2 diabetes mellitus without complications",
+    ),
+    ("stroke", "I63.9", "Cerebral infarction, unspecified"),
+];
+
+fn field<'a>(r: &'a RecordView, name: &str) -> Option<&'a str> {
+    r.fields
+        .iter()
+        .find(|(n, _)| n == name)
+        .and_then(|(_, v)| v.as_deref())
+        .filter(|v| !v.trim().is_empty())
+}
+
+fn yes(v: Option<&str>) -> bool {
+    matches!(
+        v.map(str::trim),
+        Some("1" | "true" | "yes" | "Yes" | "TRUE")
+    )
+}
+
+/// The proof extension of a record.
+pub fn proof_extension(p: &RecordProof) -> Value {
+    json!({
+        "url": PROOF_EXTENSION,
+        "extension": [
+            {"url": "batchRoot", "valueString": p.batch_root.to_hex()},
+            {"url": "batchSize", "valueString": p.batch_size.to_string()},
+            {"url": "anchorHeight", "valueString": p.anchor_height.to_string()},
+            {"url": "leaf", "valueString": p.leaf.to_hex()},
+            {"url": "leafIndex", "valueString": p.index.to_string()},
+            {"url": "auditPath", "valueString": p.path.iter().map(|d| d.to_hex()).collect::<Vec<_>>().join(",")},
+        ],
+    })
+}
+
+/// A resource id for a visit-derived resource that names no one: the record's place in its
+/// anchored batch.
+fn record_ref(r: &RecordView) -> String {
+    format!("{}-{}", &r.proof.batch_root.to_hex()[..16], r.proof.index)
+}
+
+/// The `Patient` resource of the patient's own record, if the read returned it.
+pub fn patient(id: &str, view: &PatientView) -> Option<Value> {
+    let r = view.records.iter().find(|r| r.kind == Kind::Patient)?;
+    let mut p = json!({
+        "resourceType": "Patient",
+        "id": id,
+        "meta": {"versionId": r.version.to_string()},
+        "extension": [proof_extension(&r.proof)],
+    });
+    let obj = p.as_object_mut()?;
+    if let Some(v) = field(r, "patient_id") {
+        let mut ids = vec![json!({"system": MRN_SYSTEM, "value": v})];
+        if let Some(n) = field(r, "national_id") {
+            ids.push(json!({"system": "urn:emrflow:national-id", "value": n}));
+        }
+        obj.insert("identifier".into(), Value::from(ids));
+    }
+    if let Some(v) = field(r, "full_name") {
+        obj.insert("name".into(), json!([{"text": v}]));
+    }
+    let mut telecom = Vec::new();
+    if let Some(v) = field(r, "phone") {
+        telecom.push(json!({"system": "phone", "value": v}));
+    }
+    if let Some(v) = field(r, "email") {
+        telecom.push(json!({"system": "email", "value": v}));
+    }
+    if !telecom.is_empty() {
+        obj.insert("telecom".into(), Value::from(telecom));
+    }
+    if let Some(v) = field(r, "street_address") {
+        obj.insert("address".into(), json!([{"text": v}]));
+    }
+    if let Some(v) = field(r, "gender") {
+        let g = match v.trim() {
+            "F" | "f" | "Female" | "female" => "female",
+            "M" | "m" | "Male" | "male" => "male",
+            "O" | "Other" | "other" => "other",
+            _ => "unknown",
+        };
+        obj.insert("gender".into(), Value::from(g));
+    }
+    if let Some(v) = field(r, "date_of_birth") {
+        obj.insert("birthDate".into(), Value::from(v));
+    }
+    Some(p)
+}
+
+fn visits(view: &PatientView) -> impl Iterator<Item = &RecordView> {
+    view.records.iter().filter(|r| r.kind == Kind::Visit)
+}
+
+/// One `Encounter` per visit.
+pub fn encounters(id: &str, view: &PatientView) -> Vec<Value> {
+    visits(view)
+        .map(|r| {
+            let mut e = json!({
+                "resourceType": "Encounter",
+                "id": record_ref(r),
+                "meta": {"versionId": r.version.to_string()},
+                "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB", "display": "ambulatory"},
+                "subject": {"reference": format!("Patient/{id}")},
+                "serviceProvider": {"display": r.facility},
+                "extension": [proof_extension(&r.proof)],
+            });
+            if let Some(d) = field(r, "visit_date") {
+                e["period"] = json!({"start": d, "end": d});
+            }
+            if !r.id.is_empty() {
+                e["identifier"] = json!([{"system": "urn:emrflow:visit-id", "value": r.id}]);
+            }
+            e
+        })
+        .collect()
+}
+
+/// `Observation`s of every measured value of every visit, of one FHIR category (`vital-signs`
+/// or `laboratory`) or all.
+pub fn observations(id: &str, view: &PatientView, category: Option<&str>) -> Vec<Value> {
+    let mut out = Vec::new();
+    for r in visits(view) {
+        for m in MEASURES {
+            if category.is_some_and(|c| c != m.category) {
+                continue;
+            }
+            let Some(raw) = field(r, m.column) else {
+                continue;
+            };
+            let Ok(value) = raw.trim().parse::<f64>() else {
+                continue;
+            };
+            let mut o = json!({
+                "resourceType": "Observation",
+                "id": format!("{}-{}", record_ref(r), m.code),
+                "status": "final",
+                "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": m.category}]}],
+                "code": {"coding": [{"system": LOINC, "code": m.code, "display": m.display}], "text": m.display},
+                "subject": {"reference": format!("Patient/{id}")},
+                "encounter": {"reference": format!("Encounter/{}", record_ref(r))},
+                "valueQuantity": {"value": value, "unit": m.unit, "system": UCUM, "code": m.unit},
+                "extension": [proof_extension(&r.proof)],
+            });
+            if let Some(d) = field(r, "visit_date") {
+                o["effectiveDateTime"] = Value::from(d);
+            }
+            out.push(o);
+        }
+    }
+    out
+}
+
+/// `Condition`s: each visit's primary ICD-10 code and its yes/no history findings.
+pub fn conditions(id: &str, view: &PatientView) -> Vec<Value> {
+    let mut out = Vec::new();
+    for r in visits(view) {
+        let mut codes: Vec<(String, String)> = Vec::new();
+        if let Some(code) = field(r, "icd10_primary") {
+            codes.push((code.trim().to_string(), String::new()));
+        }
+        for (column, code, display) in FLAGS {
+            if yes(field(r, column)) {
+                codes.push((code.to_string(), display.to_string()));
+            }
+        }
+        for (code, display) in codes {
+            let mut coding = json!({"system": ICD10, "code": code});
+            if !display.is_empty() {
+                coding["display"] = Value::from(display);
+            }
+            let mut c = json!({
+                "resourceType": "Condition",
+                "id": format!("{}-{}", record_ref(r), code.replace('.', "")),
+                "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+                "code": {"coding": [coding]},
+                "subject": {"reference": format!("Patient/{id}")},
+                "encounter": {"reference": format!("Encounter/{}", record_ref(r))},
+                "extension": [proof_extension(&r.proof)],
+            });
+            if let Some(d) = field(r, "visit_date") {
+                c["recordedDate"] = Value::from(d);
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A searchset `Bundle` of one page of `entries` (`offset`, at most `count`), with `self` and
+/// `next` links built from `link(offset)`, and an outcome entry naming withheld categories.
+pub fn searchset(
+    base: &str,
+    entries: Vec<Value>,
+    offset: usize,
+    count: usize,
+    link: impl Fn(usize) -> String,
+    withheld: Categories,
+) -> Value {
+    let total = entries.len();
+    let mut page: Vec<Value> = entries
+        .into_iter()
+        .skip(offset)
+        .take(count)
+        .map(|resource| {
+            let url = format!(
+                "{base}/{}/{}",
+                resource["resourceType"].as_str().unwrap_or_default(),
+                resource["id"].as_str().unwrap_or_default()
+            );
+            json!({"fullUrl": url, "resource": resource, "search": {"mode": "match"}})
+        })
+        .collect();
+    if !withheld.is_empty() {
+        page.push(json!({
+            "resource": crate::error::operation_outcome(
+                "information",
+                "suppressed",
+                &format!("the ledger's contract withheld {withheld}"),
+            ),
+            "search": {"mode": "outcome"},
+        }));
+    }
+    let mut links = vec![json!({"relation": "self", "url": link(offset)})];
+    if offset + count < total {
+        links.push(json!({"relation": "next", "url": link(offset + count)}));
+    }
+    json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": page,
+    })
+}

@@ -1,0 +1,30 @@
+//! What every request shares: the record store, the ledger connection, the gateway identity
+//! the server reads as, the limits and the metrics.
+
+use std::time::Duration;
+
+use ledger::crypto::{Digest, KeyPair};
+use provenance::Provenance;
+use records::Store;
+
+use crate::metrics::Metrics;
+
+/// The server's shared state.
+#[derive(Debug)]
+pub struct AppState {
+    /// The record store.
+    pub store: Store,
+    /// The ledger.
+    pub provenance: Provenance,
+    /// The gateway identity reads are submitted with (each for its reader, with the reader's
+    /// token).
+    pub gateway: KeyPair,
+    /// The ledger's id: the audience a token must name.
+    pub ledger_id: Digest,
+    /// The base URL links in Bundles start with (`https://host:port/fhir`).
+    pub fhir_base: String,
+    /// The longest a request may take.
+    pub request_timeout: Duration,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+}
