@@ -266,7 +266,23 @@ impl<'a> Records<'a> {
         req: &ReadRequest,
         call: impl FnOnce(ReadSpec) -> Call,
     ) -> Result<PatientView> {
-        let patient = self.patient_in_store(&req.patient_id)?;
+        let what = format!("the read of patient {}", req.patient_id);
+        let patient = match self.patient_in_store(&req.patient_id) {
+            Ok(p) => p,
+            Err(missing) => {
+                // Asking for a patient who is not here (or no longer) is audited all the same:
+                // probing for who is a patient leaves a trace. The contract refuses an erased
+                // patient's read itself; the answer is the store's either way.
+                let spec = ReadSpec {
+                    patient: self.store.pseudonym(&req.patient_id),
+                    categories: req.categories,
+                    purpose: req.purpose,
+                    facility: None,
+                };
+                self.submit(signer, call(spec), &what).await?;
+                return Err(missing);
+            }
+        };
         let facility = match &req.facility {
             None => None,
             Some(f) => Some(self.store.facility_proof(&patient, f)?.ok_or_else(|| {
@@ -276,7 +292,6 @@ impl<'a> Records<'a> {
                 ))
             })?),
         };
-        let what = format!("the read of patient {}", req.patient_id);
         let receipt = self
             .submit(
                 signer,

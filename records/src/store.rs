@@ -192,46 +192,62 @@ impl Store {
             path: dir.display().to_string(),
             source: e,
         })?;
-        let path = dir.join(STORE_FILE);
-        let db = Database::create(&path).map_err(|e| Error::store(&path, e))?;
+        // Made under a name of its own and linked into place once committed, so a kill during
+        // creation never leaves a store file that is not a store; linking (not renaming) never
+        // replaces a store another process created meanwhile.
+        let path = dir.join(format!("{STORE_FILE}.{}.creating", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        Self::create_at(&path, master, categories)?;
+        let linked = std::fs::hard_link(&path, dir.join(STORE_FILE));
+        let _ = std::fs::remove_file(&path);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(Error::Io {
+                    action: "cannot put the new store in place in",
+                    path: dir.display().to_string(),
+                    source: e,
+                });
+            }
+        }
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Self::open(dir, master)
+    }
+
+    /// Writes a new, empty store at `path`.
+    fn create_at(path: &Path, master: &MasterKey, categories: &CategoryMap) -> Result<()> {
+        let db = Database::create(path).map_err(|e| Error::store(path, e))?;
         let keys = master.keys();
         let mut rng = Rng::from_os();
         let mut id = [0u8; 16];
         rng.fill(&mut id);
         let check = keys.wrap().seal(&mut rng, KEY_CHECK, &id);
         let mapping = serde_json::to_vec(&categories.describe()).expect("a map encodes");
-        let mut txn = db.begin_write().map_err(|e| Error::store(&path, e))?;
+        let mut txn = db.begin_write().map_err(|e| Error::store(path, e))?;
         txn.set_durability(Durability::Immediate)
-            .map_err(|e| Error::store(&path, e))?;
+            .map_err(|e| Error::store(path, e))?;
         {
-            let mut meta = txn.open_table(META).map_err(|e| Error::store(&path, e))?;
+            let mut meta = txn.open_table(META).map_err(|e| Error::store(path, e))?;
             for (k, v) in [
                 ("format", FORMAT),
                 ("id", &id[..]),
                 ("key_check", &check[..]),
                 ("categories", &mapping[..]),
             ] {
-                meta.insert(k, v).map_err(|e| Error::store(&path, e))?;
+                meta.insert(k, v).map_err(|e| Error::store(path, e))?;
             }
             txn.open_table(PATIENTS)
-                .map_err(|e| Error::store(&path, e))?;
-            txn.open_table(RECORDS)
-                .map_err(|e| Error::store(&path, e))?;
-            txn.open_table(BATCHES)
-                .map_err(|e| Error::store(&path, e))?;
-            txn.open_table(CHUNKS).map_err(|e| Error::store(&path, e))?;
-            txn.open_table(ERASED).map_err(|e| Error::store(&path, e))?;
+                .map_err(|e| Error::store(path, e))?;
+            txn.open_table(RECORDS).map_err(|e| Error::store(path, e))?;
+            txn.open_table(BATCHES).map_err(|e| Error::store(path, e))?;
+            txn.open_table(CHUNKS).map_err(|e| Error::store(path, e))?;
+            txn.open_table(ERASED).map_err(|e| Error::store(path, e))?;
         }
-        txn.commit().map_err(|e| Error::store(&path, e))?;
-        Ok(Self {
-            db,
-            dir: dir.to_path_buf(),
-            id,
-            keys,
-            categories: categories.clone(),
-            upper_paths: Default::default(),
-            anchored: Default::default(),
-        })
+        txn.commit().map_err(|e| Error::store(path, e))?;
+        Ok(())
     }
 
     /// Opens an existing store; refuses a master key that is not the store's.

@@ -9,7 +9,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use ledger::contracts::{Categories, Purpose};
 use records::{PatientView, ReadRequest, Records};
 use serde_json::{Value, json};
@@ -29,9 +29,18 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     let authenticated = Router::new()
         .route("/api/whoami", get(whoami))
         .route("/fhir/Patient/{id}", get(read_patient))
-        .route("/fhir/Encounter", get(search_encounters))
-        .route("/fhir/Observation", get(search_observations))
-        .route("/fhir/Condition", get(search_conditions))
+        .route(
+            "/fhir/Encounter",
+            search_route("Encounter", &[], |id, v, _| Ok(fhir::encounters(id, v))),
+        )
+        .route(
+            "/fhir/Observation",
+            search_route("Observation", &["category", "date"], observations),
+        )
+        .route(
+            "/fhir/Condition",
+            search_route("Condition", &[], |id, v, _| Ok(fhir::conditions(id, v))),
+        )
         .route_layer(from_fn_with_state(state.clone(), require_caller));
     Router::new()
         .route("/healthz", get(healthz))
@@ -321,7 +330,7 @@ async fn search(
     resource: &str,
     raw: Vec<(String, String)>,
     extra: &[&str],
-    build: impl Fn(&str, &PatientView, &Params) -> Result<Vec<Value>, ApiError>,
+    build: fn(&str, &PatientView, &Params) -> Result<Vec<Value>, ApiError>,
 ) -> Result<Response, ApiError> {
     let mut allowed = vec!["patient", "_count", "_offset"];
     allowed.extend_from_slice(extra);
@@ -377,76 +386,41 @@ fn encode(v: &str) -> String {
         .collect()
 }
 
-async fn search_encounters(
-    State(state): State<Arc<AppState>>,
-    axum::Extension(caller): axum::Extension<Caller>,
-    Query(raw): Query<Vec<(String, String)>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    search(
-        &state,
-        &caller,
-        &headers,
-        "Encounter",
-        raw,
-        &[],
-        |id, v, _| Ok(fhir::encounters(id, v)),
-    )
-    .await
-}
-
-async fn search_conditions(
-    State(state): State<Arc<AppState>>,
-    axum::Extension(caller): axum::Extension<Caller>,
-    Query(raw): Query<Vec<(String, String)>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    search(
-        &state,
-        &caller,
-        &headers,
-        "Condition",
-        raw,
-        &[],
-        |id, v, _| Ok(fhir::conditions(id, v)),
-    )
-    .await
-}
-
-async fn search_observations(
-    State(state): State<Arc<AppState>>,
-    axum::Extension(caller): axum::Extension<Caller>,
-    Query(raw): Query<Vec<(String, String)>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    search(
-        &state,
-        &caller,
-        &headers,
-        "Observation",
-        raw,
-        &["category", "date"],
-        |id, v, params| {
-            let category = match params.get("category") {
-                None => None,
-                Some(c @ ("vital-signs" | "laboratory")) => Some(c),
-                Some(_) => {
-                    return Err(ApiError::BadRequest(
-                        "category must be vital-signs or laboratory".into(),
-                    ));
-                }
-            };
-            let date = params.get("date").map(DateFilter::parse).transpose()?;
-            Ok(fhir::observations(id, v, category)
-                .into_iter()
-                .filter(|o| {
-                    date.as_ref()
-                        .is_none_or(|d| o["effectiveDateTime"].as_str().is_some_and(|t| d.holds(t)))
-                })
-                .collect())
+/// A search route over one patient's record: `build` makes the resources of the read.
+fn search_route(
+    resource: &'static str,
+    extra: &'static [&'static str],
+    build: fn(&str, &PatientView, &Params) -> Result<Vec<Value>, ApiError>,
+) -> MethodRouter<Arc<AppState>> {
+    get(
+        move |State(state): State<Arc<AppState>>,
+              axum::Extension(caller): axum::Extension<Caller>,
+              Query(raw): Query<Vec<(String, String)>>,
+              headers: HeaderMap| async move {
+            search(&state, &caller, &headers, resource, raw, extra, build).await
         },
     )
-    .await
+}
+
+/// Observations of one category (`vital-signs`, `laboratory`) or all, on one day or a range.
+fn observations(id: &str, view: &PatientView, params: &Params) -> Result<Vec<Value>, ApiError> {
+    let category = match params.get("category") {
+        None => None,
+        Some(c @ ("vital-signs" | "laboratory")) => Some(c),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "category must be vital-signs or laboratory".into(),
+            ));
+        }
+    };
+    let date = params.get("date").map(DateFilter::parse).transpose()?;
+    Ok(fhir::observations(id, view, category)
+        .into_iter()
+        .filter(|o| {
+            date.as_ref()
+                .is_none_or(|d| o["effectiveDateTime"].as_str().is_some_and(|t| d.holds(t)))
+        })
+        .collect())
 }
 
 /// A FHIR date search (`eq`, `ne`, `gt`, `lt`, `ge`, `le` prefixes on a `YYYY-MM-DD` day).

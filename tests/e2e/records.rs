@@ -533,6 +533,46 @@ fn planted_identifiers_notes_and_vitals_are_nowhere_in_the_store_or_the_ledger()
     );
 }
 
+/// A hospital on a cluster of four `emrflow ledger node` processes: 300 generated visits
+/// imported by a data engineer, a cardiologist, a general practitioner and a compliance officer
+/// registered (no grants yet), and a patient seen at one facility only.
+pub(crate) struct Hospital {
+    pub(crate) _tmp: tempfile::TempDir,
+    pub(crate) cluster: Cluster,
+    pub(crate) site: Site,
+    pub(crate) cardio: PathBuf,
+    pub(crate) gp: PathBuf,
+    pub(crate) officer: PathBuf,
+    pub(crate) patient: String,
+    pub(crate) facility: String,
+}
+
+impl Hospital {
+    pub(crate) fn start() -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cluster = Cluster::start(&tmp.path().join("ledger"));
+        let site = Site::on(300, cluster.genesis(), cluster.dir().join("admin.key"));
+        let engineer = site.identity("data_engineer", "etl");
+        site.import_as(Some(&engineer));
+        let (patient, facility) = site
+            .facilities()
+            .into_iter()
+            .find_map(|(p, f)| (f.len() == 1).then(|| (p, f.into_iter().next())))
+            .and_then(|(p, f)| Some((p, f?)))
+            .expect("a patient of one facility");
+        Self {
+            cardio: site.identity("clinician", "cardiologist"),
+            gp: site.identity("clinician", "general-practitioner"),
+            officer: site.identity("compliance", "compliance-officer"),
+            _tmp: tmp,
+            cluster,
+            site,
+            patient,
+            facility,
+        }
+    }
+}
+
 /// The transaction ids of the reads a client received, with who read.
 fn received_tx(out: &Output) -> String {
     let view: Value = serde_json::from_str(&stdout(out)).expect("json");
@@ -545,20 +585,16 @@ fn received_tx(out: &Output) -> String {
 
 #[test]
 fn reads_on_four_peer_processes_are_audited_on_every_peer_and_refused_without_a_quorum() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let mut cluster = Cluster::start(&tmp.path().join("ledger"));
-    let site = Site::on(300, cluster.genesis(), cluster.dir().join("admin.key"));
-    let engineer = site.identity("data_engineer", "etl");
-    site.import_as(Some(&engineer));
-    let cardio = site.identity("clinician", "cardiologist");
-    let gp = site.identity("clinician", "general-practitioner");
-    let officer = site.identity("compliance", "compliance-officer");
-    let (patient, facility) = site
-        .facilities()
-        .into_iter()
-        .find_map(|(p, f)| (f.len() == 1).then(|| (p, f.into_iter().next())))
-        .and_then(|(p, f)| Some((p, f?)))
-        .expect("a patient of one facility");
+    let Hospital {
+        _tmp,
+        mut cluster,
+        site,
+        cardio,
+        gp,
+        officer,
+        patient,
+        facility,
+    } = Hospital::start();
     site.grant(
         &cardio,
         &format!("facility:{facility}"),

@@ -2,8 +2,9 @@
 //! with a self-signed certificate, read through `emrflow api` (a token made from each caller's
 //! key). FHIR reads are decided on the caller's grants and audited as the caller's on every
 //! peer, naming the server's gateway identity; bad requests get the status and the
-//! OperationOutcome naming the parameter; with two peers down a read is refused with 503 and
-//! returns nothing; SIGTERM stops the server cleanly.
+//! OperationOutcome naming the parameter (an unknown patient's 404 audited all the same); with
+//! two peers down a read is refused with 503 and returns nothing; SIGTERM stops the server
+//! cleanly.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -11,8 +12,7 @@ use std::process::{Child, Output, Stdio};
 
 use serde_json::Value;
 
-use crate::ledger::Cluster;
-use crate::records::Site;
+use crate::records::{Hospital, Site};
 use crate::support::{emrflow, run, stderr, stdout};
 
 /// A running `emrflow serve`, killed when dropped.
@@ -129,21 +129,17 @@ fn codes(bundle: &Value) -> Vec<String> {
 
 #[test]
 fn fhir_reads_over_tls_are_decided_and_audited_as_the_callers_and_fail_closed() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let mut cluster = Cluster::start(&tmp.path().join("ledger"));
-    let site = Site::on(300, cluster.genesis(), cluster.dir().join("admin.key"));
-    let engineer = site.identity("data_engineer", "etl");
-    site.import_as(Some(&engineer));
+    let Hospital {
+        _tmp: tmp,
+        mut cluster,
+        site,
+        cardio,
+        gp,
+        officer,
+        patient,
+        facility,
+    } = Hospital::start();
     let gateway = site.identity("gateway", "emrflow-serve");
-    let cardio = site.identity("clinician", "cardiologist");
-    let gp = site.identity("clinician", "general-practitioner");
-    let officer = site.identity("compliance", "compliance-officer");
-    let (patient, facility) = site
-        .facilities()
-        .into_iter()
-        .find_map(|(p, f)| (f.len() == 1).then(|| (p, f.into_iter().next())))
-        .and_then(|(p, f)| Some((p, f?)))
-        .expect("a patient of one facility");
     site.grant(
         &cardio,
         &format!("facility:{facility}"),
@@ -306,6 +302,20 @@ fn fhir_reads_over_tls_are_decided_and_audited_as_the_callers_and_fail_closed() 
         assert!(by("general-practitioner") >= 3, "peer {peer}: {report}");
         assert!(by("cardiologist") >= 2, "peer {peer}: {report}");
     }
+    // Asking for a patient who is not in the store was answered 404 and audited all the same.
+    let probe = site.json(
+        &["access", "report", "--patient", "P99999999"],
+        Some(&officer),
+    );
+    assert!(
+        probe
+            .as_array()
+            .expect("entries")
+            .iter()
+            .any(|e| e["actor_name"] == "general-practitioner"),
+        "{probe}"
+    );
+
     // Nothing the requests carried is in the server's log.
     let log = log_of(tmp.path());
     let leaks: Vec<&str> = log.lines().filter(|l| l.contains(&patient)).collect();
