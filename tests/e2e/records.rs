@@ -107,6 +107,15 @@ impl Site {
         self.import_as(None)
     }
 
+    /// Peer `peer`'s own copy of `patient`'s access trail, asked as `auditor`.
+    pub(crate) fn peer_report(&self, patient: &str, peer: usize, auditor: &Path) -> Value {
+        let peer = peer.to_string();
+        self.json(
+            &["access", "report", "--patient", patient, "--peer", &peer],
+            Some(auditor),
+        )
+    }
+
     pub(crate) fn import_as(&self, identity: Option<&Path>) -> Value {
         let visits = format!("visits={}", self.data.join("visits.csv").display());
         let patients = format!("patients={}", self.data.join("patients.csv").display());
@@ -647,17 +656,7 @@ fn reads_on_four_peer_processes_are_audited_on_every_peer_and_refused_without_a_
     // its reader and the categories the contract granted.
     cluster.wait_caught_up(0, 1);
     for peer in 0..4 {
-        let report = site.json(
-            &[
-                "access",
-                "report",
-                "--patient",
-                &patient,
-                "--peer",
-                &peer.to_string(),
-            ],
-            Some(&officer),
-        );
+        let report = site.peer_report(&patient, peer, &officer);
         let events: BTreeMap<String, &Value> = report
             .as_array()
             .expect("entries")

@@ -281,17 +281,7 @@ fn fhir_reads_over_tls_are_decided_and_audited_as_the_callers_and_fail_closed() 
     cluster.wait_caught_up(2, 0);
     cluster.wait_caught_up(3, 0);
     for peer in 0..4 {
-        let report = site.json(
-            &[
-                "access",
-                "report",
-                "--patient",
-                &patient,
-                "--peer",
-                &peer.to_string(),
-            ],
-            Some(&officer),
-        );
+        let report = site.peer_report(&patient, peer, &officer);
         let events = report.as_array().expect("entries");
         let by = |name: &str| {
             events
