@@ -172,12 +172,12 @@ impl<'a> Records<'a> {
     fn patient_in_store(&self, patient_id: &str) -> Result<Digest> {
         let patient = self.store.pseudonym(patient_id);
         if let Some(height) = self.store.erased(&patient)? {
-            return Err(Error::Invalid(format!(
+            return Err(Error::NotFound(format!(
                 "patient {patient_id} was erased (ledger block {height})"
             )));
         }
         if !self.store.has_patient(&patient)? {
-            return Err(Error::Invalid(format!(
+            return Err(Error::NotFound(format!(
                 "no patient {patient_id} in the record store"
             )));
         }

@@ -52,6 +52,9 @@ pub enum Error {
         /// The contract's reason.
         reason: String,
     },
+    /// No such patient in the store, or no longer (erased).
+    #[error("{0}")]
+    NotFound(String),
     /// The ledger could not commit in time (too few peers reachable): nothing was decided,
     /// done or returned; the same request may be tried again later.
     #[error("{0}")]

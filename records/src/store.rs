@@ -477,7 +477,6 @@ impl Store {
             .get(chunk_key(batch.number, chunk))
             .map_err(|e| self.err(e))?
             .ok_or_else(|| Error::Corrupt(format!("batch {}: no chunk {chunk}", batch.number)))?;
-        let mut path = tree::chunk_path(index, &tree::decode(row.value()));
         let upper = {
             let mut cache = self
                 .upper_paths
@@ -488,10 +487,10 @@ impl Store {
                 .or_insert_with(|| std::sync::Arc::new(tree::upper_paths(&batch.chunk_roots)))
                 .clone()
         };
-        path.extend_from_slice(upper.get(chunk as usize).ok_or_else(|| {
+        let upper = upper.get(chunk as usize).ok_or_else(|| {
             Error::Corrupt(format!("batch {}: no chunk root {chunk}", batch.number))
-        })?);
-        Ok(path)
+        })?;
+        Ok(tree::proof(index, &tree::decode(row.value()), upper))
     }
 
     /// The proof, for the contract, that `patient` has records made at `facility`.

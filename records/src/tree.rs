@@ -21,17 +21,17 @@ pub fn batch_root(chunk_roots: &[Digest]) -> Digest {
     merkle::root(chunk_roots)
 }
 
-/// The audit path of leaf `index`, from the leaves of its chunk and every chunk root.
-pub fn proof(index: u64, chunk: &[Digest], chunk_roots: &[Digest]) -> Vec<Digest> {
-    let which = (index / CHUNK as u64) as usize;
+/// The audit path of leaf `index`: its path inside its stored chunk, then `upper`, the path of
+/// its chunk's root among the chunk roots (an entry of [`upper_paths`]).
+pub fn proof(index: u64, chunk: &[Digest], upper: &[Digest]) -> Vec<Digest> {
     let mut path = chunk_path(index, chunk);
-    path.extend(merkle::inclusion_proof(which, chunk_roots));
+    path.extend_from_slice(upper);
     path
 }
 
 /// The audit path of leaf `index` inside its chunk, stored as [`encode_chunk`] wrote it: read
 /// from the stored levels of a full chunk, computed from the leaves of the last, partial one.
-pub fn chunk_path(index: u64, stored: &[Digest]) -> Vec<Digest> {
+fn chunk_path(index: u64, stored: &[Digest]) -> Vec<Digest> {
     let mut i = (index % CHUNK as u64) as usize;
     if stored.len() != 2 * CHUNK - 1 {
         return merkle::inclusion_proof(i, stored);
@@ -100,8 +100,8 @@ mod tests {
                 let c = i / CHUNK;
                 let chunk = &leaves[c * CHUNK..((c + 1) * CHUNK).min(n)];
                 let stored = decode(&encode_chunk(chunk));
-                let path = proof(i as u64, &stored, &roots);
                 let upper = &upper_paths(&roots)[c];
+                let path = proof(i as u64, &stored, upper);
                 assert!(path.ends_with(upper), "n = {n}, leaf {i}");
                 assert!(
                     merkle::verify_inclusion(i as u64, n as u64, &leaves[i], &path, &root),

@@ -70,10 +70,7 @@ impl ApiError {
         }
         let text = e.to_string();
         match e {
-            records::Error::Invalid(_) if text.starts_with("no patient") => {
-                ApiError::NotFound(text)
-            }
-            records::Error::Invalid(_) if text.contains("was erased") => ApiError::NotFound(text),
+            records::Error::NotFound(_) => ApiError::NotFound(text),
             records::Error::Invalid(_) => ApiError::BadRequest(text),
             _ => ApiError::Internal(text),
         }
