@@ -160,7 +160,7 @@ impl Tree {
             Some(s) => {
                 let feature = &features[s.feature];
                 for (left, child) in [(true, s.left), (false, s.right)] {
-                    let mut test = feature.describe(&s.rule, left, false);
+                    let mut test = feature.describe(&s.rule, left, false).text;
                     if s.missing_left == left {
                         test.push_str(" or missing");
                     }

@@ -74,8 +74,8 @@ pub struct Scored {
     pub prediction: u8,
     /// The operating threshold (class 1 at or above it), or 0.5 (class 1 above it) without one.
     pub threshold: f64,
-    /// The decision path in words (decision trees only).
-    pub path: Vec<String>,
+    /// The decision path (decision trees only).
+    pub path: Vec<crate::PathStep>,
     /// The id of the leaf reached (decision trees only).
     pub leaf: Option<u64>,
 }
@@ -86,11 +86,7 @@ impl Scored {
     /// atrial_fibrillation = 1 → risk 0.81" or "age = 81 (+0.412), ... → risk 0.34".
     pub fn explain(&self, top: &[(String, f64)]) -> String {
         let why = if self.leaf.is_some() {
-            if self.path.is_empty() {
-                "(root)".to_string()
-            } else {
-                self.path.join(", ")
-            }
+            crate::model::path_text(&self.path)
         } else if top.is_empty() {
             "(no feature moves this model)".to_string()
         } else {

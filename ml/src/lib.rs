@@ -45,7 +45,9 @@ pub use evaluate::{Step, TrainingReport, train, train_and_evaluate};
 pub use fitted::{Explanation, Model, Output, Scored};
 pub use forest::RandomForest;
 pub use metrics::{BinaryMetrics, ConfusionMatrix, CrossValidation, MeanSd, RocPoint};
-pub use model::{DecisionTreeModel, Node, Prediction, Split, SplitRule};
+pub use model::{
+    DecisionTreeModel, Direction, Node, PathStep, Prediction, Split, SplitRule, path_text,
+};
 pub use params::{
     CalibrationConfig, CalibrationMethod, ClassWeights, DecisionTreeParams, EvaluationConfig,
     FeatureSubset, GbtParams, Impurity, ModelParams, RandomForestParams, ThresholdRule,

@@ -149,17 +149,57 @@ pub struct Prediction {
     /// Id of the leaf reached.
     pub leaf: u64,
     /// The tests passed on the way, in raw units where known.
-    pub path: Vec<String>,
+    pub path: Vec<PathStep>,
+}
+
+/// One test a row passed on its way to a leaf, in raw units where the dataset says how (what a
+/// console draws and an API returns; `text` is the same in words).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PathStep {
+    /// The feature tested.
+    pub feature: String,
+    /// Which way the row went.
+    pub direction: Direction,
+    /// The threshold in raw units (a threshold test).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
+    /// The categories of the side the row went to (a category test).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub categories: Vec<String>,
+    /// The row had no value; it went the way the split sends missing values.
+    pub missing: bool,
+    /// The test in words: `age > 67.5`, `smoking_status ∈ {formerly smoked, smokes}`.
+    pub text: String,
+}
+
+/// Which way a row went at a split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// At or below the threshold.
+    AtOrBelow,
+    /// Above the threshold.
+    Above,
+    /// Among the listed categories.
+    In,
+}
+
+/// The steps' texts joined: "age > 67.5, atrial_fibrillation = 1", or "(root)" for none.
+pub fn path_text(path: &[PathStep]) -> String {
+    if path.is_empty() {
+        "(root)".to_string()
+    } else {
+        path.iter()
+            .map(|s| s.text.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 impl Prediction {
     /// "age > 67.5, atrial_fibrillation = 1 → risk 0.81".
     pub fn explain(&self) -> String {
-        let path = if self.path.is_empty() {
-            "(root)".to_string()
-        } else {
-            self.path.join(", ")
-        };
+        let path = path_text(&self.path);
         format!("{path} → risk {:.2}", self.probability)
     }
 }
@@ -208,16 +248,27 @@ impl FeatureSpec {
         }
     }
 
-    /// The test a row passed, in words.
-    pub(crate) fn describe(&self, rule: &SplitRule, left: bool, missing: bool) -> String {
+    /// The test a row passed, in raw units and in words.
+    pub(crate) fn describe(&self, rule: &SplitRule, left: bool, missing: bool) -> PathStep {
         let name = &self.name;
-        let mut text = match rule {
+        let (direction, threshold, categories, mut text) = match rule {
             SplitRule::Threshold { threshold } => {
-                let t = format_number(self.raw(*threshold));
+                let raw = self.raw(*threshold);
+                let t = format_number(raw);
                 if left {
-                    format!("{name} ≤ {t}")
+                    (
+                        Direction::AtOrBelow,
+                        Some(raw),
+                        Vec::new(),
+                        format!("{name} ≤ {t}"),
+                    )
                 } else {
-                    format!("{name} > {t}")
+                    (
+                        Direction::Above,
+                        Some(raw),
+                        Vec::new(),
+                        format!("{name} > {t}"),
+                    )
                 }
             }
             SplitRule::Categories { left: set } => {
@@ -229,17 +280,25 @@ impl FeatureSpec {
                         .collect()
                 };
                 let names: Vec<String> = side.iter().map(|c| self.category_name(*c)).collect();
-                match names.len() {
+                let text = match names.len() {
                     0 => format!("{name} unseen"),
                     1 => format!("{name} = {}", names[0]),
                     _ => format!("{name} ∈ {{{}}}", names.join(", ")),
-                }
+                };
+                (Direction::In, None, names, text)
             }
         };
         if missing {
             text = format!("{name} missing (→ {text})");
         }
-        text
+        PathStep {
+            feature: name.clone(),
+            direction,
+            threshold,
+            categories,
+            missing,
+            text,
+        }
     }
 }
 
@@ -450,7 +509,7 @@ impl DecisionTreeModel {
             Some(s) => {
                 let feature = &self.features[s.feature];
                 for (left, child) in [(true, s.left), (false, s.right)] {
-                    let mut test = feature.describe(&s.rule, left, false);
+                    let mut test = feature.describe(&s.rule, left, false).text;
                     if s.missing_left == left {
                         test.push_str(" or missing");
                     }
@@ -476,7 +535,7 @@ impl DecisionTreeModel {
                     (
                         format!(
                             "{}\\n{rows} rows, risk {}",
-                            escape(&f.describe(&s.rule, true, false)),
+                            escape(&f.describe(&s.rule, true, false).text),
                             format_number(node.probability)
                         ),
                         "#f2f2f2",
@@ -609,7 +668,10 @@ pub(crate) mod tests {
         assert_eq!((p.prediction, p.leaf), (1, 7));
         assert_eq!(p.explain(), "age > 60, atrial_fibrillation = 1 → risk 0.81");
         let p = model.predict(&[None, Some(1.0)]).unwrap();
-        assert_eq!(p.path, vec!["age missing (→ age ≤ 60)".to_string()]);
+        assert_eq!(path_text(&p.path), "age missing (→ age ≤ 60)");
+        assert!(p.path[0].missing);
+        assert_eq!(p.path[0].direction, Direction::AtOrBelow);
+        assert_eq!(p.path[0].threshold, Some(60.0));
         assert!(model.predict(&[Some(0.1)]).is_err());
     }
 

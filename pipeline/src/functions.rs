@@ -692,6 +692,17 @@ pub fn age_years(dob: i32, at: i32) -> Option<i64> {
     Some(years.min(AGE_CAP))
 }
 
+/// [`age_years`] of two ISO dates (`YYYY-MM-DD`, or a timestamp starting with one), as the
+/// online layer computes an age from a record the way a job's `age` rule did.
+pub fn age_between(dob: &str, at: &str) -> Option<i64> {
+    use chrono::Datelike;
+    let day = |s: &str| {
+        let date = chrono::NaiveDate::parse_from_str(s.get(..10)?, "%Y-%m-%d").ok()?;
+        Some(date.num_days_from_ce() - EPOCH_CE_DAYS)
+    };
+    age_years(day(dob)?, day(at)?)
+}
+
 /// Days from 0001-01-01 (day 1 of the common era) to 1970-01-01.
 const EPOCH_CE_DAYS: i32 = 719_163;
 
@@ -855,6 +866,9 @@ mod tests {
         assert_eq!(age_years(day(1960, 6, 15), day(2020, 6, 14)), Some(59));
         assert_eq!(age_years(day(1960, 6, 15), day(2020, 6, 15)), Some(60));
         assert_eq!(age_years(day(1920, 1, 1), day(2020, 6, 15)), Some(AGE_CAP));
+        assert_eq!(age_between("1960-06-15", "2020-06-14"), Some(59));
+        assert_eq!(age_between("1960-06-15", "2020-06-15T08:30:00"), Some(60));
+        assert_eq!(age_between("15/06/1960", "2020-06-15"), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use ledger::chain::{Genesis, QueryResult, Receipt};
 use ledger::client::{Client, Ledger, LedgerApi, Reader};
 use ledger::config;
 use ledger::contracts::{Access, AnchorRecord, AnchorSpec, Call, Outcome, Role};
-use ledger::crypto::KeyPair;
+use ledger::crypto::{KeyPair, PublicKey};
 use ledger::transport::RemoteLedger;
 use ledger::tx::{SignedQuery, SignedTx};
 use merkle::Digest;
@@ -247,16 +247,7 @@ impl Provenance {
         name: &str,
         out: &Path,
     ) -> Result<Receipt> {
-        let admin = match admin {
-            Some(path) => config::read_key(path)
-                .with_context(|| format!("cannot read the admin key {}", path.display()))?,
-            None => {
-                let path = self.home.join("admin.key");
-                config::read_key(&path).with_context(|| {
-                    format!("no admin.key beside {}; pass --admin-key", self.describe)
-                })?
-            }
-        };
+        let admin = self.admin_key(admin)?;
         let key = config::new_key_file(out)?;
         let receipt = Client::new(self.conn(), admin)
             .register(key.public(), name, role)
@@ -278,6 +269,43 @@ impl Provenance {
                 Err(e).context("cannot register the identity")
             }
         }
+    }
+
+    /// The admin's key: from `admin`, or the `admin.key` beside the ledger.
+    fn admin_key(&self, admin: Option<&Path>) -> Result<KeyPair> {
+        match admin {
+            Some(path) => config::read_key(path)
+                .with_context(|| format!("cannot read the admin key {}", path.display())),
+            None => {
+                let path = self.home.join("admin.key");
+                config::read_key(&path).with_context(|| {
+                    format!("no admin.key beside {}; pass --admin-key", self.describe)
+                })
+            }
+        }
+    }
+
+    /// Grants `grantee` `access` to the anchored `subject`, signed by the admin; fails (naming
+    /// the reason) if the ledger denies it.
+    pub async fn grant_access(
+        &self,
+        admin: Option<&Path>,
+        subject: Digest,
+        grantee: PublicKey,
+        access: Access,
+    ) -> Result<Receipt> {
+        let admin = self.admin_key(admin)?;
+        let receipt = Client::new(self.conn(), admin)
+            .grant(subject, grantee, access)
+            .await
+            .with_context(|| format!("cannot grant {access:?} access to {subject}"))?;
+        if let Outcome::Denied { reason } = &receipt.outcome {
+            return Err(Error::Denied {
+                what: format!("the grant of {access:?} access to {subject}"),
+                reason: reason.clone(),
+            });
+        }
+        Ok(receipt)
     }
 
     /// Anchors `spec` as `role`; fails (naming the reason) if the ledger denies it.

@@ -19,11 +19,12 @@ use pipeline::Manifest;
 use pipeline::store::Location;
 use serde::Serialize;
 
+use crate::anchor::model_root;
 use crate::artifact::Artifact;
 use crate::check::{check_model, model_files};
 use crate::connection::Provenance;
 use crate::error::{Context, Error, Result};
-use crate::train::{DATASET_MANIFEST_FILE, read_manifest};
+use crate::train::{DATASET_MANIFEST_FILE, dataset_spec, read_manifest};
 
 /// One scored row.
 #[derive(Debug, Clone, Serialize)]
@@ -88,21 +89,68 @@ pub async fn load_model(
     role: Role,
     purpose: &str,
 ) -> Result<LoadedModel> {
+    let loaded = load_verified(ctx, path, provenance).await?;
+    provenance.record_read(role, loaded.root, purpose).await?;
+    Ok(loaded)
+}
+
+/// Loads the model at `path` once it is checked against its anchor, without recording a read:
+/// for a server that holds a model to answer its callers, whose own reads are what the trail
+/// records (each answer names the model's root).
+pub async fn load_verified(
+    ctx: &SessionContext,
+    path: &str,
+    provenance: &Provenance,
+) -> Result<LoadedModel> {
     let artifact = Artifact::resolve(ctx, path)?;
     let check = check_model(ctx, &artifact, provenance).await?;
     check.ensure_matches(path)?;
-    provenance
-        .record_read(role, check.anchor.root, purpose)
-        .await?;
     let (dir, bytes, file) = model_files(ctx, &artifact).await?;
     let model = Model::from_json(&bytes, &file)?;
+    // The check read the file once and this is a second read: the root must hold for the bytes
+    // that are used, or a file replaced in between would be served unchecked.
+    let anchored = check.anchor.root;
+    let held = match &check.anchor.dataset_root {
+        Some(dataset_root) => Some(model_root(&model, dataset_root)?),
+        None => None,
+    };
+    if held != Some(anchored) {
+        return Err(Error::Mismatch {
+            path: path.to_string(),
+            problems: vec![format!("{file} changed while it was being checked")],
+        });
+    }
     let (manifest, _) = read_manifest(&dir, DATASET_MANIFEST_FILE).await?;
+    // The manifest copied beside the model is not anchored itself; its transforms are, through
+    // the model's features (their raw-unit maps and category names), so they must agree.
+    let spec = dataset_spec(&manifest, Some(model.label()))?;
+    for feature in model.features() {
+        if spec.features.iter().find(|s| s.name == feature.name) != Some(feature) {
+            return Err(Error::Mismatch {
+                path: path.to_string(),
+                problems: vec![format!(
+                    "{DATASET_MANIFEST_FILE} does not match the anchored model's transform of {}",
+                    feature.name
+                )],
+            });
+        }
+    }
     Ok(LoadedModel {
         model,
         manifest,
-        root: check.anchor.root,
+        root: anchored,
         dataset_root: check.anchor.dataset_root,
     })
+}
+
+/// The bytes of the model file at `path` (a model directory or its `model.json`) and of its
+/// anchor file: what a server compares to notice that a new model was published there (both,
+/// so a model copied in file by file is looked at again once the last file lands).
+pub async fn model_version(ctx: &SessionContext, path: &str) -> Result<Vec<u8>> {
+    let artifact = Artifact::resolve(ctx, path)?;
+    let (dir, mut bytes, _) = model_files(ctx, &artifact).await?;
+    bytes.extend(dir.read(crate::ANCHOR_FILE).await?.unwrap_or_default());
+    Ok(bytes)
 }
 
 fn column(name: &str) -> Expr {
@@ -245,7 +293,7 @@ pub async fn score_rows(
                 threshold: p.threshold,
                 leaf: p.leaf,
                 explanation,
-                path: p.path,
+                path: p.path.into_iter().map(|s| s.text).collect(),
                 output: e.output,
                 expected_value: e.expected_value,
                 contributions: top

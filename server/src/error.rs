@@ -21,6 +21,13 @@ pub enum ApiError {
     /// No such patient, resource or route (404).
     #[error("{0}")]
     NotFound(String),
+    /// A body in a media type the route does not take (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Well-formed, but a value the operation cannot use: a category the model does not know
+    /// (422).
+    #[error("{0}")]
+    Unprocessable(String),
     /// The ledger could not commit the read's audit event, or the store is not open: nothing
     /// was returned (503).
     #[error("{0}")]
@@ -41,6 +48,8 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) | ApiError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -53,6 +62,8 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::BadRequest(_) => "invalid",
             ApiError::NotFound(_) => "not-found",
+            ApiError::UnsupportedMediaType(_) => "not-supported",
+            ApiError::Unprocessable(_) => "processing",
             ApiError::Unavailable(_) => "transient",
             ApiError::Timeout(_) => "timeout",
             ApiError::Internal(_) => "exception",

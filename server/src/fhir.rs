@@ -117,7 +117,13 @@ const FLAGS: &[(&str, &str, &str)] = &[
     ("stroke", "I63.9", "Cerebral infarction, unspecified"),
 ];
 
-fn field<'a>(r: &'a RecordView, name: &str) -> Option<&'a str> {
+/// The field of a visit that dates it.
+pub const VISIT_DATE: &str = "visit_date";
+/// The extension naming the anchored model (and its training data) an answer came from.
+pub const MODEL_EXTENSION: &str = "https://emrflow.dev/fhir/StructureDefinition/anchored-model";
+
+/// A granted, non-empty field of a record.
+pub fn field<'a>(r: &'a RecordView, name: &str) -> Option<&'a str> {
     r.fields
         .iter()
         .find(|(n, _)| n == name)
@@ -205,6 +211,71 @@ fn visits(view: &PatientView) -> impl Iterator<Item = &RecordView> {
     view.records.iter().filter(|r| r.kind == Kind::Visit)
 }
 
+/// The latest visit the read returned (by date; the later record of a day), and the patient's
+/// own record.
+pub fn latest_visit(view: &PatientView) -> (Option<&RecordView>, Option<&RecordView>) {
+    let visit = visits(view).max_by(|a, b| {
+        field(a, VISIT_DATE)
+            .cmp(&field(b, VISIT_DATE))
+            .then(a.proof.index.cmp(&b.proof.index))
+    });
+    let own = view.records.iter().find(|r| r.kind == Kind::Patient);
+    (visit, own)
+}
+
+/// The `Encounter` id of a visit's record.
+pub fn encounter_id(r: &RecordView) -> String {
+    record_ref(r)
+}
+
+/// A `RiskAssessment` of stroke for `subject` (a patient id; absent for values sent without
+/// one), based on a visit: the probability, its band as a FHIR risk-probability code, the
+/// explanation as a note, and the anchored model in an extension.
+pub fn risk_assessment(
+    a: &crate::risk::Assessment,
+    subject: Option<&str>,
+    visit: Option<&RecordView>,
+) -> Value {
+    let (band, band_display) = a.band.code();
+    let mut r = json!({
+        "resourceType": "RiskAssessment",
+        "status": "final",
+        "subject": match subject {
+            Some(id) => json!({"reference": format!("Patient/{id}")}),
+            None => json!({"display": "clinical values given in the request"}),
+        },
+        "method": {"text": format!("emrflow {} model {}", a.model.kind, a.model.root)},
+        "prediction": [{
+            "outcome": {
+                "coding": [{"system": "http://snomed.info/sct", "code": "230690007", "display": "Cerebrovascular accident"}],
+                "text": "Stroke",
+            },
+            "probabilityDecimal": a.probability,
+            "qualitativeRisk": {
+                "coding": [{"system": "http://terminology.hl7.org/CodeSystem/risk-probability", "code": band, "display": band_display}],
+            },
+        }],
+        "note": [{"text": a.explanation}],
+        "extension": [{
+            "url": MODEL_EXTENSION,
+            "extension": [
+                {"url": "modelRoot", "valueString": a.model.root},
+                {"url": "datasetRoot", "valueString": a.model.dataset_root.clone().unwrap_or_default()},
+                {"url": "threshold", "valueDecimal": a.threshold},
+            ],
+        }],
+    });
+    if let Some(v) = visit {
+        let reference = json!({"reference": format!("Encounter/{}", record_ref(v))});
+        r["encounter"] = reference.clone();
+        r["basis"] = json!([reference]);
+        if let Some(d) = field(v, VISIT_DATE) {
+            r["occurrenceDateTime"] = json!(d);
+        }
+    }
+    r
+}
+
 /// One `Encounter` per visit.
 pub fn encounters(id: &str, view: &PatientView) -> Vec<Value> {
     visits(view)
@@ -219,7 +290,7 @@ pub fn encounters(id: &str, view: &PatientView) -> Vec<Value> {
                 "serviceProvider": {"display": r.facility},
                 "extension": [proof_extension(&r.proof)],
             });
-            if let Some(d) = field(r, "visit_date") {
+            if let Some(d) = field(r, VISIT_DATE) {
                 e["period"] = json!({"start": d, "end": d});
             }
             if !r.id.is_empty() {
@@ -256,7 +327,7 @@ pub fn observations(id: &str, view: &PatientView, category: Option<&str>) -> Vec
                 "valueQuantity": {"value": value, "unit": m.unit, "system": UCUM, "code": m.unit},
                 "extension": [proof_extension(&r.proof)],
             });
-            if let Some(d) = field(r, "visit_date") {
+            if let Some(d) = field(r, VISIT_DATE) {
                 o["effectiveDateTime"] = Value::from(d);
             }
             out.push(o);
@@ -292,7 +363,7 @@ pub fn conditions(id: &str, view: &PatientView) -> Vec<Value> {
                 "encounter": {"reference": format!("Encounter/{}", record_ref(r))},
                 "extension": [proof_extension(&r.proof)],
             });
-            if let Some(d) = field(r, "visit_date") {
+            if let Some(d) = field(r, VISIT_DATE) {
                 c["recordedDate"] = Value::from(d);
             }
             out.push(c);

@@ -4,6 +4,7 @@ pub mod auth;
 pub mod error;
 pub mod fhir;
 pub mod metrics;
+pub mod risk;
 pub mod routes;
 pub mod state;
 

@@ -35,6 +35,12 @@ pub struct Metrics {
     pub ledger_unavailable: AtomicU64,
     /// Requests refused for their credential.
     pub unauthenticated: AtomicU64,
+    /// Risk assessments returned.
+    pub risk_assessments: AtomicU64,
+    /// Models that passed their anchor check and were put in service.
+    pub models_loaded: AtomicU64,
+    /// Models refused for failing their anchor check (the one in service stays).
+    pub models_rejected: AtomicU64,
 }
 
 impl Metrics {
@@ -128,6 +134,21 @@ impl Metrics {
                 "emrflow_unauthenticated_total",
                 "Requests refused for their credential.",
                 &self.unauthenticated,
+            ),
+            (
+                "emrflow_risk_assessments_total",
+                "Risk assessments returned.",
+                &self.risk_assessments,
+            ),
+            (
+                "emrflow_models_loaded_total",
+                "Models that passed their anchor check and were put in service.",
+                &self.models_loaded,
+            ),
+            (
+                "emrflow_models_rejected_total",
+                "Models refused for failing their anchor check.",
+                &self.models_rejected,
             ),
         ] {
             let _ = writeln!(

@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get};
-use ledger::contracts::{Categories, Purpose};
+use axum::routing::{MethodRouter, get, post};
+use ledger::contracts::{Categories, Category, Purpose};
 use records::{PatientView, ReadRequest, Records};
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
@@ -18,6 +19,7 @@ use std::sync::atomic::Ordering;
 use crate::auth::{Caller, authenticate};
 use crate::error::ApiError;
 use crate::fhir;
+use crate::risk::{self, Assessment};
 use crate::state::AppState;
 
 /// The page size of a search when `_count` is not given, and the largest allowed.
@@ -41,6 +43,8 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             "/fhir/Condition",
             search_route("Condition", &[], |id, v, _| Ok(fhir::conditions(id, v))),
         )
+        .route("/api/patients/{id}/risk", get(patient_risk))
+        .route("/api/risk", post(values_risk))
         .route_layer(from_fn_with_state(state.clone(), require_caller));
     Router::new()
         .route("/healthz", get(healthz))
@@ -158,6 +162,145 @@ fn fhir_json(body: Value) -> Response {
         HeaderValue::from_static(fhir::FHIR_JSON),
     );
     r
+}
+
+/// A patient's risk at their latest visit the caller may see: the record read asks for the
+/// categories of the model's features (decided and audited as any read), and a risk needing a
+/// category the contract withheld is refused, naming it, rather than guessed without it.
+pub async fn assess_patient(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<(Assessment, Value, PatientView), ApiError> {
+    check_id(id, "the patient id")?;
+    let served = state.model.require()?;
+    let model = &served.loaded.model;
+    let generalized = &served.loaded.manifest.pii.generalized;
+    let needs: Categories = model
+        .features()
+        .iter()
+        .map(|f| {
+            if generalized.values().any(|age| *age == f.name) {
+                Category::Demographics
+            } else {
+                state.store.categories().classify(&f.name, None)
+            }
+        })
+        .chain([Category::Demographics])
+        .collect();
+    let view = read(state, caller, headers, id, needs).await?;
+    if !view.denied.is_empty() {
+        return Err(ApiError::Forbidden(format!(
+            "the risk needs {} of the record, which the ledger's contract did not grant you \
+             (the refused read is in the audit trail)",
+            view.denied
+        )));
+    }
+    let (visit, own) = fhir::latest_visit(&view);
+    let visit =
+        visit.ok_or_else(|| ApiError::NotFound("the patient has no visit you may see".into()))?;
+    let value = |name: &str| -> Option<String> {
+        if let Some((dob, _)) = generalized.iter().find(|(_, age)| *age == name) {
+            let born = own.and_then(|r| fhir::field(r, dob))?;
+            let at = fhir::field(visit, fhir::VISIT_DATE)?;
+            return pipeline::functions::age_between(born, at).map(|a| a.to_string());
+        }
+        fhir::field(visit, name)
+            .or_else(|| own.and_then(|r| fhir::field(r, name)))
+            .map(str::to_string)
+    };
+    let assessment = risk::assess(&served, &value)?;
+    let resource = fhir::risk_assessment(&assessment, Some(id), Some(visit));
+    state
+        .metrics
+        .risk_assessments
+        .fetch_add(1, Ordering::Relaxed);
+    Ok((assessment, resource, view))
+}
+
+/// `GET /api/patients/{id}/risk`.
+async fn patient_risk(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    Query(raw): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    Params::checked(raw, &[])?;
+    let (assessment, resource, view) = assess_patient(&state, &caller, &headers, &id).await?;
+    let mut body = serde_json::to_value(&assessment)
+        .map_err(|e| ApiError::Internal(format!("cannot encode the assessment: {e}")))?;
+    body["patient"] = json!(id);
+    body["audit"] = json!({"tx": view.tx, "height": view.height});
+    body["risk_assessment"] = resource;
+    Ok(axum::Json(body).into_response())
+}
+
+/// `POST /api/risk`: the risk of raw clinical values (a JSON object of feature → number, text
+/// or null), for a patient who is not in the store. No record is read, so there is nothing to
+/// audit; the answer names the model.
+async fn values_risk(
+    State(state): State<Arc<AppState>>,
+    Query(raw): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    Params::checked(raw, &[])?;
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json_type {
+        return Err(ApiError::UnsupportedMediaType(
+            "the body must be application/json: an object of feature names to values".into(),
+        ));
+    }
+    let values: serde_json::Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body is not a JSON object of feature names to values (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let served = state.model.require()?;
+    let features = served.loaded.model.features();
+    let mut given = std::collections::BTreeMap::new();
+    for (name, v) in &values {
+        if !features.iter().any(|f| f.name == *name) {
+            return Err(ApiError::BadRequest(format!(
+                "unknown field {name:?}: the model's features are {}",
+                features
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let text = match v {
+            Value::Null => continue,
+            Value::Number(n) => n.to_string(),
+            Value::String(s) => s.clone(),
+            Value::Bool(b) => u8::from(*b).to_string(),
+            _ => {
+                return Err(ApiError::BadRequest(format!(
+                    "field {name} must be a number, text or null"
+                )));
+            }
+        };
+        given.insert(name.clone(), text);
+    }
+    let assessment = risk::assess(&served, &|name| given.get(name).cloned())?;
+    let resource = fhir::risk_assessment(&assessment, None, None);
+    state
+        .metrics
+        .risk_assessments
+        .fetch_add(1, Ordering::Relaxed);
+    let mut body = serde_json::to_value(&assessment)
+        .map_err(|e| ApiError::Internal(format!("cannot encode the assessment: {e}")))?;
+    body["risk_assessment"] = resource;
+    Ok(axum::Json(body).into_response())
 }
 
 /// A search's query parameters, checked: unknown or repeated parameters are refused by name.

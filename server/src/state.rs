@@ -1,5 +1,5 @@
 //! What every request shares: the record store, the ledger connection, the gateway identity
-//! the server reads as, the limits and the metrics.
+//! the server reads as, the model in service, the limits and the metrics.
 
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use provenance::Provenance;
 use records::Store;
 
 use crate::metrics::Metrics;
+use crate::risk::ModelSlot;
 
 /// The server's shared state.
 #[derive(Debug)]
@@ -27,4 +28,6 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// The model risk is assessed with.
+    pub model: ModelSlot,
 }

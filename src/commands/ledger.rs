@@ -33,6 +33,29 @@ pub(crate) enum LedgerCommand {
     Verify(VerifyArgs),
     /// Create an identity key and register it with a role (signed by the admin)
     Register(RegisterArgs),
+    /// Grant an identity access to an anchored dataset or model (signed by the admin)
+    Grant(GrantArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GrantArgs {
+    /// The grantee: a key file or its public key (hex)
+    #[arg(long, value_name = "KEY|HEX")]
+    to: String,
+    /// The anchored root of the dataset or model
+    #[arg(long, value_name = "ROOT")]
+    subject: String,
+    /// read, query, update or export
+    #[arg(long, default_value = "read")]
+    access: String,
+    /// The admin's key [default: admin.key beside the ledger]
+    #[arg(long, value_name = "KEY")]
+    admin_key: Option<PathBuf>,
+    /// Print a JSON summary on stdout
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    ledger: super::args::LedgerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -170,6 +193,7 @@ pub(crate) async fn run(cmd: LedgerCommand) -> anyhow::Result<ExitStatus> {
         LedgerCommand::VerifyReceipt(a) => verify_receipt(a),
         LedgerCommand::Verify(a) => verify(a),
         LedgerCommand::Register(a) => register(a).await,
+        LedgerCommand::Grant(a) => grant(a).await,
     }
 }
 
@@ -388,6 +412,37 @@ async fn register(a: RegisterArgs) -> anyhow::Result<ExitStatus> {
             a.name,
             key.public().to_hex(),
             a.out.display(),
+            receipt.header.height.0
+        )]);
+    }
+    Ok(ExitStatus::Success)
+}
+
+async fn grant(a: GrantArgs) -> anyhow::Result<ExitStatus> {
+    let access: ledger::contracts::Access = a
+        .access
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--access: {e}"))?;
+    let subject = ledger::crypto::Digest::from_hex(&a.subject)
+        .map_err(|e| anyhow::anyhow!("--subject is not a root (64 hex digits): {e}"))?;
+    let grantee = super::records::public_key(&a.to)?;
+    let receipt = super::args::with_ledger(&a.ledger, async |p| {
+        p.grant_access(a.admin_key.as_deref(), subject, grantee, access)
+            .await
+    })
+    .await?;
+    if a.json {
+        print_json(&serde_json::json!({
+            "subject": subject.to_hex(),
+            "grantee": grantee.to_hex(),
+            "access": a.access,
+            "height": receipt.header.height.0,
+        }))?;
+    } else {
+        print_lines(&[format!(
+            "granted {} {} access to {subject} (height {})",
+            grantee.to_hex(),
+            a.access,
             receipt.header.height.0
         )]);
     }

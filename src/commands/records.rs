@@ -245,7 +245,7 @@ async fn key(p: &provenance::Provenance, role: Role) -> records::Result<KeyPair>
     Ok(p.key_for(role).await?)
 }
 
-fn public_key(text: &str) -> anyhow::Result<PublicKey> {
+pub(crate) fn public_key(text: &str) -> anyhow::Result<PublicKey> {
     let path = std::path::Path::new(text);
     if path.exists() {
         return Ok(ledger::config::read_key(path)

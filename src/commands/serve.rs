@@ -55,6 +55,14 @@ pub(crate) struct ServeArgs {
     /// File holding the store's master key (64 hex digits) [default: $EMRFLOW_MASTER_KEY]
     #[arg(long, value_name = "FILE")]
     master_key_file: Option<PathBuf>,
+    /// The model risk is assessed with: a model directory published by `emrflow train`, on any
+    /// store. It must pass its anchor check to serve, and a new model published there is checked
+    /// and put in service without a restart [default: none; the risk routes answer 503]
+    #[arg(long, env = "EMRFLOW_MODEL", value_name = "DIR|URL")]
+    model: Option<String>,
+    /// How often the model location is looked at for a newly published model, in seconds
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    model_poll_secs: u64,
     /// Print the listening address as JSON on stdout
     #[arg(long)]
     json: bool,
@@ -87,6 +95,14 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
     let store = Store::open(&dir, &master)?;
     let provenance = provenance::Provenance::open(&args.ledger.config()).await?;
     let gateway = provenance.key_for(Role::Gateway).await?;
+    let served = match &args.model {
+        Some(location) => Some(
+            server::risk::load(location, &provenance)
+                .await
+                .with_context(|| format!("the model at {location} cannot be served"))?,
+        ),
+        None => None,
+    };
     let ledger_id = provenance.genesis().hash();
     let (listener, bound) = server::bind(args.bind).await?;
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -102,7 +118,22 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
         fhir_base: format!("{}/fhir", url.trim_end_matches('/')),
         request_timeout: Duration::from_secs(args.timeout_secs.max(1)),
         metrics: Default::default(),
+        model: Default::default(),
     });
+    let (stop_watch, stopped) = tokio::sync::watch::channel(false);
+    let watcher = match (served, &args.model) {
+        (Some(served), Some(location)) => {
+            tracing::info!(root = %served.loaded.root, "model in service");
+            state.model.set(served);
+            Some(tokio::spawn(server::risk::watch(
+                state.clone(),
+                location.clone(),
+                Duration::from_secs(args.model_poll_secs.max(1)),
+                stopped,
+            )))
+        }
+        _ => None,
+    };
     if args.json {
         print_json(&serde_json::json!({"listening": url, "bound": bound.to_string()}))?;
     } else {
@@ -112,6 +143,10 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
     let app = server::routes::router(state.clone(), args.max_body_bytes);
     server::serve(listener, tls, app, shutdown_signal()).await;
     tracing::info!("stopped accepting; in-flight requests done");
+    let _ = stop_watch.send(true);
+    if let Some(w) = watcher {
+        let _ = w.await;
+    }
     // Every connection has finished, so the routes' clones of the state are gone.
     if let Ok(state) = Arc::try_unwrap(state) {
         state.provenance.close().await?;
@@ -188,7 +223,7 @@ pub(crate) fn token(args: &TokenArgs) -> anyhow::Result<ExitStatus> {
 
 #[derive(Debug, Args)]
 pub(crate) struct ApiArgs {
-    /// The path to GET, e.g. /fhir/Patient/P00000042 or "/fhir/Observation?patient=P00000042"
+    /// The path, e.g. /fhir/Patient/P00000042 or "/fhir/Observation?patient=P00000042"
     path: String,
     /// The server's base URL
     #[arg(long, env = "EMRFLOW_SERVER", value_name = "URL")]
@@ -206,10 +241,15 @@ pub(crate) struct ApiArgs {
     /// An extra request header, NAME:VALUE (repeatable), e.g. X-Purpose-Of-Use:research
     #[arg(long = "header", value_name = "NAME:VALUE")]
     headers: Vec<String>,
+    /// POST this body instead of a GET: JSON text, or @FILE (sent as application/json unless a
+    /// --header Content-Type says otherwise)
+    #[arg(long, value_name = "JSON|@FILE")]
+    data: Option<String>,
 }
 
 /// Sends the request and prints the response body; the exit code says how it went: 0 for a
-/// 2xx, 3 refused (401, 403), 4 the ledger could not commit (503), 2 anything else.
+/// 2xx, 3 refused (401, 403), 4 unavailable: the ledger could not commit (503), 2 anything
+/// else.
 pub(crate) async fn api(args: ApiArgs) -> anyhow::Result<ExitStatus> {
     use http_body_util::BodyExt;
     let base = url::Url::parse(&args.server).context("--server is not a URL")?;
@@ -220,8 +260,31 @@ pub(crate) async fn api(args: ApiArgs) -> anyhow::Result<ExitStatus> {
     if !args.path.starts_with('/') {
         bail!("the path must start with /");
     }
-    let mut request =
-        hyper::Request::get(&args.path).header(hyper::header::HOST, format!("{host}:{port}"));
+    let body = match args.data.as_deref() {
+        None => None,
+        Some(d) => Some(match d.strip_prefix('@') {
+            Some(file) => {
+                std::fs::read(file).with_context(|| format!("cannot read --data {file}"))?
+            }
+            None => d.as_bytes().to_vec(),
+        }),
+    };
+    let method = if body.is_some() {
+        hyper::Method::POST
+    } else {
+        hyper::Method::GET
+    };
+    let mut request = hyper::Request::builder()
+        .method(method)
+        .uri(&args.path)
+        .header(hyper::header::HOST, format!("{host}:{port}"));
+    let typed = args
+        .headers
+        .iter()
+        .any(|h| h.to_ascii_lowercase().starts_with("content-type:"));
+    if body.is_some() && !typed {
+        request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+    }
     if let Some(identity) = &args.identity {
         let token = make_token(identity, args.ledger.as_deref(), 5)?;
         request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
@@ -233,7 +296,9 @@ pub(crate) async fn api(args: ApiArgs) -> anyhow::Result<ExitStatus> {
         request = request.header(name.trim(), value.trim());
     }
     let request = request
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.unwrap_or_default(),
+        )))
         .context("building the request")?;
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await
@@ -274,7 +339,7 @@ pub(crate) async fn api(args: ApiArgs) -> anyhow::Result<ExitStatus> {
 
 async fn send<I>(
     io: I,
-    request: hyper::Request<http_body_util::Empty<bytes::Bytes>>,
+    request: hyper::Request<http_body_util::Full<bytes::Bytes>>,
 ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,

@@ -9,11 +9,13 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::ledger::wait_for;
 use crate::records::{Hospital, Site};
-use crate::support::{emrflow, run, stderr, stdout};
+use crate::support::{emrflow, run, stderr, stdout, stroke_job_args};
 
 /// A running `emrflow serve`, killed when dropped.
 struct Server {
@@ -30,7 +32,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    fn start(site: &Site, gateway: &Path, dir: &Path) -> Self {
+    fn start(site: &Site, gateway: &Path, dir: &Path, extra: &[&str]) -> Self {
         let tls = rcgen::generate_simple_self_signed(vec![
             "127.0.0.1".to_string(),
             "localhost".to_string(),
@@ -40,20 +42,20 @@ impl Server {
         std::fs::write(&cert, tls.cert.pem()).expect("write the certificate");
         std::fs::write(&key, tls.signing_key.serialize_pem()).expect("write the key");
         let log = std::fs::File::create(dir.join("server.log")).expect("log");
+        let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+        let mut args = vec![
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &cert_arg,
+            "--tls-key",
+            &key_arg,
+            "--json",
+        ];
+        args.extend_from_slice(extra);
         let mut child = site
-            .cmd(
-                &[
-                    "serve",
-                    "--bind",
-                    "127.0.0.1:0",
-                    "--tls-cert",
-                    &cert.display().to_string(),
-                    "--tls-key",
-                    &key.display().to_string(),
-                    "--json",
-                ],
-                Some(gateway),
-            )
+            .cmd(&args, Some(gateway))
             .env("EMRFLOW_LEDGER_TIMEOUT", "2")
             .env("RUST_LOG", "debug")
             .stdout(Stdio::piped())
@@ -75,6 +77,22 @@ impl Server {
 
     /// `emrflow api PATH` as `who` (a key file), or with no credential at all.
     fn get(&self, site: &Site, who: Option<&Path>, path: &str, headers: &[&str]) -> Output {
+        self.call(site, who, path, headers, None)
+    }
+
+    /// `emrflow api PATH --data BODY` (a POST) as `who`.
+    fn post(&self, site: &Site, who: &Path, path: &str, headers: &[&str], body: &str) -> Output {
+        self.call(site, Some(who), path, headers, Some(body))
+    }
+
+    fn call(
+        &self,
+        site: &Site,
+        who: Option<&Path>,
+        path: &str,
+        headers: &[&str],
+        body: Option<&str>,
+    ) -> Output {
         let mut args = vec![
             "api".to_string(),
             path.to_string(),
@@ -86,6 +104,10 @@ impl Server {
         for h in headers {
             args.push("--header".into());
             args.push((*h).to_string());
+        }
+        if let Some(b) = body {
+            args.push("--data".into());
+            args.push(b.to_string());
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         match who {
@@ -152,7 +174,7 @@ fn fhir_reads_over_tls_are_decided_and_audited_as_the_callers_and_fail_closed() 
         "identifiers,demographics,vitals,cardiology,metabolic,diagnoses",
         "treatment",
     );
-    let server = Server::start(&site, &gateway, tmp.path());
+    let server = Server::start(&site, &gateway, tmp.path(), &[]);
 
     // Probes: alive and ready (the ledger answers, the gateway is registered).
     let ready = server.get(&site, Some(&gp), "/readyz", &[]);
@@ -310,4 +332,269 @@ fn fhir_reads_over_tls_are_decided_and_audited_as_the_callers_and_fail_closed() 
     let log = log_of(tmp.path());
     let leaks: Vec<&str> = log.lines().filter(|l| l.contains(&patient)).collect();
     assert!(leaks.is_empty(), "the patient id is in the log: {leaks:#?}");
+}
+
+/// Copies every file of the model directory `from` into `to`, the way a deployment publishes a
+/// new model at the location a server watches.
+fn publish_model(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("model location");
+    for entry in std::fs::read_dir(from).expect("model dir").flatten() {
+        if entry.path().is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+        }
+    }
+}
+
+fn float(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+#[test]
+fn risk_is_explained_tied_to_its_anchored_model_and_replaced_without_a_restart() {
+    let Hospital {
+        _tmp: tmp,
+        cluster,
+        site,
+        cardio,
+        gp,
+        officer,
+        patient,
+        facility,
+    } = Hospital::start();
+    let gateway = site.identity("gateway", "emrflow-serve");
+    let engineer = site.identity("data_engineer", "analyst");
+    let mlops = site.identity("ml_engineer", "mlops");
+    site.grant(&gp, "all", "all", "treatment");
+    site.grant(
+        &cardio,
+        &format!("facility:{facility}"),
+        "cardiology,vitals",
+        "treatment",
+    );
+
+    // A dataset of the site's visits, and two models trained on it, all anchored on the cluster;
+    // the ML engineer reads the dataset under an admin's grant.
+    let ledger = site.ledger().display().to_string();
+    let dataset = tmp.path().join("dataset");
+    let args = stroke_job_args(&site.data, &dataset, &ledger);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let published = site.json_of(&mut site.cmd(&args, Some(&engineer)));
+    let dataset_root = published["root"].as_str().expect("root").to_string();
+    let grant = |to: &Path, root: &str| {
+        site.json(
+            &[
+                "ledger",
+                "grant",
+                "--to",
+                &to.display().to_string(),
+                "--subject",
+                root,
+            ],
+            None,
+        )
+    };
+    grant(&mlops, &dataset_root);
+    let train = |out: &str, depth: &str| {
+        let out = tmp.path().join(out);
+        let model = site.json(
+            &[
+                "train",
+                "--dataset",
+                &dataset.display().to_string(),
+                "--out",
+                &out.display().to_string(),
+                "--max-depth",
+                depth,
+                "--folds",
+                "0",
+            ],
+            Some(&mlops),
+        );
+        (out, model["model_root"].as_str().expect("root").to_string())
+    };
+    let (first, first_root) = train("model-1", "4");
+    let live = tmp.path().join("live-model");
+    publish_model(&first, &live);
+    let live_arg = live.display().to_string();
+    let server = Server::start(
+        &site,
+        &gateway,
+        tmp.path(),
+        &["--model", &live_arg, "--model-poll-secs", "1"],
+    );
+
+    // The general practitioner: the risk at the patient's latest visit, with why.
+    let path = format!("/api/patients/{patient}/risk");
+    let risk = server.json(&site, &gp, &path, &[]);
+    assert_eq!(risk["model"]["root"], first_root.as_str(), "{risk}");
+    assert_eq!(risk["model"]["dataset_root"], dataset_root.as_str());
+    let p = float(&risk["probability"]);
+    assert!((0.0..=1.0).contains(&p), "{risk}");
+    assert_eq!(
+        risk["class"].as_u64(),
+        Some(u64::from(p >= float(&risk["threshold"]))),
+        "{risk}"
+    );
+    assert!(["low", "moderate", "high"].contains(&risk["band"].as_str().expect("band")));
+    let contributions = risk["contributions"].as_array().expect("contributions");
+    assert!(contributions.len() >= 10, "{risk}");
+    let total: f64 = contributions
+        .iter()
+        .map(|c| float(&c["contribution"]))
+        .sum();
+    assert_eq!(risk["output"], "probability", "a tree's output");
+    assert!(
+        (float(&risk["expected_value"]) + total - float(&risk["model_probability"])).abs() < 1e-9,
+        "contributions add up to the model's output: {risk}"
+    );
+    let steps = risk["path"].as_array().expect("path");
+    assert!(!steps.is_empty(), "{risk}");
+    for step in steps {
+        assert!(
+            step["feature"].is_string() && step["text"].is_string(),
+            "{step}"
+        );
+        match step["direction"].as_str() {
+            Some("at_or_below" | "above") => assert!(step["threshold"].is_number(), "{step}"),
+            Some("in") => assert!(step["categories"].is_array(), "{step}"),
+            other => panic!("direction {other:?}"),
+        }
+    }
+    let assessment = &risk["risk_assessment"];
+    assert_eq!(assessment["resourceType"], "RiskAssessment");
+    assert_eq!(
+        assessment["subject"]["reference"],
+        format!("Patient/{patient}")
+    );
+    assert_eq!(float(&assessment["prediction"][0]["probabilityDecimal"]), p);
+    let read_tx = risk["audit"]["tx"]
+        .as_str()
+        .expect("the read's tx")
+        .to_string();
+
+    // The same raw values sent as a body get the same answer, and `emrflow predict` (the batch
+    // path, through the dataset's transforms on the engine) the same probability.
+    let values: serde_json::Map<String, Value> = contributions
+        .iter()
+        .map(|c| {
+            let name = c["feature"].as_str().expect("feature").to_string();
+            (name, c.get("value").cloned().unwrap_or(Value::Null))
+        })
+        .collect();
+    let body = Value::Object(values.clone()).to_string();
+    let out = server.post(&site, &gp, "/api/risk", &[], &body);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let posted: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(posted["probability"], risk["probability"], "{posted}");
+    assert_eq!(posted["contributions"], risk["contributions"]);
+    assert_eq!(posted["path"], risk["path"]);
+    let row = tmp.path().join("row.csv");
+    let (names, cells): (Vec<&str>, Vec<String>) = values
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default().to_string()))
+        .unzip();
+    std::fs::write(&row, format!("{}\n{}\n", names.join(","), cells.join(","))).expect("row");
+    grant(&gp, &first_root);
+    let predicted = site.json(
+        &[
+            "predict",
+            "--model",
+            &first.display().to_string(),
+            "--input",
+            &row.display().to_string(),
+        ],
+        Some(&gp),
+    );
+    let batch = float(&predicted["predictions"][0]["calibrated_probability"]);
+    assert!((batch - p).abs() < 1e-12, "batch {batch} vs online {p}");
+
+    // Bad bodies: named, never echoed.
+    let mut wrong = values.clone();
+    wrong.insert("colour".into(), Value::from("red"));
+    let out = server.post(
+        &site,
+        &gp,
+        "/api/risk",
+        &[],
+        &Value::Object(wrong).to_string(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stdout(&out).contains(r#"unknown field \"colour\""#),
+        "{}",
+        stdout(&out)
+    );
+    let mut wrong = values.clone();
+    wrong.insert("systolic_bp".into(), Value::from("PLANTED-VALUE"));
+    let out = server.post(
+        &site,
+        &gp,
+        "/api/risk",
+        &[],
+        &Value::Object(wrong).to_string(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let text = stdout(&out);
+    assert!(
+        text.contains("systolic_bp is not a number") && !text.contains("PLANTED"),
+        "{text}"
+    );
+    let out = server.post(&site, &gp, "/api/risk", &["Content-Type:text/plain"], &body);
+    assert!(
+        stdout(&out).contains("application/json"),
+        "{}",
+        stdout(&out)
+    );
+
+    // The cardiologist may not see what the risk needs: refused, naming it, and audited.
+    let at = format!("X-Facility:{facility}");
+    let out = server.get(&site, Some(&cardio), &path, &[&at]);
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    assert!(stdout(&out).contains("neurology"), "{}", stdout(&out));
+
+    // A newly anchored model published at the location is in service without a restart.
+    let (second, second_root) = train("model-2", "2");
+    assert_ne!(first_root, second_root);
+    publish_model(&second, &live);
+    wait_for(Duration::from_secs(60), "the new model in service", || {
+        let r = server.json(&site, &gp, &path, &[]);
+        (r["model"]["root"] == second_root.as_str()).then_some(())
+    });
+
+    // A model file changed after its anchoring is refused; the anchored one stays in service.
+    let file = live.join("model.json");
+    let mut model: Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("model")).expect("json");
+    let rows = model["training"]["rows"].as_u64().expect("rows");
+    model["training"]["rows"] = Value::from(rows + 1);
+    std::fs::write(&file, serde_json::to_vec(&model).expect("json")).expect("tamper");
+    wait_for(
+        Duration::from_secs(60),
+        "the tampered model refused",
+        || {
+            let m = stdout(&server.get(&site, Some(&gp), "/metrics", &[]));
+            m.contains("emrflow_models_rejected_total 1").then_some(())
+        },
+    );
+    let r = server.json(&site, &gp, &path, &[]);
+    assert_eq!(r["model"]["root"], second_root.as_str(), "{r}");
+
+    // Every risk read is the reader's audited read; the cardiologist's refusal too.
+    drop(server);
+    let report = site.json(&["access", "report", "--patient", &patient], Some(&officer));
+    let events = report.as_array().expect("entries");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"]["tx"] == read_tx.as_str()
+                && e["actor_name"] == "general-practitioner"),
+        "{report}"
+    );
+    assert!(
+        events.iter().any(|e| e["actor_name"] == "cardiologist"),
+        "{report}"
+    );
+    let log = log_of(tmp.path());
+    assert!(!log.contains(&patient) && !log.contains("PLANTED"), "{log}");
+    drop(cluster);
 }
