@@ -283,6 +283,59 @@ pub enum Call {
         /// The read.
         read: ReadSpec,
     },
+    /// What a clinician did with a decision-support card (CDS Hooks feedback): accepted it, or
+    /// overrode it with a reason code the service offered.
+    CardFeedback(CardFeedback),
+    /// [`Call::CardFeedback`] made by a gateway for `reader` (as [`Call::ReadRecordAs`]).
+    CardFeedbackAs {
+        /// The clinician the feedback is from.
+        reader: PublicKey,
+        /// `reader`'s token, valid at the block's time.
+        token: String,
+        /// The feedback.
+        feedback: CardFeedback,
+    },
+}
+
+/// Feedback on one decision-support card. It names no patient: the card is the read it was made
+/// from, whose audit event names the patient.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardFeedback {
+    /// The card's uuid: [`card_uuid`] of the clinician's own read the card was made from.
+    pub card: String,
+    /// The anchored model the card's risk came from.
+    pub model: Digest,
+    /// Accepted or overridden.
+    pub outcome: CardOutcome,
+    /// The override reason's code (one the service offered), for an overridden card.
+    pub reason: Option<String>,
+}
+
+/// What a clinician did with a card.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CardOutcome {
+    /// Acted on.
+    Accepted,
+    /// Dismissed, with a reason.
+    Overridden,
+}
+
+/// Longest override reason code, in bytes.
+pub const MAX_REASON_CODE_LEN: usize = 64;
+
+/// The uuid of a card made from the read `tx`: its first 16 bytes in the 8-4-4-4-12 form, so the
+/// card names its read without a table to look it up in (a collision needs 2^64 cards).
+pub fn card_uuid(tx: &Digest) -> String {
+    let h: String = tx.0[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
 }
 
 impl Call {
@@ -314,6 +367,13 @@ impl Call {
                 check_text("token", token, crate::token::MAX_TOKEN_LEN)?;
                 check_facility_proof(read.facility.as_ref())
             }
+            Call::CardFeedback(f) => check_feedback(f),
+            Call::CardFeedbackAs {
+                token, feedback, ..
+            } => {
+                check_text("token", token, crate::token::MAX_TOKEN_LEN)?;
+                check_feedback(feedback)
+            }
             Call::BreakGlass { reason, .. } | Call::ErasePatient { reason, .. } => {
                 check_text("reason", reason, MAX_PURPOSE_LEN)
             }
@@ -328,6 +388,32 @@ impl Call {
                 check_facility_proof(a.facility.as_ref())
             }
         }
+    }
+}
+
+/// The 16 bytes a [`card_uuid`] spells.
+fn card_prefix(card: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = card.bytes().filter(|b| *b != b'-').collect();
+    if hex.len() != 32 || card.len() != 36 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let text = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn check_feedback(f: &CardFeedback) -> Result<(), String> {
+    check_text("card", &f.card, 36)?;
+    match (&f.outcome, &f.reason) {
+        (CardOutcome::Overridden, Some(code)) => {
+            check_text("override reason", code, MAX_REASON_CODE_LEN)
+        }
+        (CardOutcome::Overridden, None) => Err("an overridden card needs a reason code".into()),
+        (CardOutcome::Accepted, Some(_)) => Err("an accepted card has no override reason".into()),
+        (CardOutcome::Accepted, None) => Ok(()),
     }
 }
 
@@ -430,11 +516,13 @@ pub enum Action {
     BreakGlass,
     /// Erasure of a patient.
     ErasePatient,
+    /// Feedback on a decision-support card.
+    CardFeedback,
 }
 
 impl Action {
     /// Every action a role can be asked to make.
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 17] = [
         Action::RegisterIdentity,
         Action::RevokeIdentity,
         Action::AnchorDataset,
@@ -451,9 +539,11 @@ impl Action {
         Action::AmendRecord,
         Action::BreakGlass,
         Action::ErasePatient,
+        Action::CardFeedback,
     ];
 
-    /// Whether the action is on patients' records (see [`records`]).
+    /// Whether the action is on patients' records (see [`records`]), or on a decision-support
+    /// card made from a read of one.
     pub fn is_record(self) -> bool {
         matches!(
             self,
@@ -463,6 +553,7 @@ impl Action {
                 | Action::AmendRecord
                 | Action::BreakGlass
                 | Action::ErasePatient
+                | Action::CardFeedback
         )
     }
 
@@ -481,6 +572,7 @@ impl Action {
             Call::AmendRecord(_) => Self::AmendRecord,
             Call::BreakGlass { .. } => Self::BreakGlass,
             Call::ErasePatient { .. } => Self::ErasePatient,
+            Call::CardFeedback(_) | Call::CardFeedbackAs { .. } => Self::CardFeedback,
         }
     }
 }
@@ -526,7 +618,7 @@ pub fn policy(role: Role, action: Action) -> Permission {
             | A::RevokeRecords
             | A::ErasePatient,
         ) => Allowed,
-        (Role::Clinician, A::BreakGlass) => Allowed,
+        (Role::Clinician, A::BreakGlass | A::CardFeedback) => Allowed,
         (Role::Clinician, A::AmendRecord) => WithGrant,
         (Role::Admin, A::Read | A::Query | A::Update | A::Export) => WithGrant,
         (Role::DataEngineer, A::AnchorDataset) => Allowed,
@@ -937,6 +1029,13 @@ impl State {
                     Call::BreakGlass { reason, .. } | Call::ErasePatient { reason, .. } => {
                         (None, Some(reason.clone()))
                     }
+                    Call::CardFeedback(f) | Call::CardFeedbackAs { feedback: f, .. } => (
+                        Some(f.model),
+                        Some(match &f.reason {
+                            Some(code) => format!("overridden: {code}"),
+                            None => "accepted".to_string(),
+                        }),
+                    ),
                     _ => (None, None),
                 };
                 let outcome = if body.ledger != self.ledger {
@@ -965,6 +1064,19 @@ impl State {
                                 actor = *reader;
                                 via = Some(tx.signer);
                                 let call = Call::ReadRecord(read.clone());
+                                self.apply(*reader, &call, action, id, position, time)
+                            }
+                        },
+                        Call::CardFeedbackAs {
+                            reader,
+                            token,
+                            feedback,
+                        } => match self.check_gateway(&tx.signer, reader, token, time) {
+                            Err(reason) => Outcome::denied(reason),
+                            Ok(()) => {
+                                actor = *reader;
+                                via = Some(tx.signer);
+                                let call = Call::CardFeedback(feedback.clone());
                                 self.apply(*reader, &call, action, id, position, time)
                             }
                         },
@@ -1262,8 +1374,33 @@ impl State {
                 return Outcome::Granted(d);
             }
             // Unwrapped by `execute_known` after its gateway check; never applied as such.
-            Call::ReadRecordAs { .. } => {
-                return Outcome::denied("only a gateway may read for another identity");
+            Call::ReadRecordAs { .. } | Call::CardFeedbackAs { .. } => {
+                return Outcome::denied("only a gateway may act for another identity");
+            }
+            Call::CardFeedback(f) => {
+                if !self
+                    .anchors
+                    .get(&f.model)
+                    .is_some_and(|a| a.iter().any(|a| a.spec.kind == AnchorKind::Model))
+                {
+                    return Outcome::denied("the card names no anchored model");
+                }
+                // The card must be a read of the clinician's own that the contract allowed:
+                // feedback cannot be left on someone else's card, or on one never shown.
+                let Some(prefix) = card_prefix(&f.card) else {
+                    return Outcome::denied("the card is not a card uuid");
+                };
+                let own_read = self.by_actor.get(&signer).is_some_and(|events| {
+                    events.iter().rev().any(|i| {
+                        let e = &self.audit[*i];
+                        e.action == Action::ReadRecord
+                            && e.tx.0[..16] == prefix
+                            && !matches!(e.outcome, Outcome::Denied { .. })
+                    })
+                });
+                if !own_read {
+                    return Outcome::denied("the card is not a read of this clinician's");
+                }
             }
             Call::ErasePatient { patient, .. } => {
                 if let Some(at) = self.records.erased.get(patient) {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod auth;
+pub mod cds;
 pub mod error;
 pub mod fhir;
 pub mod metrics;

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 
 use crate::auth::{Caller, authenticate};
+use crate::cds;
 use crate::error::ApiError;
 use crate::fhir;
 use crate::risk::{self, Assessment};
@@ -45,6 +46,15 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         )
         .route("/api/patients/{id}/risk", get(patient_risk))
         .route("/api/risk", post(values_risk))
+        .route("/cds-services", get(cds_discovery))
+        .route(
+            &format!("/cds-services/{}", cds::SERVICE_ID),
+            post(cds_service),
+        )
+        .route(
+            &format!("/cds-services/{}/feedback", cds::SERVICE_ID),
+            post(cds_feedback),
+        )
         .route_layer(from_fn_with_state(state.clone(), require_caller));
     Router::new()
         .route("/healthz", get(healthz))
@@ -247,23 +257,14 @@ async fn values_risk(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     Params::checked(raw, &[])?;
-    let json_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
-    if !json_type {
-        return Err(ApiError::UnsupportedMediaType(
-            "the body must be application/json: an object of feature names to values".into(),
-        ));
-    }
-    let values: serde_json::Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "the body is not a JSON object of feature names to values (line {}, column {})",
-            e.line(),
-            e.column()
-        ))
-    })?;
+    let values: serde_json::Map<String, Value> = match json_body(&headers, &body)? {
+        Value::Object(m) => m,
+        _ => {
+            return Err(ApiError::BadRequest(
+                "the body must be a JSON object of feature names to values".into(),
+            ));
+        }
+    };
     let served = state.model.require()?;
     let features = served.loaded.model.features();
     let mut given = std::collections::BTreeMap::new();
@@ -301,6 +302,64 @@ async fn values_risk(
         .map_err(|e| ApiError::Internal(format!("cannot encode the assessment: {e}")))?;
     body["risk_assessment"] = resource;
     Ok(axum::Json(body).into_response())
+}
+
+/// A JSON request body, refused with 415 in another media type and 400 (naming where) when it
+/// does not parse.
+fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json_type {
+        return Err(ApiError::UnsupportedMediaType(
+            "the body must be application/json".into(),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body is not JSON (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+/// `GET /cds-services`.
+async fn cds_discovery() -> axum::Json<Value> {
+    axum::Json(cds::discovery())
+}
+
+/// `POST /cds-services/stroke-risk`: a `patient-view` card from the clinician's own read.
+async fn cds_service(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request = json_body(&headers, &body)?;
+    let patient = cds::patient_of(&request)?;
+    let (assessment, _, view) = assess_patient(&state, &caller, &headers, &patient).await?;
+    let internal = |what: &str| ApiError::Internal(format!("{what} is not a digest"));
+    let tx = ledger::crypto::Digest::from_hex(&view.tx).map_err(|_| internal("the read's tx"))?;
+    let model = ledger::crypto::Digest::from_hex(&assessment.model.root)
+        .map_err(|_| internal("the model root"))?;
+    let card = cds::card(&assessment, &tx);
+    cds::issued(&state, &card, model);
+    Ok(axum::Json(json!({"cards": [card]})).into_response())
+}
+
+/// `POST /cds-services/stroke-risk/feedback`.
+async fn cds_feedback(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request = json_body(&headers, &body)?;
+    cds::feedback(&state, &caller, &request).await?;
+    Ok(axum::Json(json!({})).into_response())
 }
 
 /// A search's query parameters, checked: unknown or repeated parameters are refused by name.

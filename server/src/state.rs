@@ -30,4 +30,6 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The model risk is assessed with.
     pub model: ModelSlot,
+    /// The model each recent decision-support card came from.
+    pub cards: crate::cds::IssuedCards,
 }

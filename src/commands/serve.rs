@@ -119,6 +119,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
         request_timeout: Duration::from_secs(args.timeout_secs.max(1)),
         metrics: Default::default(),
         model: Default::default(),
+        cards: Default::default(),
     });
     let (stop_watch, stopped) = tokio::sync::watch::channel(false);
     let watcher = match (served, &args.model) {

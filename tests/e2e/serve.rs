@@ -546,6 +546,94 @@ fn risk_is_explained_tied_to_its_anchored_model_and_replaced_without_a_restart()
         stdout(&out)
     );
 
+    // CDS Hooks: discovery, a patient-view card made from the clinician's own audited read,
+    // and feedback recorded on the ledger, on the model the card came from.
+    let services = server.json(&site, &gp, "/cds-services", &[]);
+    assert_eq!(services["services"][0]["id"], "stroke-risk", "{services}");
+    assert_eq!(services["services"][0]["hook"], "patient-view");
+    let hook = serde_json::json!({
+        "hook": "patient-view",
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {"userId": "Practitioner/gp", "patientId": patient},
+    })
+    .to_string();
+    let out = server.post(&site, &gp, "/cds-services/stroke-risk", &[], &hook);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let cards: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    let card = &cards["cards"][0];
+    assert!(
+        card["summary"].as_str().expect("summary").chars().count() < 140,
+        "{card}"
+    );
+    let indicator = match risk["band"].as_str() {
+        Some("high") => "critical",
+        Some("moderate") => "warning",
+        _ => "info",
+    };
+    assert_eq!(card["indicator"], indicator, "{card}");
+    let detail = card["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains(&first_root) && detail.contains("TreeSHAP"),
+        "{detail}"
+    );
+    assert!(
+        card["source"]["label"]
+            .as_str()
+            .is_some_and(|l| first_root.starts_with(&l[14..]))
+    );
+    let uuid = card["uuid"].as_str().expect("uuid").to_string();
+    let feedback = |card: &str, code: &str| {
+        serde_json::json!({"feedback": [{
+            "card": card,
+            "outcome": "overridden",
+            "overrideReason": {
+                "reason": {"system": "https://emrflow.dev/cds/override-reason", "code": code},
+                "userComment": "PLANTED-COMMENT",
+            },
+            "outcomeTimestamp": "2026-12-07T10:00:00Z",
+        }]})
+        .to_string()
+    };
+    let feedback_path = "/cds-services/stroke-risk/feedback";
+    let out = server.post(
+        &site,
+        &gp,
+        feedback_path,
+        &[],
+        &feedback(&uuid, "not-relevant"),
+    );
+    assert!(out.status.success(), "{}", stdout(&out));
+    let out = server.post(&site, &gp, feedback_path, &[], &feedback(&uuid, "bored"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stdout(&out).contains("overrideReason.reason.code"),
+        "{}",
+        stdout(&out)
+    );
+    let unknown = "00000000-0000-0000-0000-000000000000";
+    let out = server.post(
+        &site,
+        &gp,
+        feedback_path,
+        &[],
+        &feedback(unknown, "not-relevant"),
+    );
+    assert!(stdout(&out).contains("not-found"), "{}", stdout(&out));
+    // Feedback on someone else's card is the contract's to refuse.
+    let out = server.post(
+        &site,
+        &cardio,
+        feedback_path,
+        &[],
+        &feedback(&uuid, "not-relevant"),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("not a read of this clinician"),
+        "{}",
+        stdout(&out)
+    );
+
     // The cardiologist may not see what the risk needs: refused, naming it, and audited.
     let at = format!("X-Facility:{facility}");
     let out = server.get(&site, Some(&cardio), &path, &[&at]);
@@ -593,6 +681,16 @@ fn risk_is_explained_tied_to_its_anchored_model_and_replaced_without_a_restart()
     assert!(
         events.iter().any(|e| e["actor_name"] == "cardiologist"),
         "{report}"
+    );
+    // The override is on the model's trail, as the general practitioner's.
+    let trail = site.json(&["audit", "--subject", &first_root], Some(&officer));
+    assert!(
+        trail.as_array().expect("events").iter().any(|e| {
+            e["actor_name"] == "general-practitioner"
+                && e["purpose"] == "overridden: not-relevant"
+                && e["outcome"] == "accepted"
+        }),
+        "{trail}"
     );
     let log = log_of(tmp.path());
     assert!(!log.contains(&patient) && !log.contains("PLANTED"), "{log}");

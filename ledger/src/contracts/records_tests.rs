@@ -766,3 +766,103 @@ fn the_gateway_reads_as_its_reader_and_no_one_else() {
     let call = as_reader(&clinician, token);
     assert!(denied(&w.exec(&gateway, call)).contains("revoked"));
 }
+
+#[test]
+fn card_feedback_is_a_clinicians_own_on_a_read_they_made_and_names_the_model() {
+    let mut w = World::new();
+    let ledger = Digest::of(b"records-ledger");
+    let gateway = w.key(Role::Gateway);
+    let clinician = w.key(Role::Clinician);
+    let ml = w.key(Role::MlEngineer);
+    w.grant(
+        Role::Clinician,
+        Scope::All,
+        cats(&[Category::Vitals]),
+        Purpose::Treatment,
+    );
+    let model = Digest::of(b"model");
+    let mut spec = batch_spec(model, 1);
+    spec.kind = AnchorKind::Model;
+    spec.parents = vec![w.batch];
+    w.accept(&ml, Call::Anchor(spec));
+    let token = crate::token::issue(&clinician, &ledger, Time(w.now), 600_000, "t");
+    let read = ReadSpec {
+        patient: patient(1),
+        categories: cats(&[Category::Vitals]),
+        purpose: Purpose::Treatment,
+        facility: None,
+    };
+    let (o, card) = w.exec_id(
+        &gateway,
+        Call::ReadRecordAs {
+            reader: clinician.public(),
+            token: token.clone(),
+            read,
+        },
+    );
+    assert!(o.is_accepted(), "{o:?}");
+    let feedback = |card: Digest, model: Digest, reason: Option<&str>| CardFeedback {
+        card: card_uuid(&card),
+        model,
+        outcome: if reason.is_some() {
+            CardOutcome::Overridden
+        } else {
+            CardOutcome::Accepted
+        },
+        reason: reason.map(str::to_string),
+    };
+    let as_reader = |f: CardFeedback| Call::CardFeedbackAs {
+        reader: clinician.public(),
+        token: token.clone(),
+        feedback: f,
+    };
+
+    // Overridden with a reason code: the clinician's, through the gateway, on the model.
+    let o = w.exec(
+        &gateway,
+        as_reader(feedback(card, model, Some("not-relevant"))),
+    );
+    assert_eq!(o, Outcome::Accepted);
+    let e = w.state.audit.last().expect("an event").clone();
+    assert_eq!(
+        (e.actor, e.via, e.action, e.subject),
+        (
+            clinician.public(),
+            Some(gateway.public()),
+            Action::CardFeedback,
+            Some(model)
+        )
+    );
+    assert_eq!(e.purpose.as_deref(), Some("overridden: not-relevant"));
+    assert_eq!(card_uuid(&card).len(), 36);
+    // Accepted, by the clinician directly.
+    w.accept(&clinician, Call::CardFeedback(feedback(card, model, None)));
+
+    // Not on another clinician's card, not on a card never shown, not naming a dataset as the
+    // model, not overridden without a reason.
+    let admin = w.admin.clone();
+    let other = KeyPair::from_label("clinician-2");
+    w.accept(&admin, register(other.public(), "c2", Role::Clinician));
+    let o = w.exec(&other, Call::CardFeedback(feedback(card, model, None)));
+    assert!(
+        denied(&o).contains("not a read of this clinician's"),
+        "{o:?}"
+    );
+    let never = Digest::of(b"never shown");
+    let o = w.exec(&clinician, Call::CardFeedback(feedback(never, model, None)));
+    assert!(denied(&o).contains("not a read"), "{o:?}");
+    let dataset = w.batch;
+    let o = w.exec(
+        &clinician,
+        Call::CardFeedback(feedback(card, dataset, None)),
+    );
+    assert!(denied(&o).contains("no anchored model"), "{o:?}");
+    let mut bare = feedback(card, model, None);
+    bare.outcome = CardOutcome::Overridden;
+    let o = w.exec(&clinician, Call::CardFeedback(bare));
+    assert!(denied(&o).contains("reason code"), "{o:?}");
+    // Only clinicians leave feedback; a gateway only for one.
+    let engineer = w.engineer.clone();
+    let o = w.exec(&engineer, Call::CardFeedback(feedback(card, model, None)));
+    assert!(denied(&o).contains("may not"), "{o:?}");
+}

@@ -152,7 +152,8 @@ fn call_for(w: &World, action: Action, i: usize) -> Call {
         | Action::ReadRecord
         | Action::AmendRecord
         | Action::BreakGlass
-        | Action::ErasePatient => unreachable!("record actions: records_tests.rs"),
+        | Action::ErasePatient
+        | Action::CardFeedback => unreachable!("record actions: records_tests.rs"),
     }
 }
 
