@@ -751,10 +751,11 @@ impl Chain {
 
     /// Answers a signed query: the signature and the ledger are checked, then whether the
     /// signer may ask it ([`State::authorize_query`]).
-    pub fn answer(&self, q: &SignedQuery) -> Result<QueryResult> {
+    /// A token in a query for another identity must be valid at `now`, the peer's clock.
+    pub fn answer(&self, q: &SignedQuery, now: Time) -> Result<QueryResult> {
         let body = q.open(&self.genesis_hash)?;
         self.state
-            .authorize_query(&q.signer, &body.query)
+            .authorize_query(&q.signer, &body.query, now)
             .map_err(Error::Denied)?;
         Ok(self.query(&body.query))
     }
@@ -797,6 +798,7 @@ impl Chain {
             Query::RecordGrants(grantee) => {
                 QueryResult::RecordGrants(self.state.record_grants(grantee.as_ref()))
             }
+            Query::As { query, .. } => self.query(query),
         }
     }
 }

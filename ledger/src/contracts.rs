@@ -791,6 +791,16 @@ pub enum Query {
     },
     /// Record grants, of one grantee or all (an identity may always ask for its own).
     RecordGrants(Option<PublicKey>),
+    /// A query a gateway (a server) asks for `reader`, who proves it asked with its own token:
+    /// authorized as `reader`'s own.
+    As {
+        /// The identity the query is for.
+        reader: PublicKey,
+        /// `reader`'s token, valid when the peer answers.
+        token: String,
+        /// The query.
+        query: Box<Query>,
+    },
 }
 
 /// The lineage DAG of a root.
@@ -1625,7 +1635,12 @@ impl State {
     /// Whether `signer` may ask `query`: only registered, unrevoked identities may ask
     /// anything; the audit trail is for the compliance role, or for the identity that anchored
     /// the subject asked about (its own subject's accesses, by anyone).
-    pub fn authorize_query(&self, signer: &PublicKey, query: &Query) -> Result<(), String> {
+    pub fn authorize_query(
+        &self,
+        signer: &PublicKey,
+        query: &Query,
+        now: Time,
+    ) -> Result<(), String> {
         let Some(me) = self.identities.get(signer) else {
             return Err("unknown identity".into());
         };
@@ -1633,6 +1648,17 @@ impl State {
             return Err("identity revoked".into());
         }
         match query {
+            Query::As { query, .. } if matches!(**query, Query::As { .. }) => {
+                Err("a query for another identity cannot be nested".into())
+            }
+            Query::As {
+                reader,
+                token,
+                query,
+            } => {
+                self.check_gateway(signer, reader, token, now)?;
+                self.authorize_query(reader, query, now)
+            }
             Query::Audit { .. } if me.role == Role::Compliance => Ok(()),
             Query::Audit {
                 subject: Some(s), ..

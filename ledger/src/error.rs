@@ -78,6 +78,17 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether the ledger refused the request (a query its signer may not ask), locally or as a
+    /// peer's answer.
+    pub fn is_denied(&self) -> bool {
+        match self {
+            Error::Denied(_) => true,
+            #[cfg(feature = "net")]
+            Error::Rpc(s) => s.code() == tonic::Code::PermissionDenied,
+            _ => false,
+        }
+    }
+
     /// Whether the ledger could not be reached or could not commit in time (too few peers up,
     /// a peer busy or stopped), as opposed to a refusal or a bad request: the caller may try
     /// again later, and nothing was decided.

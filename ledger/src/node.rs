@@ -166,7 +166,7 @@ impl NodeHandle {
             .chain
             .get()
             .ok_or_else(|| Error::Stopped(format!("{} has not started", self.id)))?;
-        read_chain(chain).answer(q)
+        read_chain(chain).answer(q, unix_ms())
     }
 
     /// Asks the node to stop.

@@ -637,7 +637,6 @@ pub async fn access_report(
     break_glass: bool,
     peer: Option<usize>,
 ) -> Result<Vec<ReportEntry>> {
-    let reader = provenance.reader_with(auditor.clone());
     let query = ledger::contracts::Query::RecordAudit {
         patient,
         actor: None,
@@ -645,6 +644,18 @@ pub async fn access_report(
         from: Time(0),
         to: Time(u64::MAX),
     };
+    audit_entries(provenance, auditor, query, peer).await
+}
+
+/// The audit events `query` selects (a record-audit query, or one a gateway asks for a reader),
+/// each with its receipt, asked as `asker`, of any peer or of peer `peer`.
+pub async fn audit_entries(
+    provenance: &Provenance,
+    asker: &KeyPair,
+    query: ledger::contracts::Query,
+    peer: Option<usize>,
+) -> Result<Vec<ReportEntry>> {
+    let reader = provenance.reader_with(asker.clone());
     let result = match peer {
         Some(i) => reader.ask_peer(i, query).await?,
         None => reader.ask(query).await?,

@@ -107,6 +107,7 @@ impl Error {
         match self {
             Error::Denied { .. } => true,
             Error::Provenance(p) => p.is_denied(),
+            Error::Ledger(e) => e.is_denied(),
             _ => false,
         }
     }

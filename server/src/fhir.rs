@@ -418,3 +418,96 @@ pub fn searchset(
         "entry": page,
     })
 }
+
+/// The v3 ActReason code of a purpose of use.
+fn purpose_code(p: ledger::contracts::Purpose, break_glass: bool) -> (&'static str, &'static str) {
+    use ledger::contracts::Purpose;
+    match (p, break_glass) {
+        (_, true) => ("ETREAT", "Emergency treatment"),
+        (Purpose::Treatment, _) => ("TREAT", "Treatment"),
+        (Purpose::Research, _) => ("HRESCH", "Healthcare research"),
+        (Purpose::Operations, _) => ("HOPERAT", "Healthcare operations"),
+        (Purpose::Audit, _) => ("HCOMPL", "Health compliance"),
+    }
+}
+
+/// An `AuditEvent` (IHE Basic Audit Log Patterns: a RESTful read or query of a patient's
+/// record) from a ledger audit event and its entry's names: who, through which gateway, for
+/// which purpose, on which patient (`patient_id` when the search named one, else the
+/// pseudonym), with the outcome and the transaction's ledger position.
+pub fn audit_event(
+    entry: &records::access::ReportEntry,
+    patient_id: Option<&str>,
+    ledger_id: &str,
+) -> Value {
+    use ledger::contracts::{Action, Outcome};
+    let e = &entry.event;
+    let (subtype, action) = match e.action {
+        Action::ReadRecord => ("read", "R"),
+        Action::AmendRecord => ("update", "U"),
+        Action::ErasePatient => ("delete", "D"),
+        _ => ("operation", "E"),
+    };
+    let mut agents = vec![json!({
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient"}]},
+        "who": {
+            "identifier": {"system": "urn:emrflow:identity", "value": e.actor.to_hex()},
+            "display": entry.actor_name.clone().unwrap_or_default(),
+        },
+        "requestor": true,
+    })];
+    if let Some(gateway) = &e.via {
+        agents.push(json!({
+            "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153", "display": "Source Role ID"}]},
+            "who": {"identifier": {"system": "urn:emrflow:identity", "value": gateway.to_hex()}},
+            "requestor": false,
+        }));
+    }
+    let mut r = json!({
+        "resourceType": "AuditEvent",
+        "id": e.tx.to_hex(),
+        "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"},
+        "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": subtype}],
+        "action": action,
+        "recorded": provenance::audit::time(e.time.0),
+        "agent": agents,
+        "source": {
+            "observer": {"display": format!("emrflow ledger {ledger_id}")},
+            "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}],
+        },
+        "extension": [{
+            "url": "https://emrflow.dev/fhir/StructureDefinition/ledger-position",
+            "extension": [
+                {"url": "height", "valueString": e.position.seq.0.to_string()},
+                {"url": "index", "valueString": e.position.index.to_string()},
+                {"url": "receiptVerified", "valueBoolean": entry.verified},
+            ],
+        }],
+    });
+    match &e.outcome {
+        Outcome::Denied { reason } => {
+            r["outcome"] = json!("4");
+            r["outcomeDesc"] = json!(reason);
+        }
+        _ => r["outcome"] = json!("0"),
+    }
+    if let Some(rec) = &e.record {
+        if let Some(p) = rec.purpose {
+            let (code, display) = purpose_code(p, rec.break_glass);
+            r["purposeOfEvent"] = json!([{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason", "code": code, "display": display}]}]);
+        }
+        let what = match patient_id {
+            Some(id) => json!({"reference": format!("Patient/{id}")}),
+            None => {
+                json!({"identifier": {"system": "urn:emrflow:patient-pseudonym", "value": rec.patient.to_hex()}})
+            }
+        };
+        r["entity"] = json!([{
+            "what": what,
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"},
+            "description": format!("categories asked: {}", rec.asked),
+        }]);
+    }
+    r
+}

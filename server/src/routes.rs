@@ -44,6 +44,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             "/fhir/Condition",
             search_route("Condition", &[], |id, v, _| Ok(fhir::conditions(id, v))),
         )
+        .route("/fhir/AuditEvent", get(audit_events))
         .route("/api/patients/{id}/risk", get(patient_risk))
         .route("/api/risk", post(values_risk))
         .route("/cds-services", get(cds_discovery))
@@ -302,6 +303,92 @@ async fn values_risk(
         .map_err(|e| ApiError::Internal(format!("cannot encode the assessment: {e}")))?;
     body["risk_assessment"] = resource;
     Ok(axum::Json(body).into_response())
+}
+
+/// `GET /fhir/AuditEvent?patient=|agent=|date=`: the record-access trail in the FHIR AuditEvent
+/// shape, asked of the ledger for the caller (compliance and admin may read it; the contract
+/// decides), newest first.
+async fn audit_events(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(raw): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let params = Params::checked(raw, &["patient", "agent", "date", "_count", "_offset"])?;
+    let patient = params
+        .get("patient")
+        .map(|_| params.patient())
+        .transpose()?;
+    let agent = params
+        .get("agent")
+        .map(|a| {
+            ledger::crypto::PublicKey::from_hex(a).map_err(|_| {
+                ApiError::BadRequest(
+                    "agent must be an identity's public key (64 hex digits)".into(),
+                )
+            })
+        })
+        .transpose()?;
+    if patient.is_none() && agent.is_none() {
+        return Err(ApiError::BadRequest(
+            "give patient or agent: the whole trail is not one search".into(),
+        ));
+    }
+    let date = params.get("date").map(DateFilter::parse).transpose()?;
+    let count = params.count("_count", DEFAULT_COUNT, MAX_COUNT)?.max(1);
+    let offset = params.count("_offset", 0, usize::MAX)?;
+    let query = ledger::contracts::Query::As {
+        reader: caller.key,
+        token: caller.token.clone(),
+        query: Box::new(ledger::contracts::Query::RecordAudit {
+            patient: patient.as_deref().map(|p| state.store.pseudonym(p)),
+            actor: agent,
+            break_glass: false,
+            from: ledger::ids::Time(0),
+            to: ledger::ids::Time(u64::MAX),
+        }),
+    };
+    let entries = records::access::audit_entries(&state.provenance, &state.gateway, query, None)
+        .await
+        .map_err(|e| {
+            if e.is_denied() {
+                state.metrics.denials.fetch_add(1, Ordering::Relaxed);
+            }
+            ApiError::from_records(e)
+        })?;
+    let ledger_id = state.ledger_id.to_hex();
+    let resources: Vec<Value> = entries
+        .iter()
+        .rev()
+        .map(|e| fhir::audit_event(e, patient.as_deref(), &ledger_id))
+        .filter(|r| {
+            date.as_ref()
+                .is_none_or(|d| r["recorded"].as_str().is_some_and(|t| d.holds(t)))
+        })
+        .collect();
+    let query: Vec<(String, String)> = params
+        .0
+        .iter()
+        .filter(|(n, _)| n != "_offset" && n != "_count")
+        .cloned()
+        .collect();
+    let link = |at: usize| {
+        let mut q = query.clone();
+        q.push(("_count".into(), count.to_string()));
+        q.push(("_offset".into(), at.to_string()));
+        let q: Vec<String> = q
+            .iter()
+            .map(|(n, v)| format!("{n}={}", encode(v)))
+            .collect();
+        format!("{}/AuditEvent?{}", state.fhir_base, q.join("&"))
+    };
+    Ok(fhir_json(fhir::searchset(
+        &state.fhir_base,
+        resources,
+        offset,
+        count,
+        link,
+        Categories::default(),
+    )))
 }
 
 /// A JSON request body, refused with 415 in another media type and 400 (naming where) when it

@@ -278,6 +278,55 @@ fn fhir_reads_over_tls_are_decided_and_audited_as_the_callers_and_fail_closed() 
     assert!(text.contains("emrflow_audited_reads_total"), "{text}");
     assert!(text.contains("emrflow_denials_total 1"), "{text}");
 
+    // The trail in the FHIR AuditEvent shape: the compliance officer's to read, through the
+    // gateway with the officer's rights; a clinician's is refused by the contract.
+    let trail = server.json(
+        &site,
+        &officer,
+        &format!("/fhir/AuditEvent?patient={patient}&_count=50"),
+        &[],
+    );
+    assert_eq!(trail["type"], "searchset", "{trail}");
+    let events: Vec<&Value> = trail["entry"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| &e["resource"])
+        .collect();
+    let gp_read = events
+        .iter()
+        .find(|e| e["agent"][0]["who"]["display"] == "general-practitioner")
+        .unwrap_or_else(|| panic!("no read by the general practitioner: {trail}"));
+    assert_eq!(gp_read["resourceType"], "AuditEvent");
+    assert_eq!(gp_read["action"], "R");
+    assert_eq!(gp_read["outcome"], "0");
+    assert_eq!(gp_read["purposeOfEvent"][0]["coding"][0]["code"], "TREAT");
+    assert_eq!(
+        gp_read["entity"][0]["what"]["reference"],
+        format!("Patient/{patient}")
+    );
+    assert_eq!(
+        gp_read["agent"][1]["requestor"], false,
+        "the gateway: {gp_read}"
+    );
+    assert!(
+        events.iter().any(|e| e["outcome"] == "4"),
+        "the cardiologist's refused Patient read is in the trail: {trail}"
+    );
+    let out = server.get(
+        &site,
+        Some(&gp),
+        &format!("/fhir/AuditEvent?patient={patient}"),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    let out = server.get(&site, Some(&officer), "/fhir/AuditEvent", &[]);
+    assert!(
+        stdout(&out).contains("patient or agent"),
+        "{}",
+        stdout(&out)
+    );
+
     // Two peers down: the ledger cannot commit, the read is refused with 503 and nothing.
     cluster.kill(2);
     cluster.kill(3);

@@ -674,7 +674,10 @@ fn the_access_trail_names_patients_by_pseudonym_and_rolls_back() {
         to: Time(u64::MAX),
     };
     for role in Role::ALL {
-        let ok = w.state.authorize_query(&w.key(role).public(), &q).is_ok();
+        let ok = w
+            .state
+            .authorize_query(&w.key(role).public(), &q, Time(0))
+            .is_ok();
         assert_eq!(ok, matches!(role, Role::Compliance | Role::Admin), "{role}");
     }
     // A staged read that is rolled back leaves no trace.
@@ -865,4 +868,50 @@ fn card_feedback_is_a_clinicians_own_on_a_read_they_made_and_names_the_model() {
     let engineer = w.engineer.clone();
     let o = w.exec(&engineer, Call::CardFeedback(feedback(card, model, None)));
     assert!(denied(&o).contains("may not"), "{o:?}");
+}
+
+#[test]
+fn a_gateway_queries_as_its_reader_with_the_readers_rights() {
+    let w = World::new();
+    let ledger = Digest::of(b"records-ledger");
+    let gateway = w.key(Role::Gateway);
+    let officer = w.key(Role::Compliance);
+    let clinician = w.key(Role::Clinician);
+    let now = Time(w.now);
+    let token = |key: &KeyPair| crate::token::issue(key, &ledger, now, 600_000, "q");
+    let audit = Query::RecordAudit {
+        patient: Some(patient(1)),
+        actor: None,
+        break_glass: false,
+        from: Time(0),
+        to: Time(u64::MAX),
+    };
+    let as_reader = |reader: &KeyPair, token: String| Query::As {
+        reader: reader.public(),
+        token,
+        query: Box::new(audit.clone()),
+    };
+    let ask =
+        |signer: &KeyPair, q: &Query, at: Time| w.state.authorize_query(&signer.public(), q, at);
+    // The compliance officer's rights, through the gateway; not the clinician's.
+    assert_eq!(
+        ask(&gateway, &as_reader(&officer, token(&officer)), now),
+        Ok(())
+    );
+    let e = ask(&gateway, &as_reader(&clinician, token(&clinician)), now).unwrap_err();
+    assert!(e.contains("may not read the record access trail"), "{e}");
+    // Only a gateway, only with the reader's own token, only while it is valid, never nested.
+    let e = ask(&officer, &as_reader(&officer, token(&officer)), now).unwrap_err();
+    assert!(e.contains("only a gateway"), "{e}");
+    let e = ask(&gateway, &as_reader(&officer, token(&clinician)), now).unwrap_err();
+    assert!(e.contains("not the reader's"), "{e}");
+    let later = Time(w.now + 3_600_000);
+    let e = ask(&gateway, &as_reader(&officer, token(&officer)), later).unwrap_err();
+    assert!(e.contains("expired"), "{e}");
+    let nested = Query::As {
+        reader: officer.public(),
+        token: token(&officer),
+        query: Box::new(as_reader(&officer, token(&officer))),
+    };
+    assert!(ask(&gateway, &nested, now).unwrap_err().contains("nested"));
 }

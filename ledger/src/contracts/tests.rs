@@ -492,40 +492,48 @@ fn queries_need_a_registered_identity_and_the_audit_trail_a_role_or_ownership() 
         to: Time(u64::MAX),
     };
     let stranger = KeyPair::from_label("stranger").public();
-    assert!(w.state.authorize_query(&stranger, &Query::Head).is_err());
     assert!(
         w.state
-            .authorize_query(&w.victim.public(), &Query::Head)
+            .authorize_query(&stranger, &Query::Head, Time(0))
+            .is_err()
+    );
+    assert!(
+        w.state
+            .authorize_query(&w.victim.public(), &Query::Head, Time(0))
             .is_ok()
     );
     // Compliance reads any audit trail.
     assert!(
         w.state
-            .authorize_query(&auditor.public(), &audit(None))
+            .authorize_query(&auditor.public(), &audit(None), Time(0))
             .is_ok()
     );
     // The owner reads its subject's trail, not the whole trail nor another's subject.
     let owner = w.owner.public();
     assert!(
         w.state
-            .authorize_query(&owner, &audit(Some(w.dataset)))
+            .authorize_query(&owner, &audit(Some(w.dataset)), Time(0))
             .is_ok()
     );
-    assert!(w.state.authorize_query(&owner, &audit(None)).is_err());
     assert!(
         w.state
-            .authorize_query(&owner, &audit(Some(Digest::of(b"other"))))
+            .authorize_query(&owner, &audit(None), Time(0))
+            .is_err()
+    );
+    assert!(
+        w.state
+            .authorize_query(&owner, &audit(Some(Digest::of(b"other"))), Time(0))
             .is_err()
     );
     // A grantee or the admin is not the owner.
     assert!(
         w.state
-            .authorize_query(&w.victim.public(), &audit(Some(w.dataset)))
+            .authorize_query(&w.victim.public(), &audit(Some(w.dataset)), Time(0))
             .is_err()
     );
     assert!(
         w.state
-            .authorize_query(&admin.public(), &audit(Some(w.dataset)))
+            .authorize_query(&admin.public(), &audit(Some(w.dataset)), Time(0))
             .is_err()
     );
     // A revoked identity asks nothing.
@@ -537,7 +545,7 @@ fn queries_need_a_registered_identity_and_the_audit_trail_a_role_or_ownership() 
     );
     assert!(
         w.state
-            .authorize_query(&auditor.public(), &audit(None))
+            .authorize_query(&auditor.public(), &audit(None), Time(0))
             .is_err()
     );
 }
