@@ -365,30 +365,14 @@ async fn audit_events(
                 .is_none_or(|d| r["recorded"].as_str().is_some_and(|t| d.holds(t)))
         })
         .collect();
-    let query: Vec<(String, String)> = params
-        .0
-        .iter()
-        .filter(|(n, _)| n != "_offset" && n != "_count")
-        .cloned()
-        .collect();
-    let link = |at: usize| {
-        let mut q = query.clone();
-        q.push(("_count".into(), count.to_string()));
-        q.push(("_offset".into(), at.to_string()));
-        let q: Vec<String> = q
-            .iter()
-            .map(|(n, v)| format!("{n}={}", encode(v)))
-            .collect();
-        format!("{}/AuditEvent?{}", state.fhir_base, q.join("&"))
-    };
-    Ok(fhir_json(fhir::searchset(
-        &state.fhir_base,
+    Ok(page(
+        &state,
+        "AuditEvent",
+        &params,
         resources,
-        offset,
-        count,
-        link,
+        (offset, count),
         Categories::default(),
-    )))
+    ))
 }
 
 /// A JSON request body, refused with 415 in another media type and 400 (naming where) when it
@@ -636,30 +620,46 @@ async fn search(
     )
     .await?;
     let entries = build(&patient, &view, &params)?;
-    let query: Vec<(String, String)> = params
+    Ok(page(
+        state,
+        resource,
+        &params,
+        entries,
+        (offset, count),
+        view.denied,
+    ))
+}
+
+/// One page (`offset`, `count`) of a search's `entries` as a searchset Bundle, with its links
+/// repeating the search's parameters.
+fn page(
+    state: &AppState,
+    resource: &str,
+    params: &Params,
+    entries: Vec<Value>,
+    (offset, count): (usize, usize),
+    withheld: Categories,
+) -> Response {
+    let query: Vec<String> = params
         .0
         .iter()
         .filter(|(n, _)| n != "_offset" && n != "_count")
-        .cloned()
+        .map(|(n, v)| format!("{n}={}", encode(v)))
         .collect();
     let link = |at: usize| {
         let mut q = query.clone();
-        q.push(("_count".into(), count.to_string()));
-        q.push(("_offset".into(), at.to_string()));
-        let q: Vec<String> = q
-            .iter()
-            .map(|(n, v)| format!("{n}={}", encode(v)))
-            .collect();
+        q.push(format!("_count={count}"));
+        q.push(format!("_offset={at}"));
         format!("{}/{resource}?{}", state.fhir_base, q.join("&"))
     };
-    Ok(fhir_json(fhir::searchset(
+    fhir_json(fhir::searchset(
         &state.fhir_base,
         entries,
         offset,
         count,
         link,
-        view.denied,
-    )))
+        withheld,
+    ))
 }
 
 /// Percent-encodes a query value.

@@ -558,15 +558,12 @@ fn risk_is_explained_tied_to_its_anchored_model_and_replaced_without_a_restart()
     assert!((batch - p).abs() < 1e-12, "batch {batch} vs online {p}");
 
     // Bad bodies: named, never echoed.
+    let post_values = |v: serde_json::Map<String, Value>| {
+        server.post(&site, &gp, "/api/risk", &[], &Value::Object(v).to_string())
+    };
     let mut wrong = values.clone();
     wrong.insert("colour".into(), Value::from("red"));
-    let out = server.post(
-        &site,
-        &gp,
-        "/api/risk",
-        &[],
-        &Value::Object(wrong).to_string(),
-    );
+    let out = post_values(wrong);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stdout(&out).contains(r#"unknown field \"colour\""#),
@@ -575,13 +572,7 @@ fn risk_is_explained_tied_to_its_anchored_model_and_replaced_without_a_restart()
     );
     let mut wrong = values.clone();
     wrong.insert("systolic_bp".into(), Value::from("PLANTED-VALUE"));
-    let out = server.post(
-        &site,
-        &gp,
-        "/api/risk",
-        &[],
-        &Value::Object(wrong).to_string(),
-    );
+    let out = post_values(wrong);
     assert_eq!(out.status.code(), Some(2));
     let text = stdout(&out);
     assert!(
