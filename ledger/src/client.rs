@@ -243,12 +243,17 @@ impl<'a, L: LedgerApi> Reader<'a, L> {
                 peers.saturating_sub(1)
             )));
         }
-        self.ledger
-            .query_all(self.sign(query)?)
-            .await
+        self.ask_each(query)
+            .await?
             .into_iter()
             .nth(peer)
             .unwrap_or_else(|| Err(Error::Stopped(format!("peer {peer} did not answer"))))
+    }
+
+    /// Every peer's own answer, in peer order (an error for a peer that did not answer): what a
+    /// status page shows.
+    pub async fn ask_each(&self, query: Query) -> Result<Vec<Result<QueryResult>>> {
+        Ok(self.ledger.query_all(self.sign(query)?).await)
     }
 
     /// An answer `f + 1` peers gave alike, so at least one correct peer: asked again for a

@@ -45,6 +45,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             search_route("Condition", &[], |id, v, _| Ok(fhir::conditions(id, v))),
         )
         .route("/fhir/AuditEvent", get(audit_events))
+        .route("/api/ledger/status", get(ledger_status))
         .route("/api/patients/{id}/risk", get(patient_risk))
         .route("/api/risk", post(values_risk))
         .route("/cds-services", get(cds_discovery))
@@ -373,6 +374,49 @@ async fn audit_events(
         (offset, count),
         Categories::default(),
     ))
+}
+
+/// `GET /api/ledger/status`: each peer's own head (height, certified height, log size and root),
+/// or that it did not answer, and whether enough peers answer for the ledger to commit.
+async fn ledger_status(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let reader = state.provenance.reader_with(state.gateway.clone());
+    let answers = reader
+        .ask_each(ledger::contracts::Query::Head)
+        .await
+        .map_err(|e| ApiError::Internal(format!("cannot sign the status query: {e}")))?;
+    let genesis = state.provenance.genesis();
+    let peers: Vec<Value> = genesis
+        .peers
+        .iter()
+        .zip(answers)
+        .map(|(peer, answer)| match answer {
+            Ok(ledger::chain::QueryResult::Head(h)) => json!({
+                "peer": peer.id.0,
+                "address": peer.client_address,
+                "up": true,
+                "height": h.height.0,
+                "certified": h.certified.0,
+                "hash": h.hash.to_hex(),
+                "log_size": h.log_size,
+                "log_root": h.log_root.to_hex(),
+            }),
+            Ok(_) => json!({"peer": peer.id.0, "address": peer.client_address, "up": false,
+                "error": "answered something else"}),
+            Err(e) => json!({"peer": peer.id.0, "address": peer.client_address, "up": false,
+                "error": e.to_string()}),
+        })
+        .collect();
+    let n = genesis.peers.len();
+    let up = peers.iter().filter(|p| p["up"] == true).count();
+    let quorum = n - (n - 1) / 3;
+    Ok(axum::Json(json!({
+        "ledger": state.ledger_id.to_hex(),
+        "peers": peers,
+        "peers_up": up,
+        "quorum": quorum,
+        "can_commit": up >= quorum,
+    }))
+    .into_response())
 }
 
 /// A JSON request body, refused with 415 in another media type and 400 (naming where) when it

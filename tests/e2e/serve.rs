@@ -282,6 +282,10 @@ fn fhir_reads_over_tls_are_decided_and_audited_as_the_callers_and_fail_closed() 
     assert!(text.contains("emrflow_audited_reads_total"), "{text}");
     assert!(text.contains("emrflow_denials_total 1"), "{text}");
 
+    let status = server.json(&site, &officer, "/api/ledger/status", &[]);
+    assert_eq!(status["peers_up"], 4, "{status}");
+    assert_eq!(status["can_commit"], true, "{status}");
+
     // The trail in the FHIR AuditEvent shape: the compliance officer's to read, through the
     // gateway with the officer's rights; a clinician's is refused by the contract.
     let trail = server.json(
@@ -334,6 +338,13 @@ fn fhir_reads_over_tls_are_decided_and_audited_as_the_callers_and_fail_closed() 
     // Two peers down: the ledger cannot commit, the read is refused with 503 and nothing.
     cluster.kill(2);
     cluster.kill(3);
+    let status = server.json(&site, &officer, "/api/ledger/status", &[]);
+    assert_eq!(status["peers_up"], 2, "{status}");
+    assert_eq!(status["can_commit"], false, "{status}");
+    assert!(
+        status["peers"][0]["height"].as_u64().is_some_and(|h| h > 0),
+        "{status}"
+    );
     let out = server.get(&site, Some(&gp), &format!("/fhir/Patient/{patient}"), &[]);
     assert_eq!(out.status.code(), Some(4), "{}", stdout(&out));
     assert!(!stdout(&out).contains("birthDate"), "{}", stdout(&out));
