@@ -339,6 +339,24 @@ pub fn card_uuid(tx: &Digest) -> String {
 }
 
 impl Call {
+    /// A call a gateway makes for a reader: the reader, the reader's token, and the call to
+    /// decide and audit as the reader's own.
+    fn for_reader(&self) -> Option<(&PublicKey, &str, Call)> {
+        match self {
+            Call::ReadRecordAs {
+                reader,
+                token,
+                read,
+            } => Some((reader, token, Call::ReadRecord(read.clone()))),
+            Call::CardFeedbackAs {
+                reader,
+                token,
+                feedback,
+            } => Some((reader, token, Call::CardFeedback(feedback.clone()))),
+            _ => None,
+        }
+    }
+
     /// The length limits of its strings and lists (see the `MAX_*` constants).
     pub fn check_limits(&self) -> Result<(), String> {
         match self {
@@ -1063,34 +1081,18 @@ impl State {
                 } else {
                     self.nonces.entry(tx.signer).or_default().insert(body.nonce);
                     self.journal(Undo::Nonce(tx.signer, body.nonce));
-                    match &body.call {
-                        Call::ReadRecordAs {
-                            reader,
-                            token,
-                            read,
-                        } => match self.check_gateway(&tx.signer, reader, token, time) {
-                            Err(reason) => Outcome::denied(reason),
-                            Ok(()) => {
-                                actor = *reader;
-                                via = Some(tx.signer);
-                                let call = Call::ReadRecord(read.clone());
-                                self.apply(*reader, &call, action, id, position, time)
+                    match body.call.for_reader() {
+                        Some((reader, token, call)) => {
+                            match self.check_gateway(&tx.signer, reader, token, time) {
+                                Err(reason) => Outcome::denied(reason),
+                                Ok(()) => {
+                                    actor = *reader;
+                                    via = Some(tx.signer);
+                                    self.apply(*reader, &call, action, id, position, time)
+                                }
                             }
-                        },
-                        Call::CardFeedbackAs {
-                            reader,
-                            token,
-                            feedback,
-                        } => match self.check_gateway(&tx.signer, reader, token, time) {
-                            Err(reason) => Outcome::denied(reason),
-                            Ok(()) => {
-                                actor = *reader;
-                                via = Some(tx.signer);
-                                let call = Call::CardFeedback(feedback.clone());
-                                self.apply(*reader, &call, action, id, position, time)
-                            }
-                        },
-                        call => self.apply(tx.signer, call, action, id, position, time),
+                        }
+                        None => self.apply(tx.signer, &body.call, action, id, position, time),
                     }
                 };
                 let record = record_event(&body.call, &outcome);

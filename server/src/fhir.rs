@@ -223,11 +223,6 @@ pub fn latest_visit(view: &PatientView) -> (Option<&RecordView>, Option<&RecordV
     (visit, own)
 }
 
-/// The `Encounter` id of a visit's record.
-pub fn encounter_id(r: &RecordView) -> String {
-    record_ref(r)
-}
-
 /// A `RiskAssessment` of stroke for `subject` (a patient id; absent for values sent without
 /// one), based on a visit: the probability, its band as a FHIR risk-probability code, the
 /// explanation as a note, and the anchored model in an extension.

@@ -105,11 +105,10 @@ pub async fn watch(
         match load_verified(&ctx, &location, &state.provenance).await {
             Ok(loaded) => {
                 tracing::info!(root = %loaded.root, "a new anchored model is in service");
-                state.model.set(ServedModel {
+                state.put_in_service(ServedModel {
                     loaded,
                     location: location.clone(),
                 });
-                state.metrics.models_loaded.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the model published at the location fails its anchor check and is not served");
@@ -226,7 +225,8 @@ pub fn assess(
     let internal = |e: ml::Error| ApiError::Internal(format!("the model cannot score: {e}"));
     let scored = model.predict(&stored).map_err(internal)?;
     let explained = model.explain(&stored).map_err(internal)?;
-    let top = explained.top(features, &stored, features.len());
+    // The one-line explanation names at most three; `contributions` below has every feature.
+    let top = explained.top(features, &stored, 3);
     let mut contributions: Vec<Share> = features
         .iter()
         .zip(&raw)

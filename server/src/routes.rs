@@ -408,7 +408,7 @@ async fn ledger_status(State(state): State<Arc<AppState>>) -> Result<Response, A
         .collect();
     let n = genesis.peers.len();
     let up = peers.iter().filter(|p| p["up"] == true).count();
-    let quorum = n - (n - 1) / 3;
+    let quorum = ledger::ids::quorum(n);
     Ok(axum::Json(json!({
         "ledger": state.ledger_id.to_hex(),
         "peers": peers,

@@ -33,3 +33,13 @@ pub struct AppState {
     /// The model each recent decision-support card came from.
     pub cards: crate::cds::IssuedCards,
 }
+
+impl AppState {
+    /// Puts a model that passed its anchor check in service, and counts it.
+    pub fn put_in_service(&self, model: crate::risk::ServedModel) {
+        self.model.set(model);
+        self.metrics
+            .models_loaded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -125,7 +125,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
     let watcher = match (served, &args.model) {
         (Some(served), Some(location)) => {
             tracing::info!(root = %served.loaded.root, "model in service");
-            state.model.set(served);
+            state.put_in_service(served);
             Some(tokio::spawn(server::risk::watch(
                 state.clone(),
                 location.clone(),
