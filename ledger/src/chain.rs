@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::contracts::{Outcome, Position, Query, State};
 use crate::crypto::{Digest, Enc, PublicKey, Signature};
 use crate::error::{Error, Result};
-use crate::ids::{ReplicaId, SeqNo, Time, is_three_f_plus_one, max_faulty, quorum};
+use crate::ids::{ReplicaId, SeqNo, Time, View, is_three_f_plus_one, max_faulty, quorum};
 use crate::merkle::{self, Frontier};
 use crate::pbft::{Batch, Checkpoint, Signed};
 use crate::tx::{SignedQuery, SignedTx};
@@ -390,6 +390,9 @@ pub struct Head {
     pub log_root: Digest,
     /// Highest height with a certificate.
     pub certified: SeqNo,
+    /// The consensus view the answering peer is in (0 where only a chain, not a running peer,
+    /// answers).
+    pub view: View,
 }
 
 /// A block with its certificate, as state transfer and the store carry it.
@@ -524,6 +527,7 @@ impl Chain {
             log_size: self.frontier.size(),
             log_root: self.frontier.root(),
             certified: self.certs.keys().next_back().copied().unwrap_or(SeqNo(0)),
+            view: View(0),
         }
     }
 
@@ -854,6 +858,7 @@ pub fn verify_chain(genesis: &Genesis, blocks: &[CertifiedBlock]) -> Result<Head
         log_size: frontier.size(),
         log_root: frontier.root(),
         certified,
+        view: View(0),
     })
 }
 

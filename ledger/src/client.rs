@@ -204,6 +204,8 @@ pub struct Reader<'a, L> {
     ledger: &'a L,
     key: KeyPair,
     nonce: AtomicU64,
+    /// The identity (and its token) a gateway asks for: every query is then a [`Query::As`].
+    acting_for: Option<(PublicKey, String)>,
 }
 
 impl<'a, L: LedgerApi> Reader<'a, L> {
@@ -213,11 +215,27 @@ impl<'a, L: LedgerApi> Reader<'a, L> {
             ledger,
             key,
             nonce: AtomicU64::new(0),
+            acting_for: None,
         }
+    }
+
+    /// This gateway's reader asking for `reader`, who proves it with its `token`: every query
+    /// is authorized as `reader`'s own ([`Query::As`]).
+    pub fn for_reader(mut self, reader: PublicKey, token: &str) -> Self {
+        self.acting_for = Some((reader, token.to_string()));
+        self
     }
 
     /// Signs `query` for this ledger.
     pub fn sign(&self, query: Query) -> Result<SignedQuery> {
+        let query = match &self.acting_for {
+            Some((reader, token)) => Query::As {
+                reader: *reader,
+                token: token.clone(),
+                query: Box::new(query),
+            },
+            None => query,
+        };
         SignedQuery::sign(
             &self.key,
             &QueryBody {

@@ -272,28 +272,21 @@ pub enum Call {
         /// Why (free text, no PHI: the request's reference).
         reason: String,
     },
-    /// A read made by a gateway (a server) for `reader`, who proves it asked with its own token
-    /// ([`crate::token`]): decided and audited as `reader`'s [`Call::ReadRecord`], with the
-    /// gateway named in the audit event.
-    ReadRecordAs {
-        /// The identity the read is for.
-        reader: PublicKey,
-        /// `reader`'s token (a compact EdDSA JWT for this ledger), valid at the block's time.
-        token: String,
-        /// The read.
-        read: ReadSpec,
-    },
     /// What a clinician did with a decision-support card (CDS Hooks feedback): accepted it, or
     /// overrode it with a reason code the service offered.
     CardFeedback(CardFeedback),
-    /// [`Call::CardFeedback`] made by a gateway for `reader` (as [`Call::ReadRecordAs`]).
-    CardFeedbackAs {
-        /// The clinician the feedback is from.
+    /// A call made by a gateway (a server) for `reader`, who proves it asked with its own token
+    /// ([`crate::token`]): decided and audited as `reader`'s own `call`, with the gateway named
+    /// in the audit event. Only what a person does through a server may be wrapped
+    /// ([`Call::made_for_readers`]): record reads, break-glass, card feedback, and accesses to an
+    /// anchored subject.
+    As {
+        /// The identity the call is for.
         reader: PublicKey,
-        /// `reader`'s token, valid at the block's time.
+        /// `reader`'s token (a compact EdDSA JWT for this ledger), valid at the block's time.
         token: String,
-        /// The feedback.
-        feedback: CardFeedback,
+        /// The call.
+        call: Box<Call>,
     },
 }
 
@@ -341,20 +334,34 @@ pub fn card_uuid(tx: &Digest) -> String {
 impl Call {
     /// A call a gateway makes for a reader: the reader, the reader's token, and the call to
     /// decide and audit as the reader's own.
-    fn for_reader(&self) -> Option<(&PublicKey, &str, Call)> {
+    fn for_reader(&self) -> Option<(&PublicKey, &str, &Call)> {
         match self {
-            Call::ReadRecordAs {
+            Call::As {
                 reader,
                 token,
-                read,
-            } => Some((reader, token, Call::ReadRecord(read.clone()))),
-            Call::CardFeedbackAs {
-                reader,
-                token,
-                feedback,
-            } => Some((reader, token, Call::CardFeedback(feedback.clone()))),
+                call,
+            } => Some((reader, token, call)),
             _ => None,
         }
+    }
+
+    /// The call itself: what a gateway's [`Call::As`] wraps, or this call.
+    pub fn inner(&self) -> &Call {
+        match self {
+            Call::As { call, .. } => call,
+            other => other,
+        }
+    }
+
+    /// Whether a gateway may make this call for a reader.
+    pub fn made_for_readers(&self) -> bool {
+        matches!(
+            self,
+            Call::ReadRecord(_)
+                | Call::BreakGlass { .. }
+                | Call::CardFeedback(_)
+                | Call::RecordAccess { .. }
+        )
     }
 
     /// The length limits of its strings and lists (see the `MAX_*` constants).
@@ -381,16 +388,16 @@ impl Call {
             },
             Call::RevokeRecords { .. } => Ok(()),
             Call::ReadRecord(r) => check_facility_proof(r.facility.as_ref()),
-            Call::ReadRecordAs { token, read, .. } => {
-                check_text("token", token, crate::token::MAX_TOKEN_LEN)?;
-                check_facility_proof(read.facility.as_ref())
-            }
             Call::CardFeedback(f) => check_feedback(f),
-            Call::CardFeedbackAs {
-                token, feedback, ..
-            } => {
+            Call::As { token, call, .. } => {
                 check_text("token", token, crate::token::MAX_TOKEN_LEN)?;
-                check_feedback(feedback)
+                if !call.made_for_readers() {
+                    return Err(format!(
+                        "a gateway may not make a {:?} call for a reader",
+                        Action::of(call)
+                    ));
+                }
+                call.check_limits()
             }
             Call::BreakGlass { reason, .. } | Call::ErasePatient { reason, .. } => {
                 check_text("reason", reason, MAX_PURPOSE_LEN)
@@ -451,8 +458,8 @@ fn check_facility_proof(proof: Option<&FacilityProof>) -> Result<(), String> {
 /// What the audit trail keeps of a record access, accepted or denied.
 fn record_event(call: &Call, outcome: &Outcome) -> Option<RecordEvent> {
     let used_break_glass = outcome.decision().is_some_and(|d| d.break_glass);
-    Some(match call {
-        Call::ReadRecord(r) | Call::ReadRecordAs { read: r, .. } => RecordEvent {
+    Some(match call.inner() {
+        Call::ReadRecord(r) => RecordEvent {
             patient: r.patient,
             asked: r.categories,
             purpose: Some(r.purpose),
@@ -586,11 +593,12 @@ impl Action {
             Call::RecordAccess { access, .. } => Self::from(*access),
             Call::GrantRecords(_) => Self::GrantRecords,
             Call::RevokeRecords { .. } => Self::RevokeRecords,
-            Call::ReadRecord(_) | Call::ReadRecordAs { .. } => Self::ReadRecord,
+            Call::ReadRecord(_) => Self::ReadRecord,
             Call::AmendRecord(_) => Self::AmendRecord,
             Call::BreakGlass { .. } => Self::BreakGlass,
             Call::ErasePatient { .. } => Self::ErasePatient,
-            Call::CardFeedback(_) | Call::CardFeedbackAs { .. } => Self::CardFeedback,
+            Call::CardFeedback(_) => Self::CardFeedback,
+            Call::As { call, .. } => Self::of(call),
         }
     }
 }
@@ -623,7 +631,7 @@ pub fn policy(role: Role, action: Action) -> Permission {
     use Permission::{Allowed, Denied, WithGrant};
     match (role, action) {
         (_, A::Malformed) => Denied,
-        // A gateway's reads are its readers' (`Call::ReadRecordAs`), never its own.
+        // A gateway's reads are its readers' (`Call::As`), never its own.
         (Role::Gateway, _) => Denied,
         (_, A::ReadRecord) => WithGrant,
         (
@@ -1041,7 +1049,7 @@ impl State {
             ),
             Ok(body) => {
                 let action = Action::of(&body.call);
-                let (subject, purpose) = match &body.call {
+                let (subject, purpose) = match body.call.inner() {
                     Call::Anchor(a) => (Some(a.root), None),
                     Call::Grant { subject, .. } | Call::Revoke { subject, .. } => {
                         (Some(*subject), None)
@@ -1050,14 +1058,12 @@ impl State {
                         subject, purpose, ..
                     } => (Some(*subject), Some(purpose.clone())),
                     Call::AmendRecord(a) => (Some(a.root), Some(a.reason.clone())),
-                    Call::ReadRecord(r) | Call::ReadRecordAs { read: r, .. } => {
-                        (None, Some(r.purpose.to_string()))
-                    }
+                    Call::ReadRecord(r) => (None, Some(r.purpose.to_string())),
                     Call::GrantRecords(g) => (None, Some(g.purpose.to_string())),
                     Call::BreakGlass { reason, .. } | Call::ErasePatient { reason, .. } => {
                         (None, Some(reason.clone()))
                     }
-                    Call::CardFeedback(f) | Call::CardFeedbackAs { feedback: f, .. } => (
+                    Call::CardFeedback(f) => (
                         Some(f.model),
                         Some(match &f.reason {
                             Some(code) => format!("overridden: {code}"),
@@ -1082,13 +1088,16 @@ impl State {
                     self.nonces.entry(tx.signer).or_default().insert(body.nonce);
                     self.journal(Undo::Nonce(tx.signer, body.nonce));
                     match body.call.for_reader() {
+                        Some((_, _, call)) if !call.made_for_readers() => {
+                            Outcome::denied("a gateway may not make this call for a reader")
+                        }
                         Some((reader, token, call)) => {
                             match self.check_gateway(&tx.signer, reader, token, time) {
                                 Err(reason) => Outcome::denied(reason),
                                 Ok(()) => {
                                     actor = *reader;
                                     via = Some(tx.signer);
-                                    self.apply(*reader, &call, action, id, position, time)
+                                    self.apply(*reader, call, action, id, position, time)
                                 }
                             }
                         }
@@ -1386,7 +1395,7 @@ impl State {
                 return Outcome::Granted(d);
             }
             // Unwrapped by `execute_known` after its gateway check; never applied as such.
-            Call::ReadRecordAs { .. } | Call::CardFeedbackAs { .. } => {
+            Call::As { .. } => {
                 return Outcome::denied("only a gateway may act for another identity");
             }
             Call::CardFeedback(f) => {

@@ -12,7 +12,7 @@
 //! never reach the consensus thread: they are answered from the shared chain by the caller.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use crate::chain::{Genesis, QueryResult, Receipt};
 use crate::crypto::{Digest, KeyPair};
 use crate::error::{Error, Result};
-use crate::ids::{ReplicaId, Time};
+use crate::ids::{ReplicaId, Time, View};
 use crate::pbft::{Config, MAX_MESSAGE_BYTES};
 use crate::peer::{Effect, Peer, PeerInput, SharedChain, Wire, read_chain};
 use crate::store::{Store, WriteBatch};
@@ -118,6 +118,8 @@ pub struct NodeHandle {
     tx: Sender<Command>,
     admission: Arc<Admission>,
     chain: Arc<OnceLock<SharedChain>>,
+    /// The view the consensus thread is in, for status queries.
+    view: Arc<AtomicU64>,
 }
 
 impl NodeHandle {
@@ -166,7 +168,11 @@ impl NodeHandle {
             .chain
             .get()
             .ok_or_else(|| Error::Stopped(format!("{} has not started", self.id)))?;
-        read_chain(chain).answer(q, unix_ms())
+        let mut answer = read_chain(chain).answer(q, unix_ms())?;
+        if let QueryResult::Head(head) = &mut answer {
+            head.view = View(self.view.load(Ordering::Relaxed));
+        }
+        Ok(answer)
     }
 
     /// Asks the node to stop.
@@ -229,6 +235,7 @@ pub fn channel_for(id: ReplicaId, n: usize) -> (NodeHandle, Receiver<Command>) {
             tx,
             admission: Arc::new(Admission::new(n)),
             chain: Arc::new(OnceLock::new()),
+            view: Arc::new(AtomicU64::new(0)),
         },
         rx,
     )
@@ -257,10 +264,13 @@ pub fn start(
         store,
         network,
         admission: handle.admission.clone(),
+        view: handle.view.clone(),
         timer: None,
         waiters: HashMap::new(),
     };
     host.carry_out(effects)?;
+    host.view
+        .store(host.peer.replica().view().0, Ordering::Relaxed);
     let thread = std::thread::Builder::new()
         .name(format!("ledger-peer{}", id.0))
         .spawn(move || host.run(&commands))
@@ -288,6 +298,7 @@ struct Host {
     store: Store,
     network: Arc<dyn Network>,
     admission: Arc<Admission>,
+    view: Arc<AtomicU64>,
     timer: Option<Time>,
     waiters: HashMap<Digest, Vec<oneshot::Sender<Result<Receipt>>>>,
 }
@@ -338,6 +349,8 @@ impl Host {
                 effects.extend(self.peer.handle(PeerInput::Client(requests.client)));
             }
             self.carry_out(effects)?;
+            self.view
+                .store(self.peer.replica().view().0, Ordering::Relaxed);
             if stop {
                 return Ok(());
             }

@@ -4,13 +4,14 @@
 
 use std::collections::BTreeMap;
 
+use ledger::client::Reader;
 use ledger::contracts::{AuditEvent, Identity, Outcome, Role};
 use ledger::crypto::PublicKey;
 use ledger::ids::Time;
 use merkle::Digest;
 use serde::Serialize;
 
-use crate::connection::Provenance;
+use crate::connection::{Conn, Provenance};
 use crate::error::{Error, Result};
 
 /// Whose events to list.
@@ -63,26 +64,28 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// The audit events `filter` selects, in commit order.
+/// The audit events `filter` selects, in commit order, asked as the compliance role.
 pub async fn audit(provenance: &Provenance, filter: &AuditFilter) -> Result<Vec<AuditRow>> {
     // The audit trail is answered to the compliance role (or a subject's owner) only.
     let reader = provenance.reader_as(Role::Compliance).await?;
+    audit_with(&reader, filter, (Time(0), Time(u64::MAX))).await
+}
+
+/// The audit events `filter` selects with block times in `[from, to]`, in commit order, asked
+/// with `reader`'s rights (a server asks with its caller's).
+pub async fn audit_with(
+    reader: &Reader<'_, Conn>,
+    filter: &AuditFilter,
+    (from, to): (Time, Time),
+) -> Result<Vec<AuditRow>> {
     let mut names: BTreeMap<PublicKey, Option<Identity>> = BTreeMap::new();
     let events = match filter {
-        AuditFilter::Subject(s) => {
-            reader
-                .audit(Some(*s), None, Time(0), Time(u64::MAX))
-                .await?
-        }
+        AuditFilter::Subject(s) => reader.audit(Some(*s), None, from, to).await?,
         AuditFilter::Identity(who) => match PublicKey::from_hex(who) {
-            Ok(key) => {
-                reader
-                    .audit(None, Some(key), Time(0), Time(u64::MAX))
-                    .await?
-            }
+            Ok(key) => reader.audit(None, Some(key), from, to).await?,
             Err(_) => {
                 // By name: every actor's registered name is looked up once.
-                let all = reader.audit(None, None, Time(0), Time(u64::MAX)).await?;
+                let all = reader.audit(None, None, from, to).await?;
                 let mut found = None;
                 for e in &all {
                     if let std::collections::btree_map::Entry::Vacant(slot) = names.entry(e.actor) {

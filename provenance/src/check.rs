@@ -5,7 +5,7 @@
 
 use engine::Engine;
 use engine::datafusion::prelude::SessionContext;
-use ledger::contracts::{AnchorRecord, AnchorSpec, Role};
+use ledger::contracts::{Access, AnchorRecord, AnchorSpec};
 use merkle::Digest;
 use pipeline::fingerprint::{self, BucketDiff, FINGERPRINT_FILE, Fingerprint};
 use pipeline::manifest::MANIFEST_FILE;
@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::anchor::{ANCHOR_FILE, AnchorFile, model_root};
 use crate::artifact::Artifact;
-use crate::connection::Provenance;
+use crate::connection::{Accessor, Provenance};
 use crate::error::{Error, Result};
 
 /// An anchored artifact checked against its anchor. `problems` is empty when the files are
@@ -290,8 +290,13 @@ pub struct Verdict {
 }
 
 /// Verifies a dataset or model (directory, or a model's `model.json`) against its anchor, on
-/// any store, and records the compliance read whatever the outcome: who checked what, and when.
-pub async fn verify(engine: &Engine, path: &str, provenance: &Provenance) -> Result<Verdict> {
+/// any store, and records the read as `by`'s whatever the outcome: who checked what, and when.
+pub async fn verify(
+    engine: &Engine,
+    path: &str,
+    provenance: &Provenance,
+    by: Accessor<'_>,
+) -> Result<Verdict> {
     let ctx = engine.context().await?;
     let artifact = Artifact::resolve(&ctx, path)?;
     if !artifact.exists().await? {
@@ -305,9 +310,10 @@ pub async fn verify(engine: &Engine, path: &str, provenance: &Provenance) -> Res
     };
     let matches = check.problems.is_empty();
     provenance
-        .record_read(
-            Role::Compliance,
+        .record_access_by(
+            by,
             check.anchor.root,
+            Access::Read,
             if matches {
                 "verify: match"
             } else {

@@ -472,6 +472,65 @@ impl Provenance {
         }
         Ok(receipt)
     }
+
+    /// Records `access` to `subject` for `purpose` as `by`: one of this connection's per-role
+    /// identities ([`Provenance::record_access`]), or a reader a gateway acts for, decided and
+    /// audited as the reader's own with the gateway named.
+    pub async fn record_access_by(
+        &self,
+        by: Accessor<'_>,
+        subject: Digest,
+        access: Access,
+        purpose: &str,
+    ) -> Result<Receipt> {
+        let (gateway, reader, token) = match by {
+            Accessor::Role(role) => {
+                return self.record_access(role, subject, access, purpose).await;
+            }
+            Accessor::Reader {
+                gateway,
+                reader,
+                token,
+            } => (gateway, reader, token),
+        };
+        let receipt = self
+            .client_with(gateway.clone())
+            .call(Call::As {
+                reader,
+                token: token.to_string(),
+                call: Box::new(Call::RecordAccess {
+                    subject,
+                    access,
+                    purpose: purpose.to_string(),
+                }),
+            })
+            .await
+            .with_context(|| format!("cannot record the {access:?} of {subject}"))?;
+        if let Outcome::Denied { reason } = &receipt.outcome {
+            return Err(Error::Denied {
+                what: format!("{reader} {access:?} access to {subject}"),
+                reason: reason.clone(),
+            });
+        }
+        Ok(receipt)
+    }
+}
+
+/// Who an access to an anchored subject is recorded as.
+#[derive(Debug, Clone, Copy)]
+pub enum Accessor<'a> {
+    /// This connection's identity for a role (the command line's).
+    Role(Role),
+    /// A reader a gateway (the server) acts for: signed with the gateway's key, with the
+    /// reader's own token proving that the reader asked.
+    Reader {
+        /// The gateway's key.
+        gateway: &'a KeyPair,
+        /// The reader.
+        reader: PublicKey,
+        /// The reader's token.
+        token: &'a str,
+    },
 }
 
 /// Takes the embedded ledger directory's lock, waiting for another process to release it.

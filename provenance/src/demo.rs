@@ -7,16 +7,20 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use engine::Engine;
+use ledger::contracts::Role;
 use ml::{DecisionTreeParams, EvaluationConfig, ModelParams, Step, TrainParams};
 use pipeline::generate::{GenerateConfig, GenerateSummary, OutputFormat, generate};
 use pipeline::{Job, Progress, RunOptions};
 use serde::Serialize;
 
 use crate::check::{Verdict, verify};
-use crate::connection::{LedgerConfig, Provenance};
+use crate::connection::{Accessor, LedgerConfig, Provenance};
 use crate::error::{Error, Result};
 use crate::publish::{Published, publish_dataset};
 use crate::train::{TrainConfig, Trained, train_model};
+
+/// The demo verifies as the compliance officer would.
+const COMPLIANCE: Accessor<'static> = Accessor::Role(Role::Compliance);
 
 /// The synthetic job, compiled in so the demo runs from any directory.
 const SYNTHETIC_JOB: &str = include_str!("../../examples/stroke-synthetic.toml");
@@ -192,8 +196,9 @@ async fn demo(
 
     progress.begin(DemoStep::Verifying);
     let started = now();
-    let dataset_verdict = verify(&embedded, &dataset.summary.output, provenance).await?;
-    let model_verdict = verify(&embedded, &train.out, provenance).await?;
+    let dataset_verdict =
+        verify(&embedded, &dataset.summary.output, provenance, COMPLIANCE).await?;
+    let model_verdict = verify(&embedded, &train.out, provenance, COMPLIANCE).await?;
     progress.end(DemoStep::Verifying, started.elapsed().as_secs_f64());
     Ok((dataset, trained, dataset_verdict, model_verdict, model_dir))
 }

@@ -123,7 +123,17 @@ impl Error {
     pub fn is_denied(&self) -> bool {
         match self {
             Error::Denied { .. } => true,
+            Error::Ledger(e) => e.is_denied(),
             Error::Context { source, .. } => source.is_denied(),
+            _ => false,
+        }
+    }
+
+    /// Whether this error, or one it wraps, is a ledger that did not answer or cannot commit.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Ledger(e) => e.is_unavailable(),
+            Error::Context { source, .. } => source.is_unavailable(),
             _ => false,
         }
     }

@@ -16,7 +16,7 @@ pub mod train;
 
 pub use anchor::{ANCHOR_FILE, AnchorFile, CODE_VERSION, model_root};
 pub use check::{Check, Verdict, check_dataset, check_model, verify};
-pub use connection::{LedgerConfig, Provenance, emrflow_home};
+pub use connection::{Accessor, LedgerConfig, Provenance, emrflow_home};
 pub use error::{Context, Error, Result};
 pub use publish::{Published, publish_dataset};
 pub use score::{Contribution, Predictions, RowPrediction, predict};

@@ -3,14 +3,14 @@
 //! either with nothing but the root. Datasets may live on any store.
 
 use engine::Engine;
-use ledger::contracts::{Access, Role};
+use ledger::contracts::Access;
 use merkle::Digest;
 use pipeline::fingerprint::{self, Membership, Proof, Record};
 use serde::Serialize;
 
 use crate::anchor::AnchorFile;
 use crate::artifact::Artifact;
-use crate::connection::Provenance;
+use crate::connection::{Accessor, Provenance};
 use crate::error::Result;
 
 /// A proof and whether it leads to the root anchored beside the dataset.
@@ -24,13 +24,13 @@ pub struct Proved {
 }
 
 /// Proves that `record` (one row as the dataset stores it) is, or is not, in the dataset at
-/// `dataset`. Proving reads the dataset: when it is anchored, the query is audited as the
-/// compliance role.
+/// `dataset`. Proving reads the dataset: when it is anchored, the query is audited as `by`'s.
 pub async fn prove(
     engine: &Engine,
     dataset: &str,
     record: &Record,
     provenance: &Provenance,
+    by: Accessor<'_>,
 ) -> Result<Proved> {
     let ctx = engine.context().await?;
     let df = fingerprint::read_dataset(&ctx, dataset).await?;
@@ -41,7 +41,7 @@ pub async fn prove(
         Some(anchor) if anchor.root != proof.root => Some(false),
         Some(anchor) => {
             provenance
-                .record_access(Role::Compliance, anchor.root, Access::Query, "prove")
+                .record_access_by(by, anchor.root, Access::Query, "prove")
                 .await?;
             Some(true)
         }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use ledger::chain::Receipt;
-use ledger::client::Client;
+use ledger::client::{Client, Reader};
 use ledger::contracts::{
     AmendSpec, AuditEvent, Call, Categories, Decision, GrantSpec, Outcome, Purpose, ReadSpec,
     RecordGrant, Scope,
@@ -252,10 +252,10 @@ impl<'a> Records<'a> {
         token: &str,
         req: &ReadRequest,
     ) -> Result<PatientView> {
-        self.read_signed(gateway, req, |read| Call::ReadRecordAs {
+        self.read_signed(gateway, req, |read| Call::As {
             reader,
             token: token.to_string(),
-            read,
+            call: Box::new(Call::ReadRecord(read)),
         })
         .await
     }
@@ -490,19 +490,45 @@ impl<'a> Records<'a> {
         minutes: u32,
         reason: &str,
     ) -> Result<GrantMade> {
+        self.open_break_glass(clinician, patient_id, minutes, reason, |c| c)
+            .await
+    }
+
+    /// [`Records::break_glass`] by a gateway for `clinician`, who proves it asked with its
+    /// `token`: decided and audited as the clinician's own.
+    pub async fn break_glass_as(
+        &self,
+        gateway: &KeyPair,
+        clinician: PublicKey,
+        token: &str,
+        patient_id: &str,
+        minutes: u32,
+        reason: &str,
+    ) -> Result<GrantMade> {
+        self.open_break_glass(gateway, patient_id, minutes, reason, |call| Call::As {
+            reader: clinician,
+            token: token.to_string(),
+            call: Box::new(call),
+        })
+        .await
+    }
+
+    async fn open_break_glass(
+        &self,
+        signer: &KeyPair,
+        patient_id: &str,
+        minutes: u32,
+        reason: &str,
+        wrap: impl FnOnce(Call) -> Call,
+    ) -> Result<GrantMade> {
         let patient = self.patient_in_store(patient_id)?;
         let what = format!("break-glass access to patient {patient_id}");
-        let receipt = self
-            .submit(
-                clinician,
-                Call::BreakGlass {
-                    patient,
-                    minutes,
-                    reason: reason.to_string(),
-                },
-                &what,
-            )
-            .await?;
+        let call = wrap(Call::BreakGlass {
+            patient,
+            minutes,
+            reason: reason.to_string(),
+        });
+        let receipt = self.submit(signer, call, &what).await?;
         denial(what, &receipt)?;
         Ok(GrantMade {
             grant: receipt.tx_id().to_hex(),
@@ -644,18 +670,18 @@ pub async fn access_report(
         from: Time(0),
         to: Time(u64::MAX),
     };
-    audit_entries(provenance, auditor, query, peer).await
+    let reader = provenance.reader_with(auditor.clone());
+    audit_entries(provenance, &reader, query, peer).await
 }
 
-/// The audit events `query` selects (a record-audit query, or one a gateway asks for a reader),
-/// each with its receipt, asked as `asker`, of any peer or of peer `peer`.
+/// The audit events `query` selects (a record-audit query), each with its receipt, asked with
+/// `reader`'s rights (a gateway's reader asks with its caller's), of any peer or of peer `peer`.
 pub async fn audit_entries(
     provenance: &Provenance,
-    asker: &KeyPair,
+    reader: &Reader<'_, Conn>,
     query: ledger::contracts::Query,
     peer: Option<usize>,
 ) -> Result<Vec<ReportEntry>> {
-    let reader = provenance.reader_with(asker.clone());
     let result = match peer {
         Some(i) => reader.ask_peer(i, query).await?,
         None => reader.ask(query).await?,

@@ -24,6 +24,33 @@ pub struct Caller {
     pub token: String,
 }
 
+impl Caller {
+    /// Ledger queries with this caller's rights: asked by the gateway, for the caller, with the
+    /// caller's own token.
+    pub fn reader<'a>(
+        &self,
+        state: &'a AppState,
+    ) -> ledger::client::Reader<'a, provenance::connection::Conn> {
+        state
+            .provenance
+            .reader_with(state.gateway.clone())
+            .for_reader(self.key, &self.token)
+    }
+
+    /// Refuses a caller whose role is not one of `roles`, naming `what` was asked.
+    pub fn require_role(&self, roles: &[Role], what: &str) -> Result<(), ApiError> {
+        if roles.contains(&self.role) {
+            return Ok(());
+        }
+        let names: Vec<String> = roles.iter().map(ToString::to_string).collect();
+        Err(ApiError::Forbidden(format!(
+            "{what} is for the {} roles; this identity's role is {}",
+            names.join(" and "),
+            self.role
+        )))
+    }
+}
+
 /// The caller of a request with `headers`.
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();

@@ -233,15 +233,15 @@ pub async fn feedback(state: &AppState, caller: &Caller, request: &Value) -> Res
                 )));
             }
         };
-        calls.push(Call::CardFeedbackAs {
+        calls.push(Call::As {
             reader: caller.key,
             token: caller.token.clone(),
-            feedback: CardFeedback {
+            call: Box::new(Call::CardFeedback(CardFeedback {
                 card: card.to_string(),
                 model,
                 outcome,
                 reason,
-            },
+            })),
         });
     }
     let client = state.provenance.client_with(state.gateway.clone());

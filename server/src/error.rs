@@ -88,6 +88,40 @@ impl ApiError {
     }
 }
 
+impl From<ledger::Error> for ApiError {
+    /// A ledger refusal (403), a ledger that did not answer (503), or a failure.
+    fn from(e: ledger::Error) -> Self {
+        if e.is_denied() {
+            ApiError::Forbidden(e.to_string())
+        } else if e.is_unavailable() {
+            ApiError::Unavailable(e.to_string())
+        } else {
+            ApiError::Internal(e.to_string())
+        }
+    }
+}
+
+impl From<provenance::Error> for ApiError {
+    /// A ledger refusal (403), a ledger that did not answer (503), a location or document the
+    /// request named that is not what it must be (400), or a failure.
+    fn from(e: provenance::Error) -> Self {
+        if e.is_denied() {
+            return ApiError::Forbidden(e.to_string());
+        }
+        if e.is_unavailable() {
+            return ApiError::Unavailable(e.to_string());
+        }
+        let text = e.to_string();
+        match e {
+            provenance::Error::Invalid(_)
+            | provenance::Error::File { .. }
+            | provenance::Error::Pipeline(_)
+            | provenance::Error::ObjectStore(_) => ApiError::BadRequest(text),
+            _ => ApiError::Internal(text),
+        }
+    }
+}
+
 /// A FHIR `OperationOutcome` with one issue.
 pub fn operation_outcome(severity: &str, code: &str, diagnostics: &str) -> serde_json::Value {
     json!({

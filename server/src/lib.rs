@@ -2,9 +2,11 @@
 
 pub mod auth;
 pub mod cds;
+pub mod compliance;
 pub mod error;
 pub mod fhir;
 pub mod metrics;
+pub mod openapi;
 pub mod risk;
 pub mod routes;
 pub mod state;

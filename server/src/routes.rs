@@ -10,16 +10,19 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
 use ledger::contracts::{Categories, Category, Purpose};
 use records::{PatientView, ReadRequest, Records};
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{Caller, authenticate};
 use crate::cds;
+use crate::compliance;
 use crate::error::ApiError;
 use crate::fhir;
+use crate::openapi;
 use crate::risk::{self, Assessment};
 use crate::state::AppState;
 
@@ -27,43 +30,41 @@ use crate::state::AppState;
 const DEFAULT_COUNT: usize = 100;
 const MAX_COUNT: usize = 1000;
 
-/// The application: every route, the body limit, and the timing and time-limit layer.
+/// The application: every route, the body limit, and the timing and time-limit layer. Every
+/// route is declared with its OpenAPI description (`routes!`), so `/openapi.json` cannot miss
+/// one.
 pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
-    let authenticated = Router::new()
-        .route("/api/whoami", get(whoami))
-        .route("/fhir/Patient/{id}", get(read_patient))
-        .route(
-            "/fhir/Encounter",
-            search_route("Encounter", &[], |id, v, _| Ok(fhir::encounters(id, v))),
-        )
-        .route(
-            "/fhir/Observation",
-            search_route("Observation", &["category", "date"], observations),
-        )
-        .route(
-            "/fhir/Condition",
-            search_route("Condition", &[], |id, v, _| Ok(fhir::conditions(id, v))),
-        )
-        .route("/fhir/AuditEvent", get(audit_events))
-        .route("/api/ledger/status", get(ledger_status))
-        .route("/api/patients/{id}/risk", get(patient_risk))
-        .route("/api/risk", post(values_risk))
-        .route("/cds-services", get(cds_discovery))
-        .route(
-            &format!("/cds-services/{}", cds::SERVICE_ID),
-            post(cds_service),
-        )
-        .route(
-            &format!("/cds-services/{}/feedback", cds::SERVICE_ID),
-            post(cds_feedback),
-        )
+    let authenticated = OpenApiRouter::new()
+        .routes(routes!(whoami))
+        .routes(routes!(read_patient))
+        .routes(routes!(search_encounters))
+        .routes(routes!(search_observations))
+        .routes(routes!(search_conditions))
+        .routes(routes!(audit_events))
+        .routes(routes!(ledger_status))
+        .routes(routes!(patient_risk))
+        .routes(routes!(values_risk))
+        .routes(routes!(break_glass))
+        .routes(routes!(cds_discovery))
+        .routes(routes!(cds_service))
+        .routes(routes!(cds_feedback))
+        .routes(routes!(compliance::lineage))
+        .routes(routes!(compliance::verify))
+        .routes(routes!(compliance::prove))
+        .routes(routes!(compliance::check_proof))
+        .routes(routes!(compliance::audit))
+        .routes(routes!(compliance::record_audit))
+        .routes(routes!(compliance::break_glass_report))
         .route_layer(from_fn_with_state(state.clone(), require_caller));
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let (app, spec) = OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi::document))
         .merge(authenticated)
-        .fallback(not_found)
+        .split_for_parts();
+    app.fallback(not_found)
+        .layer(axum::Extension(openapi::Document::of(spec)))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(from_fn_with_state(state.clone(), observe))
         .with_state(state)
@@ -114,11 +115,16 @@ async fn require_caller(
     }
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "The process is up")))]
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
 /// Ready when the ledger answers and the store reads.
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses((status = 200, description = "The ledger answers and the store reads"),
+        (status = 503, description = "The ledger or the store is not ready")))]
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let ledger = state
         .provenance
@@ -146,6 +152,9 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(()),
+    responses((status = 200, description = "Counters and latency histograms, Prometheus text format")))]
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let mut r = state.metrics.render().into_response();
     r.headers_mut().insert(
@@ -159,6 +168,9 @@ async fn not_found() -> ApiError {
     ApiError::NotFound("no such route".into())
 }
 
+/// The identity the bearer token binds the request to.
+#[utoipa::path(get, path = "/api/whoami", tag = "identity",
+    responses((status = 200, description = "Name, role and public key"), (status = 401, description = "No valid token")))]
 async fn whoami(axum::Extension(caller): axum::Extension<Caller>) -> axum::Json<Value> {
     axum::Json(json!({
         "name": caller.name,
@@ -232,6 +244,14 @@ pub async fn assess_patient(
 }
 
 /// `GET /api/patients/{id}/risk`.
+#[utoipa::path(get, path = "/api/patients/{id}/risk", tag = "risk",
+    params(("id" = String, Path, description = "The patient id"),
+        ("X-Purpose-Of-Use" = Option<String>, Header, description = "treatment (default), research, operations or audit"),
+        ("X-Facility" = Option<String>, Header, description = "The facility the caller reads as")),
+    responses((status = 200, description = "The risk at the latest visit, explained, with the model and dataset roots and a FHIR RiskAssessment"),
+        (status = 403, description = "The contract withheld a category the model needs"),
+        (status = 404, description = "No such patient, or no visit the caller may see"),
+        (status = 503, description = "No model in service, or the ledger cannot commit the read")))]
 async fn patient_risk(
     State(state): State<Arc<AppState>>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -249,9 +269,78 @@ async fn patient_risk(
     Ok(axum::Json(body).into_response())
 }
 
+/// `POST /api/patients/{id}/break-glass`: opens an emergency access to the patient's whole
+/// record for the calling clinician, with a mandatory reason, for at most the ledger's limit:
+/// decided and audited as the clinician's, flagged for review.
+#[utoipa::path(post, path = "/api/patients/{id}/break-glass", tag = "records",
+    params(("id" = String, Path, description = "The patient id")),
+    request_body(content = String, content_type = "application/json",
+        description = r#"{"reason": "the emergency (no PHI)", "minutes": 1 to 240}"#),
+    responses((status = 200, description = "The access opened: its id, expiry and ledger height"),
+        (status = 400, description = "No reason, or minutes out of range"),
+        (status = 403, description = "Break-glass is for clinicians"),
+        (status = 404, description = "No such patient")))]
+async fn break_glass(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_id(&id, "the patient id")?;
+    let request = json_body(&headers, &body)?;
+    let reason = request
+        .get("reason")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| {
+            ApiError::BadRequest("reason is required: say what the emergency is".into())
+        })?;
+    let max = ledger::contracts::MAX_BREAK_GLASS_MINUTES;
+    let minutes = request
+        .get("minutes")
+        .and_then(Value::as_u64)
+        .filter(|m| (1..=u64::from(max)).contains(m))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!("minutes must be a whole number from 1 to {max}"))
+        })?;
+    let made = Records::new(&state.store, &state.provenance)
+        .break_glass_as(
+            &state.gateway,
+            caller.key,
+            &caller.token,
+            &id,
+            minutes as u32,
+            reason,
+        )
+        .await
+        .map_err(|e| {
+            if e.is_denied() {
+                state.metrics.denials.fetch_add(1, Ordering::Relaxed);
+            }
+            ApiError::from_records(e)
+        })?;
+    Ok(axum::Json(json!({
+        "grant": made.grant,
+        "expires": provenance::audit::time(made.expires_ms),
+        "expires_ms": made.expires_ms,
+        "height": made.height,
+    }))
+    .into_response())
+}
+
 /// `POST /api/risk`: the risk of raw clinical values (a JSON object of feature → number, text
 /// or null), for a patient who is not in the store. No record is read, so there is nothing to
 /// audit; the answer names the model.
+#[utoipa::path(post, path = "/api/risk", tag = "risk",
+    request_body(content = String, content_type = "application/json",
+        description = "A JSON object of the model's feature names to raw values (number, text or null)"),
+    responses((status = 200, description = "The risk, explained, with the model and dataset roots and a FHIR RiskAssessment"),
+        (status = 400, description = "An unknown feature or a value of the wrong type"),
+        (status = 415, description = "A body that is not application/json"),
+        (status = 422, description = "A value the model's transforms cannot use"),
+        (status = 503, description = "No model in service")))]
 async fn values_risk(
     State(state): State<Arc<AppState>>,
     Query(raw): Query<Vec<(String, String)>>,
@@ -309,6 +398,14 @@ async fn values_risk(
 /// `GET /fhir/AuditEvent?patient=|agent=|date=`: the record-access trail in the FHIR AuditEvent
 /// shape, asked of the ledger for the caller (compliance and admin may read it; the contract
 /// decides), newest first.
+#[utoipa::path(get, path = "/fhir/AuditEvent", tag = "fhir",
+    params(("patient" = Option<String>, Query, description = "A patient id"),
+        ("agent" = Option<String>, Query, description = "An identity's public key"),
+        ("date" = Option<String>, Query, description = "A day, with an optional eq, ne, gt, lt, ge or le prefix"),
+        ("_count" = Option<usize>, Query, description = "Page size (default 100, at most 1000)"),
+        ("_offset" = Option<usize>, Query, description = "Page start")),
+    responses((status = 200, description = "A searchset Bundle of AuditEvents"),
+        (status = 403, description = "The record trail is for the compliance and admin roles")))]
 async fn audit_events(
     State(state): State<Arc<AppState>>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -337,25 +434,14 @@ async fn audit_events(
     let date = params.get("date").map(DateFilter::parse).transpose()?;
     let count = params.count("_count", DEFAULT_COUNT, MAX_COUNT)?.max(1);
     let offset = params.count("_offset", 0, usize::MAX)?;
-    let query = ledger::contracts::Query::As {
-        reader: caller.key,
-        token: caller.token.clone(),
-        query: Box::new(ledger::contracts::Query::RecordAudit {
-            patient: patient.as_deref().map(|p| state.store.pseudonym(p)),
-            actor: agent,
-            break_glass: false,
-            from: ledger::ids::Time(0),
-            to: ledger::ids::Time(u64::MAX),
-        }),
+    let query = ledger::contracts::Query::RecordAudit {
+        patient: patient.as_deref().map(|p| state.store.pseudonym(p)),
+        actor: agent,
+        break_glass: false,
+        from: ledger::ids::Time(0),
+        to: ledger::ids::Time(u64::MAX),
     };
-    let entries = records::access::audit_entries(&state.provenance, &state.gateway, query, None)
-        .await
-        .map_err(|e| {
-            if e.is_denied() {
-                state.metrics.denials.fetch_add(1, Ordering::Relaxed);
-            }
-            ApiError::from_records(e)
-        })?;
+    let entries = audit_entries(&state, &caller, query).await?;
     let ledger_id = state.ledger_id.to_hex();
     let resources: Vec<Value> = entries
         .iter()
@@ -376,8 +462,27 @@ async fn audit_events(
     ))
 }
 
+/// The record-access events `query` selects, asked of the ledger with the caller's rights.
+pub(crate) async fn audit_entries(
+    state: &AppState,
+    caller: &Caller,
+    query: ledger::contracts::Query,
+) -> Result<Vec<records::access::ReportEntry>, ApiError> {
+    let reader = caller.reader(state);
+    records::access::audit_entries(&state.provenance, &reader, query, None)
+        .await
+        .map_err(|e| {
+            if e.is_denied() {
+                state.metrics.denials.fetch_add(1, Ordering::Relaxed);
+            }
+            ApiError::from_records(e)
+        })
+}
+
 /// `GET /api/ledger/status`: each peer's own head (height, certified height, log size and root),
 /// or that it did not answer, and whether enough peers answer for the ledger to commit.
+#[utoipa::path(get, path = "/api/ledger/status", tag = "compliance",
+    responses((status = 200, description = "Each peer's height, certified height, view and log root, and whether the ledger can commit")))]
 async fn ledger_status(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
     let reader = state.provenance.reader_with(state.gateway.clone());
     let answers = reader
@@ -396,6 +501,7 @@ async fn ledger_status(State(state): State<Arc<AppState>>) -> Result<Response, A
                 "up": true,
                 "height": h.height.0,
                 "certified": h.certified.0,
+                "view": h.view.0,
                 "hash": h.hash.to_hex(),
                 "log_size": h.log_size,
                 "log_root": h.log_root.to_hex(),
@@ -421,7 +527,7 @@ async fn ledger_status(State(state): State<Arc<AppState>>) -> Result<Response, A
 
 /// A JSON request body, refused with 415 in another media type and 400 (naming where) when it
 /// does not parse.
-fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+pub(crate) fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let json_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -442,11 +548,17 @@ fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// `GET /cds-services`.
+#[utoipa::path(get, path = "/cds-services", tag = "cds-hooks",
+    responses((status = 200, description = "The CDS Hooks discovery document")))]
 async fn cds_discovery() -> axum::Json<Value> {
     axum::Json(cds::discovery())
 }
 
 /// `POST /cds-services/stroke-risk`: a `patient-view` card from the clinician's own read.
+#[utoipa::path(post, path = "/cds-services/stroke-risk", tag = "cds-hooks",
+    request_body(content = String, content_type = "application/json", description = "A CDS Hooks patient-view request"),
+    responses((status = 200, description = "One card: the risk band, its explanation and the model it came from"),
+        (status = 403, description = "The contract withheld a category the model needs")))]
 async fn cds_service(
     State(state): State<Arc<AppState>>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -466,6 +578,10 @@ async fn cds_service(
 }
 
 /// `POST /cds-services/stroke-risk/feedback`.
+#[utoipa::path(post, path = "/cds-services/stroke-risk/feedback", tag = "cds-hooks",
+    request_body(content = String, content_type = "application/json", description = "CDS Hooks feedback on a card"),
+    responses((status = 200, description = "Recorded on the ledger"),
+        (status = 403, description = "The card is not one of the clinician's own reads")))]
 async fn cds_feedback(
     State(state): State<Arc<AppState>>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -478,10 +594,10 @@ async fn cds_feedback(
 }
 
 /// A search's query parameters, checked: unknown or repeated parameters are refused by name.
-struct Params(Vec<(String, String)>);
+pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
-    fn checked(raw: Vec<(String, String)>, allowed: &[&str]) -> Result<Self, ApiError> {
+    pub(crate) fn checked(raw: Vec<(String, String)>, allowed: &[&str]) -> Result<Self, ApiError> {
         for (i, (name, _)) in raw.iter().enumerate() {
             if !allowed.contains(&name.as_str()) {
                 return Err(ApiError::BadRequest(format!(
@@ -498,14 +614,14 @@ impl Params {
         Ok(Self(raw))
     }
 
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
 
-    fn count(&self, name: &str, default: usize, max: usize) -> Result<usize, ApiError> {
+    pub(crate) fn count(&self, name: &str, default: usize, max: usize) -> Result<usize, ApiError> {
         match self.get(name) {
             None => Ok(default),
             Some(v) => v
@@ -519,7 +635,7 @@ impl Params {
     }
 
     /// The `patient` parameter: an id or `Patient/ID`, checked as a FHIR id.
-    fn patient(&self) -> Result<String, ApiError> {
+    pub(crate) fn patient(&self) -> Result<String, ApiError> {
         let raw = self
             .get("patient")
             .ok_or_else(|| ApiError::BadRequest("the patient parameter is required".into()))?;
@@ -530,7 +646,7 @@ impl Params {
 }
 
 /// A FHIR logical id: 1 to 64 of `A-Za-z0-9-.`.
-fn check_id(id: &str, what: &str) -> Result<(), ApiError> {
+pub(crate) fn check_id(id: &str, what: &str) -> Result<(), ApiError> {
     let ok = (1..=64).contains(&id.len())
         && id
             .bytes()
@@ -613,6 +729,15 @@ async fn read(
     }
 }
 
+/// `GET /fhir/Patient/{id}`.
+#[utoipa::path(get, path = "/fhir/Patient/{id}", tag = "fhir",
+    params(("id" = String, Path, description = "The patient id"),
+        ("X-Purpose-Of-Use" = Option<String>, Header, description = "treatment (default), research, operations or audit"),
+        ("X-Facility" = Option<String>, Header, description = "The facility the caller reads as")),
+    responses((status = 200, description = "The Patient, with its record's inclusion proof"),
+        (status = 403, description = "The contract granted none of the patient's own record"),
+        (status = 404, description = "No such patient (the query is still audited)"),
+        (status = 503, description = "The ledger cannot commit the read's audit event")))]
 async fn read_patient(
     State(state): State<Arc<AppState>>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -719,20 +844,81 @@ fn encode(v: &str) -> String {
         .collect()
 }
 
-/// A search route over one patient's record: `build` makes the resources of the read.
-fn search_route(
-    resource: &'static str,
-    extra: &'static [&'static str],
-    build: fn(&str, &PatientView, &Params) -> Result<Vec<Value>, ApiError>,
-) -> MethodRouter<Arc<AppState>> {
-    get(
-        move |State(state): State<Arc<AppState>>,
-              axum::Extension(caller): axum::Extension<Caller>,
-              Query(raw): Query<Vec<(String, String)>>,
-              headers: HeaderMap| async move {
-            search(&state, &caller, &headers, resource, raw, extra, build).await
-        },
+/// `GET /fhir/Encounter?patient=`.
+#[utoipa::path(get, path = "/fhir/Encounter", tag = "fhir",
+    params(("patient" = String, Query, description = "The patient id"),
+        ("_count" = Option<usize>, Query, description = "Page size (default 100, at most 1000)"),
+        ("_offset" = Option<usize>, Query, description = "Page start")),
+    responses((status = 200, description = "A searchset Bundle of Encounters"),
+        (status = 404, description = "No such patient (the query is still audited)")))]
+async fn search_encounters(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(raw): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    search(
+        &state,
+        &caller,
+        &headers,
+        "Encounter",
+        raw,
+        &[],
+        |id, v, _| Ok(fhir::encounters(id, v)),
     )
+    .await
+}
+
+/// `GET /fhir/Observation?patient=&category=&date=`.
+#[utoipa::path(get, path = "/fhir/Observation", tag = "fhir",
+    params(("patient" = String, Query, description = "The patient id"),
+        ("category" = Option<String>, Query, description = "vital-signs or laboratory"),
+        ("date" = Option<String>, Query, description = "A day, with an optional eq, ne, gt, lt, ge or le prefix"),
+        ("_count" = Option<usize>, Query, description = "Page size (default 100, at most 1000)"),
+        ("_offset" = Option<usize>, Query, description = "Page start")),
+    responses((status = 200, description = "A searchset Bundle of Observations, LOINC-coded"),
+        (status = 404, description = "No such patient (the query is still audited)")))]
+async fn search_observations(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(raw): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    search(
+        &state,
+        &caller,
+        &headers,
+        "Observation",
+        raw,
+        &["category", "date"],
+        observations,
+    )
+    .await
+}
+
+/// `GET /fhir/Condition?patient=`.
+#[utoipa::path(get, path = "/fhir/Condition", tag = "fhir",
+    params(("patient" = String, Query, description = "The patient id"),
+        ("_count" = Option<usize>, Query, description = "Page size (default 100, at most 1000)"),
+        ("_offset" = Option<usize>, Query, description = "Page start")),
+    responses((status = 200, description = "A searchset Bundle of Conditions, ICD-10-coded"),
+        (status = 404, description = "No such patient (the query is still audited)")))]
+async fn search_conditions(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Query(raw): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    search(
+        &state,
+        &caller,
+        &headers,
+        "Condition",
+        raw,
+        &[],
+        |id, v, _| Ok(fhir::conditions(id, v)),
+    )
+    .await
 }
 
 /// Observations of one category (`vital-signs`, `laboratory`) or all, on one day or a range.

@@ -15,6 +15,9 @@ use crate::risk::ModelSlot;
 pub struct AppState {
     /// The record store.
     pub store: Store,
+    /// The engine a compliance check reads datasets and models with (embedded: a check reads
+    /// one artifact, not a cluster's worth).
+    pub engine: engine::Engine,
     /// The ledger.
     pub provenance: Provenance,
     /// The gateway identity reads are submitted with (each for its reader, with the reader's

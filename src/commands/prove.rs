@@ -8,8 +8,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use ledger::contracts::Role;
 use merkle::Digest;
 use pipeline::fingerprint::{self, Membership, ProofKind};
+use provenance::Accessor;
 
 use super::args::{EngineArgs, LedgerArgs, with_ledger};
 use super::{ExitStatus, print_json, print_lines, progress};
@@ -59,7 +61,14 @@ pub(crate) async fn run(args: ProveArgs) -> anyhow::Result<ExitStatus> {
     let bar = progress(&format!("hashing {dataset}"));
     let engine = args.engine.engine();
     let proved = with_ledger(&args.ledger, async |p| {
-        provenance::proof::prove(&engine, dataset, &record, p).await
+        provenance::proof::prove(
+            &engine,
+            dataset,
+            &record,
+            p,
+            Accessor::Role(Role::Compliance),
+        )
+        .await
     })
     .await;
     bar.finish_and_clear();

@@ -112,6 +112,7 @@ pub(crate) async fn serve(args: ServeArgs) -> anyhow::Result<ExitStatus> {
         .unwrap_or_else(|| format!("{scheme}://{bound}"));
     let state = Arc::new(server::AppState {
         store,
+        engine: engine::Engine::embedded(),
         provenance,
         gateway,
         ledger_id,

@@ -3,6 +3,8 @@
 //! (unreadable files, no ledger).
 
 use clap::Args;
+use ledger::contracts::Role;
+use provenance::Accessor;
 
 use super::args::{EngineArgs, LedgerArgs, with_ledger};
 use super::{ExitStatus, print_json, print_lines, progress};
@@ -29,7 +31,7 @@ pub(crate) async fn run(args: VerifyArgs) -> anyhow::Result<ExitStatus> {
     let bar = progress(&format!("verifying {}", args.path));
     let engine = args.engine.engine();
     let verdict = with_ledger(&args.ledger, async |p| {
-        provenance::verify(&engine, &args.path, p).await
+        provenance::verify(&engine, &args.path, p, Accessor::Role(Role::Compliance)).await
     })
     .await;
     bar.finish_and_clear();

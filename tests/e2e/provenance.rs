@@ -176,7 +176,10 @@ fn demo_anchors_and_verifies_with_lineage_and_audit() {
 }
 
 /// Row `i` of a published dataset as a JSON record (floats exactly, by shortest round trip).
-fn record(batches: &[RecordBatch], mut i: usize) -> serde_json::Map<String, serde_json::Value> {
+pub(crate) fn record(
+    batches: &[RecordBatch],
+    mut i: usize,
+) -> serde_json::Map<String, serde_json::Value> {
     let batch = batches
         .iter()
         .find(|b| {
@@ -209,7 +212,7 @@ fn record(batches: &[RecordBatch], mut i: usize) -> serde_json::Map<String, serd
     out
 }
 
-fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+pub(crate) fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
@@ -218,7 +221,7 @@ fn parquet_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-fn read(file: &Path) -> Vec<RecordBatch> {
+pub(crate) fn read(file: &Path) -> Vec<RecordBatch> {
     let f = std::fs::File::open(file).unwrap_or_else(|e| panic!("{e}"));
     ParquetRecordBatchReaderBuilder::try_new(f)
         .and_then(|b| b.build())

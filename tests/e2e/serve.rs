@@ -722,6 +722,20 @@ fn risk_is_explained_tied_to_its_anchored_model_and_replaced_without_a_restart()
     let r = server.json(&site, &gp, &path, &[]);
     assert_eq!(r["model"]["root"], second_root.as_str(), "{r}");
 
+    compliance_endpoints(&Compliance {
+        server: &server,
+        site: &site,
+        officer: &officer,
+        clinician: &gp,
+        cardio: &cardio,
+        facility: &facility,
+        patient: &patient,
+        dataset: &dataset,
+        dataset_root: &dataset_root,
+        model: &first,
+        model_root: &first_root,
+    });
+
     // Every risk read is the reader's audited read; the cardiologist's refusal too.
     drop(server);
     let report = site.json(&["access", "report", "--patient", &patient], Some(&officer));
@@ -750,6 +764,286 @@ fn risk_is_explained_tied_to_its_anchored_model_and_replaced_without_a_restart()
     let log = log_of(tmp.path());
     assert!(!log.contains(&patient) && !log.contains("PLANTED"), "{log}");
     drop(cluster);
+}
+
+/// What the compliance endpoints are asked about: a running server, its site, an anchored
+/// dataset and a model trained on it.
+struct Compliance<'a> {
+    server: &'a Server,
+    site: &'a Site,
+    officer: &'a Path,
+    clinician: &'a Path,
+    cardio: &'a Path,
+    facility: &'a str,
+    patient: &'a str,
+    dataset: &'a Path,
+    dataset_root: &'a str,
+    model: &'a Path,
+    model_root: &'a str,
+}
+
+/// The OpenAPI document names every route, and every route it names is served; lineage as a
+/// graph, verify, prove and check, the audit trails filtered (JSON and CSV) and the break-glass
+/// report, each asked with the caller's rights and audited as the caller's.
+fn compliance_endpoints(c: &Compliance<'_>) {
+    let (server, site, officer) = (c.server, c.site, c.officer);
+    let post_json = |who: &Path, path: &str, body: &Value| -> (Option<i32>, Value) {
+        let out = server.post(site, who, path, &[], &body.to_string());
+        let v = serde_json::from_str(&stdout(&out))
+            .unwrap_or_else(|e| panic!("{path}: {e}: {}", stdout(&out)));
+        (out.status.code(), v)
+    };
+
+    // /openapi.json: open, and every route the server has is in it and answers.
+    let out = server.get(site, None, "/openapi.json", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let spec: Value = serde_json::from_str(&stdout(&out)).expect("the OpenAPI document");
+    assert!(
+        spec["openapi"].as_str().is_some_and(|v| v.starts_with('3')),
+        "{spec}"
+    );
+    let paths = spec["paths"].as_object().expect("paths");
+    let expected = [
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/metrics"),
+        ("get", "/openapi.json"),
+        ("get", "/api/whoami"),
+        ("get", "/fhir/Patient/{id}"),
+        ("get", "/fhir/Encounter"),
+        ("get", "/fhir/Observation"),
+        ("get", "/fhir/Condition"),
+        ("get", "/fhir/AuditEvent"),
+        ("get", "/api/ledger/status"),
+        ("get", "/api/patients/{id}/risk"),
+        ("post", "/api/patients/{id}/break-glass"),
+        ("post", "/api/risk"),
+        ("get", "/cds-services"),
+        ("post", "/cds-services/stroke-risk"),
+        ("post", "/cds-services/stroke-risk/feedback"),
+        ("get", "/api/lineage/{root}"),
+        ("post", "/api/verify"),
+        ("post", "/api/prove"),
+        ("post", "/api/proofs/check"),
+        ("get", "/api/audit"),
+        ("get", "/api/audit/records"),
+        ("get", "/api/reports/break-glass"),
+    ];
+    let mut documented = Vec::new();
+    for (path, item) in paths {
+        for method in item.as_object().expect("a path item").keys() {
+            documented.push((method.clone(), path.clone()));
+        }
+    }
+    documented.sort();
+    let mut wanted: Vec<(String, String)> = expected
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    wanted.sort();
+    assert_eq!(documented, wanted, "the documented routes");
+    for (method, path) in &documented {
+        let path = path
+            .replace("{id}", c.patient)
+            .replace("{root}", c.model_root);
+        let out = if method == "post" {
+            server.post(site, officer, &path, &[], "{}")
+        } else {
+            server.get(site, Some(officer), &path, &[])
+        };
+        assert!(
+            !stdout(&out).contains("no such route"),
+            "{method} {path} is documented but not served"
+        );
+    }
+
+    // Lineage: raw inputs → the dataset → the model, with each node's anchor.
+    let path = format!("/api/lineage/{}?depth=4", c.model_root);
+    let graph = server.json(site, officer, &path, &[]);
+    let nodes = graph["nodes"].as_array().expect("nodes");
+    let node = |root: &str| {
+        nodes
+            .iter()
+            .find(|n| n["id"] == root)
+            .unwrap_or_else(|| panic!("{root} is not in {graph}"))
+    };
+    assert_eq!(node(c.model_root)["kind"], "model");
+    let dataset = node(c.dataset_root);
+    assert_eq!(dataset["kind"], "dataset");
+    assert!(
+        dataset["count"].as_u64().is_some_and(|n| n > 0),
+        "{dataset}"
+    );
+    assert_eq!(dataset["anchors"][0]["signer"], "analyst", "{dataset}");
+    assert!(
+        dataset["anchors"][0]["height"].as_u64().is_some(),
+        "{dataset}"
+    );
+    assert!(
+        nodes.iter().any(|n| n["source"] == true),
+        "raw inputs: {graph}"
+    );
+    let edges = graph["edges"].as_array().expect("edges");
+    assert!(
+        edges
+            .iter()
+            .any(|e| e["from"] == c.dataset_root && e["to"] == c.model_root),
+        "{graph}"
+    );
+    let shallow = server.json(
+        site,
+        officer,
+        &format!("/api/lineage/{}?depth=0", c.model_root),
+        &[],
+    );
+    assert_eq!(
+        shallow["nodes"].as_array().map(Vec::len),
+        Some(1),
+        "{shallow}"
+    );
+    let out = server.get(site, Some(officer), "/api/lineage/abc", &[]);
+    assert!(stdout(&out).contains("64 hex digits"), "{}", stdout(&out));
+
+    // Verify: the dataset and the model match their anchors; a clinician may not ask.
+    for location in [c.dataset, c.model] {
+        let body = serde_json::json!({"location": location.display().to_string()});
+        let (code, verdict) = post_json(officer, "/api/verify", &body);
+        assert_eq!(code, Some(0), "{verdict}");
+        assert_eq!(verdict["matches"], true, "{verdict}");
+        let (code, refused) = post_json(c.clinician, "/api/verify", &body);
+        assert_eq!(code, Some(3), "{refused}");
+    }
+    let (_, missing) = post_json(
+        officer,
+        "/api/verify",
+        &serde_json::json!({"location": "/nowhere/at/all"}),
+    );
+    assert!(missing.to_string().contains("does not exist"), "{missing}");
+
+    // Prove a row of the dataset; the proof checks against the dataset's root, not the model's.
+    let file = crate::provenance::parquet_files(c.dataset).remove(0);
+    let row = crate::provenance::record(&crate::provenance::read(&file), 3);
+    let body = serde_json::json!({"dataset": c.dataset.display().to_string(), "record": row});
+    let out = server.post(site, officer, "/api/prove", &[], &body.to_string());
+    assert!(out.status.success(), "{}", stdout(&out));
+    // The proof is passed on as its text: a number's digits are what its leaf hashes.
+    let proved: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>> =
+        serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(proved["anchored"].get(), "true", "{}", stdout(&out));
+    let check = |root: &str| {
+        let body = format!(r#"{{"root":"{root}","proof":{}}}"#, proved["proof"].get());
+        let out = server.post(site, c.clinician, "/api/proofs/check", &[], &body);
+        serde_json::from_str::<Value>(&stdout(&out)).expect("json")
+    };
+    let valid = check(c.dataset_root);
+    assert_eq!(valid["valid"], true, "{valid}");
+    assert_eq!(valid["membership"], "present", "{valid}");
+    assert_eq!(check(c.model_root)["valid"], false);
+
+    // The subject trail: the verifications and the proof are the officer's, through the server.
+    let trail = server.json(
+        site,
+        officer,
+        &format!("/api/audit?subject={}", c.dataset_root),
+        &[],
+    );
+    let events = trail["events"].as_array().expect("events");
+    let officers: Vec<&str> = events
+        .iter()
+        .filter(|e| e["actor_name"] == "compliance-officer")
+        .filter_map(|e| e["purpose"].as_str())
+        .collect();
+    assert!(
+        officers.contains(&"verify: match") && officers.contains(&"prove"),
+        "{trail}"
+    );
+    let out = server.get(
+        site,
+        Some(officer),
+        &format!(
+            "/api/audit?subject={}&format=csv&from=2020-01-01",
+            c.dataset_root
+        ),
+        &[],
+    );
+    let csv = stdout(&out);
+    assert!(csv.starts_with("time,height,index,actor,"), "{csv}");
+    assert!(csv.contains("verify: match"), "{csv}");
+    let out = server.get(
+        site,
+        Some(c.clinician),
+        &format!("/api/audit?subject={}", c.dataset_root),
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+
+    // Break-glass through the API: a reason is required; the access opened and the read made
+    // under it are in the report, as the cardiologist's.
+    let glass = format!("/api/patients/{}/break-glass", c.patient);
+    let (code, refused) = post_json(c.cardio, &glass, &serde_json::json!({"minutes": 30}));
+    assert_eq!(code, Some(2), "{refused}");
+    assert!(
+        refused.to_string().contains("reason is required"),
+        "{refused}"
+    );
+    let body =
+        serde_json::json!({"reason": "unconscious in the emergency department", "minutes": 30});
+    let (code, opened) = post_json(c.cardio, &glass, &body);
+    assert_eq!(code, Some(0), "{opened}");
+    assert!(opened["expires"].is_string(), "{opened}");
+    let at = format!("X-Facility:{}", c.facility);
+    let p = server.json(
+        site,
+        c.cardio,
+        &format!("/fhir/Patient/{}", c.patient),
+        &[&at],
+    );
+    assert_eq!(
+        p["resourceType"], "Patient",
+        "break-glass gives the whole record: {p}"
+    );
+    let report = server.json(site, officer, "/api/reports/break-glass", &[]);
+    let access = &report["accesses"][0];
+    assert_eq!(access["clinician"], "cardiologist", "{report}");
+    assert_eq!(access["reason"], "unconscious in the emergency department");
+    assert!(
+        access["reads"].as_array().is_some_and(|r| !r.is_empty()),
+        "the read under break-glass: {report}"
+    );
+    let out = server.get(site, Some(c.cardio), "/api/reports/break-glass", &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+
+    // The record trail filtered and exported: the break-glass read, with its receipt.
+    let path = format!("/api/audit/records?patient={}&break_glass=true", c.patient);
+    let records = server.json(site, officer, &path, &[]);
+    let events = records["events"].as_array().expect("events");
+    assert!(events.len() >= 2, "{records}");
+    assert!(events.iter().all(|e| e["verified"] == true), "{records}");
+    let out = server.get(
+        site,
+        Some(officer),
+        &format!(
+            "/api/audit/records?patient={}&purpose=treatment&format=csv",
+            c.patient
+        ),
+        &[],
+    );
+    let csv = stdout(&out);
+    assert!(
+        csv.starts_with("time,height,index,actor,actor_name,"),
+        "{csv}"
+    );
+    assert!(
+        csv.contains("general-practitioner") && csv.contains("cardiologist"),
+        "{csv}"
+    );
+    assert!(
+        !csv.contains(c.patient),
+        "the CSV names the pseudonym, not the id: {csv}"
+    );
+
+    let status = server.json(site, officer, "/api/ledger/status", &[]);
+    assert!(status["peers"][0]["view"].is_u64(), "{status}");
 }
 
 #[test]

@@ -729,10 +729,10 @@ fn the_gateway_reads_as_its_reader_and_no_one_else() {
     let token_of = |w: &World, key: &KeyPair, lifetime: u64| {
         crate::token::issue(key, &ledger, Time(w.now), lifetime, "t")
     };
-    let as_reader = |reader: &KeyPair, token: String| Call::ReadRecordAs {
+    let as_reader = |reader: &KeyPair, token: String| Call::As {
         reader: reader.public(),
         token,
-        read: read.clone(),
+        call: Box::new(Call::ReadRecord(read.clone())),
     };
 
     // Decided on the reader's grants, audited as the reader's, through the gateway.
@@ -768,6 +768,29 @@ fn the_gateway_reads_as_its_reader_and_no_one_else() {
     );
     let call = as_reader(&clinician, token);
     assert!(denied(&w.exec(&gateway, call)).contains("revoked"));
+
+    // Only what a person does through a server may be wrapped: not an admin's grant, not a
+    // wrapped call inside another.
+    let admin_token = token_of(&w, &admin, 600_000);
+    let grant = Call::As {
+        reader: admin.public(),
+        token: admin_token.clone(),
+        call: Box::new(Call::RevokeIdentity {
+            key: w.engineer.public(),
+        }),
+    };
+    assert!(grant.check_limits().is_err());
+    assert!(denied(&w.exec(&gateway, grant)).contains("may not make"));
+    let nested = Call::As {
+        reader: admin.public(),
+        token: admin_token.clone(),
+        call: Box::new(Call::As {
+            reader: admin.public(),
+            token: admin_token,
+            call: Box::new(Call::ReadRecord(read.clone())),
+        }),
+    };
+    assert!(denied(&w.exec(&gateway, nested)).contains("may not make"));
 }
 
 #[test]
@@ -797,10 +820,10 @@ fn card_feedback_is_a_clinicians_own_on_a_read_they_made_and_names_the_model() {
     };
     let (o, card) = w.exec_id(
         &gateway,
-        Call::ReadRecordAs {
+        Call::As {
             reader: clinician.public(),
             token: token.clone(),
-            read,
+            call: Box::new(Call::ReadRecord(read)),
         },
     );
     assert!(o.is_accepted(), "{o:?}");
@@ -814,10 +837,10 @@ fn card_feedback_is_a_clinicians_own_on_a_read_they_made_and_names_the_model() {
         },
         reason: reason.map(str::to_string),
     };
-    let as_reader = |f: CardFeedback| Call::CardFeedbackAs {
+    let as_reader = |f: CardFeedback| Call::As {
         reader: clinician.public(),
         token: token.clone(),
-        feedback: f,
+        call: Box::new(Call::CardFeedback(f)),
     };
 
     // Overridden with a reason code: the clinician's, through the gateway, on the model.
