@@ -103,7 +103,7 @@ pub(crate) enum Command {
     Serve(Box<serve::ServeArgs>),
     /// Print an identity token (a JWT signed with the identity's key) for the API
     Token(serve::TokenArgs),
-    /// Send one authenticated GET to an emrflow server and print the answer
+    /// Send one authenticated request (a GET, or a POST with --data) to a server, print the answer
     Api(serve::ApiArgs),
     /// Run and inspect the four-peer PBFT ledger
     #[command(subcommand)]
