@@ -19,7 +19,7 @@ free_base() {
     [ "$ok" = 1 ] && { echo "$b"; return; }
   done
 }
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {}, {'d': d}))" "$1"; }
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1], {'json': json}, {'d': d}))" "$1"; }
 now() { date +%s.%N; }
 
 start_ledger() {
