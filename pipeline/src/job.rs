@@ -96,8 +96,11 @@ pub struct InputConfig {
     /// A local path, or a URL: `file://`, `memory://`, `s3://bucket/key` (credentials and region
     /// from the usual `AWS_*` environment variables).
     pub path: String,
-    /// `csv` or `parquet`; by default from the path's extension.
+    /// `csv`, `parquet` or `fhir` (a FHIR Bulk Data export: its directory or its
+    /// `manifest.json`); by default from the path's extension.
     pub format: Option<InputFormat>,
+    /// FHIR only: which table of the export this input is, `patients` or `visits`.
+    pub table: Option<FhirTable>,
     /// CSV only: strings that mean null, besides the empty field (for example `"N/A"`).
     #[serde(default)]
     pub null_values: Vec<String>,
@@ -116,6 +119,18 @@ pub enum InputFormat {
     Csv,
     /// Apache Parquet.
     Parquet,
+    /// A FHIR R4 Bulk Data export (NDJSON, one file per resource type).
+    Fhir,
+}
+
+/// The tables a FHIR export is flattened into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FhirTable {
+    /// One row per `Patient`.
+    Patients,
+    /// One row per `Encounter`, with its observations, conditions and note.
+    Visits,
 }
 
 impl InputFormat {
@@ -124,6 +139,7 @@ impl InputFormat {
         match self {
             InputFormat::Csv => "csv",
             InputFormat::Parquet => "parquet",
+            InputFormat::Fhir => "fhir",
         }
     }
 }
@@ -376,13 +392,35 @@ impl Job {
                     "must not be empty",
                 ));
             }
-            if self.format_of(name) == InputFormat::Parquet
+            let format = self.format_of(name);
+            if format != InputFormat::Csv
                 && (!input.null_values.is_empty() || input.delimiter.is_some())
             {
                 return Err(Error::invalid(
                     format!("inputs.{name}"),
                     "null_values and delimiter apply to CSV inputs only",
                 ));
+            }
+            match (format, input.table) {
+                (InputFormat::Fhir, None) => {
+                    return Err(Error::invalid(
+                        format!("inputs.{name}.table"),
+                        "a FHIR input names its table: \"patients\" or \"visits\"",
+                    ));
+                }
+                (InputFormat::Fhir, Some(_)) if !input.types.is_empty() => {
+                    return Err(Error::invalid(
+                        format!("inputs.{name}.types"),
+                        "a FHIR input's types come from its codes",
+                    ));
+                }
+                (InputFormat::Csv | InputFormat::Parquet, Some(_)) => {
+                    return Err(Error::invalid(
+                        format!("inputs.{name}.table"),
+                        "applies to FHIR inputs only",
+                    ));
+                }
+                _ => {}
             }
             if let Some(d) = input.delimiter
                 && !d.is_ascii()

@@ -4,6 +4,7 @@ pub mod baseline;
 pub mod categories;
 pub mod csvcheck;
 pub mod error;
+pub mod fhir;
 pub mod fingerprint;
 pub mod functions;
 pub mod generate;

@@ -48,6 +48,7 @@ fn data(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         visits: 3_000,
         seed: 11,
         format: OutputFormat::Csv,
+        gzip: false,
     };
     generate(&config, dir).unwrap_or_else(|e| panic!("{e}"));
     let visits = dir.join("visits.csv");

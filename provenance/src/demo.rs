@@ -112,6 +112,7 @@ pub async fn run_demo(config: &DemoConfig, progress: &dyn DemoProgress) -> Resul
         visits: config.visits,
         seed: config.seed,
         format: OutputFormat::Csv,
+        gzip: false,
     };
     let data_dir = data.clone();
     let generated = tokio::task::spawn_blocking(move || generate(&generate_config, &data_dir))

@@ -5,6 +5,9 @@
 //! category is named in the Bundle's outcome entry, so nothing goes silently missing.
 
 use ledger::contracts::{Categories, Category};
+use pipeline::fhir::{
+    FLAGS, ICD10, LOINC, MEASURES, OBSERVATION_CATEGORY, PATIENT_ID_SYSTEM, PRIMARY_DIAGNOSIS, UCUM,
+};
 use records::PatientView;
 use records::access::{RecordProof, RecordView};
 use records::record::Kind;
@@ -15,12 +18,6 @@ pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 /// The extension carrying a resource's Merkle inclusion proof.
 pub const PROOF_EXTENSION: &str =
     "https://emrflow.dev/fhir/StructureDefinition/record-inclusion-proof";
-const LOINC: &str = "http://loinc.org";
-const ICD10: &str = "http://hl7.org/fhir/sid/icd-10";
-const OBSERVATION_CATEGORY: &str = "http://terminology.hl7.org/CodeSystem/observation-category";
-const UCUM: &str = "http://unitsofmeasure.org";
-/// The identifier system of the hospital's patient ids.
-const MRN_SYSTEM: &str = "urn:emrflow:patient-id";
 
 /// The categories each resource type is built from: what a read for it asks the contract.
 pub fn categories_for(resource: &str) -> Categories {
@@ -44,78 +41,6 @@ pub fn categories_for(resource: &str) -> Categories {
     };
     list.iter().copied().collect()
 }
-
-/// One LOINC-coded measurement: column, code, display, UCUM unit, FHIR observation category.
-struct Measure {
-    column: &'static str,
-    code: &'static str,
-    display: &'static str,
-    unit: &'static str,
-    category: &'static str,
-}
-
-/// The generator's measured columns and their LOINC codes.
-const MEASURES: &[Measure] = &[
-    Measure {
-        column: "systolic_bp",
-        code: "8480-6",
-        display: "Systolic blood pressure",
-        unit: "mm[Hg]",
-        category: "vital-signs",
-    },
-    Measure {
-        column: "diastolic_bp",
-        code: "8462-4",
-        display: "Diastolic blood pressure",
-        unit: "mm[Hg]",
-        category: "vital-signs",
-    },
-    Measure {
-        column: "heart_rate",
-        code: "8867-4",
-        display: "Heart rate",
-        unit: "/min",
-        category: "vital-signs",
-    },
-    Measure {
-        column: "bmi",
-        code: "39156-5",
-        display: "Body mass index (BMI) [Ratio]",
-        unit: "kg/m2",
-        category: "vital-signs",
-    },
-    Measure {
-        column: "avg_glucose",
-        code: "2339-0",
-        display: "Glucose [Mass/volume] in Blood",
-        unit: "mg/dL",
-        category: "laboratory",
-    },
-    Measure {
-        column: "cholesterol",
-        code: "2093-3",
-        display: "Cholesterol [Mass/volume] in Serum or Plasma",
-        unit: "mg/dL",
-        category: "laboratory",
-    },
-];
-
-/// Yes/no history columns recorded as conditions, with their ICD-10 codes.
-const FLAGS: &[(&str, &str, &str)] = &[
-    ("hypertension", "I10", "Essential (primary) hypertension"),
-    ("heart_disease", "I51.9", "Heart disease, unspecified"),
-    (
-        "atrial_fibrillation",
-        "I48.91",
-        "Unspecified atrial fibrillation",
-    ),
-    (
-        "diabetes",
-        "E11.9",
-        "Type 2 diabetes mellitus without complications",
-    ),
-    ("stroke", "I63.9", "Cerebral infarction, unspecified"),
-];
 
 /// The field of a visit that dates it.
 pub const VISIT_DATE: &str = "visit_date";
@@ -170,7 +95,7 @@ pub fn patient(id: &str, view: &PatientView) -> Option<Value> {
     });
     let obj = p.as_object_mut()?;
     if let Some(v) = field(r, "patient_id") {
-        let mut ids = vec![json!({"system": MRN_SYSTEM, "value": v})];
+        let mut ids = vec![json!({"system": PATIENT_ID_SYSTEM, "value": v})];
         if let Some(n) = field(r, "national_id") {
             ids.push(json!({"system": "urn:emrflow:national-id", "value": n}));
         }
@@ -331,17 +256,18 @@ pub fn observations(id: &str, view: &PatientView, category: Option<&str>) -> Vec
     out
 }
 
-/// `Condition`s: each visit's primary ICD-10 code and its yes/no history findings.
+/// `Condition`s: each visit's primary ICD-10 code and its yes/no findings (history, symptoms,
+/// stroke), each code once.
 pub fn conditions(id: &str, view: &PatientView) -> Vec<Value> {
     let mut out = Vec::new();
     for r in visits(view) {
         let mut codes: Vec<(String, String)> = Vec::new();
-        if let Some(code) = field(r, "icd10_primary") {
+        if let Some(code) = field(r, PRIMARY_DIAGNOSIS) {
             codes.push((code.trim().to_string(), String::new()));
         }
-        for (column, code, display) in FLAGS {
-            if yes(field(r, column)) {
-                codes.push((code.to_string(), display.to_string()));
+        for flag in FLAGS {
+            if yes(field(r, flag.column)) && !codes.iter().any(|(c, _)| c == flag.code) {
+                codes.push((flag.code.to_string(), flag.display.to_string()));
             }
         }
         for (code, display) in codes {

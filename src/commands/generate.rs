@@ -20,9 +20,13 @@ pub(crate) struct GenerateArgs {
     /// Directory to write patients and visits into (created if missing)
     #[arg(long)]
     out: PathBuf,
-    /// File format
+    /// File format: CSV tables, Parquet tables, or a FHIR R4 Bulk Data export (one NDJSON file
+    /// per resource type and manifest.json)
     #[arg(long, value_enum, default_value_t = Format::Csv)]
     format: Format,
+    /// Gzip the CSV or NDJSON files (.gz), as exports are often delivered
+    #[arg(long)]
+    gzip: bool,
     /// Print a JSON summary on stdout
     #[arg(long)]
     json: bool,
@@ -32,6 +36,7 @@ pub(crate) struct GenerateArgs {
 enum Format {
     Csv,
     Parquet,
+    Fhir,
 }
 
 #[derive(Serialize)]
@@ -48,7 +53,9 @@ pub(crate) async fn run(args: GenerateArgs) -> anyhow::Result<ExitStatus> {
         format: match args.format {
             Format::Csv => OutputFormat::Csv,
             Format::Parquet => OutputFormat::Parquet,
+            Format::Fhir => OutputFormat::Fhir,
         },
+        gzip: args.gzip,
     };
     let bar = progress(&format!("generating {} visits", args.visits));
     #[allow(clippy::disallowed_methods)] // the command reports its own wall-clock time

@@ -3,6 +3,7 @@
 mod cli;
 mod cluster;
 mod examples;
+mod fhir;
 mod ledger;
 mod ml;
 mod object_store;

@@ -126,7 +126,15 @@ async fn open_input(
     raw: &str,
     typing: &Typing,
 ) -> Result<(String, Input)> {
-    let location = Location::resolve(ctx, raw)?;
+    // A FHIR export is named by its directory or by its manifest: either way it is the
+    // directory's files that are read and hashed.
+    let fhir_manifest = cfg.format == Some(InputFormat::Fhir) && raw.ends_with(".json");
+    let dir = if fhir_manifest {
+        raw.rsplit_once('/').map_or(".", |(d, _)| d)
+    } else {
+        raw
+    };
+    let location = Location::resolve(ctx, dir)?;
     let files = location.files().await?;
     if files.is_empty() {
         return Err(Error::InputMissing {
@@ -201,6 +209,15 @@ async fn open_input(
                 ctx.sql(&typed_sql(&raw_table, &schema, &cfg.null_values))
                     .await?
             }
+        }
+        InputFormat::Fhir => {
+            let table_of = cfg.table.ok_or_else(|| {
+                Error::invalid(
+                    format!("inputs.{name}.table"),
+                    "a FHIR input names its table",
+                )
+            })?;
+            super::fhir::read(ctx, name, &location, &files, table_of, &table).await?
         }
         InputFormat::Parquet => {
             if !cfg.types.is_empty() {

@@ -29,6 +29,7 @@
 
 mod categorical;
 mod drop_reasons;
+mod fhir;
 mod fit;
 mod held;
 mod inputs;

@@ -125,6 +125,7 @@ async fn synthetic_example_plans() {
         visits: 50,
         seed: 3,
         format: OutputFormat::Csv,
+        gzip: false,
     };
     or_panic(generate(&config, dir.path()));
     let job = or_panic(Job::from_toml(

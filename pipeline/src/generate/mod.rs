@@ -37,6 +37,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
+pub mod fhir;
+
 /// The default number of visits: the size of the published data set.
 pub const DEFAULT_VISITS: u64 = 130_070;
 
@@ -53,6 +55,9 @@ pub enum OutputFormat {
     Csv,
     /// `patients.parquet` and `visits.parquet`.
     Parquet,
+    /// A FHIR R4 Bulk Data export: one NDJSON file per resource type and `manifest.json`
+    /// ([`fhir`]).
+    Fhir,
 }
 
 /// What to generate.
@@ -62,8 +67,10 @@ pub struct GenerateConfig {
     pub visits: u64,
     /// Seed; the same seed gives byte-identical files.
     pub seed: u64,
-    /// CSV or Parquet.
+    /// CSV, Parquet or FHIR NDJSON.
     pub format: OutputFormat,
+    /// Gzip the CSV or NDJSON files (`.gz`), as exports are often delivered.
+    pub gzip: bool,
 }
 
 impl Default for GenerateConfig {
@@ -72,6 +79,7 @@ impl Default for GenerateConfig {
             visits: DEFAULT_VISITS,
             seed: 42,
             format: OutputFormat::Csv,
+            gzip: false,
         }
     }
 }
@@ -283,24 +291,39 @@ pub fn generate(config: &GenerateConfig, dir: &Path) -> Result<GenerateSummary> 
             message: "must be at least 1".into(),
         });
     }
+    if config.gzip && config.format == OutputFormat::Parquet {
+        return Err(Error::Parameter {
+            name: "--gzip",
+            message: "applies to CSV and FHIR output; Parquet compresses its own pages".into(),
+        });
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir.display().to_string(), e))?;
-    let ext = match config.format {
-        OutputFormat::Csv => "csv",
-        OutputFormat::Parquet => "parquet",
+    let mut output = match config.format {
+        OutputFormat::Fhir => Output::Fhir(fhir::Export::create(dir, config.gzip)?),
+        format => {
+            let ext = match (format, config.gzip) {
+                (OutputFormat::Parquet, _) => "parquet",
+                (_, false) => "csv",
+                (_, true) => "csv.gz",
+            };
+            let patients = dir.join(format!("patients.{ext}"));
+            let visits = dir.join(format!("visits.{ext}"));
+            Output::Tables {
+                patients: Sink::create(&patients, patients_schema(), format, config.gzip)?,
+                visits: Sink::create(&visits, visits_schema(), format, config.gzip)?,
+                files: vec![patients.display().to_string(), visits.display().to_string()],
+            }
+        }
     };
-    let patients_path = dir.join(format!("patients.{ext}"));
-    let visits_path = dir.join(format!("visits.{ext}"));
-    let mut patients_out = Sink::create(&patients_path, patients_schema(), config.format)?;
-    let mut visits_out = Sink::create(&visits_path, visits_schema(), config.format)?;
 
     let mut summary = GenerateSummary {
         patients: 0,
         visits: 0,
         positive: 0,
-        files: vec![
-            patients_path.display().to_string(),
-            visits_path.display().to_string(),
-        ],
+        files: match &output {
+            Output::Tables { files, .. } => files.clone(),
+            Output::Fhir(export) => export.paths(),
+        },
     };
     // Chunks are generated two at a time on scoped threads and written in order.
     let threads = std::thread::available_parallelism()
@@ -336,50 +359,133 @@ pub fn generate(config: &GenerateConfig, dir: &Path) -> Result<GenerateSummary> 
             summary.patients += chunk.patients.num_rows() as u64;
             summary.visits += chunk.visits.num_rows() as u64;
             summary.positive += chunk.positive;
-            patients_out.write(&chunk.patients)?;
-            visits_out.write(&chunk.visits)?;
+            match &mut output {
+                Output::Tables {
+                    patients, visits, ..
+                } => {
+                    patients.write(&chunk.patients)?;
+                    visits.write(&chunk.visits)?;
+                }
+                Output::Fhir(export) => export.write(&chunk.patients, &chunk.visits)?,
+            }
         }
         next_chunk += jobs.len() as u64;
         next_visit += jobs.len() as u64 * CHUNK_PATIENTS * 3;
     }
-    patients_out.finish()?;
-    visits_out.finish()?;
+    match output {
+        Output::Tables {
+            patients, visits, ..
+        } => {
+            patients.finish()?;
+            visits.finish()?;
+        }
+        Output::Fhir(export) => export.finish(
+            &format!(
+                "urn:emrflow:generate?visits={}&seed={}",
+                config.visits, config.seed
+            ),
+            FIRST_VISIT_DAY + VISIT_SPAN_DAYS,
+        )?,
+    }
     Ok(summary)
+}
+
+/// Where generated chunks go.
+enum Output {
+    /// `patients` and `visits` tables.
+    Tables {
+        patients: Sink,
+        visits: Sink,
+        files: Vec<String>,
+    },
+    /// A FHIR Bulk Data export.
+    Fhir(fhir::Export),
+}
+
+/// A file written through a buffer, gzipped or not, closed durably.
+enum Out {
+    Plain(BufWriter<File>),
+    Gzip(Box<flate2::write::GzEncoder<BufWriter<File>>>),
+}
+
+impl Out {
+    fn create(path: &Path, gzip: bool) -> Result<Self> {
+        let file = File::create(path).map_err(|e| Error::io(path.display().to_string(), e))?;
+        let buffered = BufWriter::with_capacity(1 << 20, file);
+        Ok(if gzip {
+            // No name and no time in the header: the same rows give the same bytes.
+            Out::Gzip(Box::new(
+                flate2::GzBuilder::new().write(buffered, flate2::Compression::fast()),
+            ))
+        } else {
+            Out::Plain(buffered)
+        })
+    }
+
+    /// Finishes the stream, flushes it and syncs the file.
+    fn close(self, path: &str) -> Result<()> {
+        let buffered = match self {
+            Out::Plain(b) => b,
+            Out::Gzip(g) => g.finish().map_err(|e| Error::io(path, e))?,
+        };
+        let file = buffered
+            .into_inner()
+            .map_err(|e| Error::io(path, e.into_error()))?;
+        file.sync_all().map_err(|e| Error::io(path, e))
+    }
+}
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Out::Plain(w) => w.write(buf),
+            Out::Gzip(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Out::Plain(w) => w.flush(),
+            Out::Gzip(w) => w.flush(),
+        }
+    }
 }
 
 /// Writes record batches as CSV (header, RFC 4180 quoting, ISO dates, empty = null) or Parquet.
 enum Sink {
     Csv {
         path: String,
-        writer: arrow::csv::Writer<BufWriter<File>>,
+        writer: Box<arrow::csv::Writer<Out>>,
     },
     Parquet {
         path: String,
-        writer: ArrowWriter<File>,
+        writer: Box<ArrowWriter<File>>,
     },
 }
 
 impl Sink {
-    fn create(path: &Path, schema: SchemaRef, format: OutputFormat) -> Result<Self> {
-        let file = File::create(path).map_err(|e| Error::io(path.display().to_string(), e))?;
-        let path = path.display().to_string();
+    fn create(path: &Path, schema: SchemaRef, format: OutputFormat, gzip: bool) -> Result<Self> {
+        let shown = path.display().to_string();
         Ok(match format {
-            OutputFormat::Csv => Sink::Csv {
-                path,
-                writer: arrow::csv::WriterBuilder::new()
-                    .with_header(true)
-                    .with_date_format("%Y-%m-%d".to_string())
-                    .build(BufWriter::with_capacity(1 << 20, file)),
-            },
             OutputFormat::Parquet => {
+                let file = File::create(path).map_err(|e| Error::io(&shown, e))?;
                 let props = WriterProperties::builder()
                     .set_compression(Compression::ZSTD(ZstdLevel::default()))
                     .build();
                 Sink::Parquet {
-                    path,
-                    writer: ArrowWriter::try_new(file, schema, Some(props))?,
+                    path: shown,
+                    writer: Box::new(ArrowWriter::try_new(file, schema, Some(props))?),
                 }
             }
+            _ => Sink::Csv {
+                writer: Box::new(
+                    arrow::csv::WriterBuilder::new()
+                        .with_header(true)
+                        .with_date_format("%Y-%m-%d".to_string())
+                        .build(Out::create(path, gzip)?),
+                ),
+                path: shown,
+            },
         })
     }
 
@@ -393,14 +499,7 @@ impl Sink {
 
     fn finish(self) -> Result<()> {
         match self {
-            Sink::Csv { path, writer } => {
-                let mut inner = writer.into_inner();
-                inner.flush().map_err(|e| Error::io(&path, e))?;
-                inner
-                    .get_ref()
-                    .sync_all()
-                    .map_err(|e| Error::io(&path, e))?;
-            }
+            Sink::Csv { path, writer } => writer.into_inner().close(&path)?,
             Sink::Parquet { path, writer } => {
                 let file = writer.into_inner()?;
                 file.sync_all().map_err(|e| Error::io(&path, e))?;
@@ -808,6 +907,7 @@ mod tests {
             visits: 30_000,
             seed: 7,
             format: OutputFormat::Csv,
+            gzip: false,
         };
         let sa = generate(&cfg, a.path()).unwrap_or_else(|e| panic!("{e}"));
         generate(&cfg, b.path()).unwrap_or_else(|e| panic!("{e}"));
@@ -859,6 +959,7 @@ mod tests {
             visits: 5_000,
             seed: 1,
             format: OutputFormat::Csv,
+            gzip: false,
         };
         generate(&cfg, dir.path()).unwrap_or_else(|e| panic!("{e}"));
         let visits = String::from_utf8(read(dir.path(), "visits.csv")).unwrap_or_default();
@@ -878,5 +979,153 @@ mod tests {
                 .unwrap_or_default()
                 .starts_with("P00000000,")
         );
+    }
+
+    #[test]
+    fn fhir_export_has_the_csv_rows_coded_and_the_same_bytes_for_the_same_seed() {
+        let (a, b, csv) = (
+            tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
+            tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
+            tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
+        );
+        let cfg = GenerateConfig {
+            visits: 3_000,
+            seed: 5,
+            format: OutputFormat::Fhir,
+            gzip: false,
+        };
+        let summary = generate(&cfg, a.path()).unwrap_or_else(|e| panic!("{e}"));
+        generate(&cfg, b.path()).unwrap_or_else(|e| panic!("{e}"));
+        let tables = GenerateConfig {
+            format: OutputFormat::Csv,
+            ..cfg.clone()
+        };
+        generate(&tables, csv.path()).unwrap_or_else(|e| panic!("{e}"));
+        let types = [
+            "Patient",
+            "Encounter",
+            "Observation",
+            "Condition",
+            "DocumentReference",
+        ];
+        for t in types {
+            let f = format!("{t}.ndjson");
+            assert_eq!(read(a.path(), &f), read(b.path(), &f), "{f} differs");
+        }
+        assert_eq!(
+            read(a.path(), "manifest.json"),
+            read(b.path(), "manifest.json")
+        );
+
+        let lines = |t: &str| -> Vec<serde_json::Value> {
+            String::from_utf8(read(a.path(), &format!("{t}.ndjson")))
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{t}: {e}: {l}")))
+                .collect()
+        };
+        let patients = lines("Patient");
+        let encounters = lines("Encounter");
+        assert_eq!(patients.len() as u64, summary.patients);
+        assert_eq!(encounters.len() as u64, summary.visits);
+        assert!(patients.iter().all(|p| p["resourceType"] == "Patient"));
+        let conditions = lines("Condition");
+        let strokes = conditions
+            .iter()
+            .filter(|c| c["code"]["coding"][0]["code"] == "I63.9")
+            .count();
+        assert_eq!(strokes as u64, summary.positive);
+
+        // The first patient and visit, field by field against the CSV.
+        let text = String::from_utf8(read(csv.path(), "patients.csv")).unwrap_or_default();
+        let mut rows = csv::Reader::from_reader(text.as_bytes());
+        let row = rows
+            .records()
+            .next()
+            .and_then(|r| r.ok())
+            .unwrap_or_default();
+        let p = &patients[0];
+        assert_eq!(p["id"], &row[0]);
+        assert_eq!(p["name"][0]["text"], &row[1]);
+        assert_eq!(p["identifier"][1]["value"], &row[2]);
+        assert_eq!(p["telecom"][0]["value"], &row[3]);
+        assert_eq!(p["birthDate"], &row[6]);
+        let text = String::from_utf8(read(csv.path(), "visits.csv")).unwrap_or_default();
+        let mut rows = csv::Reader::from_reader(text.as_bytes());
+        let header = rows.headers().cloned().unwrap_or_default();
+        let visits: Vec<csv::StringRecord> = rows.records().filter_map(|r| r.ok()).collect();
+        let at = |name: &str| header.iter().position(|h| h == name).unwrap_or(usize::MAX);
+        let v = &visits[0];
+        let e = &encounters[0];
+        assert_eq!(e["id"], &v[at("visit_id")]);
+        assert_eq!(e["period"]["start"], &v[at("visit_date")]);
+        assert_eq!(
+            e["serviceProvider"]["identifier"]["value"],
+            &v[at("facility_id")]
+        );
+        assert_eq!(
+            e["reasonCode"][0]["coding"][0]["code"],
+            &v[at("icd10_primary")]
+        );
+        // One Observation per measured value present, in its LOINC code and UCUM unit.
+        let observations = lines("Observation");
+        for m in crate::fhir::MEASURES {
+            let present = visits
+                .iter()
+                .filter(|r| !r[at(m.column)].is_empty())
+                .count();
+            let coded: Vec<&serde_json::Value> = observations
+                .iter()
+                .filter(|o| o["code"]["coding"][0]["code"] == m.code)
+                .collect();
+            assert_eq!(coded.len(), present, "{}", m.column);
+            assert!(coded.iter().all(|o| o["valueQuantity"]["unit"] == m.unit));
+            let first = coded.iter().find(|o| {
+                o["encounter"]["reference"] == format!("Encounter/{}", &v[at("visit_id")])
+            });
+            if let Some(o) = first {
+                let value = o["valueQuantity"]["value"].as_f64().unwrap_or(f64::NAN);
+                let cell: f64 = v[at(m.column)].parse().unwrap_or(f64::NAN);
+                assert_eq!(value, cell, "{}", m.column);
+            }
+        }
+        for f in crate::fhir::FLAGS {
+            let yes = visits.iter().filter(|r| &r[at(f.column)] == "1").count();
+            let coded = conditions
+                .iter()
+                .filter(|c| c["code"]["coding"][0]["code"] == f.code)
+                .count();
+            assert_eq!(coded, yes, "{}", f.column);
+        }
+        let notes = visits
+            .iter()
+            .filter(|r| !r[at("clinical_notes")].is_empty())
+            .count();
+        assert_eq!(lines("DocumentReference").len(), notes);
+
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&read(a.path(), "manifest.json")).unwrap_or_default();
+        assert_eq!(manifest["output"][1]["type"], "Encounter");
+        assert_eq!(manifest["output"][1]["count"], summary.visits);
+        assert!(
+            manifest["transactionTime"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z'))
+        );
+
+        // Gzipped: the same lines, and the same bytes again for the same seed.
+        let (g, h) = (
+            tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
+            tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
+        );
+        let gz = GenerateConfig { gzip: true, ..cfg };
+        generate(&gz, g.path()).unwrap_or_else(|e| panic!("{e}"));
+        generate(&gz, h.path()).unwrap_or_else(|e| panic!("{e}"));
+        let zipped = read(g.path(), "Observation.ndjson.gz");
+        assert_eq!(zipped, read(h.path(), "Observation.ndjson.gz"));
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&zipped[..]), &mut plain)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(plain, read(a.path(), "Observation.ndjson"));
     }
 }

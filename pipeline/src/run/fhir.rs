@@ -1,0 +1,291 @@
+//! FHIR Bulk Data inputs: an export (its directory, or its `manifest.json`) read with the
+//! engine's NDJSON reader and flattened by plan operations (unnest, and a pivot of coded
+//! resources by code), so it runs embedded and on cluster executors alike. A job names which of
+//! the export's two tables an input is (`table = "patients"` or `"visits"`), so the join and
+//! everything after it are the same as for CSV:
+//!
+//! - `patients`: one row per `Patient` (id, name, national id, phone, email, address, birth date,
+//!   gender as `F`/`M`), in the generator's column names;
+//! - `visits`: one row per `Encounter` (id, patient, date, facility, primary ICD-10 code), the
+//!   `Observation` values by the LOINC codes of [`crate::fhir::MEASURES`] (only values in the
+//!   map's UCUM unit), smoking status from its SNOMED CT code, 1/0 for each condition of
+//!   [`crate::fhir::FLAGS`], and the note of its `DocumentReference`.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema};
+use datafusion::prelude::{DataFrame, JsonReadOptions, SessionContext};
+
+use crate::error::{Error, Result};
+use crate::fhir::{FLAGS, MEASURES, SMOKING_CODE, SMOKING_VALUES};
+use crate::job::FhirTable;
+use crate::store::Location;
+
+/// The export's files: `{Type}.ndjson` or `{Type}.ndjson.gz` in `dir`.
+fn file_of(dir: &Location, files: &[(object_store::path::Path, u64)], t: &str) -> Option<String> {
+    files
+        .iter()
+        .find(|(p, _)| {
+            p.filename()
+                .is_some_and(|f| f == format!("{t}.ndjson") || f == format!("{t}.ndjson.gz"))
+        })
+        .map(|(p, _)| dir.url_of(p))
+}
+
+fn text(name: &str) -> Field {
+    Field::new(name, DataType::Utf8, true)
+}
+
+fn strukt(name: &str, fields: Vec<Field>) -> Field {
+    Field::new(name, DataType::Struct(Fields::from(fields)), true)
+}
+
+fn list(name: &str, item: DataType) -> Field {
+    Field::new(
+        name,
+        DataType::List(Arc::new(Field::new("item", item, true))),
+        true,
+    )
+}
+
+fn struct_of(fields: Vec<Field>) -> DataType {
+    DataType::Struct(Fields::from(fields))
+}
+
+/// `coding` lists: `[{system, code}]`.
+fn coding() -> DataType {
+    struct_of(vec![list(
+        "coding",
+        struct_of(vec![text("system"), text("code")]),
+    )])
+}
+
+fn reference(name: &str) -> Field {
+    strukt(name, vec![text("reference")])
+}
+
+/// Registers the resource type `t` of the export as table `table`, read with `schema` (fields
+/// it does not name are ignored).
+async fn register(
+    ctx: &SessionContext,
+    input: &str,
+    dir: &Location,
+    files: &[(object_store::path::Path, u64)],
+    t: &str,
+    table: &str,
+    schema: Schema,
+) -> Result<()> {
+    let url = file_of(dir, files, t).ok_or_else(|| Error::InputMissing {
+        input: input.to_string(),
+        location: format!("{}/{t}.ndjson", dir.raw.trim_end_matches('/')),
+    })?;
+    let gz = url.ends_with(".gz");
+    let mut options = JsonReadOptions::default()
+        .schema(&schema)
+        .file_extension(if gz { ".ndjson.gz" } else { ".ndjson" });
+    if gz {
+        options = options.file_compression_type(
+            datafusion::datasource::file_format::file_compression_type::FileCompressionType::GZIP,
+        );
+    }
+    let df = ctx.read_json(url, options).await?;
+    ctx.register_table(table, df.into_view())?;
+    Ok(())
+}
+
+/// The `table` of the export at `dir` (with its `files`), for input `input` registered as
+/// `prefix`.
+pub(super) async fn read(
+    ctx: &SessionContext,
+    input: &str,
+    dir: &Location,
+    files: &[(object_store::path::Path, u64)],
+    table: FhirTable,
+    prefix: &str,
+) -> Result<DataFrame> {
+    match table {
+        FhirTable::Patients => patients(ctx, input, dir, files, prefix).await,
+        FhirTable::Visits => visits(ctx, input, dir, files, prefix).await,
+    }
+}
+
+async fn patients(
+    ctx: &SessionContext,
+    input: &str,
+    dir: &Location,
+    files: &[(object_store::path::Path, u64)],
+    prefix: &str,
+) -> Result<DataFrame> {
+    let schema = Schema::new(vec![
+        text("resourceType"),
+        text("id"),
+        list("identifier", struct_of(vec![text("system"), text("value")])),
+        list("name", struct_of(vec![text("text")])),
+        list("telecom", struct_of(vec![text("system"), text("value")])),
+        text("gender"),
+        text("birthDate"),
+        list("address", struct_of(vec![text("text")])),
+    ]);
+    let p = format!("{prefix}_patient");
+    register(ctx, input, dir, files, "Patient", &p, schema).await?;
+    let sql = format!(
+        r#"WITH ids AS (SELECT id, unnest(identifier) AS i FROM {p}),
+        tel AS (SELECT id, unnest(telecom) AS t FROM {p}),
+        nid AS (SELECT id, max(CASE WHEN i['system'] = '{nat}' THEN i['value'] END) AS national_id
+                FROM ids GROUP BY id),
+        contact AS (SELECT id,
+                max(CASE WHEN t['system'] = 'phone' THEN t['value'] END) AS phone,
+                max(CASE WHEN t['system'] = 'email' THEN t['value'] END) AS email
+                FROM tel GROUP BY id)
+        SELECT p.id AS patient_id, p.name[1]['text'] AS full_name, nid.national_id,
+            contact.phone, contact.email, p.address[1]['text'] AS street_address,
+            CAST(p."birthDate" AS DATE) AS date_of_birth,
+            CASE p.gender WHEN 'female' THEN 'F' WHEN 'male' THEN 'M' END AS gender
+        FROM {p} p LEFT JOIN nid ON nid.id = p.id LEFT JOIN contact ON contact.id = p.id"#,
+        nat = crate::fhir::NATIONAL_ID_SYSTEM,
+    );
+    Ok(ctx.sql(&sql).await?)
+}
+
+async fn visits(
+    ctx: &SessionContext,
+    input: &str,
+    dir: &Location,
+    files: &[(object_store::path::Path, u64)],
+    prefix: &str,
+) -> Result<DataFrame> {
+    let (e, o, c, d) = (
+        format!("{prefix}_encounter"),
+        format!("{prefix}_observation"),
+        format!("{prefix}_condition"),
+        format!("{prefix}_document"),
+    );
+    let encounter = Schema::new(vec![
+        text("id"),
+        reference("subject"),
+        strukt("period", vec![text("start")]),
+        list("reasonCode", coding()),
+        strukt(
+            "serviceProvider",
+            vec![strukt("identifier", vec![text("value")])],
+        ),
+    ]);
+    register(ctx, input, dir, files, "Encounter", &e, encounter).await?;
+    let observation = Schema::new(vec![
+        reference("encounter"),
+        Field::new("code", coding(), true),
+        strukt(
+            "valueQuantity",
+            vec![Field::new("value", DataType::Float64, true), text("code")],
+        ),
+        Field::new("valueCodeableConcept", coding(), true),
+    ]);
+    register(ctx, input, dir, files, "Observation", &o, observation).await?;
+    let condition = Schema::new(vec![
+        reference("encounter"),
+        Field::new("code", coding(), true),
+    ]);
+    register(ctx, input, dir, files, "Condition", &c, condition).await?;
+    let document = Schema::new(vec![
+        strukt(
+            "context",
+            vec![list("encounter", struct_of(vec![text("reference")]))],
+        ),
+        list(
+            "content",
+            struct_of(vec![strukt("attachment", vec![text("data")])]),
+        ),
+    ]);
+    register(ctx, input, dir, files, "DocumentReference", &d, document).await?;
+
+    // Each column's expression; they are selected in the generator's column order, so the
+    // dataset's features come in the same order as from its CSV tables.
+    let mut column: std::collections::BTreeMap<&str, String> = [
+        ("visit_id", "e.id".to_string()),
+        (
+            "patient_id",
+            "substr(e.subject['reference'], 9)".to_string(),
+        ),
+        ("visit_date", "CAST(e.period['start'] AS DATE)".to_string()),
+        (
+            "facility_id",
+            r#"e."serviceProvider"['identifier']['value']"#.to_string(),
+        ),
+        ("smoking_status", "o.smoking_status".to_string()),
+        (
+            crate::fhir::PRIMARY_DIAGNOSIS,
+            r#"e."reasonCode"[1]['coding'][1]['code']"#.to_string(),
+        ),
+        ("clinical_notes", "notes.note".to_string()),
+    ]
+    .into_iter()
+    .collect();
+    // One column per LOINC code: the value when it is in the map's unit (else null).
+    let mut pivot = Vec::new();
+    for m in MEASURES {
+        pivot.push(format!(
+            "max(CASE WHEN code = '{}' AND unit = '{}' THEN value END) AS {}",
+            m.code, m.unit, m.column
+        ));
+        let cast = if m.integer { "BIGINT" } else { "DOUBLE" };
+        column.insert(m.column, format!("CAST(o.{} AS {cast})", m.column));
+    }
+    let smoking = SMOKING_VALUES
+        .iter()
+        .map(|(value, code, _)| format!("WHEN '{code}' THEN '{value}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    pivot.push(format!(
+        "max(CASE WHEN code = '{SMOKING_CODE}' THEN CASE answer {smoking} END END) AS smoking_status"
+    ));
+    let flags: Vec<String> = FLAGS
+        .iter()
+        .map(|f| {
+            format!(
+                "max(CASE WHEN code = '{}' THEN 1 ELSE 0 END) AS {}",
+                f.code, f.column
+            )
+        })
+        .collect();
+    for f in FLAGS {
+        column.insert(
+            f.column,
+            format!("CAST(coalesce(f.{}, 0) AS BIGINT)", f.column),
+        );
+    }
+    let select = crate::generate::visits_schema()
+        .fields()
+        .iter()
+        .map(|field| {
+            column
+                .get(field.name().as_str())
+                .map(|e| format!("{e} AS {}", field.name()))
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "fhir",
+                        format!("no FHIR mapping of column {}", field.name()),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let sql = format!(
+        r#"WITH obs AS (SELECT substr(encounter['reference'], 11) AS vid,
+                code['coding'][1]['code'] AS code, "valueQuantity"['value'] AS value,
+                "valueQuantity"['code'] AS unit,
+                "valueCodeableConcept"['coding'][1]['code'] AS answer FROM {o}),
+        o AS (SELECT vid, {pivot} FROM obs GROUP BY vid),
+        cond AS (SELECT substr(encounter['reference'], 11) AS vid,
+                code['coding'][1]['code'] AS code FROM {c}),
+        f AS (SELECT vid, {flags} FROM cond GROUP BY vid),
+        notes AS (SELECT substr(context['encounter'][1]['reference'], 11) AS vid,
+                CAST(decode(content[1]['attachment']['data'], 'base64') AS VARCHAR) AS note
+                FROM {d})
+        SELECT {select}
+        FROM {e} e LEFT JOIN o ON o.vid = e.id LEFT JOIN f ON f.vid = e.id
+            LEFT JOIN notes ON notes.vid = e.id"#,
+        pivot = pivot.join(", "),
+        flags = flags.join(", "),
+        select = select.join(", "),
+    );
+    Ok(ctx.sql(&sql).await?)
+}

@@ -1,0 +1,130 @@
+//! FHIR Bulk Data in: the same generated population as a FHIR export (plain and gzipped) and as
+//! CSV tables, through the stroke job, publishes the same rows under the same root and trains
+//! the same model; a FHIR input without its table is refused by name.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::support::{emrflow, run, stderr, stdout};
+
+fn generate(out: &Path, extra: &[&str]) {
+    let out = out.display().to_string();
+    let mut args = vec!["generate", "--visits", "4000", "--seed", "9", "--out", &out];
+    args.extend_from_slice(extra);
+    let done = run(&mut emrflow(&args));
+    assert!(done.status.success(), "{}", stderr(&done));
+}
+
+fn job(file: &str, visits: &Path, patients: &Path, out: &Path, ledger: &Path) -> Value {
+    let (v, p) = (
+        format!("visits={}", visits.display()),
+        format!("patients={}", patients.display()),
+    );
+    let (out, ledger) = (out.display().to_string(), ledger.display().to_string());
+    let done = run(&mut emrflow(&[
+        "run", file, "--input", &v, "--input", &p, "--out", &out, "--ledger", &ledger, "--json",
+    ]));
+    assert!(done.status.success(), "{file}: {}", stderr(&done));
+    serde_json::from_str(&stdout(&done)).unwrap_or_else(|e| panic!("{e}: {}", stdout(&done)))
+}
+
+fn train(dataset: &Path, out: &Path, ledger: &Path) -> String {
+    let (dataset, out, ledger) = (
+        dataset.display().to_string(),
+        out.display().to_string(),
+        ledger.display().to_string(),
+    );
+    let done = run(&mut emrflow(&[
+        "train",
+        "--dataset",
+        &dataset,
+        "--out",
+        &out,
+        "--ledger",
+        &ledger,
+        "--folds",
+        "0",
+        "--max-depth",
+        "5",
+        "--json",
+    ]));
+    assert!(done.status.success(), "{}", stderr(&done));
+    let v: Value = serde_json::from_str(&stdout(&done)).unwrap_or_default();
+    v["model_root"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_fhir_export_gives_the_csv_tables_dataset_root_and_model() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (data, fhir, zipped) = (
+        tmp.path().join("data"),
+        tmp.path().join("fhir"),
+        tmp.path().join("fhir-gz"),
+    );
+    generate(&data, &[]);
+    generate(&fhir, &["--format", "fhir"]);
+    generate(&zipped, &["--format", "fhir", "--gzip"]);
+    let ledger = tmp.path().join("ledger");
+
+    let csv = job(
+        "examples/stroke-synthetic.toml",
+        &data.join("visits.csv"),
+        &data.join("patients.csv"),
+        &tmp.path().join("out-csv"),
+        &ledger,
+    );
+    let manifest = fhir.join("manifest.json");
+    let from_fhir = job(
+        "examples/stroke-fhir.toml",
+        &manifest,
+        &manifest,
+        &tmp.path().join("out-fhir"),
+        &ledger,
+    );
+    // The export named by its directory, gzipped.
+    let from_zipped = job(
+        "examples/stroke-fhir.toml",
+        &zipped,
+        &zipped,
+        &tmp.path().join("out-fhir-gz"),
+        &ledger,
+    );
+    for v in [&from_fhir, &from_zipped] {
+        assert_eq!(v["rows_in"], csv["rows_in"], "{v}");
+        assert_eq!(v["rows_out"], csv["rows_out"], "{v}");
+        assert_eq!(v["rows_dropped"], csv["rows_dropped"], "{v}");
+        assert_eq!(v["root"], csv["root"], "the same rows: {v} against {csv}");
+    }
+    // The raw sources are the bytes as delivered: each export has its own source root.
+    assert_ne!(from_fhir["parents"][0], csv["parents"][0]);
+    assert_ne!(from_fhir["parents"][0], from_zipped["parents"][0]);
+
+    let a = train(
+        &tmp.path().join("out-csv"),
+        &tmp.path().join("model-csv"),
+        &ledger,
+    );
+    let b = train(
+        &tmp.path().join("out-fhir"),
+        &tmp.path().join("model-fhir"),
+        &ledger,
+    );
+    assert!(!a.is_empty());
+    assert_eq!(a, b, "the same model from the same rows");
+}
+
+#[test]
+fn a_fhir_input_without_its_table_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let text = std::fs::read_to_string("examples/stroke-fhir.toml").unwrap_or_default();
+    let job = tmp.path().join("job.toml");
+    std::fs::write(&job, text.replacen("table = \"visits\"\n", "", 1)).unwrap_or_default();
+    let done = run(&mut emrflow(&["run", &job.display().to_string()]));
+    assert_eq!(done.status.code(), Some(2), "{}", stderr(&done));
+    assert!(
+        stderr(&done).contains("inputs.visits.table"),
+        "{}",
+        stderr(&done)
+    );
+}
