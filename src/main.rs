@@ -19,7 +19,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     commands::init_tracing(cli.global.verbose, cli.command.is_server());
+    // Plans are decoded and planned recursively on the worker threads (a scheduler receives a
+    // client's whole plan); a FHIR export's flattening, with a pivot expression per code,
+    // overflowed the default 2 MiB stacks. The space is reserved, not committed.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(32 << 20)
         .enable_all()
         .build()
     {

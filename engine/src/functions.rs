@@ -29,9 +29,14 @@ pub fn register(registry: &mut dyn FunctionRegistry) -> DfResult<()> {
     ml::register_functions(registry).map_err(|e| DataFusionError::External(Box::new(e)))
 }
 
-/// An executor's function registry: Ballista's defaults plus every emrflow function.
+/// An executor's function registry: Ballista's defaults, the nested-type functions (list and
+/// struct access, `unnest`'s companions: a FHIR export is flattened with them), and every
+/// emrflow function.
 pub fn executor_registry() -> BallistaFunctionRegistry {
     let mut registry = BallistaFunctionRegistry::default();
+    for f in datafusion::functions_nested::all_default_nested_functions() {
+        registry.scalar_functions.insert(f.name().to_string(), f);
+    }
     for f in scalar_functions() {
         registry.scalar_functions.insert(f.name().to_string(), f);
     }
@@ -59,6 +64,9 @@ mod tests {
         for f in aggregate_functions() {
             assert!(state.udaf(f.name()).is_ok(), "{} missing", f.name());
             assert!(executor.aggregate_functions.contains_key(f.name()));
+        }
+        for name in ["array_element", "get_field", "decode"] {
+            assert!(executor.scalar_functions.contains_key(name), "{name}");
         }
         for name in ["emr_fingerprint", "ml_tree_histogram", "count", "sum"] {
             assert!(executor.aggregate_functions.contains_key(name), "{name}");

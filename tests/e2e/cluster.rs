@@ -41,15 +41,15 @@ fn wait_for(addr: SocketAddr, child: &mut Child, log: &Path) {
 }
 
 /// One scheduler and some executors, killed when dropped.
-struct Cluster {
-    url: String,
+pub(crate) struct Cluster {
+    pub(crate) url: String,
     scheduler: Child,
     executors: Vec<Child>,
     logs: PathBuf,
 }
 
 impl Cluster {
-    fn start(dir: &Path, executors: usize) -> Self {
+    pub(crate) fn start(dir: &Path, executors: usize) -> Self {
         Self::start_on(dir, executors, [127, 0, 0, 1], None)
     }
 

@@ -1,6 +1,7 @@
 //! FHIR Bulk Data in: the same generated population as a FHIR export (plain and gzipped) and as
-//! CSV tables, through the stroke job, publishes the same rows under the same root and trains
-//! the same model; a FHIR input without its table is refused by name.
+//! CSV tables, through the stroke job, embedded and on a cluster of processes, publishes the
+//! same rows under the same root and trains the same model; a FHIR input without its table is
+//! refused by name.
 
 use std::path::Path;
 
@@ -17,14 +18,28 @@ fn generate(out: &Path, extra: &[&str]) {
 }
 
 fn job(file: &str, visits: &Path, patients: &Path, out: &Path, ledger: &Path) -> Value {
+    job_on(file, (visits, patients), out, ledger, None)
+}
+
+fn job_on(
+    file: &str,
+    (visits, patients): (&Path, &Path),
+    out: &Path,
+    ledger: &Path,
+    cluster: Option<&str>,
+) -> Value {
     let (v, p) = (
         format!("visits={}", visits.display()),
         format!("patients={}", patients.display()),
     );
     let (out, ledger) = (out.display().to_string(), ledger.display().to_string());
-    let done = run(&mut emrflow(&[
+    let mut args = vec![
         "run", file, "--input", &v, "--input", &p, "--out", &out, "--ledger", &ledger, "--json",
-    ]));
+    ];
+    if let Some(url) = cluster {
+        args.extend(["--cluster", url]);
+    }
+    let done = run(&mut emrflow(&args));
     assert!(done.status.success(), "{file}: {}", stderr(&done));
     serde_json::from_str(&stdout(&done)).unwrap_or_else(|e| panic!("{e}: {}", stdout(&done)))
 }
@@ -90,7 +105,17 @@ fn a_fhir_export_gives_the_csv_tables_dataset_root_and_model() {
         &tmp.path().join("out-fhir-gz"),
         &ledger,
     );
-    for v in [&from_fhir, &from_zipped] {
+    // On a cluster of processes: the executors read the export and flatten it.
+    let cluster = crate::cluster::Cluster::start(tmp.path(), 2);
+    let on_cluster = job_on(
+        "examples/stroke-fhir.toml",
+        (&fhir, &fhir),
+        &tmp.path().join("out-fhir-cluster"),
+        &ledger,
+        Some(cluster.url.as_str()),
+    );
+    drop(cluster);
+    for v in [&from_fhir, &from_zipped, &on_cluster] {
         assert_eq!(v["rows_in"], csv["rows_in"], "{v}");
         assert_eq!(v["rows_out"], csv["rows_out"], "{v}");
         assert_eq!(v["rows_dropped"], csv["rows_dropped"], "{v}");

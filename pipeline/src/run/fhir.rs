@@ -201,20 +201,14 @@ async fn visits(
     // Each column's expression; they are selected in the generator's column order, so the
     // dataset's features come in the same order as from its CSV tables.
     let mut column: std::collections::BTreeMap<&str, String> = [
-        ("visit_id", "e.id".to_string()),
-        (
-            "patient_id",
-            "substr(e.subject['reference'], 9)".to_string(),
-        ),
-        ("visit_date", "CAST(e.period['start'] AS DATE)".to_string()),
-        (
-            "facility_id",
-            r#"e."serviceProvider"['identifier']['value']"#.to_string(),
-        ),
+        ("visit_id", "enc.vid".to_string()),
+        ("patient_id", "enc.patient_id".to_string()),
+        ("visit_date", "CAST(enc.visit_date AS DATE)".to_string()),
+        ("facility_id", "enc.facility_id".to_string()),
         ("smoking_status", "o.smoking_status".to_string()),
         (
             crate::fhir::PRIMARY_DIAGNOSIS,
-            r#"e."reasonCode"[1]['coding'][1]['code']"#.to_string(),
+            "enc.primary_code".to_string(),
         ),
         ("clinical_notes", "notes.note".to_string()),
     ]
@@ -269,7 +263,11 @@ async fn visits(
         })
         .collect::<Result<Vec<_>>>()?;
     let sql = format!(
-        r#"WITH obs AS (SELECT substr(encounter['reference'], 11) AS vid,
+        r#"WITH enc AS (SELECT id AS vid, substr(subject['reference'], 9) AS patient_id,
+                period['start'] AS visit_date,
+                "serviceProvider"['identifier']['value'] AS facility_id,
+                "reasonCode"[1]['coding'][1]['code'] AS primary_code FROM {e}),
+        obs AS (SELECT substr(encounter['reference'], 11) AS vid,
                 code['coding'][1]['code'] AS code, "valueQuantity"['value'] AS value,
                 "valueQuantity"['code'] AS unit,
                 "valueCodeableConcept"['coding'][1]['code'] AS answer FROM {o}),
@@ -281,8 +279,8 @@ async fn visits(
                 CAST(decode(content[1]['attachment']['data'], 'base64') AS VARCHAR) AS note
                 FROM {d})
         SELECT {select}
-        FROM {e} e LEFT JOIN o ON o.vid = e.id LEFT JOIN f ON f.vid = e.id
-            LEFT JOIN notes ON notes.vid = e.id"#,
+        FROM enc LEFT JOIN o ON o.vid = enc.vid LEFT JOIN f ON f.vid = enc.vid
+            LEFT JOIN notes ON notes.vid = enc.vid"#,
         pivot = pivot.join(", "),
         flags = flags.join(", "),
         select = select.join(", "),
