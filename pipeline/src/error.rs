@@ -77,6 +77,17 @@ pub enum Error {
         /// What is wrong (field count, type of a named column, encoding).
         message: String,
     },
+    /// A line of an NDJSON file (a FHIR export) is not a resource of its file's type; the
+    /// position is exact, the value is never shown.
+    #[error("{path}:{line}: {message}")]
+    Ndjson {
+        /// File path.
+        path: String,
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
     /// The pseudonymization key could not be obtained.
     #[error("pseudonym key missing: {0}")]
     KeyMissing(String),

@@ -1,13 +1,16 @@
 //! FHIR Bulk Data in: the same generated population as a FHIR export (plain and gzipped) and as
 //! CSV tables, through the stroke job, embedded and on a cluster of processes, publishes the
-//! same rows under the same root and trains the same model; a FHIR input without its table is
-//! refused by name.
+//! same rows under the same root and trains the same model; a FHIR input without its table, and
+//! an export with a broken line, are refused by name (the file and line, never the value) and
+//! publish nothing.
 
 use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::{emrflow, run, stderr, stdout};
+use crate::support::{
+    assert_nothing_published, assert_one_line_error, emrflow, run, stderr, stdout,
+};
 
 fn generate(out: &Path, extra: &[&str]) {
     let out = out.display().to_string();
@@ -152,4 +155,39 @@ fn a_fhir_input_without_its_table_is_refused_by_name() {
         "{}",
         stderr(&done)
     );
+}
+
+#[test]
+fn a_broken_line_of_an_export_is_named_by_file_and_line_and_nothing_is_published() {
+    let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let fhir = tmp.path().join("fhir");
+    generate(&fhir, &["--format", "fhir"]);
+    // Line 7 of the observations cut in the middle of a value.
+    let file = fhir.join("Observation.ndjson");
+    let text = std::fs::read_to_string(&file).unwrap_or_default();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let cut = lines[6].len() / 2;
+    lines[6].truncate(cut);
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap_or_else(|e| panic!("{e}"));
+    let (dir, out) = (fhir.display().to_string(), tmp.path().join("out"));
+    let (v, p) = (format!("visits={dir}"), format!("patients={dir}"));
+    let done = run(&mut emrflow(&[
+        "run",
+        "examples/stroke-fhir.toml",
+        "--input",
+        &v,
+        "--input",
+        &p,
+        "--out",
+        &out.display().to_string(),
+        "--ledger",
+        &tmp.path().join("ledger").display().to_string(),
+    ]));
+    assert_one_line_error(&done, &["Observation.ndjson:7", "not a JSON resource"]);
+    assert!(
+        !stderr(&done).contains(&lines[6][cut.saturating_sub(8)..]),
+        "{}",
+        stderr(&done)
+    );
+    assert_nothing_published(&out);
 }

@@ -21,6 +21,78 @@ use crate::fhir::{FLAGS, MEASURES, SMOKING_CODE, SMOKING_VALUES};
 use crate::job::FhirTable;
 use crate::store::Location;
 
+/// The first line of `bytes` (the file `name` of an export, gzipped or not) that is not one
+/// JSON object of the file's resource type: its 1-based number and what is wrong, naming no
+/// value. `None` when every line is one.
+pub(super) fn check_lines(name: &str, bytes: &[u8]) -> Option<(u64, String)> {
+    let stem = name.trim_end_matches(".gz").trim_end_matches(".ndjson");
+    let plain;
+    let bytes = if name.ends_with(".gz") {
+        let mut out = Vec::new();
+        let mut reader = flate2::read::MultiGzDecoder::new(bytes);
+        if let Err(e) = std::io::Read::read_to_end(&mut reader, &mut out) {
+            return Some((1, format!("not a gzip stream: {e}")));
+        }
+        plain = out;
+        &plain[..]
+    } else {
+        bytes
+    };
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(rename = "resourceType")]
+        resource_type: Option<String>,
+    }
+    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        let line_no = i as u64 + 1;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        match serde_json::from_slice::<Head>(line) {
+            Err(e) => {
+                return Some((
+                    line_no,
+                    format!("not a JSON resource (column {}: {})", e.column(), kind(&e)),
+                ));
+            }
+            Ok(Head {
+                resource_type: None,
+            }) => return Some((line_no, "a resource without resourceType".into())),
+            Ok(Head {
+                resource_type: Some(t),
+            }) if t != stem => {
+                let t = if TYPES.contains(&t.as_str()) {
+                    t
+                } else {
+                    "another type".to_string()
+                };
+                return Some((line_no, format!("a {t} resource in the {stem} file")));
+            }
+            Ok(_) => {}
+        }
+    }
+    None
+}
+
+/// What kind of JSON error, without the text around it.
+fn kind(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "malformed JSON",
+        serde_json::error::Category::Data => "not an object",
+        serde_json::error::Category::Eof => "the line ends inside a value",
+    }
+}
+
+/// The resource types an export is read from.
+const TYPES: [&str; 5] = [
+    "Patient",
+    "Encounter",
+    "Observation",
+    "Condition",
+    "DocumentReference",
+];
+
 /// The export's files: `{Type}.ndjson` or `{Type}.ndjson.gz` in `dir`.
 fn file_of(dir: &Location, files: &[(object_store::path::Path, u64)], t: &str) -> Option<String> {
     files
@@ -286,4 +358,37 @@ async fn visits(
         select = select.join(", "),
     );
     Ok(ctx.sql(&sql).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_that_are_not_resources_of_the_file_are_named_without_their_values() {
+        let good =
+            b"{\"resourceType\":\"Condition\",\"id\":\"a\"}\n\n{\"resourceType\":\"Condition\"}\n";
+        assert_eq!(check_lines("Condition.ndjson", good), None);
+        let broken =
+            b"{\"resourceType\":\"Condition\"}\n{\"resourceType\":\"Condition\",\"id\":\"SECRET\n";
+        let (line, message) = check_lines("Condition.ndjson", broken).expect("a problem");
+        assert_eq!(line, 2);
+        assert!(message.contains("not a JSON resource") && !message.contains("SECRET"));
+        let wrong =
+            b"{\"resourceType\":\"Condition\"}\n{\"resourceType\":\"Patient\",\"id\":\"P1\"}\n";
+        assert_eq!(
+            check_lines("Condition.ndjson", wrong),
+            Some((2, "a Patient resource in the Condition file".into()))
+        );
+        let odd = b"{\"resourceType\":\"SECRET\"}\n";
+        let (_, message) = check_lines("Condition.ndjson", odd).expect("a problem");
+        assert!(!message.contains("SECRET"), "{message}");
+        let mut zipped = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut zipped, wrong).expect("gzip");
+        let zipped = zipped.finish().expect("gzip");
+        assert_eq!(
+            check_lines("Condition.ndjson.gz", &zipped).map(|p| p.0),
+            Some(2)
+        );
+    }
 }

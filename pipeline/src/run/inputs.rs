@@ -510,6 +510,25 @@ async fn content(input: &Input, path: &object_store::path::Path) -> Option<Vec<u
 }
 
 async fn diagnose(error: Error, inputs: &[&Input]) -> Error {
+    // A FHIR export: the first line that is not a resource of its file's type.
+    for input in inputs.iter().filter(|i| i.format == InputFormat::Fhir) {
+        for (path, _) in &input.files {
+            let name = path.filename().unwrap_or_default();
+            if !name.ends_with(".ndjson") && !name.ends_with(".ndjson.gz") {
+                continue;
+            }
+            let Some(bytes) = content(input, path).await else {
+                continue;
+            };
+            if let Some((line, message)) = super::fhir::check_lines(name, &bytes) {
+                return Error::Ndjson {
+                    path: shown_path(&input.location, path),
+                    line,
+                    message,
+                };
+            }
+        }
+    }
     for input in inputs.iter().filter(|i| i.format == InputFormat::Csv) {
         for (path, _) in &input.files {
             let Some(bytes) = content(input, path).await else {
