@@ -23,6 +23,15 @@ pub const NATIONAL_ID_SYSTEM: &str = "http://hl7.org/fhir/sid/us-ssn";
 /// The identifier system of facilities.
 pub const FACILITY_SYSTEM: &str = "urn:emrflow:facility";
 
+/// The resource types of an export of the generator's schema, in the order of its manifest.
+pub const RESOURCE_TYPES: [&str; 5] = [
+    "Patient",
+    "Encounter",
+    "Observation",
+    "Condition",
+    "DocumentReference",
+];
+
 /// One LOINC-coded measurement.
 #[derive(Debug, Clone, Copy)]
 pub struct Measure {

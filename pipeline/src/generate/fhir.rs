@@ -31,18 +31,9 @@ use super::Out;
 use crate::error::{Error, Result};
 use crate::fhir::{
     CONDITION_CATEGORY, FACILITY_SYSTEM, FLAGS, ICD10, LOINC, MEASURES, NATIONAL_ID_SYSTEM,
-    OBSERVATION_CATEGORY, PATIENT_ID_SYSTEM, PRIMARY_DIAGNOSIS, SMOKING_CODE, SMOKING_COLUMN,
-    SMOKING_VALUES, SNOMED, UCUM,
+    OBSERVATION_CATEGORY, PATIENT_ID_SYSTEM, PRIMARY_DIAGNOSIS, RESOURCE_TYPES, SMOKING_CODE,
+    SMOKING_COLUMN, SMOKING_VALUES, SNOMED, UCUM,
 };
-
-/// The export's resource types, in the order of the manifest.
-const TYPES: [&str; 5] = [
-    "Patient",
-    "Encounter",
-    "Observation",
-    "Condition",
-    "DocumentReference",
-];
 
 /// The manifest's file name.
 pub const MANIFEST: &str = "manifest.json";
@@ -64,7 +55,7 @@ struct Ndjson {
 impl Export {
     /// Creates the five files in `dir` (`.ndjson`, or `.ndjson.gz` with `gzip`).
     pub(super) fn create(dir: &Path, gzip: bool) -> Result<Self> {
-        let files = TYPES
+        let files = RESOURCE_TYPES
             .iter()
             .map(|t| {
                 let name = format!("{t}.ndjson{}", if gzip { ".gz" } else { "" });
@@ -240,7 +231,7 @@ impl Export {
         Ok(())
     }
 
-    /// Writes the line built as a resource of type `TYPES[t]`.
+    /// Writes the line built as a resource of type `RESOURCE_TYPES[t]`.
     fn emit(&mut self, t: usize) -> Result<()> {
         let file = &mut self.files[t];
         self.line.push('\n');
@@ -255,7 +246,7 @@ impl Export {
     /// span so that it is the same for the same seed.
     pub(super) fn finish(self, request: &str, transaction_day: i32) -> Result<()> {
         let mut output = Vec::new();
-        for (t, f) in TYPES.iter().zip(self.files) {
+        for (t, f) in RESOURCE_TYPES.iter().zip(self.files) {
             output.push(serde_json::json!({"type": t, "url": f.name, "count": f.count}));
             f.out.close(&f.path)?;
         }

@@ -17,7 +17,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema};
 use datafusion::prelude::{DataFrame, JsonReadOptions, SessionContext};
 
 use crate::error::{Error, Result};
-use crate::fhir::{FLAGS, MEASURES, SMOKING_CODE, SMOKING_VALUES};
+use crate::fhir::{FLAGS, MEASURES, RESOURCE_TYPES, SMOKING_CODE, SMOKING_VALUES};
 use crate::job::FhirTable;
 use crate::store::Location;
 
@@ -61,7 +61,7 @@ pub(super) fn check_lines(name: &str, bytes: &[u8]) -> Option<(u64, String)> {
             Ok(Head {
                 resource_type: Some(t),
             }) if t != stem => {
-                let t = if TYPES.contains(&t.as_str()) {
+                let t = if RESOURCE_TYPES.contains(&t.as_str()) {
                     t
                 } else {
                     "another type".to_string()
@@ -83,15 +83,6 @@ fn kind(e: &serde_json::Error) -> &'static str {
         serde_json::error::Category::Eof => "the line ends inside a value",
     }
 }
-
-/// The resource types an export is read from.
-const TYPES: [&str; 5] = [
-    "Patient",
-    "Encounter",
-    "Observation",
-    "Condition",
-    "DocumentReference",
-];
 
 /// The export's files: `{Type}.ndjson` or `{Type}.ndjson.gz` in `dir`.
 fn file_of(dir: &Location, files: &[(object_store::path::Path, u64)], t: &str) -> Option<String> {
