@@ -45,8 +45,6 @@ pub struct Measure {
     pub unit: &'static str,
     /// The FHIR observation category.
     pub category: &'static str,
-    /// Whether the column holds whole numbers (else decimals).
-    pub integer: bool,
 }
 
 /// The measured visit columns and their LOINC codes.
@@ -57,7 +55,6 @@ pub const MEASURES: &[Measure] = &[
         display: "Systolic blood pressure",
         unit: "mm[Hg]",
         category: "vital-signs",
-        integer: true,
     },
     Measure {
         column: "diastolic_bp",
@@ -65,7 +62,6 @@ pub const MEASURES: &[Measure] = &[
         display: "Diastolic blood pressure",
         unit: "mm[Hg]",
         category: "vital-signs",
-        integer: true,
     },
     Measure {
         column: "heart_rate",
@@ -73,7 +69,6 @@ pub const MEASURES: &[Measure] = &[
         display: "Heart rate",
         unit: "/min",
         category: "vital-signs",
-        integer: true,
     },
     Measure {
         column: "bmi",
@@ -81,7 +76,6 @@ pub const MEASURES: &[Measure] = &[
         display: "Body mass index (BMI) [Ratio]",
         unit: "kg/m2",
         category: "vital-signs",
-        integer: false,
     },
     Measure {
         column: "avg_glucose",
@@ -89,7 +83,6 @@ pub const MEASURES: &[Measure] = &[
         display: "Glucose [Mass/volume] in Blood",
         unit: "mg/dL",
         category: "laboratory",
-        integer: false,
     },
     Measure {
         column: "cholesterol",
@@ -97,7 +90,6 @@ pub const MEASURES: &[Measure] = &[
         display: "Cholesterol [Mass/volume] in Serum or Plasma",
         unit: "mg/dL",
         category: "laboratory",
-        integer: true,
     },
 ];
 

@@ -261,12 +261,12 @@ async fn visits(
     ]);
     register(ctx, input, dir, files, "DocumentReference", &d, document).await?;
 
-    // Each column's expression; they are selected in the generator's column order, so the
-    // dataset's features come in the same order as from its CSV tables.
+    // Each column's expression; they are selected in the generator's column order and cast to
+    // its types, so the dataset's features come as from its CSV tables.
     let mut column: std::collections::BTreeMap<&str, String> = [
         ("visit_id", "enc.vid".to_string()),
         ("patient_id", "enc.patient_id".to_string()),
-        ("visit_date", "CAST(enc.visit_date AS DATE)".to_string()),
+        ("visit_date", "enc.visit_date".to_string()),
         ("facility_id", "enc.facility_id".to_string()),
         ("smoking_status", "o.smoking_status".to_string()),
         (
@@ -284,8 +284,7 @@ async fn visits(
             "max(CASE WHEN code = '{}' AND unit = '{}' THEN value END) AS {}",
             m.code, m.unit, m.column
         ));
-        let cast = if m.integer { "BIGINT" } else { "DOUBLE" };
-        column.insert(m.column, format!("CAST(o.{} AS {cast})", m.column));
+        column.insert(m.column, format!("o.{}", m.column));
     }
     let smoking = SMOKING_VALUES
         .iter()
@@ -305,10 +304,7 @@ async fn visits(
         })
         .collect();
     for f in FLAGS {
-        column.insert(
-            f.column,
-            format!("CAST(coalesce(f.{}, 0) AS BIGINT)", f.column),
-        );
+        column.insert(f.column, format!("coalesce(f.{}, 0)", f.column));
     }
     let select = crate::generate::visits_schema()
         .fields()
@@ -316,7 +312,12 @@ async fn visits(
         .map(|field| {
             column
                 .get(field.name().as_str())
-                .map(|e| format!("{e} AS {}", field.name()))
+                .map(|e| match field.data_type() {
+                    DataType::Int64 => format!("CAST({e} AS BIGINT) AS {}", field.name()),
+                    DataType::Float64 => format!("CAST({e} AS DOUBLE) AS {}", field.name()),
+                    DataType::Date32 => format!("CAST({e} AS DATE) AS {}", field.name()),
+                    _ => format!("{e} AS {}", field.name()),
+                })
                 .ok_or_else(|| {
                     Error::invalid(
                         "fhir",
