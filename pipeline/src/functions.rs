@@ -17,7 +17,7 @@ use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{
     AggregateUDF, ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    Volatility,
+    TypeSignature, Volatility,
 };
 use sha2::Sha256;
 
@@ -153,6 +153,16 @@ pub const FIRST_TRUE_FN: &str = "emr_first_true";
 /// position of the value's text among the categories, or NULL when it is null or not one of them.
 pub const CATEGORY_INDEX_FN: &str = "emr_category_index";
 
+/// Name of the coding function: `emr_fhir_code(list, 'system'[, 'field']) -> utf8`, the `code`
+/// (or `field`) of the first item of a FHIR list of `{system, code}` (a `coding` list; also
+/// `identifier` and `telecom`, whose `value` is the field) in that system, or NULL.
+pub const FHIR_CODE_FN: &str = "emr_fhir_code";
+
+/// Name of the export check: `emr_fhir_check(ok, 'Type') -> bool`, true where `ok` is, and an
+/// error naming the resource type when any row's `ok` is false or NULL. It stands in a filter,
+/// which no optimization removes, so the check runs wherever the plan does.
+pub const FHIR_CHECK_FN: &str = "emr_fhir_check";
+
 /// Ages above this are reported as this value (HIPAA Safe Harbor's "90 or older").
 pub const AGE_CAP: i64 = 90;
 
@@ -163,6 +173,8 @@ pub fn functions() -> Vec<Arc<ScalarUDF>> {
         Arc::new(ScalarUDF::new_from_impl(AgeYears::new())),
         Arc::new(ScalarUDF::new_from_impl(FirstTrue::new())),
         Arc::new(ScalarUDF::new_from_impl(CategoryIndex::new())),
+        Arc::new(ScalarUDF::new_from_impl(FhirCode::new())),
+        Arc::new(ScalarUDF::new_from_impl(FhirCheck::new())),
         crate::fingerprint::row_leaf_udf(),
     ]
 }
@@ -418,6 +430,148 @@ impl ScalarUDFImpl for FirstTrue {
         Ok(ColumnarValue::Array(Arc::new(out)))
     }
 }
+
+/// The code of a coding list in one code system. `coding[1]['code']` reads only the first
+/// coding, while an export may code one concept in several systems (LOINC and a local code) in
+/// any order.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct FhirCode {
+    signature: Signature,
+}
+
+impl FhirCode {
+    fn new() -> Self {
+        Self {
+            signature: Signature::one_of(
+                vec![TypeSignature::Any(2), TypeSignature::Any(3)],
+                Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+impl ScalarUDFImpl for FhirCode {
+    fn name(&self) -> &str {
+        FHIR_CODE_FN
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let rows = args.number_rows;
+        let literal = |v: &ColumnarValue| match v {
+            ColumnarValue::Scalar(s) => s.try_as_str().flatten().map(str::to_string),
+            ColumnarValue::Array(_) => None,
+        };
+        let (codings, system, field) = match args.args.as_slice() {
+            [codings, system] => (codings, literal(system), Some("code".to_string())),
+            [codings, system, field] => (codings, literal(system), literal(field)),
+            _ => return exec_err!("{FHIR_CODE_FN} takes a list, a system and a field"),
+        };
+        let (Some(system), Some(field)) = (system, field) else {
+            return exec_err!("{FHIR_CODE_FN}: the system and the field are text literals");
+        };
+        let codings = codings.to_array(rows)?;
+        if codings.data_type() == &DataType::Null {
+            return Ok(ColumnarValue::Array(arrow::array::new_null_array(
+                &DataType::Utf8,
+                rows,
+            )));
+        }
+        let Some(list) = codings.as_list_opt::<i32>() else {
+            return exec_err!("{FHIR_CODE_FN} takes a list, got {}", codings.data_type());
+        };
+        let Some(items) = list.values().as_struct_opt() else {
+            return exec_err!("{FHIR_CODE_FN} takes a list of codings");
+        };
+        let text = |name: &str| -> DfResult<StringArray> {
+            let Some(column) = items.column_by_name(name) else {
+                return exec_err!("{FHIR_CODE_FN}: a coding has no {name}");
+            };
+            let column = arrow::compute::cast(column, &DataType::Utf8)?;
+            Ok(column.as_string::<i32>().clone())
+        };
+        let (systems, codes) = (text("system")?, text(&field)?);
+        let mut out = arrow::array::StringBuilder::with_capacity(rows, rows * 8);
+        for row in 0..rows {
+            let found = if list.is_null(row) {
+                None
+            } else {
+                let offsets = list.value_offsets();
+                let (from, to) = (offsets[row] as usize, offsets[row + 1] as usize);
+                (from..to).find(|&i| {
+                    items.is_valid(i)
+                        && systems.is_valid(i)
+                        && systems.value(i) == system.as_str()
+                        && codes.is_valid(i)
+                })
+            };
+            match found {
+                Some(i) => out.append_value(codes.value(i)),
+                None => out.append_null(),
+            }
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// The export's checks, stated in the plan as filters. The error names only the resource type:
+/// the run then reads the export again to name the file and line (`run::fhir::check_export`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct FhirCheck {
+    signature: Signature,
+}
+
+impl FhirCheck {
+    fn new() -> Self {
+        Self {
+            signature: Signature::exact(
+                vec![DataType::Boolean, DataType::Utf8],
+                Volatility::Volatile,
+            ),
+        }
+    }
+}
+
+impl ScalarUDFImpl for FhirCheck {
+    fn name(&self) -> &str {
+        FHIR_CHECK_FN
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Boolean)
+    }
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let rows = args.number_rows;
+        let [ok, what] = args.args.as_slice() else {
+            return exec_err!("{FHIR_CHECK_FN} takes a condition and a resource type");
+        };
+        let what = match what {
+            ColumnarValue::Scalar(s) => s.try_as_str().flatten().unwrap_or("FHIR").to_string(),
+            ColumnarValue::Array(_) => "FHIR".to_string(),
+        };
+        let ok = ok.to_array(rows)?;
+        let Some(ok) = ok.as_boolean_opt() else {
+            return exec_err!("{FHIR_CHECK_FN} takes a boolean, got {}", ok.data_type());
+        };
+        if ok.null_count() > 0 || ok.true_count() != ok.len() {
+            return exec_err!(
+                "{FHIR_EXPORT_INVALID}: a {what} resource of the export fails its checks"
+            );
+        }
+        Ok(ColumnarValue::Array(Arc::new(
+            arrow::array::BooleanArray::from(vec![true; rows]),
+        )))
+    }
+}
+
+/// The start of [`FHIR_CHECK_FN`]'s error, by which a run knows to look for the line at fault.
+pub const FHIR_EXPORT_INVALID: &str = "FHIR export invalid";
 
 /// Categorical encoding by lookup. `CASE CAST(x AS VARCHAR) WHEN 'c0' THEN 0 …` says the same,
 /// but copies every value into a new string column and then compares it with each category in

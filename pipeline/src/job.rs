@@ -101,6 +101,10 @@ pub struct InputConfig {
     pub format: Option<InputFormat>,
     /// FHIR only: which table of the export this input is, `patients` or `visits`.
     pub table: Option<FhirTable>,
+    /// FHIR visits only: measured columns by name, each replacing the LOINC code (and unit) of
+    /// a column of [`crate::fhir::MEASURES`] or adding a column.
+    #[serde(default)]
+    pub loinc: BTreeMap<String, LoincMeasure>,
     /// CSV only: strings that mean null, besides the empty field (for example `"N/A"`).
     #[serde(default)]
     pub null_values: Vec<String>,
@@ -109,6 +113,19 @@ pub struct InputConfig {
     /// Column types that override inference (`int64`, `float64`, `utf8`, `date32`, `boolean`).
     #[serde(default)]
     pub types: BTreeMap<String, ColumnType>,
+}
+
+/// A visit column measured by one LOINC-coded observation.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoincMeasure {
+    /// The LOINC code.
+    pub code: String,
+    /// The UCUM unit of the column (default: the unit of the column it replaces); values in
+    /// another unit are converted where a rule exists, and otherwise drop their visit.
+    pub unit: Option<String>,
+    /// The analyte's molar mass (g/mol), so that values in `mmol/L` convert to mass units.
+    pub molar_mass: Option<f64>,
 }
 
 /// Input file format.
@@ -422,6 +439,13 @@ impl Job {
                 }
                 _ => {}
             }
+            if !input.loinc.is_empty() && input.table != Some(FhirTable::Visits) {
+                return Err(Error::invalid(
+                    format!("inputs.{name}.loinc"),
+                    "applies to the visits table of a FHIR input only",
+                ));
+            }
+            crate::fhir::measures_with(&input.loinc, &format!("inputs.{name}.loinc"))?;
             if let Some(d) = input.delimiter
                 && !d.is_ascii()
             {

@@ -1,5 +1,6 @@
 //! The ranges-and-dropna stage: which rows are dropped and why. A row is dropped for the first
-//! check it fails, in this order: a join that found no match, a null in a `dropna` column (in
+//! check it fails, in this order: a fault its input marked (a FHIR value in a unit no rule
+//! converts), a join that found no match, a null in a `dropna` column (in
 //! the job's order, then the label), a value outside a declared range (by column name). This
 //! stage builds the conditions, the reason number pass 1 groups by and the predicate pass 2
 //! keeps rows by; it drops nothing itself.
@@ -53,7 +54,14 @@ impl DropReasons {
     pub(super) fn build(job: &Job, markers: &[JoinMarker], columns: &Deidentified) -> Self {
         let mut checks: Vec<(Expr, String)> = markers
             .iter()
-            .map(|m| (ident(&m.column).is_null(), m.reason.clone()))
+            .map(|m| {
+                let marked = if m.when_set {
+                    ident(&m.column).is_not_null()
+                } else {
+                    ident(&m.column).is_null()
+                };
+                (marked, m.reason.clone())
+            })
             .collect();
         let mut null_cols: Vec<String> = if job.dropna.all {
             columns.columns.iter().map(|c| c.name.clone()).collect()
@@ -203,6 +211,7 @@ mod tests {
         let marker = JoinMarker {
             column: "__emr_join_0".into(),
             reason: "join: no matching patients row".into(),
+            when_set: false,
         };
         DropReasons::build(job, &[marker], &columns(job))
     }

@@ -15,29 +15,22 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema};
 use datafusion::prelude::{DataFrame, JsonReadOptions, SessionContext};
+use object_store::ObjectStoreExt;
+
+use std::collections::HashSet;
 
 use crate::error::{Error, Result};
-use crate::fhir::{FLAGS, MEASURES, RESOURCE_TYPES, SMOKING_CODE, SMOKING_VALUES};
-use crate::job::FhirTable;
+use crate::fhir::{
+    FLAGS, ICD10, LOINC, RESOURCE_TYPES, SMOKING_CODE, SMOKING_VALUES, SNOMED, UCUM,
+};
+use crate::functions::{FHIR_CHECK_FN as CHECK, FHIR_CODE_FN as CODE};
+use crate::job::{FhirTable, InputConfig};
 use crate::store::Location;
 
-/// The first line of `bytes` (the file `name` of an export, gzipped or not) that is not one
-/// JSON object of the file's resource type: its 1-based number and what is wrong, naming no
-/// value. `None` when every line is one.
-pub(super) fn check_lines(name: &str, bytes: &[u8]) -> Option<(u64, String)> {
-    let stem = name.trim_end_matches(".gz").trim_end_matches(".ndjson");
-    let plain;
-    let bytes = if name.ends_with(".gz") {
-        let mut out = Vec::new();
-        let mut reader = flate2::read::MultiGzDecoder::new(bytes);
-        if let Err(e) = std::io::Read::read_to_end(&mut reader, &mut out) {
-            return Some((1, format!("not a gzip stream: {e}")));
-        }
-        plain = out;
-        &plain[..]
-    } else {
-        bytes
-    };
+/// The first line of `bytes` (a file of `stem` resources, decompressed) that is not one JSON
+/// object of the file's resource type: its 1-based number and what is wrong, naming no value.
+/// `None` when every line is one.
+fn check_lines(stem: &str, bytes: &[u8]) -> Option<(u64, String)> {
     #[derive(serde::Deserialize)]
     struct Head {
         #[serde(rename = "resourceType")]
@@ -156,11 +149,70 @@ async fn register(
     Ok(())
 }
 
+/// Checks the export's manifest (`raw`, in `dir` with its `files`): present, a Bulk Data
+/// manifest, and every file its `output` lists present beside it (by file name: a manifest
+/// names its files by the URLs they were served at).
+pub(super) async fn check_manifest(
+    input: &str,
+    raw: &str,
+    dir: &Location,
+    files: &[(object_store::path::Path, u64)],
+) -> Result<()> {
+    let manifest_name = raw.rsplit('/').next().unwrap_or(raw);
+    let missing = |location: String| Error::InputMissing {
+        input: input.to_string(),
+        location,
+    };
+    let Some((path, _)) = files
+        .iter()
+        .find(|(p, _)| p.filename() == Some(manifest_name))
+    else {
+        return Err(missing(raw.to_string()));
+    };
+    let bytes = dir
+        .store
+        .get(path)
+        .await
+        .map_err(|_| missing(raw.to_string()))?
+        .bytes()
+        .await
+        .map_err(|_| missing(raw.to_string()))?;
+    #[derive(serde::Deserialize)]
+    struct Output {
+        url: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        output: Vec<Output>,
+    }
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::invalid(
+            format!("inputs.{input}.path"),
+            format!(
+                "{raw} is not a Bulk Data manifest (line {}: {})",
+                e.line(),
+                kind(&e)
+            ),
+        )
+    })?;
+    for output in &manifest.output {
+        let name = output.url.rsplit('/').next().unwrap_or(&output.url);
+        if !files.iter().any(|(p, _)| p.filename() == Some(name)) {
+            return Err(missing(format!(
+                "{}/{name} (listed in {manifest_name})",
+                dir.raw.trim_end_matches('/')
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The `table` of the export at `dir` (with its `files`), for input `input` registered as
 /// `prefix`.
 pub(super) async fn read(
     ctx: &SessionContext,
     input: &str,
+    cfg: &InputConfig,
     dir: &Location,
     files: &[(object_store::path::Path, u64)],
     table: FhirTable,
@@ -168,7 +220,7 @@ pub(super) async fn read(
 ) -> Result<DataFrame> {
     match table {
         FhirTable::Patients => patients(ctx, input, dir, files, prefix).await,
-        FhirTable::Visits => visits(ctx, input, dir, files, prefix).await,
+        FhirTable::Visits => visits(ctx, input, cfg, dir, files, prefix).await,
     }
 }
 
@@ -191,32 +243,43 @@ async fn patients(
     ]);
     let p = format!("{prefix}_patient");
     register(ctx, input, dir, files, "Patient", &p, schema).await?;
+    // Identifiers and contact points are lists keyed by system: each is picked by its system in
+    // place, so the file is read once (an unnest and a re-grouping per list would read it once
+    // per list).
     let sql = format!(
-        r#"WITH ids AS (SELECT id, unnest(identifier) AS i FROM {p}),
-        tel AS (SELECT id, unnest(telecom) AS t FROM {p}),
-        nid AS (SELECT id, max(CASE WHEN i['system'] = '{nat}' THEN i['value'] END) AS national_id
-                FROM ids GROUP BY id),
-        contact AS (SELECT id,
-                max(CASE WHEN t['system'] = 'phone' THEN t['value'] END) AS phone,
-                max(CASE WHEN t['system'] = 'email' THEN t['value'] END) AS email
-                FROM tel GROUP BY id)
-        SELECT p.id AS patient_id, p.name[1]['text'] AS full_name, nid.national_id,
-            contact.phone, contact.email, p.address[1]['text'] AS street_address,
-            CAST(p."birthDate" AS DATE) AS date_of_birth,
-            CASE p.gender WHEN 'female' THEN 'F' WHEN 'male' THEN 'M' END AS gender
-        FROM {p} p LEFT JOIN nid ON nid.id = p.id LEFT JOIN contact ON contact.id = p.id"#,
+        r#"SELECT id AS patient_id, name[1]['text'] AS full_name,
+            {CODE}(identifier, '{nat}', 'value') AS national_id,
+            {CODE}(telecom, 'phone', 'value') AS phone,
+            {CODE}(telecom, 'email', 'value') AS email,
+            address[1]['text'] AS street_address,
+            CAST("birthDate" AS DATE) AS date_of_birth,
+            CASE gender WHEN 'female' THEN 'F' WHEN 'male' THEN 'M' END AS gender
+        FROM {p} WHERE {CHECK}("resourceType" = 'Patient', 'Patient')"#,
         nat = crate::fhir::NATIONAL_ID_SYSTEM,
     );
     Ok(ctx.sql(&sql).await?)
 }
 
+/// The prefix of the visits table's unit markers: `{prefix}{column}` is set on a visit with an
+/// observation of that column in a unit no rule converts, and such a visit is dropped for it.
+pub(super) const UNIT_MARKER: &str = "__emr_unit_";
+
+/// The drop reason of a unit marker's visits.
+pub(super) fn unit_reason(marker: &str) -> Option<String> {
+    marker
+        .strip_prefix(UNIT_MARKER)
+        .map(|column| format!("unit: {column}"))
+}
+
 async fn visits(
     ctx: &SessionContext,
     input: &str,
+    cfg: &InputConfig,
     dir: &Location,
     files: &[(object_store::path::Path, u64)],
     prefix: &str,
 ) -> Result<DataFrame> {
+    let measures = crate::fhir::measures_with(&cfg.loinc, &format!("inputs.{input}.loinc"))?;
     let (e, o, c, d) = (
         format!("{prefix}_encounter"),
         format!("{prefix}_observation"),
@@ -224,6 +287,7 @@ async fn visits(
         format!("{prefix}_document"),
     );
     let encounter = Schema::new(vec![
+        text("resourceType"),
         text("id"),
         reference("subject"),
         strukt("period", vec![text("start")]),
@@ -235,21 +299,28 @@ async fn visits(
     ]);
     register(ctx, input, dir, files, "Encounter", &e, encounter).await?;
     let observation = Schema::new(vec![
+        text("resourceType"),
         reference("encounter"),
         Field::new("code", coding(), true),
         strukt(
             "valueQuantity",
-            vec![Field::new("value", DataType::Float64, true), text("code")],
+            vec![
+                Field::new("value", DataType::Float64, true),
+                text("system"),
+                text("code"),
+            ],
         ),
         Field::new("valueCodeableConcept", coding(), true),
     ]);
     register(ctx, input, dir, files, "Observation", &o, observation).await?;
     let condition = Schema::new(vec![
+        text("resourceType"),
         reference("encounter"),
         Field::new("code", coding(), true),
     ]);
     register(ctx, input, dir, files, "Condition", &c, condition).await?;
     let document = Schema::new(vec![
+        text("resourceType"),
         strukt(
             "context",
             vec![list("encounter", struct_of(vec![text("reference")]))],
@@ -262,29 +333,53 @@ async fn visits(
     register(ctx, input, dir, files, "DocumentReference", &d, document).await?;
 
     // Each column's expression; they are selected in the generator's column order and cast to
-    // its types, so the dataset's features come as from its CSV tables.
-    let mut column: std::collections::BTreeMap<&str, String> = [
-        ("visit_id", "enc.vid".to_string()),
-        ("patient_id", "enc.patient_id".to_string()),
-        ("visit_date", "enc.visit_date".to_string()),
-        ("facility_id", "enc.facility_id".to_string()),
-        ("smoking_status", "o.smoking_status".to_string()),
-        (
-            crate::fhir::PRIMARY_DIAGNOSIS,
-            "enc.primary_code".to_string(),
-        ),
-        ("clinical_notes", "notes.note".to_string()),
+    // its types, so the dataset's features come as from its CSV tables. Columns the job's map
+    // adds follow, as numbers.
+    let mut column: std::collections::BTreeMap<String, String> = [
+        ("visit_id", "enc.vid"),
+        ("patient_id", "enc.patient_id"),
+        ("visit_date", "enc.visit_date"),
+        ("facility_id", "enc.facility_id"),
+        ("smoking_status", "o.smoking_status"),
+        (crate::fhir::PRIMARY_DIAGNOSIS, "enc.primary_code"),
+        ("clinical_notes", "notes.note"),
     ]
     .into_iter()
+    .map(|(c, e)| (c.to_string(), e.to_string()))
     .collect();
-    // One column per LOINC code: the value when it is in the map's unit (else null).
+    // One column per LOINC code: the value in the column's unit, or converted into it by the
+    // unit's rule; beside it a marker of the visits with a value in a unit no rule converts.
     let mut pivot = Vec::new();
-    for m in MEASURES {
+    let mut markers = Vec::new();
+    for m in &measures {
+        let units = m
+            .units
+            .iter()
+            .map(|(unit, factor)| {
+                if *factor == 1.0 {
+                    format!("WHEN '{unit}' THEN value")
+                } else {
+                    format!("WHEN '{unit}' THEN value * {factor:?}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        let known = m
+            .units
+            .iter()
+            .map(|(unit, _)| format!("'{unit}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let marker = format!("{UNIT_MARKER}{}", m.column);
         pivot.push(format!(
-            "max(CASE WHEN code = '{}' AND unit = '{}' THEN value END) AS {}",
-            m.code, m.unit, m.column
+            "max(CASE WHEN code = '{code}' THEN CASE unit {units} END END) AS {col}, \
+             max(CASE WHEN code = '{code}' AND value IS NOT NULL \
+                 AND (unit IS NULL OR unit NOT IN ({known})) THEN 1 END) AS {marker}",
+            code = m.code,
+            col = m.column,
         ));
-        column.insert(m.column, format!("o.{}", m.column));
+        column.insert(m.column.clone(), format!("o.{}", m.column));
+        markers.push(format!("o.{marker} AS {marker}"));
     }
     let smoking = SMOKING_VALUES
         .iter()
@@ -304,20 +399,22 @@ async fn visits(
         })
         .collect();
     for f in FLAGS {
-        column.insert(f.column, format!("coalesce(f.{}, 0)", f.column));
+        column.insert(f.column.to_string(), format!("coalesce(f.{}, 0)", f.column));
     }
-    let select = crate::generate::visits_schema()
+    let cast = |name: &str, t: &DataType, e: &str| match t {
+        // A converted value of a whole-number column is rounded to it, not truncated.
+        DataType::Int64 => format!("CAST(round({e}) AS BIGINT) AS {name}"),
+        DataType::Float64 => format!("CAST({e} AS DOUBLE) AS {name}"),
+        DataType::Date32 => format!("CAST({e} AS DATE) AS {name}"),
+        _ => format!("{e} AS {name}"),
+    };
+    let mut select = crate::generate::visits_schema()
         .fields()
         .iter()
         .map(|field| {
             column
                 .get(field.name().as_str())
-                .map(|e| match field.data_type() {
-                    DataType::Int64 => format!("CAST({e} AS BIGINT) AS {}", field.name()),
-                    DataType::Float64 => format!("CAST({e} AS DOUBLE) AS {}", field.name()),
-                    DataType::Date32 => format!("CAST({e} AS DATE) AS {}", field.name()),
-                    _ => format!("{e} AS {}", field.name()),
-                })
+                .map(|e| cast(field.name(), field.data_type(), e))
                 .ok_or_else(|| {
                     Error::invalid(
                         "fhir",
@@ -326,25 +423,50 @@ async fn visits(
                 })
         })
         .collect::<Result<Vec<_>>>()?;
+    for m in measures.iter().filter(|m| m.added) {
+        select.push(cast(&m.column, &DataType::Float64, &column[&m.column]));
+    }
+    select.extend(markers);
+    // Each resource is checked where it is read (its type, its references' form, its codes'
+    // systems), and the full joins keep resources whose encounter is not in the export so
+    // that the last check sees them: a failed check stops the run, which then names the line.
     let sql = format!(
         r#"WITH enc AS (SELECT id AS vid, substr(subject['reference'], 9) AS patient_id,
                 period['start'] AS visit_date,
                 "serviceProvider"['identifier']['value'] AS facility_id,
-                "reasonCode"[1]['coding'][1]['code'] AS primary_code FROM {e}),
+                {CODE}("reasonCode"[1]['coding'], '{ICD10}') AS primary_code FROM {e}
+            WHERE {CHECK}("resourceType" = 'Encounter'
+                AND starts_with(subject['reference'], 'Patient/')
+                AND ("reasonCode" IS NULL
+                    OR {CODE}("reasonCode"[1]['coding'], '{ICD10}') IS NOT NULL), 'Encounter')),
         obs AS (SELECT substr(encounter['reference'], 11) AS vid,
-                code['coding'][1]['code'] AS code, "valueQuantity"['value'] AS value,
+                {CODE}(code['coding'], '{LOINC}') AS code, "valueQuantity"['value'] AS value,
                 "valueQuantity"['code'] AS unit,
-                "valueCodeableConcept"['coding'][1]['code'] AS answer FROM {o}),
+                {CODE}("valueCodeableConcept"['coding'], '{SNOMED}') AS answer FROM {o}
+            WHERE {CHECK}("resourceType" = 'Observation'
+                AND starts_with(encounter['reference'], 'Encounter/')
+                AND {CODE}(code['coding'], '{LOINC}') IS NOT NULL
+                AND ("valueQuantity" IS NULL OR "valueQuantity"['system'] = '{UCUM}')
+                AND ({CODE}(code['coding'], '{LOINC}') <> '{SMOKING_CODE}'
+                    OR {CODE}("valueCodeableConcept"['coding'], '{SNOMED}') IS NOT NULL),
+                'Observation')),
         o AS (SELECT vid, {pivot} FROM obs GROUP BY vid),
         cond AS (SELECT substr(encounter['reference'], 11) AS vid,
-                code['coding'][1]['code'] AS code FROM {c}),
+                {CODE}(code['coding'], '{ICD10}') AS code FROM {c}
+            WHERE {CHECK}("resourceType" = 'Condition'
+                AND starts_with(encounter['reference'], 'Encounter/')
+                AND {CODE}(code['coding'], '{ICD10}') IS NOT NULL, 'Condition')),
         f AS (SELECT vid, {flags} FROM cond GROUP BY vid),
         notes AS (SELECT substr(context['encounter'][1]['reference'], 11) AS vid,
                 CAST(decode(content[1]['attachment']['data'], 'base64') AS VARCHAR) AS note
-                FROM {d})
+                FROM {d}
+            WHERE {CHECK}("resourceType" = 'DocumentReference'
+                AND starts_with(context['encounter'][1]['reference'], 'Encounter/'),
+                'DocumentReference'))
         SELECT {select}
-        FROM enc LEFT JOIN o ON o.vid = enc.vid LEFT JOIN f ON f.vid = enc.vid
-            LEFT JOIN notes ON notes.vid = enc.vid"#,
+        FROM enc FULL JOIN o ON o.vid = enc.vid FULL JOIN f ON f.vid = enc.vid
+            FULL JOIN notes ON notes.vid = enc.vid
+        WHERE {CHECK}(enc.vid IS NOT NULL, 'referring')"#,
         pivot = pivot.join(", "),
         flags = flags.join(", "),
         select = select.join(", "),
@@ -352,35 +474,320 @@ async fn visits(
     Ok(ctx.sql(&sql).await?)
 }
 
+/// What is wrong with the resource `v` of the export's `file` (a resource type), by the
+/// checks the plan makes, given the export's encounter ids; `None` when nothing is. Never
+/// quotes a value.
+fn problem(file: &str, v: &serde_json::Value, encounters: &HashSet<String>) -> Option<String> {
+    let has_code = |codings: &serde_json::Value, system: &str| {
+        codings.as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["system"].as_str() == Some(system) && c["code"].as_str().is_some())
+        })
+    };
+    let refers = |reference: &serde_json::Value, to: &str| -> Option<String> {
+        match reference.as_str().and_then(|r| r.strip_prefix(to)) {
+            None if to == "Patient/" => Some("no reference to a Patient".into()),
+            None => Some("no reference to an Encounter".into()),
+            Some(id) if to == "Encounter/" && !encounters.contains(id) => {
+                Some("a reference to an Encounter that is not in the export".into())
+            }
+            Some(_) => None,
+        }
+    };
+    match file {
+        "Encounter" => {
+            if let Some(p) = refers(&v["subject"]["reference"], "Patient/") {
+                return Some(p);
+            }
+            let reason = &v["reasonCode"];
+            (!reason.is_null() && !has_code(&reason[0]["coding"], ICD10))
+                .then(|| "a reasonCode of no known code system (ICD-10 expected)".into())
+        }
+        "Observation" => {
+            if let Some(p) = refers(&v["encounter"]["reference"], "Encounter/") {
+                return Some(p);
+            }
+            if !has_code(&v["code"]["coding"], LOINC) {
+                return Some("a code of no known code system (LOINC expected)".into());
+            }
+            let quantity = &v["valueQuantity"];
+            if !quantity.is_null() && quantity["system"].as_str() != Some(UCUM) {
+                return Some("a valueQuantity whose unit is not a UCUM code".into());
+            }
+            let smoking = v["code"]["coding"].as_array().is_some_and(|c| {
+                c.iter().any(|c| {
+                    c["system"].as_str() == Some(LOINC) && c["code"].as_str() == Some(SMOKING_CODE)
+                })
+            });
+            (smoking && !has_code(&v["valueCodeableConcept"]["coding"], SNOMED))
+                .then(|| "a smoking status of no known code system (SNOMED CT expected)".into())
+        }
+        "Condition" => {
+            if let Some(p) = refers(&v["encounter"]["reference"], "Encounter/") {
+                return Some(p);
+            }
+            (!has_code(&v["code"]["coding"], ICD10))
+                .then(|| "a code of no known code system (ICD-10 expected)".into())
+        }
+        "DocumentReference" => refers(&v["context"]["encounter"][0]["reference"], "Encounter/"),
+        _ => None,
+    }
+}
+
+/// The first resource of an export (its NDJSON files by name, gzipped or not) that the plan's
+/// checks refuse: the file, its 1-based line and what is wrong, naming no value. Lines that
+/// are not resources of their file's type come first, then references and codes. `None` when
+/// every resource passes.
+pub(super) fn check_export(files: &[(String, Vec<u8>)]) -> Option<(String, u64, String)> {
+    let mut plain = Vec::new();
+    for (name, bytes) in files {
+        match decompressed(name, bytes) {
+            Ok(b) => plain.push((name, stem(name), b)),
+            Err(message) => return Some((name.clone(), 1, message)),
+        }
+    }
+    for (name, stem, bytes) in &plain {
+        if let Some((line, message)) = check_lines(stem, bytes) {
+            return Some(((*name).clone(), line, message));
+        }
+    }
+    let resources = |bytes: &'_ [u8]| {
+        bytes
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+            .filter_map(|(i, l)| Some((i as u64 + 1, serde_json::from_slice(l).ok()?)))
+            .collect::<Vec<(u64, serde_json::Value)>>()
+    };
+    let encounters: HashSet<String> = plain
+        .iter()
+        .filter(|(_, stem, _)| *stem == "Encounter")
+        .flat_map(|(_, _, bytes)| resources(bytes))
+        .filter_map(|(_, v)| v["id"].as_str().map(str::to_string))
+        .collect();
+    for (name, stem, bytes) in &plain {
+        for (line, v) in resources(bytes) {
+            if let Some(message) = problem(stem, &v, &encounters) {
+                return Some(((*name).clone(), line, message));
+            }
+        }
+    }
+    None
+}
+
+/// The resource type a file of an export holds, by its name.
+fn stem(name: &str) -> &str {
+    name.trim_end_matches(".gz").trim_end_matches(".ndjson")
+}
+
+fn decompressed(name: &str, bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
+    if !name.ends_with(".gz") {
+        return Ok(bytes.to_vec());
+    }
+    let mut out = Vec::new();
+    let mut reader = flate2::read::MultiGzDecoder::new(bytes);
+    std::io::Read::read_to_end(&mut reader, &mut out)
+        .map_err(|e| format!("not a gzip stream: {e}"))?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn export(files: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+        files
+            .iter()
+            .map(|(n, b)| (n.to_string(), b.as_bytes().to_vec()))
+            .collect()
+    }
 
     #[test]
     fn lines_that_are_not_resources_of_the_file_are_named_without_their_values() {
         let good =
             b"{\"resourceType\":\"Condition\",\"id\":\"a\"}\n\n{\"resourceType\":\"Condition\"}\n";
-        assert_eq!(check_lines("Condition.ndjson", good), None);
+        assert_eq!(check_lines("Condition", good), None);
         let broken =
             b"{\"resourceType\":\"Condition\"}\n{\"resourceType\":\"Condition\",\"id\":\"SECRET\n";
-        let (line, message) = check_lines("Condition.ndjson", broken).expect("a problem");
+        let (line, message) = check_lines("Condition", broken).expect("a problem");
         assert_eq!(line, 2);
         assert!(message.contains("not a JSON resource") && !message.contains("SECRET"));
         let wrong =
             b"{\"resourceType\":\"Condition\"}\n{\"resourceType\":\"Patient\",\"id\":\"P1\"}\n";
         assert_eq!(
-            check_lines("Condition.ndjson", wrong),
+            check_lines("Condition", wrong),
             Some((2, "a Patient resource in the Condition file".into()))
         );
         let odd = b"{\"resourceType\":\"SECRET\"}\n";
-        let (_, message) = check_lines("Condition.ndjson", odd).expect("a problem");
+        let (_, message) = check_lines("Condition", odd).expect("a problem");
         assert!(!message.contains("SECRET"), "{message}");
         let mut zipped = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut zipped, wrong).expect("gzip");
         let zipped = zipped.finish().expect("gzip");
+        let found = check_export(&[("Condition.ndjson.gz".into(), zipped)]);
         assert_eq!(
-            check_lines("Condition.ndjson.gz", &zipped).map(|p| p.0),
-            Some(2)
+            found.map(|p| (p.0, p.1)),
+            Some(("Condition.ndjson.gz".into(), 2))
+        );
+    }
+
+    const ENCOUNTER: &str = r#"{"resourceType":"Encounter","id":"V1","subject":{"reference":"Patient/P1"},"reasonCode":[{"coding":[{"system":"http://hl7.org/fhir/sid/icd-10","code":"I10"}]}]}"#;
+
+    #[test]
+    fn references_codes_and_units_are_checked_as_the_plan_checks_them() {
+        let obs = |encounter: &str, system: &str, unit_system: &str| {
+            format!(
+                r#"{{"resourceType":"Observation","encounter":{{"reference":"Encounter/{encounter}"}},"code":{{"coding":[{{"system":"{system}","code":"8480-6"}}]}},"valueQuantity":{{"value":120,"system":"{unit_system}","code":"mm[Hg]"}}}}"#
+            )
+        };
+        let good = obs("V1", LOINC, UCUM);
+        let files = export(&[
+            ("Encounter.ndjson", ENCOUNTER),
+            ("Observation.ndjson", &good),
+        ]);
+        assert_eq!(check_export(&files), None);
+        let cases = [
+            (
+                obs("V2", LOINC, UCUM),
+                "an Encounter that is not in the export",
+            ),
+            (
+                obs("V1", "urn:local", UCUM),
+                "no known code system (LOINC expected)",
+            ),
+            (obs("V1", LOINC, "urn:local"), "not a UCUM code"),
+        ];
+        for (bad, expected) in cases {
+            let body = format!("{good}\n{bad}\n");
+            let files = export(&[
+                ("Encounter.ndjson", ENCOUNTER),
+                ("Observation.ndjson", &body),
+            ]);
+            let (file, line, message) = check_export(&files).expect("a problem");
+            assert_eq!(
+                (file.as_str(), line),
+                ("Observation.ndjson", 2),
+                "{message}"
+            );
+            assert!(message.contains(expected), "{message}");
+        }
+        let condition = r#"{"resourceType":"Condition","encounter":{"reference":"Encounter/V1"},"code":{"coding":[{"system":"http://snomed.info/sct","code":"230690007"}]}}"#;
+        let files = export(&[
+            ("Encounter.ndjson", ENCOUNTER),
+            ("Condition.ndjson", condition),
+        ]);
+        let (_, line, message) = check_export(&files).expect("a problem");
+        assert_eq!(line, 1);
+        assert!(message.contains("ICD-10 expected"), "{message}");
+        let orphan = r#"{"resourceType":"Encounter","id":"V2","subject":{"display":"SECRET"}}"#;
+        let files = export(&[("Encounter.ndjson", orphan)]);
+        let (_, _, message) = check_export(&files).expect("a problem");
+        assert_eq!(message, "no reference to a Patient");
+    }
+
+    /// A one-visit export: its observations given, one condition and one note.
+    use arrow::array::Array;
+
+    fn tiny_export(dir: &std::path::Path, observations: &[String]) {
+        let write = |name: &str, lines: &[String]| {
+            std::fs::write(dir.join(name), lines.join("\n") + "\n")
+                .unwrap_or_else(|e| panic!("{e}"));
+        };
+        let provider = r#""serviceProvider":{"identifier":{"value":"F1"}}"#;
+        write(
+            "Encounter.ndjson",
+            &[format!(
+                r#"{}, "period":{{"start":"2024-01-02"}}, {provider}}}"#,
+                ENCOUNTER.trim_end_matches('}')
+            )],
+        );
+        write("Observation.ndjson", observations);
+        write(
+            "Condition.ndjson",
+            &[format!(
+                r#"{{"resourceType":"Condition","encounter":{{"reference":"Encounter/V1"}},"code":{{"coding":[{{"system":"urn:local","code":"x"}},{{"system":"{ICD10}","code":"I63.9"}}]}}}}"#
+            )],
+        );
+        write(
+            "DocumentReference.ndjson",
+            &[r#"{"resourceType":"DocumentReference","context":{"encounter":[{"reference":"Encounter/V1"}]},"content":[{"attachment":{"data":"bm90ZQ=="}}]}"#.to_string()],
+        );
+    }
+
+    fn quantity(code: &str, value: f64, unit: &str) -> String {
+        format!(
+            r#"{{"resourceType":"Observation","encounter":{{"reference":"Encounter/V1"}},"code":{{"coding":[{{"system":"{LOINC}","code":"{code}"}}]}},"valueQuantity":{{"value":{value},"system":"{UCUM}","code":"{unit}"}}}}"#
+        )
+    }
+
+    #[tokio::test]
+    async fn values_are_converted_into_the_columns_units_and_an_unknown_unit_marks_its_visit() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        tiny_export(
+            tmp.path(),
+            &[
+                quantity("8480-6", 16.0, "kPa"),
+                quantity("2339-0", 5.5, "mmol/L"),
+                quantity("2093-3", 5.0, "mmol/mol"),
+                quantity("8867-4", 70.0, "{beats}/min"),
+                quantity("2708-6", 97.0, "%"),
+                quantity("9999-9", 1.0, "kg"),
+            ],
+        );
+        let mut ctx = SessionContext::new();
+        crate::functions::register_functions(&mut ctx).unwrap_or_else(|e| panic!("{e}"));
+        let dir = tmp.path().display().to_string();
+        let location = Location::resolve(&ctx, &dir).unwrap_or_else(|e| panic!("{e}"));
+        let files = location.files().await.unwrap_or_else(|e| panic!("{e}"));
+        let cfg: InputConfig = toml::from_str(&format!(
+            "path = \"{dir}\"\nformat = \"fhir\"\ntable = \"visits\"\n\
+             [loinc]\nspo2 = {{ code = \"2708-6\", unit = \"%\" }}\n"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let df = read(
+            &ctx,
+            "visits",
+            &cfg,
+            &location,
+            &files,
+            FhirTable::Visits,
+            "t",
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let batches = df.collect().await.unwrap_or_else(|e| panic!("{e}"));
+        let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(batch.num_rows(), 1);
+        let number = |name: &str| {
+            let column = batch
+                .column_by_name(name)
+                .unwrap_or_else(|| panic!("no column {name}"));
+            let column = arrow::compute::cast(column, &DataType::Float64)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let values = column
+                .as_any()
+                .downcast_ref::<arrow::array::Float64Array>()
+                .cloned()
+                .unwrap_or_else(|| panic!("{name}"));
+            values.is_valid(0).then(|| values.value(0))
+        };
+        let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
+        assert_eq!(number("systolic_bp"), Some((16.0 * 7.500_615_758_f64).round()));
+        assert!(close(number("avg_glucose"), 5.5 * 18.0156));
+        assert_eq!(number("heart_rate"), Some(70.0));
+        assert_eq!(number("spo2"), Some(97.0), "the job's added column");
+        assert_eq!(
+            number("stroke"),
+            Some(1.0),
+            "ICD-10 found among the codings"
+        );
+        assert_eq!(number("cholesterol"), None);
+        assert_eq!(number("__emr_unit_cholesterol"), Some(1.0));
+        assert_eq!(number("__emr_unit_avg_glucose"), None);
+        assert_eq!(
+            unit_reason("__emr_unit_cholesterol").as_deref(),
+            Some("unit: cholesterol")
         );
     }
 }

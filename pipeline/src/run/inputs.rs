@@ -217,7 +217,10 @@ async fn open_input(
                     "a FHIR input names its table",
                 )
             })?;
-            super::fhir::read(ctx, name, &location, &files, table_of, &table).await?
+            if fhir_manifest {
+                super::fhir::check_manifest(name, raw, &location, &files).await?;
+            }
+            super::fhir::read(ctx, name, cfg, &location, &files, table_of, &table).await?
         }
         InputFormat::Parquet => {
             if !cfg.types.is_empty() {
@@ -510,23 +513,29 @@ async fn content(input: &Input, path: &object_store::path::Path) -> Option<Vec<u
 }
 
 async fn diagnose(error: Error, inputs: &[&Input]) -> Error {
-    // A FHIR export: the first line that is not a resource of its file's type.
+    // A FHIR export: the first resource its checks refuse.
     for input in inputs.iter().filter(|i| i.format == InputFormat::Fhir) {
+        let mut files = Vec::new();
         for (path, _) in &input.files {
             let name = path.filename().unwrap_or_default();
             if !name.ends_with(".ndjson") && !name.ends_with(".ndjson.gz") {
                 continue;
             }
-            let Some(bytes) = content(input, path).await else {
-                continue;
-            };
-            if let Some((line, message)) = super::fhir::check_lines(name, &bytes) {
-                return Error::Ndjson {
-                    path: shown_path(&input.location, path),
-                    line,
-                    message,
-                };
+            if let Some(bytes) = content(input, path).await {
+                files.push((name.to_string(), bytes));
             }
+        }
+        if let Some((name, line, message)) = super::fhir::check_export(&files) {
+            let path = input
+                .files
+                .iter()
+                .find(|(p, _)| p.filename() == Some(name.as_str()))
+                .map_or(name.clone(), |(p, _)| shown_path(&input.location, p));
+            return Error::Ndjson {
+                path,
+                line,
+                message,
+            };
         }
     }
     for input in inputs.iter().filter(|i| i.format == InputFormat::Csv) {

@@ -27,13 +27,28 @@ struct JoinedColumn {
     /// The join whose match this column marks: it holds that join's key from the lookup side,
     /// NULL where the key found no row.
     marks: Option<usize>,
+    /// Whether the column is an input's own marker (set on a row its input found fault with).
+    input_marker: bool,
 }
 
-/// A join's marker column and the drop reason of the rows where it is NULL.
+/// A marker column and the drop reason of the rows it marks: a join's (NULL where the key found
+/// no row) or an input's own (set where the input found fault with the row: a FHIR value in a
+/// unit no rule converts).
 #[derive(Debug, Clone)]
 pub(super) struct JoinMarker {
     pub(super) column: String,
     pub(super) reason: String,
+    /// Whether a set value, rather than NULL, marks the row.
+    pub(super) when_set: bool,
+}
+
+/// The marker of an input's column, when it is one.
+fn input_marker(column: &str) -> Option<JoinMarker> {
+    super::fhir::unit_reason(column).map(|reason| JoinMarker {
+        column: column.to_string(),
+        reason,
+        when_set: true,
+    })
 }
 
 /// The joined rows of a job, before anything is dropped or transformed.
@@ -58,10 +73,17 @@ impl Joined {
                 name: f.name().clone(),
                 data_type: f.data_type().clone(),
                 marks: None,
+                input_marker: input_marker(f.name()).is_some(),
             })
             .collect();
         let mut from = format!("{} t0", inputs[base].table);
         let mut markers = Vec::new();
+        let mut own_markers: Vec<JoinMarker> = inputs[base]
+            .schema
+            .fields()
+            .iter()
+            .filter_map(|f| input_marker(f.name()))
+            .collect();
         for (j, join) in job.join.iter().enumerate() {
             let alias = format!("t{}", j + 1);
             let right = &inputs[&join.right];
@@ -102,12 +124,14 @@ impl Joined {
             markers.push(JoinMarker {
                 column: marker.clone(),
                 reason: format!("join: no matching {} row", join.right),
+                when_set: false,
             });
             columns.push(JoinedColumn {
                 alias: alias.clone(),
                 name: marker,
                 data_type: DataType::Null,
                 marks: Some(j),
+                input_marker: false,
             });
             for f in right.schema.fields() {
                 if f.name() == &join.on {
@@ -123,14 +147,19 @@ impl Joined {
                         ),
                     ));
                 }
+                own_markers.extend(input_marker(f.name()));
                 columns.push(JoinedColumn {
                     alias: alias.clone(),
                     name: f.name().clone(),
                     data_type: f.data_type().clone(),
                     marks: None,
+                    input_marker: input_marker(f.name()).is_some(),
                 });
             }
         }
+        // An input's own faults are named before a join's: they say more about the row.
+        own_markers.extend(markers);
+        let markers = own_markers;
         Ok(Self {
             from,
             columns,
@@ -162,12 +191,12 @@ impl Joined {
     pub(super) fn data_columns(&self) -> Vec<(String, DataType)> {
         self.columns
             .iter()
-            .filter(|c| c.marks.is_none())
+            .filter(|c| c.marks.is_none() && !c.input_marker)
             .map(|c| (c.name.clone(), c.data_type.clone()))
             .collect()
     }
 
-    /// One marker per join, in the job's order.
+    /// The inputs' own markers, then one marker per join in the job's order.
     pub(super) fn markers(&self) -> &[JoinMarker] {
         &self.markers
     }
