@@ -65,6 +65,7 @@ pub async fn publish_dataset(
         }
         let options = RunOptions {
             cache_limit: options.cache_limit.filter(|_| !engine.is_cluster()),
+            on_cluster: engine.is_cluster(),
             hash_inputs,
             ..options.clone()
         };

@@ -1,8 +1,11 @@
 //! FHIR Bulk Data in: the same generated population as a FHIR export (plain and gzipped) and as
 //! CSV tables, through the stroke job, embedded and on a cluster of processes, publishes the
-//! same rows under the same root and trains the same model; a FHIR input without its table, and
-//! an export with a broken line, are refused by name (the file and line, never the value) and
-//! publish nothing.
+//! same rows under the same root and trains the same model; an export's own LOINC codes and
+//! UCUM units are read by the job's map and the unit rules (an unconvertible unit counted as a
+//! drop reason); a FHIR input without its table, a gzipped export on a cluster, and bad exports
+//! (a broken line, a resource of another type, a reference to a missing encounter, an unknown
+//! code system, a file the manifest lists and the export lacks, no manifest) are refused by name
+//! (the file and line, never the value) and publish nothing.
 
 use std::path::Path;
 
@@ -117,6 +120,18 @@ fn a_fhir_export_gives_the_csv_tables_dataset_root_and_model() {
         &ledger,
         Some(cluster.url.as_str()),
     );
+    // A gzipped export on the cluster is refused by name before anything runs: the executors'
+    // plan format does not carry a scan's compression, so they would read the bytes as text.
+    let refused_out = tmp.path().join("out-fhir-gz-cluster");
+    let done = run_export(
+        Path::new("examples/stroke-fhir.toml"),
+        &zipped,
+        &refused_out,
+        &ledger,
+        &["--cluster", cluster.url.as_str()],
+    );
+    assert_one_line_error(&done, &["ndjson.gz is compressed", "cluster"]);
+    assert_nothing_published(&refused_out);
     drop(cluster);
     for v in [&from_fhir, &from_zipped, &on_cluster] {
         assert_eq!(v["rows_in"], csv["rows_in"], "{v}");
@@ -213,22 +228,25 @@ fn copy_export(from: &Path, to: &Path) {
 
 /// `emrflow run` of `job` over the export at `input` (its directory or manifest) for both
 /// tables.
-fn run_export(job: &Path, input: &Path, out: &Path, ledger: &Path) -> std::process::Output {
+fn run_export(
+    job: &Path,
+    input: &Path,
+    out: &Path,
+    ledger: &Path,
+    extra: &[&str],
+) -> std::process::Output {
     let input = input.display().to_string();
     let (v, p) = (format!("visits={input}"), format!("patients={input}"));
-    run(&mut emrflow(&[
-        "run",
-        &job.display().to_string(),
-        "--input",
-        &v,
-        "--input",
-        &p,
-        "--out",
-        &out.display().to_string(),
-        "--ledger",
-        &ledger.display().to_string(),
-        "--json",
-    ]))
+    let (job, out, ledger) = (
+        job.display().to_string(),
+        out.display().to_string(),
+        ledger.display().to_string(),
+    );
+    let mut args = vec![
+        "run", &job, "--input", &v, "--input", &p, "--out", &out, "--ledger", &ledger, "--json",
+    ];
+    args.extend_from_slice(extra);
+    run(&mut emrflow(&args))
 }
 
 #[test]
@@ -274,7 +292,7 @@ fn an_exports_own_codes_and_units_are_read_by_the_jobs_loinc_map_and_ucum_rules(
     let job_file = tmp.path().join("mapped.toml");
     std::fs::write(&job_file, &mapped).unwrap_or_else(|e| panic!("{e}"));
     let out = tmp.path().join("out-mapped");
-    let done = run_export(&job_file, &fhir, &out, &ledger);
+    let done = run_export(&job_file, &fhir, &out, &ledger, &[]);
     assert!(done.status.success(), "{}", stderr(&done));
     let mapped_run: Value = serde_json::from_str(&stdout(&done)).unwrap_or_default();
     assert_eq!(mapped_run["rows_out"], csv["rows_out"], "{mapped_run}");
@@ -295,7 +313,13 @@ fn an_exports_own_codes_and_units_are_read_by_the_jobs_loinc_map_and_ucum_rules(
             l.to_string()
         }
     });
-    let done = run_export(&job_file, &fhir, &tmp.path().join("out-units"), &ledger);
+    let done = run_export(
+        &job_file,
+        &fhir,
+        &tmp.path().join("out-units"),
+        &ledger,
+        &[],
+    );
     assert!(done.status.success(), "{}", stderr(&done));
     let units: Value = serde_json::from_str(&stdout(&done)).unwrap_or_default();
     assert_eq!(units["rows_dropped"]["unit: cholesterol"], 5, "{units}");
@@ -304,7 +328,13 @@ fn an_exports_own_codes_and_units_are_read_by_the_jobs_loinc_map_and_ucum_rules(
     // An entry that names no measure is refused by its setting.
     let wrong = mapped.replacen("systolic_bp = {", "stroke = {", 1);
     std::fs::write(&job_file, wrong).unwrap_or_else(|e| panic!("{e}"));
-    let done = run_export(&job_file, &fhir, &tmp.path().join("out-wrong"), &ledger);
+    let done = run_export(
+        &job_file,
+        &fhir,
+        &tmp.path().join("out-wrong"),
+        &ledger,
+        &[],
+    );
     assert_one_line_error(&done, &["inputs.visits.loinc.stroke"]);
 }
 
@@ -387,7 +417,7 @@ fn bad_exports_are_named_by_file_and_line_and_publish_nothing() {
         copy_export(&base, &dir);
         edit(&dir);
         let out = tmp.path().join(format!("out-{}", what.replace(' ', "-")));
-        let done = run_export(job_file, &dir.join("manifest.json"), &out, &ledger);
+        let done = run_export(job_file, &dir.join("manifest.json"), &out, &ledger, &[]);
         let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
         assert_one_line_error(&done, &needles);
         assert!(
@@ -400,7 +430,7 @@ fn bad_exports_are_named_by_file_and_line_and_publish_nothing() {
 
     // A manifest that is not there.
     let out = tmp.path().join("out-no-manifest");
-    let done = run_export(job_file, &base.join("export.json"), &out, &ledger);
+    let done = run_export(job_file, &base.join("export.json"), &out, &ledger, &[]);
     assert_one_line_error(&done, &["no such file", "export.json"]);
     assert_nothing_published(&out);
 
@@ -414,7 +444,13 @@ fn bad_exports_are_named_by_file_and_line_and_publish_nothing() {
             l.to_string()
         }
     });
-    let done = run_export(job_file, &dir, &tmp.path().join("out-patient"), &ledger);
+    let done = run_export(
+        job_file,
+        &dir,
+        &tmp.path().join("out-patient"),
+        &ledger,
+        &[],
+    );
     assert!(done.status.success(), "{}", stderr(&done));
     let v: Value = serde_json::from_str(&stdout(&done)).unwrap_or_default();
     assert!(

@@ -763,8 +763,8 @@ mod tests {
             let column = batch
                 .column_by_name(name)
                 .unwrap_or_else(|| panic!("no column {name}"));
-            let column = arrow::compute::cast(column, &DataType::Float64)
-                .unwrap_or_else(|e| panic!("{e}"));
+            let column =
+                arrow::compute::cast(column, &DataType::Float64).unwrap_or_else(|e| panic!("{e}"));
             let values = column
                 .as_any()
                 .downcast_ref::<arrow::array::Float64Array>()
@@ -773,7 +773,10 @@ mod tests {
             values.is_valid(0).then(|| values.value(0))
         };
         let close = |a: Option<f64>, b: f64| a.is_some_and(|a| (a - b).abs() < 1e-9);
-        assert_eq!(number("systolic_bp"), Some((16.0 * 7.500_615_758_f64).round()));
+        assert_eq!(
+            number("systolic_bp"),
+            Some((16.0 * 7.500_615_758_f64).round())
+        );
         assert!(close(number("avg_glucose"), 5.5 * 18.0156));
         assert_eq!(number("heart_rate"), Some(70.0));
         assert_eq!(number("spo2"), Some(97.0), "the job's added column");

@@ -107,6 +107,30 @@ pub(super) async fn register_inputs(
     Ok(out)
 }
 
+/// Refuses, by input and file, an input delivered compressed: a cluster's executors would read
+/// its bytes as they are (their plan format does not carry a scan's compression).
+pub(super) fn refuse_compressed(inputs: &BTreeMap<String, Input>) -> Result<()> {
+    for (name, input) in inputs {
+        let gzipped = input.files.iter().find(|(p, _)| {
+            input.format == InputFormat::Fhir && p.filename().is_some_and(|f| f.ends_with(".gz"))
+        });
+        let file = match (input.compression, gzipped) {
+            (_, Some((p, _))) => p,
+            (Compression::None, None) => continue,
+            (_, None) => &input.files[0].0,
+        };
+        return Err(Error::invalid(
+            format!("inputs.{name}"),
+            format!(
+                "{} is compressed, which the cluster's executors cannot read; decompress the \
+                 input or run it on the embedded engine",
+                shown_path(&input.location, file)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// What the job says about an input's types beyond its own section.
 struct Typing {
     /// The format when neither the input nor its path names one.

@@ -79,6 +79,9 @@ pub struct RunOptions {
     /// it reads its inputs once. `None` reads them twice and holds nothing: the only choice
     /// when the plans run on a cluster, whose executors cannot see this process's memory.
     pub cache_limit: Option<u64>,
+    /// The plans run on a cluster's executors. Their plan format does not carry a file scan's
+    /// compression, so a compressed input is refused by name rather than misread there.
+    pub on_cluster: bool,
     /// Inputs (by name) whose source roots ([`crate::fingerprint::source_root`], over the raw
     /// files' bytes) to compute while the job runs; [`StagedRun::source_roots`] hands them
     /// over. A single file's SHA-256 is one sequential stream that leaves the other cores
@@ -322,6 +325,9 @@ pub async fn stage_job(
 
     progress.stage("reading inputs");
     let inputs = inputs::register_inputs(job, &options.input_overrides, ctx).await?;
+    if options.on_cluster {
+        inputs::refuse_compressed(&inputs)?;
+    }
     let hashing = InputHashing::start(ctx, &inputs, &options.hash_inputs);
     let plan = Plan::build(job, &inputs)?;
     tracing::debug!(
