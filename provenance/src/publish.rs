@@ -120,7 +120,11 @@ async fn anchor_staged(
     let mut parents = Vec::new();
     for input in &summary.manifest.inputs {
         let source = sources.get(&input.name).map(|root| Digest(*root));
-        parents.push(input_root(ctx, provenance, input, source, &summary.rows_in).await?);
+        let root = input_root(ctx, provenance, input, source, &summary.rows_in).await?;
+        // Two inputs of one export (a FHIR export's two tables) are one parent.
+        if !parents.contains(&root) {
+            parents.push(root);
+        }
     }
     tracing::debug!(
         seconds = phase.elapsed().as_secs_f64(),

@@ -124,8 +124,12 @@ pub async fn import_job(
     let mut parents = Vec::new();
     for spec in &specs {
         let source = roots.get(&spec.name).map(|r| Digest(*r));
-        parents
-            .push(provenance::publish::input_root(&ctx, provenance, spec, source, &rows_in).await?);
+        let root =
+            provenance::publish::input_root(&ctx, provenance, spec, source, &rows_in).await?;
+        // Two inputs of one export (a FHIR export's two tables) are one parent.
+        if !parents.contains(&root) {
+            parents.push(root);
+        }
     }
     let (root, ledger_height, number) = match writer.root() {
         None => (None, None, None),

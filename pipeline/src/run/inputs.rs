@@ -452,10 +452,10 @@ pub(super) fn check_not_empty(
     Ok(())
 }
 
-/// Source roots being computed in the background, by input name. Dropping it stops what has
-/// not started.
+/// Source roots being computed in the background, by input name. Inputs of the same files (the
+/// two tables of one FHIR export) share one hash. Dropping it stops what has not started.
 #[derive(Debug, Default)]
-pub(super) struct InputHashing(Vec<(String, tokio::task::JoinHandle<Result<Hash32>>)>);
+pub(super) struct InputHashing(Vec<(Vec<String>, tokio::task::JoinHandle<Result<Hash32>>)>);
 
 impl InputHashing {
     pub(super) fn start(
@@ -463,7 +463,8 @@ impl InputHashing {
         inputs: &BTreeMap<String, Input>,
         names: &[String],
     ) -> Self {
-        let mut tasks = Vec::new();
+        let mut tasks: Vec<(Vec<String>, tokio::task::JoinHandle<Result<Hash32>>)> = Vec::new();
+        let mut started: Vec<Vec<String>> = Vec::new();
         for name in names {
             let Some(input) = inputs.get(name) else {
                 continue;
@@ -473,11 +474,16 @@ impl InputHashing {
                 .iter()
                 .map(|(p, _)| input.location.url_of(p))
                 .collect();
+            if let Some(i) = started.iter().position(|f| *f == files) {
+                tasks[i].0.push(name.clone());
+                continue;
+            }
             let task = match start_source_root(ctx, &files) {
                 Ok(root) => tokio::spawn(root),
                 Err(e) => tokio::spawn(async move { Err(e) }),
             };
-            tasks.push((name.clone(), task));
+            started.push(files);
+            tasks.push((vec![name.clone()], task));
         }
         Self(tasks)
     }
@@ -485,11 +491,13 @@ impl InputHashing {
     /// The roots, by input name, once every hash has finished.
     pub(super) async fn finish(&mut self) -> Result<BTreeMap<String, Hash32>> {
         let mut roots = BTreeMap::new();
-        for (name, task) in std::mem::take(&mut self.0) {
-            let root = task
-                .await
-                .map_err(|e| Error::Fingerprint(format!("hashing input {name} stopped: {e}")))??;
-            roots.insert(name, root);
+        for (names, task) in std::mem::take(&mut self.0) {
+            let root = task.await.map_err(|e| {
+                Error::Fingerprint(format!("hashing input {} stopped: {e}", names.join(", ")))
+            })??;
+            for name in names {
+                roots.insert(name, root);
+            }
         }
         Ok(roots)
     }
