@@ -35,13 +35,23 @@ pub async fn open_sources(
 }
 
 impl Sources {
-    /// The rows of the input `name`, as read.
+    /// The rows of the input `name`, as read: its columns, without the marks a run's drop
+    /// stage reads (a FHIR visit's value in a unit no rule converts is stored as missing).
     pub async fn frame(&self, ctx: &SessionContext, name: &str) -> Result<DataFrame> {
         let input = self
             .inputs
             .get(name)
             .ok_or_else(|| Error::invalid("inputs", format!("no input named {name}")))?;
-        Ok(ctx.table(input.table.as_str()).await?)
+        let frame = ctx.table(input.table.as_str()).await?;
+        let marks: Vec<String> = input
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .filter(|n| super::fhir::unit_reason(n).is_some())
+            .collect();
+        let marks: Vec<&str> = marks.iter().map(String::as_str).collect();
+        Ok(frame.drop_columns(&marks)?)
     }
 
     /// `result`, or, when the engine failed reading a CSV, the error naming its file, line and
