@@ -16,7 +16,8 @@
 //! | clinician | no | no | no | no | with grant | with grant | no |
 //!
 //! "With grant" means a grant for that subject and access, or being the identity that anchored
-//! the subject.
+//! the subject. Every role but the gateway may register a passkey for itself; only a gateway
+//! opens a browser session, for the identity whose passkey signed it in ([`passkeys`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -29,8 +30,10 @@ use crate::error::Error;
 use crate::ids::{SeqNo, Time};
 use crate::tx::SignedTx;
 
+pub mod passkeys;
 pub mod records;
 
+use self::passkeys::{Passkey, PasskeyRegistration, PasskeyState, Session, SessionOpening};
 pub use self::records::{
     AmendSpec, Categories, Category, Decision, FacilityProof, GrantSpec, MAX_BREAK_GLASS_MINUTES,
     Purpose, ReadSpec, RecordGrant, Scope, record_leaf,
@@ -288,6 +291,11 @@ pub enum Call {
         /// The call.
         call: Box<Call>,
     },
+    // New calls go last: a call is encoded by its variant's position.
+    /// Registers a passkey for the signer (or the reader a gateway calls for).
+    RegisterPasskey(Box<PasskeyRegistration>),
+    /// Opens a browser session for the identity whose passkey signed it in (gateways only).
+    OpenSession(Box<SessionOpening>),
 }
 
 /// Feedback on one decision-support card. It names no patient: the card is the read it was made
@@ -361,6 +369,7 @@ impl Call {
                 | Call::BreakGlass { .. }
                 | Call::CardFeedback(_)
                 | Call::RecordAccess { .. }
+                | Call::RegisterPasskey(_)
         )
     }
 
@@ -368,6 +377,8 @@ impl Call {
     pub fn check_limits(&self) -> Result<(), String> {
         match self {
             Call::RegisterIdentity { name, .. } => check_text("name", name, MAX_NAME_LEN),
+            Call::RegisterPasskey(r) => r.check_limits(),
+            Call::OpenSession(o) => o.check_limits(),
             Call::Anchor(a) => {
                 check_text("location", &a.location, MAX_LOCATION_LEN)?;
                 check_text("stage", &a.stage, MAX_STAGE_LEN)?;
@@ -543,11 +554,15 @@ pub enum Action {
     ErasePatient,
     /// Feedback on a decision-support card.
     CardFeedback,
+    /// A passkey registration.
+    RegisterPasskey,
+    /// A browser session opened by a passkey.
+    OpenSession,
 }
 
 impl Action {
     /// Every action a role can be asked to make.
-    pub const ALL: [Action; 17] = [
+    pub const ALL: [Action; 19] = [
         Action::RegisterIdentity,
         Action::RevokeIdentity,
         Action::AnchorDataset,
@@ -565,6 +580,8 @@ impl Action {
         Action::BreakGlass,
         Action::ErasePatient,
         Action::CardFeedback,
+        Action::RegisterPasskey,
+        Action::OpenSession,
     ];
 
     /// Whether the action is on patients' records (see [`records`]), or on a decision-support
@@ -598,6 +615,8 @@ impl Action {
             Call::BreakGlass { .. } => Self::BreakGlass,
             Call::ErasePatient { .. } => Self::ErasePatient,
             Call::CardFeedback(_) => Self::CardFeedback,
+            Call::RegisterPasskey(_) => Self::RegisterPasskey,
+            Call::OpenSession(_) => Self::OpenSession,
             Call::As { call, .. } => Self::of(call),
         }
     }
@@ -631,8 +650,11 @@ pub fn policy(role: Role, action: Action) -> Permission {
     use Permission::{Allowed, Denied, WithGrant};
     match (role, action) {
         (_, A::Malformed) => Denied,
+        // The passkey, not the gateway's role, says who signs in.
+        (Role::Gateway, A::OpenSession) => Allowed,
         // A gateway's reads are its readers' (`Call::As`), never its own.
         (Role::Gateway, _) => Denied,
+        (_, A::RegisterPasskey) => Allowed,
         (_, A::ReadRecord) => WithGrant,
         (
             Role::Admin,
@@ -862,6 +884,10 @@ enum Undo {
     RecordGrantRevoked(Digest),
     /// A patient was erased.
     Erased(Digest),
+    /// A passkey was added (`None`) or changed (its old value), by credential id.
+    Passkey(Vec<u8>, Option<Passkey>),
+    /// A session was opened, by key.
+    Session(Vec<u8>),
     /// An audit event was appended.
     Audit,
 }
@@ -880,6 +906,7 @@ pub struct State {
     by_subject: BTreeMap<Digest, Vec<usize>>,
     by_patient: BTreeMap<Digest, Vec<usize>>,
     records: RecordState,
+    passkeys: PasskeyState,
     /// While staging (see [`State::stage`]), every change in order, so that it can be undone.
     journal: Option<Vec<Undo>>,
 }
@@ -912,6 +939,7 @@ impl State {
             by_subject: BTreeMap::new(),
             by_patient: BTreeMap::new(),
             records: RecordState::default(),
+            passkeys: PasskeyState::default(),
             journal: None,
         }
     }
@@ -981,6 +1009,15 @@ impl State {
                 }
                 Undo::Erased(patient) => {
                     self.records.erased.remove(&patient);
+                }
+                Undo::Passkey(id, None) => {
+                    self.passkeys.passkeys.remove(&id);
+                }
+                Undo::Passkey(id, Some(old)) => {
+                    self.passkeys.passkeys.insert(id, old);
+                }
+                Undo::Session(key) => {
+                    self.passkeys.sessions.remove(&key);
                 }
                 Undo::Audit => {
                     let Some(e) = self.audit.pop() else { continue };
@@ -1146,11 +1183,47 @@ impl State {
             Some(g) if g.revoked => return Err("identity revoked".into()),
             _ => return Err("only a gateway may read for another identity".into()),
         }
-        let (signer, _) = crate::token::verify(token, &self.ledger, time)?;
+        let signer = if crate::token::is_session_token(token) {
+            let (key, claims) = crate::token::verify_session(token, &self.ledger, time)?;
+            let session = self
+                .passkeys
+                .sessions
+                .get(&key)
+                .ok_or("the token's session was never opened")?;
+            if time.0 >= session.expires.0 {
+                return Err("the token's session has ended".into());
+            }
+            if claims.exp.saturating_mul(1000) > session.expires.0 {
+                return Err("the token outlives its session".into());
+            }
+            if claims.sub != session.identity.to_hex() {
+                return Err("the token's subject did not open its session".into());
+            }
+            session.identity
+        } else {
+            crate::token::verify(token, &self.ledger, time)?.0
+        };
         if signer != *reader {
             return Err("the token is not the reader's".into());
         }
         Ok(())
+    }
+
+    /// The open session of `key` at `now`, if any.
+    pub fn session(&self, key: &[u8], now: Time) -> Option<&Session> {
+        self.passkeys
+            .sessions
+            .get(key)
+            .filter(|s| now.0 < s.expires.0)
+    }
+
+    /// The passkeys of `identity`.
+    pub fn passkeys_of(&self, identity: &PublicKey) -> Vec<&Passkey> {
+        self.passkeys
+            .passkeys
+            .values()
+            .filter(|p| p.identity == *identity)
+            .collect()
     }
 
     fn apply(
@@ -1189,6 +1262,36 @@ impl State {
                     },
                 );
                 self.journal(Undo::Identity(*key, None));
+            }
+            Call::RegisterPasskey(registration) => {
+                match self
+                    .passkeys
+                    .register(&self.ledger, signer, registration, position)
+                {
+                    Err(reason) => return Outcome::denied(reason),
+                    Ok(passkey) => {
+                        let id = passkey.credential.clone();
+                        self.passkeys.passkeys.insert(id.clone(), passkey);
+                        self.journal(Undo::Passkey(id, None));
+                    }
+                }
+            }
+            Call::OpenSession(opening) => {
+                let (passkey, session) =
+                    match self.passkeys.open(&self.ledger, opening, time, position) {
+                        Err(reason) => return Outcome::denied(reason),
+                        Ok(opened) => opened,
+                    };
+                if !self.is_active(&session.identity) {
+                    return Outcome::denied("the passkey's identity is revoked");
+                }
+                let id = passkey.credential.clone();
+                if let Some(old) = self.passkeys.passkeys.insert(id.clone(), passkey) {
+                    self.journal(Undo::Passkey(id, Some(old)));
+                }
+                let key = session.key.clone();
+                self.passkeys.sessions.insert(key.clone(), session);
+                self.journal(Undo::Session(key));
             }
             Call::RevokeIdentity { key } => match self.identities.get_mut(key) {
                 None => return Outcome::denied("unknown identity to revoke"),
@@ -1708,6 +1811,8 @@ impl State {
     }
 }
 
+#[cfg(test)]
+mod passkeys_tests;
 #[cfg(test)]
 mod records_tests;
 #[cfg(test)]

@@ -103,6 +103,60 @@ pub fn verify(token: &str, ledger: &Digest, now: Time) -> Result<(PublicKey, Cla
     if claims.iss != header.kid || claims.sub != header.kid {
         return Err("the token's issuer, subject and key differ".into());
     }
+    check_claims(&claims, ledger, now)?;
+    Ok((key, claims))
+}
+
+/// Whether `token` claims to be a browser session's (`ES256`), which [`verify_session`] checks.
+pub fn is_session_token(token: &str) -> bool {
+    token
+        .split('.')
+        .next()
+        .and_then(b64url_decode)
+        .and_then(|h| serde_json::from_slice::<Header>(&h).ok())
+        .is_some_and(|h| h.alg == "ES256")
+}
+
+/// A browser session's token (RFC 7515 `ES256`, signed by the session key a passkey opened,
+/// [`crate::contracts::passkeys`]): its session key (the `kid`, SEC1 hex) and claims, if it is
+/// well made and valid for `ledger` at `now`. The caller checks that the session is open and
+/// belongs to the token's subject.
+pub fn verify_session(
+    token: &str,
+    ledger: &Digest,
+    now: Time,
+) -> Result<(Vec<u8>, Claims), String> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(format!("the token is longer than {MAX_TOKEN_LEN} bytes"));
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("the token is not a compact JWT (header.payload.signature)".into());
+    };
+    let header: Header = serde_json::from_slice(&b64url_decode(h).ok_or("bad token header")?)
+        .map_err(|_| "bad token header")?;
+    if header.alg != "ES256" {
+        return Err(format!("token algorithm {:?} is not ES256", header.alg));
+    }
+    let key = hex::decode(&header.kid).map_err(|_| "the token's kid is not a key")?;
+    let sig = b64url_decode(s).ok_or("bad token signature")?;
+    let input = &token[..h.len() + 1 + p.len()];
+    if !passkey::verify_es256(&key, input.as_bytes(), &sig) {
+        return Err("the token's signature does not verify".into());
+    }
+    let claims: Claims = serde_json::from_slice(&b64url_decode(p).ok_or("bad token payload")?)
+        .map_err(|_| "bad token claims")?;
+    if claims.iss != claims.sub {
+        return Err("the token's issuer and subject differ".into());
+    }
+    check_claims(&claims, ledger, now)?;
+    Ok((key, claims))
+}
+
+/// The audience and lifetime checks every token passes.
+fn check_claims(claims: &Claims, ledger: &Digest, now: Time) -> Result<(), String> {
     if claims.aud != ledger.to_hex() {
         return Err("the token is for another ledger".into());
     }
@@ -119,7 +173,7 @@ pub fn verify(token: &str, ledger: &Digest, now: Time) -> Result<(PublicKey, Cla
     if exp <= now.0 {
         return Err("the token has expired".into());
     }
-    Ok((key, claims))
+    Ok(())
 }
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

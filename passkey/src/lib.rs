@@ -17,6 +17,9 @@ use p256::ecdsa::signature::Verifier as _;
 use p256::ecdsa::{Signature, VerifyingKey};
 use sha2::{Digest as _, Sha256};
 
+/// The curve crate, for callers that make or hold ES256 keys (a browser session's, in tests).
+pub use p256;
+
 /// Why a ceremony was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
@@ -263,6 +266,17 @@ fn check_client_data(
         ));
     }
     Ok(Sha256::digest(json).into())
+}
+
+/// Whether `signature` (JWS ES256: `r ‖ s`, 64 bytes) is `public_key`'s (SEC1) over `message`.
+pub fn verify_es256(public_key: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    let (Ok(key), Ok(signature)) = (
+        VerifyingKey::from_sec1_bytes(public_key),
+        Signature::from_slice(signature),
+    ) else {
+        return false;
+    };
+    key.verify(message, &signature).is_ok()
 }
 
 fn verify_signature(
