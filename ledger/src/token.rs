@@ -76,25 +76,16 @@ pub fn issue(key: &KeyPair, ledger: &Digest, now: Time, lifetime_ms: u64, jti: &
 /// The identity that signed `token` and its claims, if the token is valid for `ledger` at
 /// `now`; otherwise why not (never echoing the token).
 pub fn verify(token: &str, ledger: &Digest, now: Time) -> Result<(PublicKey, Claims), String> {
-    if token.len() > MAX_TOKEN_LEN {
-        return Err(format!("the token is longer than {MAX_TOKEN_LEN} bytes"));
-    }
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("the token is not a compact JWT (header.payload.signature)".into());
-    };
-    let header: Header = serde_json::from_slice(&b64url_decode(h).ok_or("bad token header")?)
-        .map_err(|_| "bad token header")?;
-    if header.alg != "EdDSA" {
-        return Err(format!("token algorithm {:?} is not EdDSA", header.alg));
-    }
+    let Compact {
+        header,
+        input,
+        payload: p,
+        signature: s,
+    } = Compact::split(token, "EdDSA")?;
     let key = PublicKey::from_hex(&header.kid).map_err(|_| "the token's kid is not a key")?;
     let sig: [u8; 64] = b64url_decode(s)
         .and_then(|b| b.try_into().ok())
         .ok_or("bad token signature")?;
-    let input = &token[..h.len() + 1 + p.len()];
     if !key.verify(b"", input.as_bytes(), &Signature(sig)) {
         return Err("the token's signature does not verify".into());
     }
@@ -126,23 +117,14 @@ pub fn verify_session(
     ledger: &Digest,
     now: Time,
 ) -> Result<(Vec<u8>, Claims), String> {
-    if token.len() > MAX_TOKEN_LEN {
-        return Err(format!("the token is longer than {MAX_TOKEN_LEN} bytes"));
-    }
-    let mut parts = token.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err("the token is not a compact JWT (header.payload.signature)".into());
-    };
-    let header: Header = serde_json::from_slice(&b64url_decode(h).ok_or("bad token header")?)
-        .map_err(|_| "bad token header")?;
-    if header.alg != "ES256" {
-        return Err(format!("token algorithm {:?} is not ES256", header.alg));
-    }
+    let Compact {
+        header,
+        input,
+        payload: p,
+        signature: s,
+    } = Compact::split(token, "ES256")?;
     let key = hex::decode(&header.kid).map_err(|_| "the token's kid is not a key")?;
     let sig = b64url_decode(s).ok_or("bad token signature")?;
-    let input = &token[..h.len() + 1 + p.len()];
     if !passkey::verify_es256(&key, input.as_bytes(), &sig) {
         return Err("the token's signature does not verify".into());
     }
@@ -153,6 +135,40 @@ pub fn verify_session(
     }
     check_claims(&claims, ledger, now)?;
     Ok((key, claims))
+}
+
+/// A compact JWT's parts: its header (of the algorithm expected), the signed input, and the
+/// payload and signature as sent.
+struct Compact<'a> {
+    header: Header,
+    input: &'a str,
+    payload: &'a str,
+    signature: &'a str,
+}
+
+impl<'a> Compact<'a> {
+    fn split(token: &'a str, alg: &str) -> Result<Self, String> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(format!("the token is longer than {MAX_TOKEN_LEN} bytes"));
+        }
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err("the token is not a compact JWT (header.payload.signature)".into());
+        };
+        let header: Header = serde_json::from_slice(&b64url_decode(h).ok_or("bad token header")?)
+            .map_err(|_| "bad token header")?;
+        if header.alg != alg {
+            return Err(format!("token algorithm {:?} is not {alg}", header.alg));
+        }
+        Ok(Self {
+            header,
+            input: &token[..h.len() + 1 + p.len()],
+            payload: p,
+            signature: s,
+        })
+    }
 }
 
 /// The audience and lifetime checks every token passes.

@@ -34,18 +34,8 @@ fn job_on(
     ledger: &Path,
     cluster: Option<&str>,
 ) -> Value {
-    let (v, p) = (
-        format!("visits={}", visits.display()),
-        format!("patients={}", patients.display()),
-    );
-    let (out, ledger) = (out.display().to_string(), ledger.display().to_string());
-    let mut args = vec![
-        "run", file, "--input", &v, "--input", &p, "--out", &out, "--ledger", &ledger, "--json",
-    ];
-    if let Some(url) = cluster {
-        args.extend(["--cluster", url]);
-    }
-    let done = run(&mut emrflow(&args));
+    let cluster: Vec<&str> = cluster.map_or(Vec::new(), |url| vec!["--cluster", url]);
+    let done = run_tables(Path::new(file), (visits, patients), out, ledger, &cluster);
     assert!(done.status.success(), "{file}: {}", stderr(&done));
     serde_json::from_str(&stdout(&done)).unwrap_or_else(|e| panic!("{e}: {}", stdout(&done)))
 }
@@ -235,8 +225,21 @@ fn run_export(
     ledger: &Path,
     extra: &[&str],
 ) -> std::process::Output {
-    let input = input.display().to_string();
-    let (v, p) = (format!("visits={input}"), format!("patients={input}"));
+    run_tables(job, (input, input), out, ledger, extra)
+}
+
+/// `emrflow run --json` of `job` with its visits and patients inputs at the paths given.
+fn run_tables(
+    job: &Path,
+    (visits, patients): (&Path, &Path),
+    out: &Path,
+    ledger: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let (v, p) = (
+        format!("visits={}", visits.display()),
+        format!("patients={}", patients.display()),
+    );
     let (job, out, ledger) = (
         job.display().to_string(),
         out.display().to_string(),
