@@ -20,7 +20,10 @@ vocabulary of pipeline/src/fhir.rs, step for step:
 The pivots are given their values (the codes), as emrflow's plan names them; without them Spark
 would first scan for the distinct codes.
 
-What emrflow's job does beyond this and this job does not: de-identification (dropping the PII
+emrflow's reader also checks every resource (its type, references, code systems, and that each
+observation, condition and note belongs to an encounter of the export) and converts values in
+other UCUM units by rule; the generated export holds only the vocabulary's units, so the rows
+are the same. What emrflow's job does beyond this and this job does not: de-identification (dropping the PII
 columns, the age at the visit, HMAC pseudonyms), the drops (nulls, ranges), fitting and applying
 z-score, min-max and category encoding, and anchoring the dataset's root on the ledger. Those
 steps are PySpark's side of scripts/bench/preprocess_pyspark.py. So this job does less work
