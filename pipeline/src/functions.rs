@@ -555,23 +555,17 @@ impl ScalarUDFImpl for FhirCheck {
             ColumnarValue::Scalar(s) => s.try_as_str().flatten().unwrap_or("FHIR").to_string(),
             ColumnarValue::Array(_) => "FHIR".to_string(),
         };
-        let ok = ok.to_array(rows)?;
-        let Some(ok) = ok.as_boolean_opt() else {
-            return exec_err!("{FHIR_CHECK_FN} takes a boolean, got {}", ok.data_type());
+        let array = ok.to_array(rows)?;
+        let Some(ok) = array.as_boolean_opt() else {
+            return exec_err!("{FHIR_CHECK_FN} takes a boolean, got {}", array.data_type());
         };
-        if ok.null_count() > 0 || ok.true_count() != ok.len() {
-            return exec_err!(
-                "{FHIR_EXPORT_INVALID}: a {what} resource of the export fails its checks"
-            );
+        // A null is not counted as true: an unknown check fails.
+        if ok.true_count() != ok.len() {
+            return exec_err!("FHIR export invalid: a {what} resource fails its checks");
         }
-        Ok(ColumnarValue::Array(Arc::new(
-            arrow::array::BooleanArray::from(vec![true; rows]),
-        )))
+        Ok(ColumnarValue::Array(array))
     }
 }
-
-/// The start of [`FHIR_CHECK_FN`]'s error, by which a run knows to look for the line at fault.
-pub const FHIR_EXPORT_INVALID: &str = "FHIR export invalid";
 
 /// Categorical encoding by lookup. `CASE CAST(x AS VARCHAR) WHEN 'c0' THEN 0 …` says the same,
 /// but copies every value into a new string column and then compares it with each category in

@@ -19,7 +19,8 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
+
+from legs import load, log, run_json as run_leg
 
 BIN, PY, WORK, VISITS = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
@@ -33,25 +34,8 @@ ENV.update(EMRFLOW_PSEUDONYM_KEY=KEY, EMRFLOW_HOME=f"{WORK}/home", RUST_LOG="err
 FHIR_OUT, CSV_OUT, SPARK_OUT = f"{WORK}/emrflow-fhir-out", f"{WORK}/emrflow-csv-out", f"{WORK}/spark-out"
 
 
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def load():
-    return os.getloadavg()[0]
-
-
 def run_json(name, cmd):
-    t = time.time()
-    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
-    wall = time.time() - t
-    if out.returncode != 0:
-        log(f"{name} exited {out.returncode}: {' '.join(cmd)}")
-        log("\n".join(out.stderr.strip().splitlines()[-40:]))
-        sys.exit(1)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    log(f"  {name}: {result['seconds']:.2f} s job, {wall:.2f} s wall, load {load():.2f}")
-    return result, wall
+    return run_leg(name, cmd, ENV)
 
 
 def generate(fmt, out):

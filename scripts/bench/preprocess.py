@@ -7,13 +7,13 @@ wrote the same values. Prints a Markdown table for BENCHMARKS.md.
 Usage: scripts/bench-preprocess [VISITS]   (BENCH_RUNS=N rounds, default 3)
 """
 
-import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import time
+
+from legs import load, log, run_json as run_leg
 
 BIN, PY, WORK, VISITS = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 RUNS = int(os.environ.get("BENCH_RUNS", "3"))
@@ -23,25 +23,8 @@ ENV = dict(os.environ, EMRFLOW_PSEUDONYM_KEY=KEY, RUST_LOG="error")
 EMR_OUT, COPY_OUT, SPARK_OUT = f"{WORK}/emrflow-out", f"{WORK}/copy-out", f"{WORK}/spark-out"
 
 
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-def load():
-    return os.getloadavg()[0]
-
-
 def run_json(name, cmd):
-    t = time.time()
-    out = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
-    wall = time.time() - t
-    if out.returncode != 0:
-        log(f"{name} exited {out.returncode}: {' '.join(cmd)}")
-        log("\n".join(out.stderr.strip().splitlines()[-40:]))
-        sys.exit(1)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    log(f"  {name}: {result['seconds']:.2f} s job, {wall:.2f} s wall, load {load():.2f}")
-    return result, wall
+    return run_leg(name, cmd, ENV)
 
 
 if not os.path.exists(f"{DATA}/visits.csv"):

@@ -1,23 +1,22 @@
 //! FHIR Bulk Data inputs: an export (its directory, or its `manifest.json`) read with the
-//! engine's NDJSON reader and flattened by plan operations (unnest, and a pivot of coded
-//! resources by code), so it runs embedded and on cluster executors alike. A job names which of
+//! engine's NDJSON reader and flattened by plan operations (codings picked by system, and a
+//! pivot of coded resources by code), so it runs embedded and on cluster executors alike. A job names which of
 //! the export's two tables an input is (`table = "patients"` or `"visits"`), so the join and
 //! everything after it are the same as for CSV:
 //!
 //! - `patients`: one row per `Patient` (id, name, national id, phone, email, address, birth date,
 //!   gender as `F`/`M`), in the generator's column names;
 //! - `visits`: one row per `Encounter` (id, patient, date, facility, primary ICD-10 code), the
-//!   `Observation` values by the LOINC codes of [`crate::fhir::MEASURES`] (only values in the
-//!   map's UCUM unit), smoking status from its SNOMED CT code, 1/0 for each condition of
+//!   `Observation` values by the LOINC codes of [`crate::fhir::MEASURES`] and the job's `loinc`
+//!   map (in the column's UCUM unit, or converted into it by a rule), smoking status from its SNOMED CT code, 1/0 for each condition of
 //!   [`crate::fhir::FLAGS`], and the note of its `DocumentReference`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Fields, Schema};
 use datafusion::prelude::{DataFrame, JsonReadOptions, SessionContext};
 use object_store::ObjectStoreExt;
-
-use std::collections::HashSet;
 
 use crate::error::{Error, Result};
 use crate::fhir::{
@@ -402,8 +401,11 @@ async fn visits(
         column.insert(f.column.to_string(), format!("coalesce(f.{}, 0)", f.column));
     }
     let cast = |name: &str, t: &DataType, e: &str| match t {
-        // A converted value of a whole-number column is rounded to it, not truncated.
-        DataType::Int64 => format!("CAST(round({e}) AS BIGINT) AS {name}"),
+        // A converted value of a whole-number measure is rounded to it, not truncated.
+        DataType::Int64 if measures.iter().any(|m| m.column == name) => {
+            format!("CAST(round({e}) AS BIGINT) AS {name}")
+        }
+        DataType::Int64 => format!("CAST({e} AS BIGINT) AS {name}"),
         DataType::Float64 => format!("CAST({e} AS DOUBLE) AS {name}"),
         DataType::Date32 => format!("CAST({e} AS DATE) AS {name}"),
         _ => format!("{e} AS {name}"),
@@ -534,61 +536,49 @@ fn problem(file: &str, v: &serde_json::Value, encounters: &HashSet<String>) -> O
     }
 }
 
-/// The first resource of an export (its NDJSON files by name, gzipped or not) that the plan's
+/// The first resource of an export (its NDJSON files by name, decompressed) that the plan's
 /// checks refuse: the file, its 1-based line and what is wrong, naming no value. Lines that
 /// are not resources of their file's type come first, then references and codes. `None` when
-/// every resource passes.
+/// every resource passes. Resources are parsed one line at a time, so an export of millions of
+/// them is checked in the memory of its files.
 pub(super) fn check_export(files: &[(String, Vec<u8>)]) -> Option<(String, u64, String)> {
-    let mut plain = Vec::new();
     for (name, bytes) in files {
-        match decompressed(name, bytes) {
-            Ok(b) => plain.push((name, stem(name), b)),
-            Err(message) => return Some((name.clone(), 1, message)),
+        if let Some((line, message)) = check_lines(stem(name), bytes) {
+            return Some((name.clone(), line, message));
         }
     }
-    for (name, stem, bytes) in &plain {
-        if let Some((line, message)) = check_lines(stem, bytes) {
-            return Some(((*name).clone(), line, message));
-        }
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<String>,
     }
-    let resources = |bytes: &'_ [u8]| {
-        bytes
-            .split(|b| *b == b'\n')
-            .enumerate()
-            .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
-            .filter_map(|(i, l)| Some((i as u64 + 1, serde_json::from_slice(l).ok()?)))
-            .collect::<Vec<(u64, serde_json::Value)>>()
-    };
-    let encounters: HashSet<String> = plain
+    let encounters: HashSet<String> = files
         .iter()
-        .filter(|(_, stem, _)| *stem == "Encounter")
-        .flat_map(|(_, _, bytes)| resources(bytes))
-        .filter_map(|(_, v)| v["id"].as_str().map(str::to_string))
+        .filter(|(name, _)| stem(name) == "Encounter")
+        .flat_map(|(_, bytes)| bytes.split(|b| *b == b'\n'))
+        .filter_map(|l| serde_json::from_slice::<Id>(l).ok()?.id)
         .collect();
-    for (name, stem, bytes) in &plain {
+    for (name, bytes) in files {
         for (line, v) in resources(bytes) {
-            if let Some(message) = problem(stem, &v, &encounters) {
-                return Some(((*name).clone(), line, message));
+            if let Some(message) = problem(stem(name), &v, &encounters) {
+                return Some((name.clone(), line, message));
             }
         }
     }
     None
 }
 
+/// The resources of an NDJSON file with their 1-based line numbers, parsed as they are taken.
+fn resources(bytes: &[u8]) -> impl Iterator<Item = (u64, serde_json::Value)> + '_ {
+    bytes
+        .split(|b| *b == b'\n')
+        .enumerate()
+        .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+        .filter_map(|(i, l)| Some((i as u64 + 1, serde_json::from_slice(l).ok()?)))
+}
+
 /// The resource type a file of an export holds, by its name.
 fn stem(name: &str) -> &str {
     name.trim_end_matches(".gz").trim_end_matches(".ndjson")
-}
-
-fn decompressed(name: &str, bytes: &[u8]) -> std::result::Result<Vec<u8>, String> {
-    if !name.ends_with(".gz") {
-        return Ok(bytes.to_vec());
-    }
-    let mut out = Vec::new();
-    let mut reader = flate2::read::MultiGzDecoder::new(bytes);
-    std::io::Read::read_to_end(&mut reader, &mut out)
-        .map_err(|e| format!("not a gzip stream: {e}"))?;
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -621,10 +611,13 @@ mod tests {
         let odd = b"{\"resourceType\":\"SECRET\"}\n";
         let (_, message) = check_lines("Condition", odd).expect("a problem");
         assert!(!message.contains("SECRET"), "{message}");
+        // A gzipped file, as the run hands it over: decompressed by the input's compression.
         let mut zipped = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut zipped, wrong).expect("gzip");
         let zipped = zipped.finish().expect("gzip");
-        let found = check_export(&[("Condition.ndjson.gz".into(), zipped)]);
+        let (plain, complete) = super::super::sniff::Compression::Gzip.decode(&zipped, u64::MAX);
+        assert!(complete);
+        let found = check_export(&[("Condition.ndjson.gz".into(), plain)]);
         assert_eq!(
             found.map(|p| (p.0, p.1)),
             Some(("Condition.ndjson.gz".into(), 2))

@@ -111,14 +111,15 @@ pub(super) async fn register_inputs(
 /// its bytes as they are (their plan format does not carry a scan's compression).
 pub(super) fn refuse_compressed(inputs: &BTreeMap<String, Input>) -> Result<()> {
     for (name, input) in inputs {
-        let gzipped = input.files.iter().find(|(p, _)| {
-            input.format == InputFormat::Fhir && p.filename().is_some_and(|f| f.ends_with(".gz"))
-        });
-        let file = match (input.compression, gzipped) {
-            (_, Some((p, _))) => p,
-            (Compression::None, None) => continue,
-            (_, None) => &input.files[0].0,
-        };
+        if input.compression == Compression::None {
+            continue;
+        }
+        // Named by the file most likely to say so by its name.
+        let file = input
+            .files
+            .iter()
+            .find(|(p, _)| p.filename().is_some_and(|f| f.ends_with(".gz")))
+            .map_or(&input.files[0].0, |(p, _)| p);
         return Err(Error::invalid(
             format!("inputs.{name}"),
             format!(
@@ -243,6 +244,14 @@ async fn open_input(
             })?;
             if fhir_manifest {
                 super::fhir::check_manifest(name, raw, &location, &files).await?;
+            }
+            // An export's files say by their names whether they are gzipped, as the engine's
+            // NDJSON reader reads them.
+            if files
+                .iter()
+                .any(|(p, _)| p.filename().is_some_and(|f| f.ends_with(".ndjson.gz")))
+            {
+                compression = Compression::Gzip;
             }
             super::fhir::read(ctx, name, cfg, &location, &files, table_of, &table).await?
         }
